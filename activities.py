@@ -1,0 +1,612 @@
+"""Temporal activities that run SkyPilot tasks through the SkyPilot client SDK.
+
+Every activity is a method of `SkyPilotActivities`, which holds the one seam to SkyPilot
+(`sky_sdk`: the `sky` module in production, a fake in unit tests) and a bounded thread pool.
+All blocking SDK calls run in that pool; the event loop only heartbeats and waits.
+
+Launch and exec share `_run_task`: build the task, find or submit its job, follow the job to
+the end, and turn a failed job into a non-retryable `ApplicationError`. A retried attempt
+re-attaches to the job of the attempt before it instead of submitting a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import os
+import re
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+# Payloads stay far below Temporal's 2 MB limit whatever a job prints.
+LOG_TAIL_BYTES = 4096
+DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 5.0
+# How long a cancelled activity waits for SkyPilot to confirm the cancel before giving up.
+CANCEL_CONFIRM_TIMEOUT_SECONDS = 60.0
+
+# tail_logs exit codes (sky.exceptions.JobExitCode).
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_NOT_FINISHED, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 100, 101, 102, 103
+TERMINAL_JOB_STATUSES = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED"}
+IN_FLIGHT_REQUEST_STATUSES = {"PENDING", "RUNNING"}
+
+# SkyPilot exception class names (matched along the MRO, most specific first) whose cause is
+# the request itself: retrying cannot help. Everything else (API server unreachable, network,
+# a vanished allocation, ...) is retried with backoff by the workflow's retry policy.
+NON_RETRYABLE_SKY_ERRORS = frozenset({
+    "ClusterDoesNotExist", "ClusterNotUpError", "ResourcesUnavailableError",
+    "ResourcesMismatchError", "NoCloudAccessError", "InvalidCloudConfigs",
+    "InvalidCloudCredentials", "CloudUserIdentityError", "ClusterOwnerIdentityMismatchError",
+    "InvalidSkyPilotConfigError", "InvalidClusterNameError", "NotSupportedError",
+    "ProvisionPrechecksError", "UserRequestRejectedByPolicy", "StorageSpecError",
+    "PermissionDeniedError", "ApiServerAuthenticationError", "APIVersionMismatchError",
+    "APINotSupportedError", "ValueError", "TypeError", "KeyError",
+})
+RETRYABLE_SKY_ERRORS = frozenset({
+    "KubeAPIUnreachableError", "ApiServerConnectionError", "ServerTemporarilyUnavailableError",
+    "RequestCancelled", "RequestInterruptedError", "CommandError", "ClusterSetUpError",
+    "FetchClusterInfoError", "NetworkError", "SkyletUnavailableError",
+})
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+_TRANSIENT_GIT_ERRORS = ("could not resolve host", "connection refused", "connection timed out",
+                         "operation timed out", "early eof", "the remote end hung up")
+
+
+# ---------------------------------------------------------------- inputs and results
+
+@dataclass
+class FetchTasksInput:
+    """Clone `repo_url` at `ref` into a fresh checkout and read the task YAMLs at `yaml_paths`."""
+
+    repo_url: str
+    ref: str
+    yaml_paths: list[str]
+    # Relative to the worker's checkout root; unique per workflow run.
+    checkout_name: str
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    secret_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FetchTasksResult:
+    commit_sha: str
+    yaml_texts: dict[str, str]
+
+
+@dataclass
+class TaskSpec:
+    """One SkyPilot task: its YAML text and everything applied on top of it."""
+
+    step: str
+    job_name: str
+    yaml_text: str
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    # Names only: values are read from the worker's environment, never stored in history.
+    secret_names: list[str] = field(default_factory=list)
+    # The run's checkout, where a task's relative `workdir` and file mounts point.
+    checkout_name: str = ""
+    repo_url: str = ""
+    commit_sha: str = ""
+
+
+@dataclass
+class LaunchInput:
+    cluster_name: str
+    task: TaskSpec
+    infra: str = ""
+
+
+@dataclass
+class ExecInput:
+    cluster_name: str
+    task: TaskSpec
+
+
+@dataclass
+class DownInput:
+    cluster_name: str
+
+
+@dataclass
+class RemoveCheckoutInput:
+    checkout_name: str
+
+
+@dataclass
+class StepResult:
+    step: str
+    cluster_name: str
+    job_id: int | None = None
+    job_status: str = ""
+    exit_code: int | None = None
+    duration_seconds: float = 0.0
+    log_tail: str = ""
+
+
+@dataclass
+class JobProgress:
+    """Heartbeat details: what a retried attempt needs to re-attach, and what the UI shows."""
+
+    phase: str
+    cluster_name: str
+    job_name: str = ""
+    request_id: str = ""
+    job_id: int | None = None
+    last_log_line: str = ""
+
+
+# ---------------------------------------------------------------- log handling
+
+class JobLogSink:
+    """A write()-able stream for the SDK: logs each line, keeps a bounded tail, hides secrets.
+
+    It must never raise: the SDK treats an exception from its output stream as a transient
+    error and retries the stream forever.
+    """
+
+    def __init__(self, log_line: Callable[[str], None], secrets: list[str],
+                 progress: JobProgress, max_tail_bytes: int = LOG_TAIL_BYTES) -> None:
+        self._log_line = log_line
+        self._secrets = [s for s in secrets if s]
+        self._progress = progress
+        self._max_tail_bytes = max_tail_bytes
+        self._partial = ""
+        self._tail: collections.deque[str] = collections.deque()
+        self._tail_bytes = 0
+
+    def write(self, text: str) -> int:
+        try:
+            self._partial += text
+            *lines, self._partial = self._partial.split("\n")
+            for line in lines:
+                self._add_line(line)
+            return len(text)
+        except Exception:  # noqa: BLE001 - see class docstring
+            return 0
+
+    def flush(self) -> None:
+        try:
+            if self._partial:
+                self._add_line(self._partial)
+                self._partial = ""
+        except Exception:  # noqa: BLE001
+            pass
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def clear_tail(self) -> None:
+        self.flush()
+        self._tail.clear()
+        self._tail_bytes = 0
+
+    def tail(self) -> str:
+        self.flush()
+        return "\n".join(self._tail)
+
+    def _add_line(self, raw: str) -> None:
+        line = self.redact(_ANSI_ESCAPE.sub("", raw).split("\r")[-1].rstrip())
+        if not line:
+            return
+        self._log_line(line)
+        self._progress.last_log_line = line[:200]
+        line = line[: self._max_tail_bytes]
+        self._tail.append(line)
+        self._tail_bytes += len(line) + 1
+        while self._tail_bytes > self._max_tail_bytes and len(self._tail) > 1:
+            self._tail_bytes -= len(self._tail.popleft()) + 1
+
+
+def clean_message(exc: BaseException) -> str:
+    """One readable line from an exception: ANSI codes stripped, first meaningful line."""
+    text = _ANSI_ESCAPE.sub("", str(exc)).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines)[:1000] if lines else type(exc).__name__
+
+
+def is_retryable(exc: BaseException) -> bool:
+    for klass in type(exc).__mro__:
+        if klass.__name__ in NON_RETRYABLE_SKY_ERRORS:
+            return False
+        if klass.__name__ in RETRYABLE_SKY_ERRORS:
+            return True
+    return True
+
+
+def to_application_error(exc: BaseException, what: str) -> ApplicationError:
+    """Classify a SkyPilot SDK exception as a retryable or non-retryable ApplicationError."""
+    if isinstance(exc, ApplicationError):
+        return exc
+    return ApplicationError(f"{what}: {type(exc).__name__}: {clean_message(exc)}",
+                            type=type(exc).__name__, non_retryable=not is_retryable(exc))
+
+
+# ---------------------------------------------------------------- git
+
+async def _git(*args: str, cwd: str | None = None, timeout: float = 300) -> str:
+    """Run git with an argument list (never a shell) and no way to prompt for credentials."""
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true",
+           "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh", "LC_ALL": "C"}
+    proc = await asyncio.create_subprocess_exec(
+        "git", *args, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    if proc.returncode != 0:
+        raise GitError(stderr.decode(errors="replace").strip() or f"git {args[0]} failed")
+    return stdout.decode(errors="replace").strip()
+
+
+class GitError(Exception):
+    pass
+
+
+def validate_ref(ref: str) -> None:
+    if not _GIT_REF.fullmatch(ref) or ".." in ref or ref.endswith((".", "/", ".lock")):
+        raise ApplicationError(f"invalid git ref {ref!r}: use a branch, tag or commit SHA",
+                               type="InvalidRef", non_retryable=True)
+
+
+def resolve_inside(root: Path, relative: str, what: str) -> Path:
+    """`root/relative`, refusing absolute paths and anything that escapes `root`."""
+    candidate = (root / relative).resolve()
+    if Path(relative).is_absolute() or not candidate.is_relative_to(root.resolve()):
+        raise ApplicationError(f"{what} {relative!r} is outside the task repository",
+                               type="PathOutsideRepository", non_retryable=True)
+    return candidate
+
+
+async def checkout_repo(repo_url: str, ref: str, checkout_dir: Path) -> str:
+    """Clone `repo_url` into a fresh `checkout_dir`, check out `ref` detached; return the SHA."""
+    validate_ref(ref)
+    if not repo_url or repo_url.startswith("-") or repo_url.startswith("ext::"):
+        raise ApplicationError(f"invalid repository {repo_url!r}", type="InvalidRepository",
+                               non_retryable=True)
+    shutil.rmtree(checkout_dir, ignore_errors=True)
+    checkout_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        await _git("clone", "--quiet", "--no-checkout", "--", repo_url, str(checkout_dir))
+    except GitError as err:
+        message = str(err)
+        transient = any(marker in message.lower() for marker in _TRANSIENT_GIT_ERRORS)
+        raise ApplicationError(f"cannot clone repository {repo_url!r}: {message}",
+                               type="RepositoryUnavailable" if transient else "RepositoryNotFound",
+                               non_retryable=not transient) from None
+    sha = ""
+    for candidate in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref):
+        with contextlib.suppress(GitError):
+            sha = await _git("rev-parse", "--verify", "--quiet", "--end-of-options",
+                             f"{candidate}^{{commit}}", cwd=str(checkout_dir))
+            break
+    if not sha:
+        raise ApplicationError(f"ref {ref!r} not found in repository {repo_url!r}",
+                               type="RefNotFound", non_retryable=True)
+    await _git("checkout", "--quiet", "--detach", sha, cwd=str(checkout_dir))
+    return sha
+
+
+# ---------------------------------------------------------------- activities
+
+class SkyPilotActivities:
+    """The pipeline's activities. `sky_sdk` is the seam: the `sky` module, or a fake in tests."""
+
+    def __init__(self, sky_sdk: Any, executor: concurrent.futures.ThreadPoolExecutor,
+                 checkout_root: Path, heartbeat_interval_seconds: float = DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self._sky = sky_sdk
+        self._executor = executor
+        self._checkout_root = checkout_root.resolve()
+        self._heartbeat_interval = heartbeat_interval_seconds
+        self._environ = os.environ if environ is None else environ
+
+    # -------------------------------------------------------------- step 1: fetch the tasks
+
+    @activity.defn
+    async def fetch_tasks(self, input: FetchTasksInput) -> FetchTasksResult:
+        checkout_dir = self._checkout_dir(input.checkout_name)
+        sha = await checkout_repo(input.repo_url, input.ref, checkout_dir)
+        yaml_texts = {}
+        for relative in input.yaml_paths:
+            path = resolve_inside(checkout_dir, relative, "task file")
+            if not path.is_file():
+                raise ApplicationError(
+                    f"task file {relative!r} not found in {input.repo_url!r} at {input.ref!r}",
+                    type="TaskFileNotFound", non_retryable=True)
+            yaml_texts[relative] = path.read_text()
+            # Validate now, so a bad train.yaml fails the run before any cluster exists.
+            spec = TaskSpec(step=relative, job_name="validate", yaml_text=yaml_texts[relative],
+                            env_overrides=input.env_overrides, secret_names=input.secret_names,
+                            checkout_name=input.checkout_name)
+            await self._blocking(self._build_task, spec, "")
+        activity.logger.info("Checked out %s at %s", input.repo_url, sha)
+        return FetchTasksResult(commit_sha=sha, yaml_texts=yaml_texts)
+
+    @activity.defn
+    async def remove_checkout(self, input: RemoveCheckoutInput) -> None:
+        await asyncio.to_thread(shutil.rmtree, self._checkout_dir(input.checkout_name), True)
+
+    # -------------------------------------------------------------- launch, exec, down
+
+    @activity.defn
+    async def launch_task(self, input: LaunchInput) -> StepResult:
+        return await self._run_task(input.cluster_name, input.task, infra=input.infra, launch=True)
+
+    @activity.defn
+    async def exec_task(self, input: ExecInput) -> StepResult:
+        return await self._run_task(input.cluster_name, input.task, infra="", launch=False)
+
+    @activity.defn
+    async def down_cluster(self, input: DownInput) -> StepResult:
+        started = time.monotonic()
+        progress = JobProgress(phase="tearing down", cluster_name=input.cluster_name)
+        sink = self._sink(f"[down {input.cluster_name}]", [], progress)
+        async with self._heartbeating(progress):
+            try:
+                # A launch abandoned by a timed-out or dead attempt could still create the
+                # cluster after we tear it down: cancel in-flight requests on it first.
+                await self._cancel_in_flight_requests(input.cluster_name)
+                request_id = await self._blocking(self._sky.down, input.cluster_name)
+                progress.request_id = str(request_id)
+                await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+                outcome = "TERMINATED"
+            except Exception as exc:  # noqa: BLE001
+                if not _is_named(exc, "ClusterDoesNotExist"):
+                    raise to_application_error(exc, f"tearing down {input.cluster_name}") from exc
+                outcome = "ALREADY_GONE"
+        activity.logger.info("Cluster %s: %s", input.cluster_name, outcome)
+        return StepResult(step="down", cluster_name=input.cluster_name, job_status=outcome,
+                          duration_seconds=round(time.monotonic() - started, 3))
+
+    # -------------------------------------------------------------- the shared launch/exec helper
+
+    async def _run_task(self, cluster: str, spec: TaskSpec, *, infra: str, launch: bool) -> StepResult:
+        started = time.monotonic()
+        what = f"{spec.step} on {cluster}"
+        progress = JobProgress(phase="preparing", cluster_name=cluster, job_name=spec.job_name)
+        sink = self._sink(f"[{spec.step} {cluster}]", self._secret_values(spec), progress)
+        async with self._heartbeating(progress):
+            try:
+                await self._ensure_checkout(spec)
+                # Parsing may consult cloud catalogs: keep it off the event loop too.
+                task = await self._blocking(self._build_task, spec, infra)
+                job_id = await self._reattach(cluster, spec.job_name, progress)
+                if job_id is None:
+                    job_id = await self._submit(task, cluster, launch, progress, sink)
+                progress.job_id = job_id
+                progress.phase = "running"
+                exit_code, status = await self._follow_job(cluster, job_id, sink)
+            except asyncio.CancelledError:
+                await self._cancel_on_skypilot_if_requested(cluster, progress)
+                raise
+            except Exception as exc:  # noqa: BLE001
+                raise to_application_error(exc, what) from exc
+        result = StepResult(step=spec.step, cluster_name=cluster, job_id=job_id, job_status=status,
+                            exit_code=exit_code, log_tail=sink.tail(),
+                            duration_seconds=round(time.monotonic() - started, 3))
+        if status != "SUCCEEDED":
+            raise ApplicationError(
+                f"{what}: job {job_id} ({spec.job_name}) {status}, exit code {exit_code}",
+                result, type=f"Job{status.title().replace('_', '')}", non_retryable=True)
+        return result
+
+    def _build_task(self, spec: TaskSpec, infra: str) -> Any:
+        what = f"task {spec.step!r}"
+        try:
+            config = yaml.safe_load(spec.yaml_text)
+        except yaml.YAMLError as exc:
+            raise ApplicationError(f"{what} is not valid YAML: {clean_message(exc)}",
+                                   type="InvalidTaskYaml", non_retryable=True) from None
+        if not isinstance(config, dict):
+            raise ApplicationError(f"{what} must be a YAML mapping", type="InvalidTaskYaml",
+                                   non_retryable=True)
+        if spec.checkout_name:
+            _point_local_paths_at(config, self._checkout_dir(spec.checkout_name))
+        try:
+            task = self._sky.Task.from_yaml_config(
+                config, env_overrides=list(spec.env_overrides.items()) or None,
+                secrets_overrides=list(self._secrets_for(spec).items()) or None)
+            if infra:
+                task.set_resources_override({"infra": infra, "cloud": None, "region": None,
+                                             "zone": None})
+            task.name = spec.job_name
+        except ApplicationError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise ApplicationError(f"{what} is invalid: {clean_message(exc)}",
+                                   type="InvalidTask", non_retryable=True) from None
+        return task
+
+    async def _reattach(self, cluster: str, job_name: str, progress: JobProgress) -> int | None:
+        """On a retry, find the job an earlier attempt submitted, instead of submitting again."""
+        info = activity.info()
+        if info.attempt <= 1:
+            return None
+        previous = info.heartbeat_details[0] if info.heartbeat_details else {}
+        previous_job_id = previous.get("job_id") if isinstance(previous, dict) else None
+        if previous_job_id is not None:
+            activity.logger.info("Re-attaching to job %s on %s", previous_job_id, cluster)
+            return int(previous_job_id)
+        progress.phase = "re-attaching"
+        # Let a submission still in flight on the API server finish, so its job is visible.
+        await self._wait_for_in_flight_requests(cluster)
+        try:
+            request_id = await self._blocking(self._sky.queue, cluster, all_users=True)
+            records = await self._blocking(self._sky.get, request_id)
+        except Exception as exc:  # noqa: BLE001
+            if _is_named(exc, "ClusterDoesNotExist", "ClusterNotUpError"):
+                return None
+            raise
+        mine = [r for r in records if _field(r, "job_name") == job_name]
+        if not mine:
+            return None
+        job_id = max(int(_field(r, "job_id")) for r in mine)
+        activity.logger.info("Re-attaching to job %s (%s) on %s", job_id, job_name, cluster)
+        return job_id
+
+    async def _submit(self, task: Any, cluster: str, launch: bool, progress: JobProgress,
+                      sink: JobLogSink) -> int:
+        progress.phase = "provisioning" if launch else "submitting"
+        if launch:
+            request_id = await self._blocking(self._sky.launch, task, cluster_name=cluster)
+        else:
+            request_id = await self._blocking(self._sky.exec, task, cluster_name=cluster)
+        progress.request_id = str(request_id)
+        activity.heartbeat(dataclasses.asdict(progress))
+        job_id, _handle = await self._blocking(self._sky.stream_and_get, request_id,
+                                               output_stream=sink)
+        if job_id is None:
+            raise ApplicationError(f"{task.name} on {cluster}: SkyPilot returned no job id",
+                                   type="NoJobSubmitted", non_retryable=True)
+        activity.logger.info("Submitted job %s (%s) on %s", job_id, task.name, cluster)
+        return int(job_id)
+
+    async def _follow_job(self, cluster: str, job_id: int, sink: JobLogSink) -> tuple[int, str]:
+        """Stream the job's log until it ends; return its exit code and final status."""
+        sink.clear_tail()
+        exit_code = EXIT_NOT_FINISHED
+        while exit_code == EXIT_NOT_FINISHED:
+            exit_code = await self._blocking(self._sky.tail_logs, cluster, job_id, follow=True,
+                                             output_stream=sink)
+        request_id = await self._blocking(self._sky.job_status, cluster, job_ids=[job_id])
+        statuses = await self._blocking(self._sky.get, request_id)
+        status = statuses.get(job_id) or statuses.get(str(job_id))
+        status_name = getattr(status, "value", None) or (str(status) if status else "")
+        if status_name not in TERMINAL_JOB_STATUSES:
+            status_name = {EXIT_SUCCEEDED: "SUCCEEDED", EXIT_CANCELLED: "CANCELLED",
+                           EXIT_NOT_FOUND: "NOT_FOUND"}.get(exit_code, "FAILED")
+        return int(exit_code), status_name
+
+    # -------------------------------------------------------------- cancellation
+
+    async def _cancel_on_skypilot_if_requested(self, cluster: str, progress: JobProgress) -> None:
+        """Cancel the SkyPilot side when the workflow asked for it.
+
+        Not on worker shutdown or a heartbeat timeout: then the next attempt re-attaches.
+        """
+        details = activity.cancellation_details()
+        if details is None or not details.cancel_requested:
+            return
+        progress.phase = "cancelling"
+        try:
+            await asyncio.wait_for(self._cancel_on_skypilot(cluster, progress),
+                                   CANCEL_CONFIRM_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the workflow tears the cluster down anyway
+            activity.logger.warning("Cancelling %s on SkyPilot failed: %s", cluster,
+                                    clean_message(exc))
+
+    async def _cancel_on_skypilot(self, cluster: str, progress: JobProgress) -> None:
+        job_id = progress.job_id
+        if job_id is None and progress.request_id:
+            activity.logger.info("Cancelling request %s", progress.request_id)
+            await self._blocking(self._sky.api_cancel, progress.request_id)
+            # The request may have submitted its job just before the cancel landed.
+            with contextlib.suppress(Exception):
+                job_id, _ = await self._blocking(self._sky.get, progress.request_id)
+        if job_id is not None:
+            activity.logger.info("Cancelling job %s on %s", job_id, cluster)
+            request_id = await self._blocking(self._sky.cancel, cluster, job_ids=[job_id])
+            await self._blocking(self._sky.get, request_id)
+
+    async def _in_flight_requests(self, cluster: str) -> list[Any]:
+        requests = await self._blocking(self._sky.api_status, cluster_name=cluster)
+        # Old API servers ignore the cluster filter: filter here as well.
+        return [r for r in requests
+                if _field(r, "cluster_name") == cluster
+                and _field(r, "status") in IN_FLIGHT_REQUEST_STATUSES]
+
+    async def _wait_for_in_flight_requests(self, cluster: str) -> None:
+        for request in await self._in_flight_requests(cluster):
+            with contextlib.suppress(Exception):
+                await self._blocking(self._sky.get, _field(request, "request_id"))
+
+    async def _cancel_in_flight_requests(self, cluster: str) -> None:
+        request_ids = [_field(r, "request_id") for r in await self._in_flight_requests(cluster)
+                       if _field(r, "name") != "sky.down"]
+        if request_ids:
+            activity.logger.info("Cancelling in-flight requests on %s: %s", cluster, request_ids)
+            await self._blocking(self._sky.api_cancel, request_ids)
+
+    # -------------------------------------------------------------- plumbing
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a blocking SDK call in the bounded pool, keeping the activity context."""
+        context = contextvars.copy_context()
+        future = self._executor.submit(context.run, functools.partial(fn, *args, **kwargs))
+        return await asyncio.wrap_future(future)
+
+    @contextlib.asynccontextmanager
+    async def _heartbeating(self, progress: JobProgress) -> AsyncIterator[None]:
+        async def beat() -> None:
+            while True:
+                activity.heartbeat(dataclasses.asdict(progress))
+                await asyncio.sleep(self._heartbeat_interval)
+
+        heartbeat_task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            heartbeat_task.cancel()
+
+    async def _ensure_checkout(self, spec: TaskSpec) -> None:
+        """A retry on another worker host may lack the run's checkout: recreate it at the SHA."""
+        if spec.checkout_name and spec.repo_url:
+            checkout_dir = self._checkout_dir(spec.checkout_name)
+            if not checkout_dir.is_dir():
+                await checkout_repo(spec.repo_url, spec.commit_sha, checkout_dir)
+
+    def _checkout_dir(self, checkout_name: str) -> Path:
+        return resolve_inside(self._checkout_root, checkout_name, "checkout")
+
+    def _secrets_for(self, spec: TaskSpec) -> dict[str, str]:
+        missing = [name for name in spec.secret_names if name not in self._environ]
+        if missing:
+            raise ApplicationError(f"secret(s) {', '.join(missing)} not set in the worker's "
+                                   "environment", type="MissingSecret", non_retryable=True)
+        return {name: self._environ[name] for name in spec.secret_names}
+
+    def _secret_values(self, spec: TaskSpec) -> list[str]:
+        return [self._environ.get(name, "") for name in spec.secret_names]
+
+    @staticmethod
+    def _sink(prefix: str, secrets: list[str], progress: JobProgress) -> JobLogSink:
+        logger = activity.logger
+        return JobLogSink(lambda line: logger.info("%s %s", prefix, line), secrets, progress)
+
+
+def _point_local_paths_at(config: dict[str, Any], checkout_dir: Path) -> None:
+    """Resolve a task's relative `workdir` and local file-mount sources against the checkout."""
+    workdir = config.get("workdir")
+    if isinstance(workdir, str) and not workdir.startswith(("/", "~")) and "://" not in workdir:
+        config["workdir"] = str(resolve_inside(checkout_dir, workdir, "workdir"))
+    for target, source in list((config.get("file_mounts") or {}).items()):
+        if isinstance(source, str) and not source.startswith(("/", "~")) and "://" not in source:
+            config["file_mounts"][target] = str(resolve_inside(checkout_dir, source, "file mount"))
+
+
+def _is_named(exc: BaseException, *names: str) -> bool:
+    return any(klass.__name__ in names for klass in type(exc).__mro__)
+
+
+def _field(record: Any, name: str) -> Any:
+    return record.get(name) if isinstance(record, Mapping) else getattr(record, name, None)

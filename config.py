@@ -1,0 +1,87 @@
+"""Settings shared by the worker and the starter: .env loading and the Temporal connection.
+
+Temporal connection settings follow Temporal's own tools (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
+TEMPORAL_API_KEY, TEMPORAL_TLS*, or a TOML profile), so the same .env works for a local dev
+server, a self-hosted cluster and Temporal Cloud.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from dotenv import load_dotenv
+from temporalio.client import Client
+from temporalio.envconfig import ClientConfig
+
+PROJECT_DIR = Path(__file__).resolve().parent
+DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
+DEFAULT_TASK_QUEUE = "skypilot-task-queue"
+DEFAULT_UI_URL = "http://localhost:8233"
+
+
+class ConfigError(Exception):
+    """Bad configuration: reported as one line, never a traceback."""
+
+
+def load_env() -> None:
+    """Load ./.env (next to this file) without overriding variables already set."""
+    load_dotenv(PROJECT_DIR / ".env", override=False)
+
+
+def env_str(name: str, default: str = "") -> str:
+    return os.environ.get(name, "").strip() or default
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env_str(name)
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    raw = env_str(name).lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def task_queue() -> str:
+    return env_str("TEMPORAL_TASK_QUEUE", DEFAULT_TASK_QUEUE)
+
+
+def temporal_target() -> tuple[dict, str]:
+    """Client.connect keyword arguments and a printable 'address/namespace' for messages."""
+    try:
+        connect_config = dict(ClientConfig.load_client_connect_config())
+    except Exception as err:  # noqa: BLE001 - a malformed profile or TLS setting
+        raise ConfigError(f"invalid Temporal client configuration: {err}") from None
+    connect_config.setdefault("target_host", DEFAULT_TEMPORAL_ADDRESS)
+    connect_config.setdefault("namespace", "default")
+    return connect_config, f"{connect_config['target_host']} (namespace {connect_config['namespace']})"
+
+
+async def connect_temporal() -> Client:
+    connect_config, where = temporal_target()
+    try:
+        return await Client.connect(**connect_config)
+    except Exception as err:  # noqa: BLE001
+        raise ConfigError(f"cannot reach Temporal at {where}: {one_line(err)}") from None
+
+
+def workflow_ui_url(namespace: str, workflow_id: str, run_id: str | None = None) -> str:
+    base = env_str("TEMPORAL_UI_URL", DEFAULT_UI_URL).rstrip("/")
+    url = f"{base}/namespaces/{quote(namespace, safe='')}/workflows/{quote(workflow_id, safe='')}"
+    return f"{url}/{run_id}/history" if run_id else url
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:500] or type(err).__name__

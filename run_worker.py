@@ -1,0 +1,108 @@
+"""Start a Temporal worker that runs SkyPilotWorkflow and its activities.
+
+    python run_worker.py
+
+Reads .env (see .env.example). Exits with a one-line error if Temporal or the SkyPilot API
+server cannot be reached. SIGINT/SIGTERM stop it gracefully: running steps are handed back to
+Temporal, and the next worker re-attaches to their SkyPilot jobs instead of starting new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.worker import Worker
+
+import config
+from activities import SkyPilotActivities, clean_message
+from workflows import SkyPilotWorkflow
+
+log = logging.getLogger("skypilot-worker")
+
+
+def check_skypilot_api_server(sky_sdk) -> str:
+    """Return the API server's URL and version, or raise ConfigError naming the problem."""
+    from sky.server import common as server_common
+
+    url = server_common.redact_url_password(server_common.get_server_url())
+    try:
+        info = sky_sdk.api_info()
+    except Exception as err:  # noqa: BLE001
+        raise config.ConfigError(
+            f"SkyPilot API server not reachable at {url}: {clean_message(err)} "
+            "(start one with `sky api start`, or set SKYPILOT_API_SERVER_ENDPOINT)") from None
+    status = getattr(info, "status", None)
+    if str(getattr(status, "value", status)).lower() != "healthy":
+        raise config.ConfigError(f"SkyPilot API server at {url} is not healthy: {status}")
+    return f"{url} (SkyPilot {getattr(info, 'version', '?')})"
+
+
+async def run_worker() -> None:
+    config.load_env()
+    # Never let an SDK call quietly start a local API server: an unreachable server is an error.
+    os.environ.setdefault("SKYPILOT_DISABLE_LOCAL_API_SERVER", "1")
+    max_activities = config.env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 100)
+    # A step holds one thread while it follows its job and may need a second one to cancel it.
+    sdk_threads = config.env_int("WORKER_SDK_THREADS", 2 * max_activities + 4)
+    heartbeat_interval = float(config.env_int("WORKER_HEARTBEAT_INTERVAL_SECONDS", 5))
+    checkout_root = Path(config.env_str("WORKER_CHECKOUT_ROOT",
+                                        "~/.cache/skypilot-temporal/checkouts")).expanduser()
+
+    import sky  # heavy (seconds): imported only by the worker, never by the starter
+
+    api_server = await asyncio.to_thread(check_skypilot_api_server, sky)
+    client = await config.connect_temporal()
+    executor = concurrent.futures.ThreadPoolExecutor(sdk_threads, thread_name_prefix="skypilot-sdk")
+    activities = SkyPilotActivities(sky, executor, checkout_root=checkout_root,
+                                    heartbeat_interval_seconds=heartbeat_interval)
+    worker = Worker(
+        client,
+        task_queue=config.task_queue(),
+        workflows=[SkyPilotWorkflow],
+        activities=[activities.fetch_tasks, activities.launch_task, activities.exec_task,
+                    activities.down_cluster, activities.remove_checkout],
+        max_concurrent_activities=max_activities,
+        # Heartbeats reach Temporal this often, so a cancel reaches the activity this fast.
+        max_heartbeat_throttle_interval=timedelta(seconds=heartbeat_interval),
+        default_heartbeat_throttle_interval=timedelta(seconds=heartbeat_interval),
+        graceful_shutdown_timeout=timedelta(seconds=config.env_int("WORKER_SHUTDOWN_GRACE_SECONDS", 10)),
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("Worker started: task queue %r on Temporal %s, SkyPilot API server %s",
+             config.task_queue(), config.temporal_target()[1], api_server)
+    async with worker:
+        await stop.wait()
+        log.info("Shutting down: unfinished steps will be resumed by another worker")
+    # Threads still following jobs must not keep the process alive: the jobs keep running on
+    # SkyPilot and the next attempt re-attaches to them.
+    executor.shutdown(wait=False, cancel_futures=True)
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code = 0
+    try:
+        asyncio.run(run_worker())
+    except config.ConfigError as err:
+        print(f"run_worker.py: error: {err}", file=sys.stderr)
+        code = 2
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: SDK threads may still be blocked on the API server, and the
+    # Temporal client's native threads can crash a normal exit (PyGILState_Release).
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

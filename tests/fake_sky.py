@@ -1,0 +1,321 @@
+"""A fake of the SkyPilot client SDK (the `sky` module), for fast tests at the one seam.
+
+It models what the activities rely on, as measured against a real API server:
+- every call returns a request id at once; the request then runs on the "server" (a thread),
+  whether or not the client ever waits for it; `get`/`stream_and_get` wait and re-raise;
+- launch/exec return (job_id, handle) when the job is SUBMITTED; the job then runs on its own;
+- `tail_logs(follow=True)` streams the job's lines and returns its exit code (0/100/103);
+- launch on an UP cluster reuses it and submits a NEW job; `queue` lists jobs by name;
+- `api_cancel` cancels an in-flight request (a provisioning launch leaves the cluster INIT),
+  `cancel` cancels a running job, `down` of a missing cluster raises ClusterDoesNotExist.
+Task parsing is the real `sky.Task`: it is local, deterministic and part of what we test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import sky
+from sky import exceptions
+
+EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 100, "FAILED_SETUP": 100, "FAILED_DRIVER": 100,
+              "CANCELLED": 103}
+SAFETY_TIMEOUT = 60.0  # nothing in a test should wait this long: fail instead of hanging
+
+
+@dataclass
+class JobPlan:
+    """How a job named `<prefix>-<step>` behaves."""
+
+    status: str = "SUCCEEDED"
+    logs: list[str] = field(default_factory=lambda: ["working...", "done"])
+    seconds: float = 0.0
+    until_cancelled: bool = False
+
+
+@dataclass
+class FakeJob:
+    job_id: int
+    job_name: str
+    plan: JobPlan
+    status: str = "RUNNING"
+    envs: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class FakeCluster:
+    name: str
+    status: str = "INIT"
+    jobs: list[FakeJob] = field(default_factory=list)
+
+
+@dataclass
+class FakeRequest:
+    request_id: str
+    name: str
+    cluster_name: str | None
+    status: str = "RUNNING"
+    result: Any = None
+    error: BaseException | None = None
+    logs: list[str] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+class FakeSky:
+    Task = sky.Task
+    exceptions = exceptions
+
+    def __init__(self, provision_seconds: float = 0.0, call_seconds: float = 0.0) -> None:
+        self.provision_seconds = provision_seconds
+        # Added to every SDK call, like the real SDK's HTTP round trips (blocks the caller).
+        self.call_seconds = call_seconds
+        self.plans: dict[str, JobPlan] = {}
+        # method name -> exceptions raised by its next requests, in order
+        self.errors: dict[str, list[BaseException]] = {}
+        self.clusters: dict[str, FakeCluster] = {}
+        self.requests: dict[str, FakeRequest] = {}
+        self.calls: list[tuple[str, Any]] = []
+        self.submitted: list[FakeJob] = []
+        self.ever_launched: set[str] = set()
+        self._ids = itertools.count(1)
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ helpers for tests
+
+    def plan(self, step: str, **kwargs: Any) -> JobPlan:
+        self.plans[step] = JobPlan(**kwargs)
+        return self.plans[step]
+
+    def fail_next(self, method: str, *errors: BaseException) -> None:
+        self.errors.setdefault(method, []).extend(errors)
+
+    def called(self, method: str) -> list[Any]:
+        return [args for name, args in self.calls if name == method]
+
+    def jobs_named(self, suffix: str) -> list[FakeJob]:
+        return [j for j in self.submitted if j.job_name.endswith(f"-{suffix}") or j.job_name == suffix]
+
+    def wait_for_job(self, suffix: str, status: str = "RUNNING", timeout: float = 20) -> FakeJob:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = [j for j in self.jobs_named(suffix) if j.status == status]
+            if jobs:
+                return jobs[-1]
+            time.sleep(0.02)
+        raise AssertionError(f"no {status} job {suffix!r}; jobs: {self.submitted}")
+
+    def add_job(self, cluster_name: str, job_name: str, status: str = "SUCCEEDED",
+                logs: list[str] | None = None) -> FakeJob:
+        """Put a job on a cluster as if an earlier attempt had submitted it."""
+        with self._lock:
+            cluster = self.clusters.setdefault(cluster_name, FakeCluster(cluster_name, "UP"))
+            cluster.status = "UP"
+            job = FakeJob(len(cluster.jobs) + 1, job_name, JobPlan(status=status, logs=logs or []),
+                          status=status)
+            if status in EXIT_CODES:
+                job.done.set()
+            cluster.jobs.append(job)
+            self.submitted.append(job)
+            return job
+
+    # ------------------------------------------------------------------ the SDK surface
+
+    def launch(self, task: sky.Task, cluster_name: str | None = None, **kwargs: Any) -> str:
+        self._record("launch", (task.name, cluster_name, kwargs))
+        self.ever_launched.add(cluster_name)
+        return self._start("sky.launch", cluster_name, lambda req: self._do_launch(req, task, cluster_name))
+
+    def exec(self, task: sky.Task, cluster_name: str | None = None, **kwargs: Any) -> str:
+        self._record("exec", (task.name, cluster_name))
+        return self._start("sky.exec", cluster_name, lambda req: self._do_exec(task, cluster_name))
+
+    def down(self, cluster_name: str, purge: bool = False) -> str:
+        self._record("down", cluster_name)
+        return self._start("sky.down", cluster_name, lambda req: self._do_down(cluster_name))
+
+    def queue(self, cluster_name: str, skip_finished: bool = False, all_users: bool = False) -> str:
+        self._record("queue", cluster_name)
+        return self._start("sky.queue", cluster_name, lambda req: self._do_queue(cluster_name))
+
+    def job_status(self, cluster_name: str, job_ids: list[int] | None = None) -> str:
+        self._record("job_status", (cluster_name, job_ids))
+
+        def run(req: FakeRequest) -> dict[int, Any]:
+            cluster = self._cluster_up(cluster_name)
+            return {j.job_id: sky.JobStatus(j.status) for j in cluster.jobs
+                    if job_ids is None or j.job_id in job_ids}
+        return self._start("sky.job_status", cluster_name, run)
+
+    def cancel(self, cluster_name: str, all: bool = False, job_ids: list[int] | None = None,
+               **kwargs: Any) -> str:
+        self._record("cancel", (cluster_name, job_ids))
+
+        def run(req: FakeRequest) -> None:
+            for job in self._cluster_up(cluster_name).jobs:
+                if (all or job.job_id in (job_ids or [])) and not job.done.is_set():
+                    job.status = "CANCELLED"
+                    job.done.set()
+        return self._start("sky.cancel", cluster_name, run)
+
+    def api_cancel(self, request_ids: Any = None, all_users: bool = False, silent: bool = False) -> str:
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids or [])
+        self._record("api_cancel", ids)
+        for request_id in ids:
+            request = self.requests.get(request_id)
+            if request and not request.done.is_set():
+                request.cancelled.set()
+        return self._start("sky.api_cancel", None, lambda req: ids)
+
+    def api_status(self, request_ids: Any = None, all_status: bool = False,
+                   cluster_name: str | None = None, **kwargs: Any) -> list[Any]:
+        self._record("api_status", cluster_name)
+        self._delay()
+        with self._lock:
+            return [SimpleNamespace(request_id=r.request_id, name=r.name, status=r.status,
+                                    cluster_name=r.cluster_name)
+                    for r in self.requests.values()
+                    if (all_status or r.status in ("PENDING", "RUNNING"))
+                    and (cluster_name is None or r.cluster_name == cluster_name)]
+
+    def api_info(self) -> Any:
+        return SimpleNamespace(status="healthy", version="fake")
+
+    def get(self, request_id: str) -> Any:
+        self._record("get", request_id)
+        return self._wait(request_id)
+
+    def stream_and_get(self, request_id: str, output_stream: Any = None, **kwargs: Any) -> Any:
+        self._record("stream_and_get", request_id)
+        request = self.requests[request_id]
+        if output_stream is not None:
+            for line in request.logs:
+                output_stream.write(line + "\n")
+        return self._wait(request_id)
+
+    def tail_logs(self, cluster_name: str, job_id: int | None, follow: bool, tail: int = 0,
+                  output_stream: Any = None, **kwargs: Any) -> int:
+        self._record("tail_logs", (cluster_name, job_id))
+        self._delay()
+        self._maybe_raise("tail_logs")
+        job = next((j for j in self._cluster_up(cluster_name).jobs if j.job_id == job_id), None)
+        if job is None:
+            return 102
+        for line in job.plan.logs:
+            if output_stream is not None:
+                output_stream.write(line + "\n")
+        if follow and not job.done.wait(SAFETY_TIMEOUT):
+            raise AssertionError(f"job {job.job_name} never finished")
+        return EXIT_CODES.get(job.status, 101)
+
+    # ------------------------------------------------------------------ the "server"
+
+    def _start(self, name: str, cluster_name: str | None, work: Callable[[FakeRequest], Any]) -> str:
+        self._delay()
+        request = FakeRequest(f"req-{next(self._ids)}", name, cluster_name)
+        with self._lock:
+            self.requests[request.request_id] = request
+        method = name.removeprefix("sky.")
+
+        def serve() -> None:
+            try:
+                self._maybe_raise(method)
+                request.result = work(request)
+                request.status = "SUCCEEDED"
+            except BaseException as err:  # noqa: BLE001 - delivered to the client by get()
+                request.error = err
+                request.status = "CANCELLED" if isinstance(err, exceptions.RequestCancelled) else "FAILED"
+            finally:
+                request.done.set()
+        threading.Thread(target=serve, daemon=True, name=f"fake-{request.request_id}").start()
+        return request.request_id
+
+    def _wait(self, request_id: str) -> Any:
+        request = self.requests[request_id]
+        if not request.done.wait(SAFETY_TIMEOUT):
+            raise AssertionError(f"request {request_id} ({request.name}) never finished")
+        self._delay()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _do_launch(self, request: FakeRequest, task: sky.Task, cluster_name: str) -> tuple[int, Any]:
+        with self._lock:
+            cluster = self.clusters.setdefault(cluster_name, FakeCluster(cluster_name))
+        request.logs.append(f"\x1b[1mLaunching\x1b[0m {cluster_name}")
+        if cluster.status != "UP":
+            if request.cancelled.wait(self.provision_seconds):
+                raise exceptions.RequestCancelled(f"Request {request.request_id} cancelled")
+            cluster.status = "UP"
+        if request.cancelled.is_set():
+            raise exceptions.RequestCancelled(f"Request {request.request_id} cancelled")
+        return self._submit(cluster, task), SimpleNamespace(cluster_name=cluster_name)
+
+    def _do_exec(self, task: sky.Task, cluster_name: str) -> tuple[int, Any]:
+        return self._submit(self._cluster_up(cluster_name), task), None
+
+    def _do_down(self, cluster_name: str) -> None:
+        with self._lock:
+            cluster = self.clusters.pop(cluster_name, None)
+        if cluster is None:
+            raise exceptions.ClusterDoesNotExist(f"Cluster {cluster_name!r} does not exist.")
+        for job in cluster.jobs:
+            if not job.done.is_set():
+                job.status = "CANCELLED"
+                job.done.set()
+
+    def _do_queue(self, cluster_name: str) -> list[Any]:
+        return [SimpleNamespace(job_id=j.job_id, job_name=j.job_name, status=sky.JobStatus(j.status))
+                for j in self._cluster_up(cluster_name).jobs]
+
+    def _submit(self, cluster: FakeCluster, task: sky.Task) -> int:
+        step = (task.name or "").rsplit("-", 1)[-1]
+        plan = self.plans.get(step, JobPlan())
+        with self._lock:
+            job = FakeJob(len(cluster.jobs) + 1, task.name or "", plan, envs=dict(task.envs),
+                          secrets={k: v.get_secret_value() if hasattr(v, "get_secret_value") else v
+                                   for k, v in task.secrets.items()})
+            cluster.jobs.append(job)
+            self.submitted.append(job)
+
+        def run() -> None:
+            if plan.until_cancelled:
+                job.done.wait(SAFETY_TIMEOUT)
+            elif not job.done.wait(plan.seconds):
+                job.status = plan.status
+                job.done.set()
+        threading.Thread(target=run, daemon=True).start()
+        return job.job_id
+
+    def _cluster_up(self, cluster_name: str) -> FakeCluster:
+        with self._lock:
+            cluster = self.clusters.get(cluster_name)
+        if cluster is None:
+            raise exceptions.ClusterDoesNotExist(f"Cluster {cluster_name!r} does not exist.")
+        if cluster.status != "UP":
+            raise exceptions.ClusterNotUpError(f"Cluster {cluster_name!r} is {cluster.status}.",
+                                               cluster_status=None)
+        return cluster
+
+    def _maybe_raise(self, method: str) -> None:
+        with self._lock:
+            pending = self.errors.get(method)
+            error = pending.pop(0) if pending else None
+        if error is not None:
+            raise error
+
+    def _record(self, method: str, args: Any) -> None:
+        with self._lock:
+            self.calls.append((method, args))
+
+    def _delay(self) -> None:
+        if self.call_seconds:
+            time.sleep(self.call_seconds)

@@ -1,0 +1,295 @@
+"""Launch / exec / down activities against the fake SkyPilot SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+from sky import exceptions
+from temporalio.activity import ActivityCancellationDetails
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities import (
+    LOG_TAIL_BYTES,
+    DownInput,
+    ExecInput,
+    JobLogSink,
+    JobProgress,
+    LaunchInput,
+    SkyPilotActivities,
+    TaskSpec,
+    is_retryable,
+)
+from conftest import ROOT
+from fake_sky import FakeSky
+
+CLUSTER = "wf1-train"
+
+
+def spec(step: str = "train", **kwargs) -> TaskSpec:
+    yaml_name = {"preprocess": "data_preprocessing.yaml"}.get(step, f"{step}.yaml")
+    return TaskSpec(step=step, job_name=f"wf1-{step}",
+                    yaml_text=(ROOT / "tasks" / yaml_name).read_text(), **kwargs)
+
+
+def launch_input(step: str = "train", **kwargs) -> LaunchInput:
+    return LaunchInput(cluster_name=CLUSTER, task=spec(step, **kwargs))
+
+
+async def run_until(env: ActivityEnvironment, coro, condition, timeout: float = 20):
+    """Start the activity, wait for `condition()` to hold, return the still-running task."""
+    task = asyncio.ensure_future(env.run(*coro))
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        assert not task.done(), f"activity ended early: {task.result()}"
+        await asyncio.sleep(0.02)
+    return task
+
+
+async def test_launch_waits_for_the_job_and_returns_its_outcome(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", logs=["epoch 1", "eval_accuracy=0.9"], seconds=0.3)
+    result = await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert (result.job_status, result.exit_code, result.job_id) == ("SUCCEEDED", 0, 1)
+    assert result.log_tail.endswith("eval_accuracy=0.9")
+    assert result.duration_seconds >= 0.3, "returned before the job finished"
+    assert fake_sky.clusters[CLUSTER].status == "UP"
+    [job] = fake_sky.submitted
+    assert job.job_name == "wf1-train"
+
+
+async def test_env_overrides_infra_and_secrets_reach_the_task(activities, fake_sky: FakeSky):
+    task = spec(env_overrides={"EPOCHS": "7"}, secret_names=["HF_TOKEN"])
+    await ActivityEnvironment().run(activities.launch_task,
+                                    LaunchInput(CLUSTER, task, infra="slurm"))
+    [job] = fake_sky.submitted
+    assert job.envs["EPOCHS"] == "7"
+    assert job.secrets == {"HF_TOKEN": "s3cr3t-value"}
+    assert "HF_TOKEN" not in job.envs
+
+
+async def test_missing_secret_is_a_non_retryable_error_naming_it(activities):
+    with pytest.raises(ApplicationError, match="NOPE_TOKEN") as err:
+        await ActivityEnvironment().run(activities.launch_task,
+                                        launch_input(secret_names=["NOPE_TOKEN"]))
+    assert err.value.non_retryable
+
+
+@pytest.mark.parametrize("status,error_type", [("FAILED", "JobFailed"),
+                                               ("FAILED_SETUP", "JobFailedSetup")])
+async def test_failed_job_raises_non_retryable_error_with_status_exit_code_and_tail(
+        activities, fake_sky: FakeSky, status, error_type):
+    fake_sky.plan("train", status=status, logs=["Traceback", "boom: loss is NaN"])
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert err.value.non_retryable
+    assert err.value.type == error_type
+    assert status in err.value.message and "exit code 100" in err.value.message
+    [details] = err.value.details
+    assert details.job_status == status and details.exit_code == 100
+    assert "boom: loss is NaN" in details.log_tail
+
+
+async def test_exec_runs_on_the_existing_cluster(activities, fake_sky: FakeSky):
+    await ActivityEnvironment().run(activities.launch_task, launch_input())
+    result = await ActivityEnvironment().run(activities.exec_task, ExecInput(CLUSTER, spec("eval")))
+    assert result.job_status == "SUCCEEDED" and result.job_id == 2
+    assert fake_sky.called("exec") == [("wf1-eval", CLUSTER)]
+
+
+async def test_exec_on_a_missing_cluster_is_non_retryable(activities):
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.exec_task, ExecInput("gone", spec("eval")))
+    assert err.value.type == "ClusterDoesNotExist" and err.value.non_retryable
+
+
+@pytest.mark.parametrize("error,retryable", [
+    (exceptions.ResourcesUnavailableError("no slot fits cpus=64"), False),
+    (exceptions.NoCloudAccessError("no cloud access"), False),
+    (exceptions.InvalidCloudCredentials("bad creds"), False),
+    (exceptions.APIVersionMismatchError("client 1 server 2"), False),
+    (exceptions.ApiServerAuthenticationError("http://x"), False),
+    (ValueError("invalid task"), False),
+    (exceptions.ApiServerConnectionError("http://127.0.0.1:46580"), True),
+    (exceptions.ServerTemporarilyUnavailableError("restarting"), True),
+    (exceptions.CommandError(255, "ssh", "allocation vanished", None), True),
+    (ConnectionResetError("reset by peer"), True),
+])
+async def test_sdk_errors_are_classified(activities, fake_sky: FakeSky, error, retryable):
+    assert is_retryable(error) is retryable
+    fake_sky.fail_next("launch", error)
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert err.value.non_retryable is (not retryable)
+    assert err.value.type == type(error).__name__
+    assert "train on wf1-train" in err.value.message
+    assert "\x1b[" not in err.value.message
+
+
+async def test_log_tail_is_bounded_whatever_the_job_prints(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", logs=[f"line {i} " + "x" * 100 for i in range(20_000)] + ["the end"])
+    result = await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert len(result.log_tail) <= LOG_TAIL_BYTES
+    assert result.log_tail.endswith("the end")
+    assert "line 19999" in result.log_tail
+
+
+def test_log_sink_strips_ansi_redacts_secrets_and_never_raises():
+    lines = []
+    progress = JobProgress(phase="running", cluster_name="c")
+    sink = JobLogSink(lines.append, ["hunter2"], progress)
+    sink.write("\x1b[32mtoken=hunter2\x1b[0m\npartial")
+    sink.write(" line\n")
+    sink.write(None)  # type: ignore[arg-type] - a bad write must not raise into the SDK
+    assert lines == ["token=***", "partial line"]
+    assert progress.last_log_line == "partial line"
+
+
+async def test_secret_values_never_reach_the_log_tail(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", logs=["using token s3cr3t-value"])
+    result = await ActivityEnvironment().run(activities.launch_task,
+                                             launch_input(secret_names=["HF_TOKEN"]))
+    assert "s3cr3t-value" not in result.log_tail and "using token ***" in result.log_tail
+
+
+async def test_heartbeats_carry_phase_cluster_request_and_job(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", seconds=0.5)
+    env = ActivityEnvironment()
+    beats = []
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    await env.run(activities.launch_task, launch_input())
+    assert any(b["request_id"].startswith("req-") for b in beats)
+    running = [b for b in beats if b["phase"] == "running"]
+    assert running and running[-1]["job_id"] == 1 and running[-1]["cluster_name"] == CLUSTER
+
+
+async def test_blocking_sdk_calls_never_block_the_event_loop(activities):
+    slow = FakeSky(call_seconds=0.3)
+    slow_activities = SkyPilotActivities(slow, activities._executor,
+                                         checkout_root=activities._checkout_root,
+                                         heartbeat_interval_seconds=0.05)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    started = time.monotonic()
+    await ActivityEnvironment().run(slow_activities.launch_task, launch_input())
+    elapsed = time.monotonic() - started
+    ticking.cancel()
+    # launch + stream_and_get + tail_logs + job_status + get: >= 1.5 s of blocking calls
+    assert elapsed >= 1.5
+    assert ticks >= elapsed / 0.01 * 0.5, f"event loop starved: {ticks} ticks in {elapsed:.1f}s"
+
+
+async def test_cancel_during_the_job_cancels_it_on_skypilot(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", until_cancelled=True)
+    env = ActivityEnvironment()
+    task = await run_until(env, (activities.launch_task, launch_input()),
+                           lambda: fake_sky.jobs_named("train"))
+    env.cancel(ActivityCancellationDetails(cancel_requested=True))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [job] = fake_sky.submitted
+    assert job.status == "CANCELLED"
+    assert fake_sky.called("cancel") == [(CLUSTER, [1])]
+
+
+async def test_cancel_while_provisioning_cancels_the_launch_request(activities, fake_sky: FakeSky):
+    fake_sky.provision_seconds = 30
+    env = ActivityEnvironment()
+    task = await run_until(env, (activities.launch_task, launch_input()),
+                           lambda: fake_sky.called("stream_and_get"))
+    env.cancel(ActivityCancellationDetails(cancel_requested=True))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    [launch_request] = [r for r in fake_sky.requests.values() if r.name == "sky.launch"]
+    assert fake_sky.called("api_cancel") == [[launch_request.request_id]]
+    assert launch_request.status == "CANCELLED"
+    assert fake_sky.submitted == [], "a job was submitted after the cancel"
+
+
+async def test_worker_shutdown_leaves_the_job_running_for_the_next_attempt(activities, fake_sky):
+    fake_sky.plan("train", until_cancelled=True)
+    env = ActivityEnvironment()
+    task = await run_until(env, (activities.launch_task, launch_input()),
+                           lambda: fake_sky.jobs_named("train"))
+    env.cancel(ActivityCancellationDetails(worker_shutdown=True))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert fake_sky.called("cancel") == [] and fake_sky.called("api_cancel") == []
+    assert fake_sky.submitted[0].status == "RUNNING"
+    fake_sky.submitted[0].done.set()
+
+
+def retry_env(heartbeat_details: list | None = None) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=heartbeat_details or [])
+    return env
+
+
+async def test_retry_reattaches_to_the_job_found_by_name(activities, fake_sky: FakeSky):
+    fake_sky.add_job(CLUSTER, "someone-elses-job", status="SUCCEEDED")
+    fake_sky.add_job(CLUSTER, "wf1-train", status="SUCCEEDED", logs=["trained once"])
+    result = await retry_env().run(activities.launch_task, launch_input())
+    assert fake_sky.called("launch") == [], "a retry submitted a duplicate job"
+    assert (result.job_id, result.job_status) == (2, "SUCCEEDED")
+    assert "trained once" in result.log_tail
+
+
+async def test_retry_reattaches_to_the_job_in_heartbeat_details(activities, fake_sky: FakeSky):
+    job = fake_sky.add_job(CLUSTER, "wf1-train", status="FAILED", logs=["oom"])
+    details = [dataclasses.asdict(JobProgress("running", CLUSTER, "wf1-train", "req-0", job.job_id))]
+    with pytest.raises(ApplicationError, match="FAILED") as err:
+        await retry_env(details).run(activities.launch_task, launch_input())
+    assert fake_sky.called("launch") == [] and fake_sky.called("queue") == []
+    assert err.value.non_retryable
+
+
+async def test_retry_waits_for_an_in_flight_launch_instead_of_submitting_again(activities, fake_sky):
+    fake_sky.provision_seconds = 0.5
+    first_attempt_task = fake_sky.Task.from_yaml_config({"name": "wf1-train", "run": "true"})
+    fake_sky.launch(first_attempt_task, cluster_name=CLUSTER)  # the attempt that died
+    result = await retry_env().run(activities.launch_task, launch_input())
+    assert len(fake_sky.called("launch")) == 1 and len(fake_sky.submitted) == 1
+    assert result.job_id == 1
+
+
+async def test_retry_with_no_earlier_job_submits_one(activities, fake_sky: FakeSky):
+    result = await retry_env().run(activities.launch_task, launch_input())
+    assert len(fake_sky.called("launch")) == 1 and result.job_status == "SUCCEEDED"
+
+
+async def test_down_tears_the_cluster_down(activities, fake_sky: FakeSky):
+    await ActivityEnvironment().run(activities.launch_task, launch_input())
+    result = await ActivityEnvironment().run(activities.down_cluster, DownInput(CLUSTER))
+    assert result.job_status == "TERMINATED" and CLUSTER not in fake_sky.clusters
+
+
+async def test_down_of_a_missing_cluster_counts_as_torn_down(activities, fake_sky: FakeSky):
+    result = await ActivityEnvironment().run(activities.down_cluster, DownInput("never-existed"))
+    assert result.job_status == "ALREADY_GONE"
+
+
+async def test_down_cancels_a_launch_still_in_flight_on_the_cluster(activities, fake_sky):
+    fake_sky.provision_seconds = 30
+    abandoned = fake_sky.launch(fake_sky.Task.from_yaml_config({"name": "x", "run": "true"}),
+                                cluster_name=CLUSTER)
+    await ActivityEnvironment().run(activities.down_cluster, DownInput(CLUSTER))
+    assert fake_sky.called("api_cancel") == [[abandoned]]
+    assert fake_sky.requests[abandoned].status == "CANCELLED"
+    assert CLUSTER not in fake_sky.clusters
+
+
+async def test_down_failure_is_retryable(activities, fake_sky: FakeSky):
+    fake_sky.fail_next("down", exceptions.ApiServerConnectionError("http://127.0.0.1:46580"))
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.down_cluster, DownInput(CLUSTER))
+    assert not err.value.non_retryable

@@ -1,0 +1,347 @@
+"""SkyPilotWorkflow: a six-step ML pipeline whose steps are SkyPilot tasks.
+
+    1. fetch the tasks      clone the task repository, read and validate the three task YAMLs
+    2. preprocess           launch the preprocess cluster, run data_preprocessing.yaml
+    3. preprocess-down      tear the preprocess cluster down
+    4. train                launch the train cluster, run train.yaml
+    5. eval                 run eval.yaml on the train cluster with exec
+    6. train-down           tear the train cluster down
+
+Whatever happens (a step fails, times out, or the run is cancelled) the `finally:` in `run`
+tears down every cluster this run launched, retrying until SkyPilot confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from activities import (
+        DownInput,
+        ExecInput,
+        FetchTasksInput,
+        FetchTasksResult,
+        LaunchInput,
+        RemoveCheckoutInput,
+        SkyPilotActivities,
+        StepResult,
+        TaskSpec,
+    )
+
+T = TypeVar("T")
+
+CLUSTER_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+MAX_PREFIX_LENGTH = 24
+STEP_NAMES = ("fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down")
+
+
+@dataclass
+class StepTimeouts:
+    """How long each step may take in all, retries included (seconds)."""
+
+    fetch_tasks: int = 300
+    preprocess: int = 3600
+    train: int = 4 * 3600
+    eval: int = 3600
+    # Per teardown attempt; teardown itself is retried until it succeeds.
+    teardown: int = 900
+    # No heartbeat for this long means the worker died: the step moves to another worker.
+    heartbeat: int = 30
+
+
+@dataclass
+class PipelineInput:
+    repo_url: str
+    ref: str = "main"
+    preprocess_yaml: str = "data_preprocessing.yaml"
+    train_yaml: str = "train.yaml"
+    eval_yaml: str = "eval.yaml"
+    # Empty: derived from the workflow id, so concurrent runs never share a cluster.
+    cluster_prefix: str = ""
+    env_overrides: dict[str, str] = field(default_factory=dict)
+    # Names of variables the worker reads from its own environment and passes as SkyPilot
+    # secrets: their values never enter the workflow history.
+    secret_names: list[str] = field(default_factory=list)
+    # e.g. "slurm", "aws", "k8s": replaces the tasks' cloud/region/zone.
+    infra: str = ""
+    # For debugging only: leave the clusters of a FAILED run up (a cancelled run is still
+    # cleaned up). The default never leaks a cluster.
+    keep_clusters_on_failure: bool = False
+    timeouts: StepTimeouts = field(default_factory=StepTimeouts)
+    retry_initial_interval_seconds: float = 5.0
+
+
+@dataclass
+class PipelineResult:
+    repo_url: str
+    commit_sha: str
+    steps: list[StepResult]
+
+
+@dataclass
+class StepProgress:
+    name: str
+    summary: str
+    status: str = "pending"  # pending | running | succeeded | failed | cancelled
+    cluster_name: str = ""
+    job_id: int | None = None
+    job_status: str = ""
+    duration_seconds: float | None = None
+    error: str = ""
+
+
+@dataclass
+class PipelineProgress:
+    status: str  # running | cleaning up | succeeded | failed | cancelled
+    commit_sha: str
+    steps: list[StepProgress]
+    clusters_up: list[str]
+
+
+def cluster_prefix_for(workflow_id: str) -> str:
+    """A valid cluster-name prefix unique to `workflow_id` (used as-is when it already is one)."""
+    if len(workflow_id) <= MAX_PREFIX_LENGTH and CLUSTER_NAME.fullmatch(workflow_id):
+        return workflow_id
+    slug = re.sub(r"[^a-z0-9]+", "-", workflow_id.lower()).strip("-")[: MAX_PREFIX_LENGTH - 9]
+    digest = hashlib.sha256(workflow_id.encode()).hexdigest()[:6]
+    return f"{slug.rstrip('-') or 'run'}-{digest}" if slug[:1].isalpha() else f"p-{slug}-{digest}"
+
+
+@workflow.defn
+class SkyPilotWorkflow:
+    @workflow.init
+    def __init__(self, input: PipelineInput) -> None:
+        self._input = input
+        self._prefix = input.cluster_prefix or cluster_prefix_for(workflow.info().workflow_id)
+        self._preprocess_cluster = f"{self._prefix}-preprocess"
+        self._train_cluster = f"{self._prefix}-train"
+        self._checkout_name = f"{self._prefix}/{workflow.info().run_id}"
+        self._clusters_up: list[str] = []
+        self._commit_sha = ""
+        self._status = "running"
+        self._steps = {
+            "fetch-tasks": StepProgress("fetch-tasks", f"fetch tasks from {input.repo_url}@{input.ref}"),
+            "preprocess": StepProgress("preprocess", f"launch preprocess on {self._preprocess_cluster}",
+                                       cluster_name=self._preprocess_cluster),
+            "preprocess-down": StepProgress("preprocess-down", f"down {self._preprocess_cluster}",
+                                            cluster_name=self._preprocess_cluster),
+            "train": StepProgress("train", f"launch train on {self._train_cluster}",
+                                  cluster_name=self._train_cluster),
+            "eval": StepProgress("eval", f"exec eval on {self._train_cluster}",
+                                 cluster_name=self._train_cluster),
+            "train-down": StepProgress("train-down", f"down {self._train_cluster}",
+                                       cluster_name=self._train_cluster),
+        }
+
+    @workflow.run
+    async def run(self, input: PipelineInput) -> PipelineResult:
+        self._validate(input)
+        timeouts = input.timeouts
+        outcome = "failed"
+        try:
+            tasks = await self._step("fetch-tasks", lambda: self._fetch_tasks(input))
+            preprocess = await self._step("preprocess", lambda: self._launch(
+                "preprocess", self._preprocess_cluster, tasks, input.preprocess_yaml, timeouts.preprocess))
+            await self._step("preprocess-down", lambda: self._down(self._preprocess_cluster))
+            train = await self._step("train", lambda: self._launch(
+                "train", self._train_cluster, tasks, input.train_yaml, timeouts.train))
+            evaluation = await self._step("eval", lambda: self._exec(
+                "eval", self._train_cluster, tasks, input.eval_yaml, timeouts.eval))
+            await self._step("train-down", lambda: self._down(self._train_cluster))
+            outcome = "succeeded"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except ActivityError as err:
+            if is_cancelled_exception(err):
+                outcome = "cancelled"
+                raise asyncio.CancelledError() from err
+            raise self._step_failure(err) from err
+        finally:
+            await self._clean_up(outcome)
+        return PipelineResult(repo_url=input.repo_url, commit_sha=tasks.commit_sha,
+                              steps=[preprocess, train, evaluation])
+
+    @workflow.query
+    def progress(self) -> PipelineProgress:
+        return PipelineProgress(status=self._status, commit_sha=self._commit_sha,
+                                steps=list(self._steps.values()), clusters_up=list(self._clusters_up))
+
+    # ------------------------------------------------------------------ the steps
+
+    async def _fetch_tasks(self, input: PipelineInput) -> FetchTasksResult:
+        tasks = await workflow.execute_activity_method(
+            SkyPilotActivities.fetch_tasks,
+            FetchTasksInput(repo_url=input.repo_url, ref=input.ref,
+                            yaml_paths=[input.preprocess_yaml, input.train_yaml, input.eval_yaml],
+                            checkout_name=self._checkout_name, env_overrides=input.env_overrides,
+                            secret_names=input.secret_names),
+            start_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
+            schedule_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
+            retry_policy=self._retry_policy(maximum_attempts=5),
+            summary=self._steps["fetch-tasks"].summary,
+        )
+        self._commit_sha = tasks.commit_sha
+        return tasks
+
+    async def _launch(self, step: str, cluster: str, tasks: FetchTasksResult, yaml_path: str,
+                      timeout: int) -> StepResult:
+        self._clusters_up.append(cluster)  # before launching: a failed launch can leave it INIT
+        return await workflow.execute_activity_method(
+            SkyPilotActivities.launch_task,
+            LaunchInput(cluster_name=cluster, task=self._task_spec(step, tasks, yaml_path),
+                        infra=self._input.infra),
+            **self._job_activity_options(step, timeout),
+        )
+
+    async def _exec(self, step: str, cluster: str, tasks: FetchTasksResult, yaml_path: str,
+                    timeout: int) -> StepResult:
+        return await workflow.execute_activity_method(
+            SkyPilotActivities.exec_task,
+            ExecInput(cluster_name=cluster, task=self._task_spec(step, tasks, yaml_path)),
+            **self._job_activity_options(step, timeout),
+        )
+
+    async def _down(self, cluster: str, summary: str = "") -> StepResult:
+        result = await workflow.execute_activity_method(
+            SkyPilotActivities.down_cluster,
+            DownInput(cluster_name=cluster),
+            start_to_close_timeout=timedelta(seconds=self._input.timeouts.teardown),
+            heartbeat_timeout=timedelta(seconds=self._input.timeouts.heartbeat),
+            # Teardown never gives up: a leaked cluster costs more than a stuck workflow.
+            retry_policy=self._retry_policy(maximum_attempts=0),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=summary or f"down {cluster}",
+        )
+        if cluster in self._clusters_up:
+            self._clusters_up.remove(cluster)
+        return result
+
+    # ------------------------------------------------------------------ cleanup and failures
+
+    async def _clean_up(self, outcome: str) -> None:
+        """Tear down every cluster still up, whatever ended the run; then drop the checkout."""
+        self._status = "cleaning up"
+        self._update_details()
+        leftovers = list(self._clusters_up)
+        if outcome == "failed" and self._input.keep_clusters_on_failure:
+            workflow.logger.warning("keep_clusters_on_failure: leaving %s up", leftovers)
+            leftovers = []
+        await asyncio.gather(*(self._down(c, summary=f"cleanup: down {c}") for c in leftovers))
+        try:
+            await workflow.execute_activity_method(
+                SkyPilotActivities.remove_checkout, RemoveCheckoutInput(self._checkout_name),
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=self._retry_policy(maximum_attempts=3),
+                summary="cleanup: remove checkout",
+            )
+        except ActivityError as err:
+            workflow.logger.warning("Could not remove checkout %s: %s", self._checkout_name, err)
+        self._status = outcome
+        self._update_details()
+
+    def _step_failure(self, err: ActivityError) -> ApplicationError:
+        """The run's failure: names the step, cluster and job; carries the job's log tail."""
+        step = next((s for s in self._steps.values() if s.status == "failed"), None)
+        where = f"step '{step.name}'" + (f" on cluster {step.cluster_name}" if step and
+                                          step.cluster_name else "") if step else "a step"
+        cause = err.cause
+        if isinstance(cause, TimeoutError):
+            return ApplicationError(f"{where} timed out ({cause.type.name if cause.type else ''})",
+                                    type="StepTimedOut", non_retryable=True)
+        if isinstance(cause, ApplicationError):
+            details = list(cause.details)
+            tail = details[0].get("log_tail", "") if details and isinstance(details[0], dict) else ""
+            message = f"{where} failed: {cause.message}"
+            if tail:
+                message += "\nlast log lines:\n" + "\n".join(tail.splitlines()[-10:])
+            return ApplicationError(message, *details, type=cause.type, non_retryable=True)
+        return ApplicationError(f"{where} failed: {err.cause or err}", type="StepFailed",
+                                non_retryable=True)
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _step(self, name: str, run_step: Callable[[], Awaitable[T]]) -> T:
+        step = self._steps[name]
+        step.status = "running"
+        self._update_details()
+        started = workflow.now()
+        try:
+            result = await run_step()
+        except BaseException as err:
+            step.status = "cancelled" if _is_cancellation(err) else "failed"
+            step.error = str(err.cause if isinstance(err, ActivityError) and err.cause else err)
+            raise
+        finally:
+            step.duration_seconds = round((workflow.now() - started).total_seconds(), 3)
+            self._update_details()
+        step.status = "succeeded"
+        if isinstance(result, StepResult):
+            step.job_id, step.job_status = result.job_id, result.job_status
+        self._update_details()
+        return result
+
+    def _task_spec(self, step: str, tasks: FetchTasksResult, yaml_path: str) -> TaskSpec:
+        return TaskSpec(step=step, job_name=f"{self._prefix}-{step}",
+                        yaml_text=tasks.yaml_texts[yaml_path],
+                        env_overrides=self._input.env_overrides,
+                        secret_names=self._input.secret_names,
+                        checkout_name=self._checkout_name, repo_url=self._input.repo_url,
+                        commit_sha=tasks.commit_sha)
+
+    def _job_activity_options(self, step: str, timeout: int) -> dict[str, Any]:
+        return dict(
+            start_to_close_timeout=timedelta(seconds=timeout),
+            schedule_to_close_timeout=timedelta(seconds=timeout),
+            heartbeat_timeout=timedelta(seconds=self._input.timeouts.heartbeat),
+            retry_policy=self._retry_policy(maximum_attempts=5),
+            # Let the activity cancel the SkyPilot request/job before the run moves on.
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=self._steps[step].summary,
+        )
+
+    def _retry_policy(self, maximum_attempts: int) -> RetryPolicy:
+        return RetryPolicy(initial_interval=timedelta(seconds=self._input.retry_initial_interval_seconds),
+                           backoff_coefficient=2.0, maximum_interval=timedelta(minutes=2),
+                           maximum_attempts=maximum_attempts)
+
+    def _validate(self, input: PipelineInput) -> None:
+        problems = []
+        if not input.repo_url:
+            problems.append("repo_url is empty")
+        if input.cluster_prefix and not (CLUSTER_NAME.fullmatch(input.cluster_prefix)
+                                         and len(input.cluster_prefix) <= MAX_PREFIX_LENGTH):
+            problems.append(f"cluster_prefix {input.cluster_prefix!r} must be lowercase letters, "
+                            f"digits and '-', start with a letter, at most {MAX_PREFIX_LENGTH} chars")
+        for name, value in vars(input.timeouts).items():
+            if value <= 0:
+                problems.append(f"timeouts.{name} must be positive")
+        if problems:
+            raise ApplicationError("invalid pipeline input: " + "; ".join(problems),
+                                   type="InvalidInput", non_retryable=True)
+
+    def _update_details(self) -> None:
+        icons = {"pending": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌", "cancelled": "⛔"}
+        lines = [f"**{self._status}** — commit `{self._commit_sha[:12] or '?'}`", ""]
+        for step in self._steps.values():
+            job = f" — job {step.job_id}" if step.job_id is not None else ""
+            took = f" ({step.duration_seconds:.0f}s)" if step.duration_seconds is not None else ""
+            lines.append(f"{icons.get(step.status, '')} {step.summary}{job}{took}")
+        if self._clusters_up:
+            lines += ["", "clusters up: " + ", ".join(self._clusters_up)]
+        workflow.set_current_details("\n".join(lines))
+
+
+def _is_cancellation(err: BaseException) -> bool:
+    return isinstance(err, asyncio.CancelledError) or (
+        isinstance(err, ActivityError) and is_cancelled_exception(err))
