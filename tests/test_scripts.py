@@ -1,0 +1,178 @@
+"""run_workflow.py and run_worker.py as a user runs them: real processes, real Temporal server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT, Pipeline
+
+PYTHON = sys.executable
+
+
+async def run_script(
+    script: str, *args: str, env_overrides: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, str, str]:
+    """Run a project script in a clean environment (no .env), as a user would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PIPELINE_"))}
+    env["ENV_FILE"] = os.devnull
+    env.update(env_overrides or {})
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        str(ROOT / script),
+        *args,
+        cwd=str(ROOT / "tests"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, stdout.decode(), stderr.decode()
+
+
+def starter_env(pipeline: Pipeline) -> dict[str, str]:
+    return {
+        "TEMPORAL_ADDRESS": pipeline.env.client.service_client.config.target_host,
+        "TEMPORAL_TASK_QUEUE": pipeline.task_queue,
+        "PIPELINE_REPO_URL": str(pipeline.repo),
+        "PIPELINE_REF": "main",
+        "PIPELINE_PREPROCESS_YAML": "data_preprocessing.yaml",
+        "PIPELINE_TRAIN_YAML": "train.yaml",
+        "PIPELINE_EVAL_YAML": "eval.yaml",
+    }
+
+
+def assert_one_line_error(rc: int, stdout: str, stderr: str, *expected: str) -> None:
+    assert rc == 2, (rc, stdout, stderr)
+    assert "Traceback" not in stderr + stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 or lines[0].startswith("usage:"), stderr
+    for text in expected:
+        assert text in lines[-1], stderr
+
+
+async def test_starter_exits_0_on_success_every_time(pipeline: Pipeline):
+    """The exit status is trustworthy: no crash at interpreter exit over repeated runs."""
+    pipeline.fake.plan("eval", logs=["eval_accuracy=0.93"])
+    for attempt in range(5):
+        rc, stdout, stderr = await run_script("run_workflow.py", env_overrides=starter_env(pipeline))
+        assert rc == 0, f"run {attempt}: rc={rc}\n{stdout}\n{stderr}"
+        assert "succeeded" in stdout and "eval_accuracy=0.93" in stdout
+        assert "http://localhost:8233/namespaces/default/workflows/skypilot-" in stdout
+        for step in ("fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down"):
+            assert f"✓ {step} " in stdout, stdout
+
+
+async def test_starter_exits_1_when_the_workflow_fails(pipeline: Pipeline):
+    pipeline.fake.plan("train", status="FAILED", logs=["loss is NaN"])
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--workflow-id", "starter-fails", env_overrides=starter_env(pipeline)
+    )
+    assert rc == 1, (stdout, stderr)
+    assert "step 'train'" in stderr and "exit code 100" in stderr and "loss is NaN" in stderr
+    assert "Traceback" not in stderr
+    assert "✗ train" in stdout
+
+
+async def test_starter_passes_env_infra_and_secret_names(pipeline: Pipeline):
+    rc, _stdout, stderr = await run_script(
+        "run_workflow.py",
+        "--env",
+        "EPOCHS=7",
+        "--env",
+        "EMPTY=",
+        "--infra",
+        "slurm",
+        "--secret",
+        "HF_TOKEN",
+        "--workflow-id",
+        "starter-env",
+        env_overrides=starter_env(pipeline),
+    )
+    assert rc == 0, stderr
+    handle = pipeline.env.client.get_workflow_handle("starter-env")
+    history = await handle.fetch_history()
+    [started] = [e for e in history.events if e.HasField("workflow_execution_started_event_attributes")]
+    recorded_input = started.workflow_execution_started_event_attributes.input.payloads[0].data.decode()
+    assert '"EPOCHS":"7"' in recorded_input and '"HF_TOKEN"' in recorded_input
+    assert "s3cr3t-value" not in recorded_input  # the value lives on the worker only
+    assert all(job.secrets == {"HF_TOKEN": "s3cr3t-value"} for job in pipeline.fake.submitted)
+    assert all(job.envs["EPOCHS"] == "7" and job.envs["EMPTY"] == "" for job in pipeline.fake.submitted)
+
+
+async def test_starter_no_wait_returns_at_once(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    rc, stdout, _ = await run_script(
+        "run_workflow.py", "--no-wait", "--workflow-id", "no-wait", env_overrides=starter_env(pipeline)
+    )
+    assert rc == 0 and "Started workflow no-wait" in stdout
+    handle = pipeline.env.client.get_workflow_handle("no-wait")
+    await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+    await handle.cancel()
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--env", "NOEQUALS"], ["expected KEY=VALUE", "NOEQUALS"]),
+        (["--env", "1BAD=x"], ["expected KEY=VALUE"]),
+        (["--timeout", "bogus=10"], ["unknown step 'bogus'"]),
+        (["--timeout", "train=-5"], ["must be positive"]),
+        (["--secret", "not a name"], ["--secret takes a variable name"]),
+    ],
+)
+async def test_starter_rejects_bad_arguments_in_one_line(pipeline: Pipeline, args, expected):
+    rc, stdout, stderr = await run_script("run_workflow.py", *args, env_overrides=starter_env(pipeline))
+    assert_one_line_error(rc, stdout, stderr, *expected)
+
+
+async def test_starter_reports_an_unreachable_temporal_in_one_line(pipeline: Pipeline):
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", env_overrides={**starter_env(pipeline), "TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    )
+    assert_one_line_error(rc, stdout, stderr, "cannot reach Temporal at 127.0.0.1:1")
+
+
+async def test_starter_reports_a_duplicate_workflow_id_in_one_line(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    handle = await pipeline.start()
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--workflow-id", handle.id, env_overrides=starter_env(pipeline)
+    )
+    assert_one_line_error(rc, stdout, stderr, f"cannot start workflow {handle.id!r}")
+    await handle.cancel()
+
+
+async def test_starter_help_lists_every_option():
+    rc, stdout, _ = await run_script("run_workflow.py", "--help")
+    assert rc == 0
+    for option in (
+        "--repo",
+        "--ref",
+        "--env",
+        "--secret",
+        "--infra",
+        "--workflow-id",
+        "--no-wait",
+        "--timeout",
+        "--cluster-prefix",
+        "--keep-clusters-on-failure",
+    ):
+        assert option in stdout
+
+
+async def test_worker_exits_in_one_line_when_the_skypilot_api_server_is_unreachable():
+    rc, stdout, stderr = await run_script(
+        "run_worker.py", env_overrides={"SKYPILOT_API_SERVER_ENDPOINT": "http://127.0.0.1:9"}, timeout=120
+    )
+    assert_one_line_error(rc, stdout, stderr, "SkyPilot API server not reachable at http://127.0.0.1:9")
+
+
+async def test_worker_reports_a_bad_setting_in_one_line():
+    rc, stdout, stderr = await run_script(
+        "run_worker.py", env_overrides={"WORKER_MAX_CONCURRENT_ACTIVITIES": "lots"}
+    )
+    assert_one_line_error(rc, stdout, stderr, "WORKER_MAX_CONCURRENT_ACTIVITIES must be a whole number")

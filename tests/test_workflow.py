@@ -1,0 +1,199 @@
+"""SkyPilotWorkflow on a real Temporal dev server (from PyPI), activities over the fake SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from sky import exceptions
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.worker import Replayer
+
+from conftest import ROOT, Pipeline
+from fake_sky import FakeSky
+from workflows import SkyPilotWorkflow, StepTimeouts, cluster_prefix_for
+
+HISTORY_FILE = ROOT / "tests" / "histories" / "happy_path.json"
+
+
+def sdk_steps(fake: FakeSky) -> list[tuple[str, str]]:
+    """The SkyPilot operations in order, as (operation, cluster)."""
+    return [
+        (name, args if isinstance(args, str) else args[1])
+        for name, args in fake.calls
+        if name in ("launch", "exec", "down")
+    ]
+
+
+async def test_happy_path_runs_the_six_steps_in_order(pipeline: Pipeline, tmp_path: Path):
+    pipeline.fake.plan("eval", logs=["eval_accuracy=0.93"])
+    handle = await pipeline.start()
+    result = await handle.result()
+    prefix = cluster_prefix_for(handle.id)
+    pre, train = f"{prefix}-preprocess", f"{prefix}-train"
+    assert sdk_steps(pipeline.fake) == [
+        ("launch", pre),
+        ("down", pre),
+        ("launch", train),
+        ("exec", train),
+        ("down", train),
+    ]
+    assert [s.step for s in result.steps] == ["preprocess", "train", "eval"]
+    assert all(s.job_status == "SUCCEEDED" and s.exit_code == 0 for s in result.steps)
+    assert result.steps[-1].log_tail.endswith("eval_accuracy=0.93")
+    assert len(result.commit_sha) == 40
+    assert [j.job_name for j in pipeline.fake.submitted] == [
+        f"{prefix}-preprocess",
+        f"{prefix}-train",
+        f"{prefix}-eval",
+    ]
+    assert all(j.envs["PIPELINE_RUN_ID"] == prefix for j in pipeline.fake.submitted)
+    pipeline.assert_no_cluster_left()
+    assert not any((tmp_path / "checkouts").iterdir()), "checkout not removed"
+
+    progress = await handle.query(SkyPilotWorkflow.progress)
+    assert progress.status == "succeeded" and progress.clusters_up == []
+    assert [s.status for s in progress.steps] == ["succeeded"] * 6
+
+    summaries = [
+        e.user_metadata.summary.data.decode()
+        async for e in handle.fetch_history_events()
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    assert [json.loads(s) for s in summaries[:6]] == [
+        f"fetch tasks from {pipeline.repo}@main",
+        f"launch preprocess on {pre}",
+        f"down {pre}",
+        f"launch train on {train}",
+        f"exec eval on {train}",
+        f"down {train}",
+    ]
+
+
+@pytest.mark.parametrize("failing_step", ["preprocess", "train", "eval"])
+async def test_a_failed_job_fails_the_run_after_tearing_everything_down(pipeline, failing_step):
+    pipeline.fake.plan(failing_step, status="FAILED", logs=["Traceback", f"{failing_step} broke"])
+    cause = await pipeline.fail()
+    assert isinstance(cause, ApplicationError) and cause.type == "JobFailed"
+    assert f"step '{failing_step}'" in cause.message
+    assert f"-{'preprocess' if failing_step == 'preprocess' else 'train'}" in cause.message
+    assert "exit code 100" in cause.message and f"{failing_step} broke" in cause.message
+    pipeline.assert_no_cluster_left()
+    assert len(pipeline.fake.jobs_named(failing_step)) == 1
+
+
+async def test_a_failed_fetch_launches_nothing(pipeline: Pipeline, tmp_path: Path):
+    cause = await pipeline.fail(repo_url=str(tmp_path / "missing-repo"))
+    assert cause.type == "RepositoryNotFound" and "step 'fetch-tasks'" in cause.message
+    assert pipeline.fake.calls == []
+
+
+async def test_a_non_retryable_launch_error_fails_fast_and_cleans_up(pipeline: Pipeline):
+    pipeline.fake.fail_next("launch", exceptions.ResourcesUnavailableError("cpus=512 fits nowhere"))
+    cause = await pipeline.fail()
+    assert cause.type == "ResourcesUnavailableError" and "cpus=512" in cause.message
+    assert len(pipeline.fake.called("launch")) == 1, "a non-retryable error was retried"
+    pipeline.assert_no_cluster_left()
+
+
+@pytest.mark.parametrize("step", ["preprocess-down", "train-down"])
+async def test_teardown_retries_until_it_succeeds(pipeline: Pipeline, step: str):
+    outage = [exceptions.ApiServerConnectionError("http://127.0.0.1:46580")] * 3
+    if step == "train-down":
+        outage = [None, *outage]  # the preprocess cluster's down goes through
+    pipeline.fake.fail_next("down", *outage)
+    result = await pipeline.run()
+    assert [s.job_status for s in result.steps] == ["SUCCEEDED"] * 3
+    assert len(pipeline.fake.called("down")) == 5
+    pipeline.assert_no_cluster_left()
+
+
+async def test_cancel_during_train_cancels_the_job_and_tears_down(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    handle = await pipeline.start()
+    train_job = await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    assert isinstance(err.value.cause, CancelledError)
+    assert train_job.status == "CANCELLED"
+    assert pipeline.fake.called("cancel") == [(f"{cluster_prefix_for(handle.id)}-train", [1])]
+    pipeline.assert_no_cluster_left()
+    progress = await handle.query(SkyPilotWorkflow.progress)
+    assert progress.status == "cancelled"
+    assert [s.status for s in progress.steps][3:] == ["cancelled", "pending", "pending"]
+
+
+async def test_a_retried_train_step_reattaches_instead_of_resubmitting(pipeline: Pipeline):
+    pipeline.fake.plan("train", seconds=0.3)
+    pipeline.fake.fail_next("tail_logs", exceptions.ApiServerConnectionError("http://x"))
+    result = await pipeline.run()
+    assert len(pipeline.fake.jobs_named("train")) == 1, "the retry submitted a second train job"
+    assert len(pipeline.fake.called("launch")) == 2  # preprocess + train, once each
+    assert result.steps[1].job_status == "SUCCEEDED"
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_step_timeout_fails_the_run_and_tears_down(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    cause = await pipeline.fail(timeouts=StepTimeouts(train=3, heartbeat=5))
+    assert cause.type == "StepTimedOut" and "step 'train'" in cause.message
+    pipeline.assert_no_cluster_left()
+
+
+async def test_keep_clusters_on_failure_leaves_the_failed_cluster_up(pipeline: Pipeline):
+    pipeline.fake.plan("train", status="FAILED")
+    await pipeline.fail(keep_clusters_on_failure=True)
+    assert [name for name in pipeline.fake.clusters] == [
+        n for n in pipeline.fake.ever_launched if n.endswith("-train")
+    ]
+
+
+async def test_invalid_input_fails_the_run_with_a_message_not_a_hang(pipeline: Pipeline):
+    cause = await pipeline.fail(cluster_prefix="Bad_Prefix", timeouts=StepTimeouts(train=0))
+    assert cause.type == "InvalidInput"
+    assert "cluster_prefix 'Bad_Prefix'" in cause.message and "timeouts.train" in cause.message
+    assert pipeline.fake.calls == []
+
+
+async def test_concurrent_runs_never_share_a_cluster(pipeline: Pipeline):
+    pipeline.fake.plan("train", seconds=0.5)
+    handles = [await pipeline.start() for _ in range(3)]
+    await asyncio.gather(*(h.result() for h in handles))
+    launched = [cluster for op, cluster in sdk_steps(pipeline.fake) if op == "launch"]
+    assert len(launched) == len(set(launched)) == 6
+    pipeline.assert_no_cluster_left()
+
+
+def test_cluster_prefix_is_valid_and_unique_per_workflow_id():
+    ids = ["skypilot-3fa2b1c9", "Run_1", "run-1", "x" * 80, "x" * 80 + "y", "123", "a/b c"]
+    prefixes = [cluster_prefix_for(i) for i in ids]
+    assert prefixes[0] == "skypilot-3fa2b1c9"
+    assert len(set(prefixes)) == len(ids)
+    from workflows import CLUSTER_NAME, MAX_PREFIX_LENGTH
+
+    for prefix in prefixes:
+        assert CLUSTER_NAME.fullmatch(prefix) and len(prefix) <= MAX_PREFIX_LENGTH, prefix
+
+
+async def test_recorded_history_replays_deterministically():
+    """Guards determinism: today's workflow code must replay a history recorded earlier.
+
+    Regenerate with `python tests/record_history.py` only for an intended, versioned change.
+    """
+    history = json.loads(HISTORY_FILE.read_text())
+    from temporalio.client import WorkflowHistory
+
+    await Replayer(workflows=[SkyPilotWorkflow]).replay_workflow(
+        WorkflowHistory.from_json(history["workflow_id"], history["history"])
+    )
+
+
+async def test_a_fresh_history_replays(pipeline: Pipeline):
+    handle = await pipeline.start()
+    await handle.result()
+    history = await handle.fetch_history()
+    await Replayer(workflows=[SkyPilotWorkflow]).replay_workflow(history)
