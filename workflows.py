@@ -14,12 +14,13 @@ tears down every cluster this run launched, retrying until SkyPilot confirms.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -30,15 +31,12 @@ with workflow.unsafe.imports_passed_through():
         DownInput,
         ExecInput,
         FetchTasksInput,
-        FetchTasksResult,
         LaunchInput,
         RemoveCheckoutInput,
         SkyPilotActivities,
         StepResult,
         TaskSpec,
     )
-
-T = TypeVar("T")
 
 CLUSTER_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 MAX_PREFIX_LENGTH = 24
@@ -127,6 +125,7 @@ class SkyPilotWorkflow:
         self._checkout_name = f"{self._prefix}/{workflow.info().run_id}"
         self._clusters_up: list[str] = []
         self._commit_sha = ""
+        self._yaml_texts: dict[str, str] = {}
         self._status = "running"
         self._steps = {
             "fetch-tasks": StepProgress("fetch-tasks", f"fetch tasks from {input.repo_url}@{input.ref}"),
@@ -152,25 +151,14 @@ class SkyPilotWorkflow:
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
         self._validate(input)
-        timeouts = input.timeouts
         outcome = "failed"
         try:
-            tasks = await self._step("fetch-tasks", lambda: self._fetch_tasks(input))
-            preprocess = await self._step(
-                "preprocess",
-                lambda: self._launch(
-                    "preprocess", self._preprocess_cluster, tasks, input.preprocess_yaml, timeouts.preprocess
-                ),
-            )
-            await self._step("preprocess-down", lambda: self._down(self._preprocess_cluster))
-            train = await self._step(
-                "train",
-                lambda: self._launch("train", self._train_cluster, tasks, input.train_yaml, timeouts.train),
-            )
-            evaluation = await self._step(
-                "eval", lambda: self._exec("eval", self._train_cluster, tasks, input.eval_yaml, timeouts.eval)
-            )
-            await self._step("train-down", lambda: self._down(self._train_cluster))
+            await self._fetch_tasks()
+            preprocess = await self._launch("preprocess", self._preprocess_cluster, input.preprocess_yaml)
+            await self._down(self._preprocess_cluster, step="preprocess-down")
+            train = await self._launch("train", self._train_cluster, input.train_yaml)
+            evaluation = await self._exec("eval", self._train_cluster, input.eval_yaml)
+            await self._down(self._train_cluster, step="train-down")
             outcome = "succeeded"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -182,9 +170,7 @@ class SkyPilotWorkflow:
             raise self._step_failure(err) from err
         finally:
             await self._clean_up(outcome)
-        return PipelineResult(
-            repo_url=input.repo_url, commit_sha=tasks.commit_sha, steps=[preprocess, train, evaluation]
-        )
+        return PipelineResult(input.repo_url, self._commit_sha, steps=[preprocess, train, evaluation])
 
     @workflow.query
     def progress(self) -> PipelineProgress:
@@ -197,60 +183,62 @@ class SkyPilotWorkflow:
 
     # ------------------------------------------------------------------ the steps
 
-    async def _fetch_tasks(self, input: PipelineInput) -> FetchTasksResult:
-        tasks = await workflow.execute_activity_method(
-            SkyPilotActivities.fetch_tasks,
-            FetchTasksInput(
-                repo_url=input.repo_url,
-                ref=input.ref,
-                yaml_paths=[input.preprocess_yaml, input.train_yaml, input.eval_yaml],
-                checkout_name=self._checkout_name,
-                env_overrides=input.env_overrides,
-                secret_names=input.secret_names,
-            ),
-            start_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
-            schedule_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
-            retry_policy=self._retry_policy(maximum_attempts=5),
-            summary=self._steps["fetch-tasks"].summary,
-        )
-        self._commit_sha = tasks.commit_sha
-        return tasks
+    async def _fetch_tasks(self) -> None:
+        input = self._input
+        async with self._tracking("fetch-tasks"):
+            tasks = await workflow.execute_activity_method(
+                SkyPilotActivities.fetch_tasks,
+                FetchTasksInput(
+                    repo_url=input.repo_url,
+                    ref=input.ref,
+                    yaml_paths=[input.preprocess_yaml, input.train_yaml, input.eval_yaml],
+                    checkout_name=self._checkout_name,
+                    env_overrides=input.env_overrides,
+                    secret_names=input.secret_names,
+                ),
+                start_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
+                schedule_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
+                retry_policy=self._retry_policy(maximum_attempts=5),
+                summary=self._steps["fetch-tasks"].summary,
+            )
+        self._commit_sha, self._yaml_texts = tasks.commit_sha, tasks.yaml_texts
 
-    async def _launch(
-        self, step: str, cluster: str, tasks: FetchTasksResult, yaml_path: str, timeout: int
-    ) -> StepResult:
+    async def _launch(self, step: str, cluster: str, yaml_path: str) -> StepResult:
         self._clusters_up.append(cluster)  # before launching: a failed launch can leave it INIT
-        return await workflow.execute_activity_method(
-            SkyPilotActivities.launch_task,
-            LaunchInput(
-                cluster_name=cluster, task=self._task_spec(step, tasks, yaml_path), infra=self._input.infra
-            ),
-            **self._job_activity_options(step, timeout),
-        )
+        async with self._tracking(step) as progress:
+            result = await workflow.execute_activity_method(
+                SkyPilotActivities.launch_task,
+                LaunchInput(cluster, self._task_spec(step, yaml_path), infra=self._input.infra),
+                **self._job_activity_options(step),
+            )
+            progress.job_id, progress.job_status = result.job_id, result.job_status
+        return result
 
-    async def _exec(
-        self, step: str, cluster: str, tasks: FetchTasksResult, yaml_path: str, timeout: int
-    ) -> StepResult:
-        return await workflow.execute_activity_method(
-            SkyPilotActivities.exec_task,
-            ExecInput(cluster_name=cluster, task=self._task_spec(step, tasks, yaml_path)),
-            **self._job_activity_options(step, timeout),
-        )
+    async def _exec(self, step: str, cluster: str, yaml_path: str) -> StepResult:
+        async with self._tracking(step) as progress:
+            result = await workflow.execute_activity_method(
+                SkyPilotActivities.exec_task,
+                ExecInput(cluster, self._task_spec(step, yaml_path)),
+                **self._job_activity_options(step),
+            )
+            progress.job_id, progress.job_status = result.job_id, result.job_status
+        return result
 
-    async def _down(self, cluster: str, summary: str = "") -> StepResult:
-        result = await workflow.execute_activity_method(
-            SkyPilotActivities.down_cluster,
-            DownInput(cluster_name=cluster),
-            start_to_close_timeout=timedelta(seconds=self._input.timeouts.teardown),
-            heartbeat_timeout=timedelta(seconds=self._input.timeouts.heartbeat),
-            # Teardown never gives up: a leaked cluster costs more than a stuck workflow.
-            retry_policy=self._retry_policy(maximum_attempts=0),
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=summary or f"down {cluster}",
-        )
+    async def _down(self, cluster: str, step: str | None = None) -> None:
+        """Tear `cluster` down: as pipeline step `step`, or as cleanup when `step` is None."""
+        async with self._tracking(step):
+            await workflow.execute_activity_method(
+                SkyPilotActivities.down_cluster,
+                DownInput(cluster_name=cluster),
+                start_to_close_timeout=timedelta(seconds=self._input.timeouts.teardown),
+                heartbeat_timeout=timedelta(seconds=self._input.timeouts.heartbeat),
+                # Teardown never gives up: a leaked cluster costs more than a stuck workflow.
+                retry_policy=self._retry_policy(maximum_attempts=0),
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=self._steps[step].summary if step else f"cleanup: down {cluster}",
+            )
         if cluster in self._clusters_up:
             self._clusters_up.remove(cluster)
-        return result
 
     # ------------------------------------------------------------------ cleanup and failures
 
@@ -262,7 +250,7 @@ class SkyPilotWorkflow:
         if outcome == "failed" and self._input.keep_clusters_on_failure:
             workflow.logger.warning("keep_clusters_on_failure: leaving %s up", leftovers)
             leftovers = []
-        await asyncio.gather(*(self._down(c, summary=f"cleanup: down {c}") for c in leftovers))
+        await asyncio.gather(*(self._down(cluster) for cluster in leftovers))
         try:
             await workflow.execute_activity_method(
                 SkyPilotActivities.remove_checkout,
@@ -302,13 +290,16 @@ class SkyPilotWorkflow:
 
     # ------------------------------------------------------------------ plumbing
 
-    async def _step(self, name: str, run_step: Callable[[], Awaitable[T]]) -> T:
-        step = self._steps[name]
+    @contextlib.asynccontextmanager
+    async def _tracking(self, name: str | None) -> AsyncIterator[StepProgress]:
+        """Keep the progress query and the Web UI's current details in step with step `name`."""
+        step = self._steps[name] if name else StepProgress("cleanup", "cleanup")
         step.status = "running"
         self._update_details()
         started = workflow.now()
         try:
-            result = await run_step()
+            yield step
+            step.status = "succeeded"
         except BaseException as err:
             step.status = "cancelled" if _is_cancellation(err) else "failed"
             step.error = str(err.cause if isinstance(err, ActivityError) and err.cause else err)
@@ -316,26 +307,22 @@ class SkyPilotWorkflow:
         finally:
             step.duration_seconds = round((workflow.now() - started).total_seconds(), 3)
             self._update_details()
-        step.status = "succeeded"
-        if isinstance(result, StepResult):
-            step.job_id, step.job_status = result.job_id, result.job_status
-        self._update_details()
-        return result
 
-    def _task_spec(self, step: str, tasks: FetchTasksResult, yaml_path: str) -> TaskSpec:
+    def _task_spec(self, step: str, yaml_path: str) -> TaskSpec:
         return TaskSpec(
             step=step,
             job_name=f"{self._prefix}-{step}",
-            yaml_text=tasks.yaml_texts[yaml_path],
+            yaml_text=self._yaml_texts[yaml_path],
             # Tasks keep their files apart per run with PIPELINE_RUN_ID.
             env_overrides={"PIPELINE_RUN_ID": self._prefix, **self._input.env_overrides},
             secret_names=self._input.secret_names,
             checkout_name=self._checkout_name,
             repo_url=self._input.repo_url,
-            commit_sha=tasks.commit_sha,
+            commit_sha=self._commit_sha,
         )
 
-    def _job_activity_options(self, step: str, timeout: int) -> dict[str, Any]:
+    def _job_activity_options(self, step: str) -> dict[str, Any]:
+        timeout = getattr(self._input.timeouts, step)
         return dict(
             start_to_close_timeout=timedelta(seconds=timeout),
             schedule_to_close_timeout=timedelta(seconds=timeout),
