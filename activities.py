@@ -87,6 +87,8 @@ RETRYABLE_SKY_ERRORS = frozenset(
 )
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+# SkyPilot's report of the task's own exit codes, e.g. "Job 1 failed with return code list: [3]".
+_RETURN_CODES = re.compile(r"return code list: \[([-\d, ]+)\]")
 _GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 _TRANSIENT_GIT_ERRORS = (
     "could not resolve host",
@@ -165,6 +167,7 @@ class StepResult:
     cluster_name: str
     job_id: int | None = None
     job_status: str = ""
+    # The task's own exit code when SkyPilot reports it, else SkyPilot's (0, 100 failed, 103 cancelled).
     exit_code: int | None = None
     duration_seconds: float = 0.0
     log_tail: str = ""
@@ -206,6 +209,7 @@ class JobLogSink:
         self._partial = ""
         self._tail: collections.deque[str] = collections.deque()
         self._tail_bytes = 0
+        self.task_exit_code: int | None = None
 
     def write(self, text: str) -> int:
         try:
@@ -244,6 +248,8 @@ class JobLogSink:
         if not line:
             return
         self._log_line(line)
+        if codes := _RETURN_CODES.search(line):
+            self.task_exit_code = next((int(c) for c in codes.group(1).split(",") if int(c)), 0)
         self._progress.last_log_line = line[:200]
         line = line[: self._max_tail_bytes]
         self._tail.append(line)
@@ -485,6 +491,8 @@ class SkyPilotActivities:
                 progress.job_id = job_id
                 progress.phase = "running"
                 exit_code, status = await self._follow_job(cluster, job_id, sink)
+                if sink.task_exit_code is not None and exit_code != EXIT_CANCELLED:
+                    exit_code = sink.task_exit_code
             except asyncio.CancelledError:
                 await self._cancel_on_skypilot_if_requested(cluster, progress)
                 raise

@@ -282,7 +282,8 @@ class SkyPilotWorkflow:
         if isinstance(cause, ApplicationError):
             details = list(cause.details)
             tail = details[0].get("log_tail", "") if details and isinstance(details[0], dict) else ""
-            message = f"{where} failed: {cause.message}"
+            said_already = f"{step.name} on {step.cluster_name}: " if step else ""
+            message = f"{where} failed: {cause.message.removeprefix(said_already)}"
             if tail:
                 message += "\nlast log lines:\n" + "\n".join(tail.splitlines()[-10:])
             return ApplicationError(message, *details, type=cause.type, non_retryable=True)

@@ -298,3 +298,12 @@ async def test_down_failure_is_retryable(activities, fake_sky: FakeSky):
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(activities.down_cluster, DownInput(CLUSTER))
     assert not err.value.non_retryable
+
+
+async def test_the_tasks_own_exit_code_is_reported_when_skypilot_prints_it(activities, fake_sky):
+    fake_sky.plan(
+        "train", status="FAILED", logs=["diverged", "ERROR: Job 1 failed with return code list: [3]"]
+    )
+    with pytest.raises(ApplicationError, match="FAILED, exit code 3") as err:
+        await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert err.value.details[0].exit_code == 3
