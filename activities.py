@@ -33,6 +33,8 @@ from temporalio.exceptions import ApplicationError
 
 # Payloads stay far below Temporal's 2 MB limit whatever a job prints.
 LOG_TAIL_BYTES = 4096
+# Task YAMLs travel through workflow history: keep them far below the 2 MB payload limit.
+MAX_TASK_FILE_BYTES = 256 * 1024
 DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 5.0
 # How long a cancelled activity waits for SkyPilot to confirm the cancel before giving up.
 CANCEL_CONFIRM_TIMEOUT_SECONDS = 60.0
@@ -413,6 +415,12 @@ class SkyPilotActivities:
                 raise ApplicationError(
                     f"task file {relative!r} not found in {input.repo_url!r} at {input.ref!r}",
                     type="TaskFileNotFound",
+                    non_retryable=True,
+                )
+            if path.stat().st_size > MAX_TASK_FILE_BYTES:
+                raise ApplicationError(
+                    f"task file {relative!r} is larger than {MAX_TASK_FILE_BYTES // 1024} KB",
+                    type="TaskFileTooLarge",
                     non_retryable=True,
                 )
             yaml_texts[relative] = path.read_text()

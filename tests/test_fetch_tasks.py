@@ -137,3 +137,10 @@ async def test_remove_checkout_deletes_only_this_run(activities, task_repo: Path
     await ActivityEnvironment().run(activities.remove_checkout, RemoveCheckoutInput("wf1/run1"))
     assert not (tmp_path / "checkouts" / "wf1" / "run1").exists()
     assert (tmp_path / "checkouts" / "wf2" / "run1" / "train.yaml").exists()
+
+
+async def test_an_oversized_task_file_is_rejected_before_it_reaches_history(activities, task_repo: Path):
+    (task_repo / "train.yaml").write_text("name: train\nrun: |\n" + "  echo padding\n" * 30_000)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "big", cwd=task_repo)
+    err = await expect_error(activities, "TaskFileTooLarge", task_repo)
+    assert "train.yaml" in err.message
