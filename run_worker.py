@@ -18,8 +18,10 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.worker import Worker
 
 import config
@@ -49,6 +51,32 @@ def check_skypilot_api_server(sky_sdk) -> str:
     return f"{url} (SkyPilot {getattr(info, 'version', '?')})"
 
 
+def create_worker(
+    client: Client,
+    activities: SkyPilotActivities,
+    task_queue: str,
+    heartbeat_interval: float,
+    **options: Any,
+) -> Worker:
+    """The workflow and every activity on one task queue (SkyPilot state stays in one place)."""
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[SkyPilotWorkflow],
+        activities=[
+            activities.fetch_tasks,
+            activities.launch_task,
+            activities.exec_task,
+            activities.down_cluster,
+            activities.remove_checkout,
+        ],
+        # Heartbeats reach Temporal this often, so a cancel reaches the activity this fast.
+        max_heartbeat_throttle_interval=timedelta(seconds=heartbeat_interval),
+        default_heartbeat_throttle_interval=timedelta(seconds=heartbeat_interval),
+        **options,
+    )
+
+
 async def run_worker() -> None:
     config.load_env()
     # Never let an SDK call quietly start a local API server: an unreachable server is an error.
@@ -69,21 +97,12 @@ async def run_worker() -> None:
     activities = SkyPilotActivities(
         sky, executor, checkout_root=checkout_root, heartbeat_interval_seconds=heartbeat_interval
     )
-    worker = Worker(
+    worker = create_worker(
         client,
-        task_queue=config.task_queue(),
-        workflows=[SkyPilotWorkflow],
-        activities=[
-            activities.fetch_tasks,
-            activities.launch_task,
-            activities.exec_task,
-            activities.down_cluster,
-            activities.remove_checkout,
-        ],
+        activities,
+        config.task_queue(),
+        heartbeat_interval=heartbeat_interval,
         max_concurrent_activities=max_activities,
-        # Heartbeats reach Temporal this often, so a cancel reaches the activity this fast.
-        max_heartbeat_throttle_interval=timedelta(seconds=heartbeat_interval),
-        default_heartbeat_throttle_interval=timedelta(seconds=heartbeat_interval),
         graceful_shutdown_timeout=timedelta(seconds=config.env_int("WORKER_SHUTDOWN_GRACE_SECONDS", 10)),
     )
     stop = asyncio.Event()

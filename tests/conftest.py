@@ -16,7 +16,6 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -24,6 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from activities import SkyPilotActivities  # noqa: E402
 from fake_sky import FakeSky  # noqa: E402
+from run_worker import create_worker  # noqa: E402
 from workflows import PipelineInput, SkyPilotWorkflow, StepTimeouts  # noqa: E402
 
 TEMPORAL_CLI = ROOT / ".venv" / "bin" / "temporal"
@@ -133,20 +133,7 @@ async def running_worker(
             heartbeat_interval_seconds=0.05,
             environ=WORKER_ENVIRON,
         )
-        async with Worker(
-            env.client,
-            task_queue=task_queue,
-            workflows=[SkyPilotWorkflow],
-            activities=[
-                activities.fetch_tasks,
-                activities.launch_task,
-                activities.exec_task,
-                activities.down_cluster,
-                activities.remove_checkout,
-            ],
-            max_heartbeat_throttle_interval=timedelta(seconds=0.2),
-            default_heartbeat_throttle_interval=timedelta(seconds=0.2),
-        ):
+        async with create_worker(env.client, activities, task_queue, heartbeat_interval=0.2):
             yield
         for job in fake.submitted:  # release fake jobs still waiting, so threads end
             job.done.set()

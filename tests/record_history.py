@@ -14,17 +14,16 @@ import json
 import os
 import sys
 import tempfile
-from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
-from temporalio.worker import Worker  # noqa: E402
 
 from activities import SkyPilotActivities  # noqa: E402
 from fake_sky import FakeSky  # noqa: E402
+from run_worker import create_worker  # noqa: E402
 from workflows import PipelineInput, SkyPilotWorkflow  # noqa: E402
 
 
@@ -38,19 +37,7 @@ async def record() -> None:
         activities = SkyPilotActivities(
             fake, pool, checkout_root=Path(scratch), heartbeat_interval_seconds=0.1
         )
-        async with Worker(
-            env.client,
-            task_queue="record",
-            workflows=[SkyPilotWorkflow],
-            activities=[
-                activities.fetch_tasks,
-                activities.launch_task,
-                activities.exec_task,
-                activities.down_cluster,
-                activities.remove_checkout,
-            ],
-            max_heartbeat_throttle_interval=timedelta(seconds=0.2),
-        ):
+        async with create_worker(env.client, activities, "record", heartbeat_interval=0.2):
             handle = await env.client.start_workflow(
                 SkyPilotWorkflow.run,
                 PipelineInput(
