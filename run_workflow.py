@@ -222,6 +222,7 @@ async def start_and_follow(args: argparse.Namespace) -> int:
         result = await handle.result()
     except WorkflowFailureError as err:
         print(f"Workflow {workflow_id} {describe_failure(err)}", file=sys.stderr, flush=True)
+        print(f"  Web UI: {url}", file=sys.stderr)
         return EXIT_FAILED
     print(f"Workflow {workflow_id} succeeded (commit {result.commit_sha[:12]})")
     for step in result.steps:
@@ -232,6 +233,7 @@ async def start_and_follow(args: argparse.Namespace) -> int:
     last_eval_lines = result.steps[-1].log_tail.splitlines()[-3:] if result.steps else []
     for line in last_eval_lines:
         print(f"  eval> {line}")
+    print(f"  Web UI: {url}")
     return EXIT_OK
 
 

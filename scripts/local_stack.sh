@@ -1,0 +1,429 @@
+#!/usr/bin/env bash
+# The embedded local stack: everything the pipeline needs on ONE Debian/Ubuntu machine, as root,
+# with no cloud account and no internet beyond the package registries.
+#
+#   scripts/local_stack.sh up       # install (idempotent) and start what is not running yet
+#   scripts/local_stack.sh up --with-worker   # ... and a worker (run_worker.py) in the background
+#   scripts/local_stack.sh status   # what runs, and whether this script started it
+#   scripts/local_stack.sh down     # stop what this script started (by pid), nothing else
+#
+# Components (all on loopback except Slurm's own daemons, which cannot bind to one address):
+#   temporal   Temporal dev server, gRPC 127.0.0.1:7233, Web UI http://localhost:8233,
+#              database .state/temporal.db (runs survive restarts)
+#   slurm      one-node Slurm (munged, slurmctld, slurmd) whose node is this machine
+#   sshd       sshd on 127.0.0.1:2222 for user skyslurm: SkyPilot reaches Slurm over SSH
+#   skypilot   SkyPilot API server on 127.0.0.1:46580 with the Slurm infra enabled
+#   worker     run_worker.py, when started by scripts/run_local.sh (stopped by `down`)
+#
+# SkyPilot's node-side setup downloads uv from astral.sh and CPython from GitHub; neither is
+# reachable here, so the node gets uv from PyPI and the system python3 (see offline_shims).
+#
+# Knobs: STACK_STATE_DIR [.state], TEMPORAL_PORT [7233], TEMPORAL_UI_PORT [8233],
+#        SKY_API_PORT [46580], SKY_SLURM_SSH_PORT [2222], SKY_SLURM_USER [skyslurm],
+#        SKY_SLURM_CPUS [8], SKY_SLURM_MEM_MB [16000].
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+VENV=$REPO/.venv
+STATE=${STACK_STATE_DIR:-$REPO/.state}
+TEMPORAL_PORT=${TEMPORAL_PORT:-7233}
+TEMPORAL_UI_PORT=${TEMPORAL_UI_PORT:-8233}
+SKY_API_PORT=${SKY_API_PORT:-46580}
+SSH_PORT=${SKY_SLURM_SSH_PORT:-2222}
+SUSER=${SKY_SLURM_USER:-skyslurm}
+SLURM_CLUSTER=localcluster
+NODE_CPUS=${SKY_SLURM_CPUS:-8}
+NODE_MEM_MB=${SKY_SLURM_MEM_MB:-16000}
+UV_VERSION=0.13.9
+NODE_PYTHON=/usr/bin/python3
+
+SSH_KEY=/root/.ssh/sky-slurm-key
+SSHD_CONF=/etc/ssh/sky-slurm-sshd_config
+SSHD_PID=/run/sshd-sky-slurm.pid
+MUNGE_PID=/run/munge/munged.pid
+CTLD_PID=/run/slurmctld.pid
+SLURMD_PID=/run/slurmd.pid
+TEMPORAL_PID=$STATE/temporal.pid
+SKY_API_PID=$STATE/skypilot-api.pid
+WORKER_PID=$STATE/worker.pid
+# One line per daemon this script started: "<name> <pidfile>". `down` stops exactly these.
+STARTED=$STATE/started
+
+log() { printf '[local_stack %(%H:%M:%S)T] %s\n' -1 "$*"; }
+die() { printf 'local_stack.sh: error: %s\n' "$*" >&2; exit 1; }
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+started_by_us() { [ -f "$STARTED" ] && grep -q "^$1 " "$STARTED"; }
+mark_started() { mkdir -p "$STATE"; grep -v "^$1 " "$STARTED" 2>/dev/null > "$STARTED.tmp" || true; echo "$1 $2" >> "$STARTED.tmp"; mv "$STARTED.tmp" "$STARTED"; }
+port_owner() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'users:((.*))' | head -1 || true; }
+port_pid() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true; }
+wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
+  local seconds=$1 what=$2; shift 2
+  for _ in $(seq $((seconds * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  die "$what did not come up within ${seconds}s"
+}
+
+# ------------------------------------------------------------------------------ preflight
+preflight() {
+  [ "$(id -u)" = 0 ] || die "must run as root (it installs Slurm and starts system daemons)"
+  . /etc/os-release 2>/dev/null || die "cannot read /etc/os-release: need Debian or Ubuntu"
+  case " ${ID:-} ${ID_LIKE:-} " in
+    *" debian "*|*" ubuntu "*) ;;
+    *) die "needs Debian or Ubuntu (apt-get); this is ${PRETTY_NAME:-unknown}" ;;
+  esac
+  command -v apt-get >/dev/null || die "apt-get not found"
+}
+
+check_port_free() {  # check_port_free PORT PIDFILE WHAT: ok if free or held by our own pid
+  local port=$1 pidfile=$2 what=$3 owner
+  owner=$(port_owner "$port")
+  [ -z "$owner" ] && return 0
+  if alive "$pidfile" && [ "$(port_pid "$port")" = "$(cat "$pidfile")" ]; then return 0; fi
+  die "port $port (for $what) is taken by $owner: stop it, or set the port knob (see the script header)"
+}
+
+install_packages() {
+  local need=() p
+  for p in slurmctld slurmd slurm-client munge openssh-server openssh-client rsync curl git iproute2 python3-venv; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    log "apt-get install ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=600 "${need[@]}" >/dev/null
+  fi
+  bash "$REPO/scripts/install.sh"
+}
+
+# ------------------------------------------------------------------------------ temporal
+start_temporal() {
+  if alive "$TEMPORAL_PID"; then log "temporal: running (pid $(cat "$TEMPORAL_PID"))"; return; fi
+  check_port_free "$TEMPORAL_PORT" "$TEMPORAL_PID" "the Temporal server"
+  check_port_free "$TEMPORAL_UI_PORT" "$TEMPORAL_PID" "the Temporal Web UI"
+  mkdir -p "$STATE"
+  log "temporal: starting dev server on 127.0.0.1:$TEMPORAL_PORT, UI on :$TEMPORAL_UI_PORT"
+  setsid "$VENV/bin/temporal" server start-dev --ip 127.0.0.1 --port "$TEMPORAL_PORT" \
+    --ui-port "$TEMPORAL_UI_PORT" --db-filename "$STATE/temporal.db" --log-level warn \
+    </dev/null >>"$STATE/temporal.log" 2>&1 &
+  echo $! > "$TEMPORAL_PID"
+  mark_started temporal "$TEMPORAL_PID"
+  wait_for 60 "Temporal dev server" "$VENV/bin/temporal" operator cluster health --address "127.0.0.1:$TEMPORAL_PORT"
+  wait_for 30 "Temporal Web UI" curl -fsS -o /dev/null "http://127.0.0.1:$TEMPORAL_UI_PORT/"
+}
+
+# ------------------------------------------------------------------------------ slurm
+start_daemon() {  # start_daemon NAME PIDFILE COMMAND...
+  local name=$1 pidfile=$2; shift 2
+  if alive "$pidfile"; then return; fi
+  log "$name: starting"
+  "$@"
+  wait_for 20 "$name" alive "$pidfile"
+  mark_started "$name" "$pidfile"
+}
+
+start_slurm() {
+  [ -s /etc/munge/munge.key ] || { log "munge: creating key"; mungekey --create --force; }
+  chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+  install -d -o munge -g munge -m 755 /run/munge
+  start_daemon munged "$MUNGE_PID" su -s /bin/sh munge -c /usr/sbin/munged
+  munge -n | unmunge >/dev/null || die "munge does not work (see /var/log/munge/munged.log)"
+
+  local host; host=$(hostname -s)
+  install -d /etc/slurm /var/lib/slurm/slurmd /var/lib/slurm/slurmctld /var/log/slurm
+  cat > /etc/slurm/slurm.conf.new <<EOF
+# One-node Slurm for SkyPilot (written by scripts/local_stack.sh).
+ClusterName=$SLURM_CLUSTER
+SlurmctldHost=$host(127.0.0.1)
+AuthType=auth/munge
+CryptoType=crypto/munge
+MpiDefault=none
+# No cgroups needed: track job processes by parent pid.
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+ReturnToService=2
+SlurmUser=root
+SlurmctldPidFile=$CTLD_PID
+SlurmdPidFile=$SLURMD_PID
+SlurmdSpoolDir=/var/lib/slurm/slurmd
+StateSaveLocation=/var/lib/slurm/slurmctld
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU_Memory
+# Advertise more CPUs than the machine has, so several SkyPilot clusters (Slurm jobs) fit.
+SlurmdParameters=config_overrides
+KillWait=5
+InactiveLimit=0
+MinJobAge=300
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$NODE_CPUS RealMemory=$NODE_MEM_MB State=UNKNOWN
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE DefaultTime=30-00:00:00 State=UP
+EOF
+  if ! cmp -s /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf; then
+    mv /etc/slurm/slurm.conf.new /etc/slurm/slurm.conf
+    if alive "$CTLD_PID" || alive "$SLURMD_PID"; then
+      log "slurm: configuration changed, restarting slurmctld and slurmd"
+      local f; for f in "$SLURMD_PID" "$CTLD_PID"; do alive "$f" && kill "$(cat "$f")"; done
+      for _ in $(seq 100); do alive "$CTLD_PID" || alive "$SLURMD_PID" || break; sleep 0.1; done
+    fi
+  else
+    rm -f /etc/slurm/slurm.conf.new
+  fi
+  start_daemon slurmctld "$CTLD_PID" /usr/sbin/slurmctld
+  start_daemon slurmd "$SLURMD_PID" /usr/sbin/slurmd
+  local state=""
+  for _ in $(seq 60); do
+    state=$(sinfo -h -n "$host" -o %T 2>/dev/null || true)
+    case "$state" in idle*|mixed*|allocated*) break ;; down*|drain*) scontrol update NodeName="$host" State=RESUME || true ;; esac
+    sleep 0.5
+  done
+  case "$state" in idle*|mixed*|allocated*) ;; *) die "slurm node not ready (state: ${state:-none}); see /var/log/slurm/slurmctld.log" ;; esac
+  srun -N1 -n1 true || die "srun does not work; see /var/log/slurm/slurmd.log"
+  log "slurm: $(sinfo -h -o '%P %a %D %T %N')"
+}
+
+# ------------------------------------------------------------------------------ sshd + user
+start_sshd() {
+  id "$SUSER" >/dev/null 2>&1 || { log "sshd: creating user $SUSER"; useradd -m -s /bin/bash "$SUSER"; }
+  local home; home=$(getent passwd "$SUSER" | cut -d: -f6)
+  install -d -m 700 /root/.ssh
+  [ -f "$SSH_KEY" ] || ssh-keygen -q -t ed25519 -N '' -f "$SSH_KEY" -C sky-slurm-local
+  install -d -m 700 -o "$SUSER" -g "$SUSER" "$home/.ssh"
+  touch "$home/.ssh/authorized_keys"
+  grep -qF "$(cut -d' ' -f2 "$SSH_KEY.pub")" "$home/.ssh/authorized_keys" || cat "$SSH_KEY.pub" >> "$home/.ssh/authorized_keys"
+  chown "$SUSER:$SUSER" "$home/.ssh/authorized_keys" && chmod 600 "$home/.ssh/authorized_keys"
+  ls /etc/ssh/ssh_host_*_key >/dev/null 2>&1 || ssh-keygen -A
+  cat > "$SSHD_CONF" <<EOF
+# sshd for SkyPilot -> local Slurm (written by scripts/local_stack.sh). Loopback only.
+Port $SSH_PORT
+ListenAddress 127.0.0.1
+HostKey /etc/ssh/ssh_host_ed25519_key
+PidFile $SSHD_PID
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+AllowUsers $SUSER
+UsePAM yes
+# SkyPilot opens many parallel SSH sessions.
+MaxStartups 100:30:200
+MaxSessions 100
+Subsystem sftp /usr/lib/openssh/sftp-server
+EOF
+  install -d -m 755 /run/sshd
+  /usr/sbin/sshd -t -f "$SSHD_CONF"
+  if ! alive "$SSHD_PID"; then check_port_free "$SSH_PORT" "$SSHD_PID" "sshd"; fi
+  start_daemon sshd "$SSHD_PID" /usr/sbin/sshd -f "$SSHD_CONF"
+
+  install -d -m 700 /root/.slurm
+  cat > /root/.slurm/config <<EOF
+# SkyPilot Slurm clusters (SSH config format; Host = SkyPilot region). Written by local_stack.sh.
+Host $SLURM_CLUSTER
+    HostName 127.0.0.1
+    Port $SSH_PORT
+    User $SUSER
+    IdentityFile $SSH_KEY
+    IdentitiesOnly yes
+    StrictHostKeyChecking no
+    UserKnownHostsFile /dev/null
+EOF
+  chmod 600 /root/.slurm/config
+}
+
+node_ssh() {
+  ssh -i "$SSH_KEY" -p "$SSH_PORT" -o BatchMode=yes -o StrictHostKeyChecking=no \
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR "$SUSER@127.0.0.1" "$@"
+}
+
+# SkyPilot's runtime setup on a Slurm node runs, in a login shell of $SUSER:
+#   ~/.local/bin/uv -V || curl -LsSf https://astral.sh/uv/install.sh | sh    (no internet here)
+#   uv venv --seed ... --python 3.10                                          (downloads CPython)
+#   uv pip install skypilot[slurm,remote]                                     (PyPI: works)
+# So: a `curl` shim that serves the uv installer locally, uv itself from its PyPI wheel, and a
+# uv wrapper that maps `--python 3.10` to the system python3. PATH and env come from ~/.profile.
+offline_shims() {
+  local home shim; home=$(getent passwd "$SUSER" | cut -d: -f6); shim=$home/sky-offline
+  install -d "$shim/bin" "$shim/libexec"
+  if ! "$shim/libexec/uv-bin" --version 2>/dev/null | grep -q " $UV_VERSION"; then
+    log "node: fetching uv $UV_VERSION from PyPI"
+    local tmp; tmp=$(mktemp -d)
+    "$VENV/bin/pip" download -q --no-deps --only-binary=:all: -d "$tmp" "uv==$UV_VERSION" 2>/dev/null
+    "$VENV/bin/python" - "$tmp" "$shim/libexec" <<'PY'
+import glob, os, sys, zipfile
+tmp, dest = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(glob.glob(os.path.join(tmp, "uv-*.whl"))[0]) as wheel:
+    for name in wheel.namelist():
+        base = os.path.basename(name)
+        if ".data/scripts/" in name and base in ("uv", "uvx"):
+            out = os.path.join(dest, base + "-bin")
+            with open(out, "wb") as f:
+                f.write(wheel.read(name))
+            os.chmod(out, 0o755)
+PY
+    rm -rf "$tmp"
+  fi
+  cat > "$shim/bin/curl" <<EOF
+#!/bin/bash
+# Serve the uv installer locally; everything else goes to the real curl.
+for a in "\$@"; do case "\$a" in *astral.sh/uv/install.sh*) exec cat "$shim/uv-install.sh" ;; esac; done
+exec /usr/bin/curl "\$@"
+EOF
+  cat > "$shim/uv-install.sh" <<EOF
+#!/bin/sh
+# Stand-in for https://astral.sh/uv/install.sh: link the uv from PyPI.
+set -e
+d="\${UV_INSTALL_DIR:-\$HOME/.local/bin}"
+mkdir -p "\$d"
+ln -sf "$shim/libexec/uv" "\$d/uv"
+ln -sf "$shim/libexec/uvx-bin" "\$d/uvx"
+EOF
+  cat > "$shim/libexec/uv" <<EOF
+#!/bin/bash
+# SkyPilot asks for '--python 3.10' (a CPython download): use the system python3 instead.
+args=(); map_next=0
+for a in "\$@"; do
+  if [ "\$map_next" = 1 ]; then [ "\$a" = "3.10" ] && a="$NODE_PYTHON"; map_next=0
+  elif [ "\$a" = "--python" ] || [ "\$a" = "-p" ]; then map_next=1
+  elif [ "\$a" = "--python=3.10" ]; then a="--python=$NODE_PYTHON"
+  fi
+  args+=("\$a")
+done
+exec "$shim/libexec/uv-bin" "\${args[@]}"
+EOF
+  chmod 755 "$shim/bin/curl" "$shim/uv-install.sh" "$shim/libexec/uv"
+  chown -R "$SUSER:$SUSER" "$shim"
+  local profile=$home/.profile
+  touch "$profile"
+  sed -i '/# >>> sky-offline >>>/,/# <<< sky-offline <<</d' "$profile"
+  cat >> "$profile" <<EOF
+# >>> sky-offline >>>
+export PATH="$shim/bin:\$PATH"
+export UV_PYTHON_DOWNLOADS=never
+# PyPI may sit behind a TLS-intercepting proxy: let uv trust the system CA bundle.
+export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+# <<< sky-offline <<<
+EOF
+  chown "$SUSER:$SUSER" "$profile"
+  wait_for 10 "ssh to $SUSER@127.0.0.1:$SSH_PORT" node_ssh true
+  node_ssh "bash --login -c 'sinfo -h >/dev/null && srun -N1 -n1 true'" >/dev/null \
+    || die "ssh to $SUSER@127.0.0.1:$SSH_PORT works but Slurm does not answer there"
+
+  local sky_version stamp=$home/.sky-offline-warm
+  sky_version=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("skypilot"))')
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$sky_version" ]; then
+    log "node: warming the uv cache with skypilot[slurm,remote]==$sky_version"
+    if node_ssh "bash --login -c 'export UV_CACHE_DIR=/tmp/uv_cache_\$(id -u); d=\$(mktemp -d); \
+        $shim/libexec/uv venv -q \$d/v --python 3.10 && VIRTUAL_ENV=\$d/v $shim/libexec/uv pip install -q \
+        \"skypilot[slurm,remote]==$sky_version\"; rc=\$?; rm -rf \$d; exit \$rc'"; then
+      echo "$sky_version" > "$stamp"
+    else
+      log "node: WARNING: warming the uv cache failed; the first launch will fetch from PyPI"
+    fi
+  fi
+}
+
+# ------------------------------------------------------------------------------ skypilot
+sky_api_healthy() { curl -fsS -m 5 "http://127.0.0.1:$SKY_API_PORT/api/health" >/dev/null 2>&1; }
+
+start_skypilot() {
+  if alive "$SKY_API_PID" && sky_api_healthy; then
+    log "skypilot: API server running (pid $(cat "$SKY_API_PID"))"
+  elif sky_api_healthy; then
+    log "skypilot: using the API server already on 127.0.0.1:$SKY_API_PORT (not started here, left alone)"
+  else
+    check_port_free "$SKY_API_PORT" "$SKY_API_PID" "the SkyPilot API server"
+    log "skypilot: starting API server on 127.0.0.1:$SKY_API_PORT"
+    SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api start --host 127.0.0.1 \
+      >"$STATE/skypilot-api-start.log" 2>&1 || { cat "$STATE/skypilot-api-start.log" >&2; die "sky api start failed"; }
+    port_pid "$SKY_API_PORT" > "$SKY_API_PID"
+    mark_started skypilot "$SKY_API_PID"
+  fi
+  # Never pipe `sky` into something that may close early (grep -q, head): the SDK treats a
+  # broken pipe as a transient error and retries forever. Capture, then inspect.
+  local out
+  out=$(SKYPILOT_API_SERVER_ENDPOINT="http://127.0.0.1:$SKY_API_PORT" "$VENV/bin/sky" check slurm 2>&1 \
+        | sed 's/\x1b\[[0-9;]*m//g') || true
+  case "$out" in
+    *"Slurm: enabled"*) log "skypilot: Slurm infra enabled ($SLURM_CLUSTER)" ;;
+    *) printf '%s\n' "$out" >&2; die "sky check slurm did not enable Slurm" ;;
+  esac
+}
+
+# ------------------------------------------------------------------------------ worker
+start_worker() {
+  if alive "$WORKER_PID"; then log "worker: running (pid $(cat "$WORKER_PID"))"; return; fi
+  log "worker: starting run_worker.py (log: $STATE/worker.log)"
+  : > "$STATE/worker.log"
+  cd "$REPO"
+  SKYPILOT_API_SERVER_ENDPOINT=${SKYPILOT_API_SERVER_ENDPOINT:-http://127.0.0.1:$SKY_API_PORT} \
+    TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-127.0.0.1:$TEMPORAL_PORT} \
+    setsid "$VENV/bin/python" run_worker.py </dev/null >>"$STATE/worker.log" 2>&1 &
+  echo $! > "$WORKER_PID"
+  mark_started worker "$WORKER_PID"
+  for _ in $(seq 300); do
+    grep -q "Worker started" "$STATE/worker.log" && return 0
+    alive "$WORKER_PID" || { tail -5 "$STATE/worker.log" >&2; die "the worker exited"; }
+    sleep 0.2
+  done
+  tail -5 "$STATE/worker.log" >&2
+  die "the worker did not start within 60s"
+}
+
+# ------------------------------------------------------------------------------ down / status
+stop_pidfile() {  # stop_pidfile NAME PIDFILE
+  local name=$1 pidfile=$2 pid
+  if ! alive "$pidfile"; then return; fi
+  pid=$(cat "$pidfile")
+  log "$name: stopping pid $pid"
+  if [ "$name" = skypilot ]; then
+    # The API server runs worker processes of its own: let SkyPilot stop the whole tree.
+    SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
+  else
+    kill "$pid" 2>/dev/null || true
+  fi
+  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -0 "$pid" 2>/dev/null && { log "$name: still running, SIGKILL"; kill -9 "$pid" 2>/dev/null || true; }
+  return 0
+}
+
+stack_down() {
+  [ -f "$STARTED" ] || { log "nothing was started by this script"; return; }
+  # Reverse order of start: worker and API server before Slurm and sshd.
+  local name pidfile
+  tac "$STARTED" | while read -r name pidfile; do stop_pidfile "$name" "$pidfile"; done
+  # SkyPilot's SSH ControlMaster connections to sshd would otherwise linger for minutes.
+  for s in /tmp/sky_ssh_*/*/*; do [ -S "$s" ] && ssh -o ControlPath="$s" -O exit localhost >/dev/null 2>&1 || true; done
+  rm -f "$STARTED"
+}
+
+show_status() {
+  local name pidfile who
+  for entry in worker:$WORKER_PID temporal:$TEMPORAL_PID skypilot:$SKY_API_PID munged:$MUNGE_PID \
+               slurmctld:$CTLD_PID slurmd:$SLURMD_PID sshd:$SSHD_PID; do
+    name=${entry%%:*}; pidfile=${entry#*:}
+    who=""; started_by_us "$name" && who=" (started by local_stack.sh)"
+    if alive "$pidfile"; then echo "running  $name pid=$(cat "$pidfile")$who"; else echo "stopped  $name"; fi
+  done
+  sky_api_healthy && echo "SkyPilot API server: http://127.0.0.1:$SKY_API_PORT" || true
+  echo "Temporal: 127.0.0.1:$TEMPORAL_PORT  Web UI: http://localhost:$TEMPORAL_UI_PORT"
+}
+
+case "${1:-}" in
+  up)
+    [ "${2:-}" = "" ] || [ "${2:-}" = "--with-worker" ] || { echo "usage: $0 up [--with-worker]" >&2; exit 2; }
+    preflight
+    mkdir -p "$STATE"
+    install_packages
+    start_temporal
+    start_slurm
+    start_sshd
+    offline_shims
+    start_skypilot
+    [ "${2:-}" = "--with-worker" ] && start_worker
+    log "stack up: Temporal 127.0.0.1:$TEMPORAL_PORT (UI http://localhost:$TEMPORAL_UI_PORT), SkyPilot API http://127.0.0.1:$SKY_API_PORT, Slurm $SLURM_CLUSTER"
+    ;;
+  down) stack_down ;;
+  status) show_status ;;
+  *) echo "usage: $0 up [--with-worker] | down | status" >&2; exit 2 ;;
+esac
