@@ -95,8 +95,17 @@ install_packages() {
 }
 
 # ------------------------------------------------------------------------------ temporal
+temporal_healthy() {
+  "$VENV/bin/temporal" operator cluster health --address "127.0.0.1:$TEMPORAL_PORT" >/dev/null 2>&1 \
+    && curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$TEMPORAL_UI_PORT/"
+}
+
 start_temporal() {
   if alive "$TEMPORAL_PID"; then log "temporal: running (pid $(cat "$TEMPORAL_PID"))"; return; fi
+  if temporal_healthy; then
+    log "temporal: using the server already on 127.0.0.1:$TEMPORAL_PORT (not started here, left alone)"
+    return
+  fi
   check_port_free "$TEMPORAL_PORT" "$TEMPORAL_PID" "the Temporal server"
   check_port_free "$TEMPORAL_UI_PORT" "$TEMPORAL_PID" "the Temporal Web UI"
   mkdir -p "$STATE"
@@ -402,11 +411,13 @@ show_status() {
   for entry in worker:$WORKER_PID temporal:$TEMPORAL_PID skypilot:$SKY_API_PID munged:$MUNGE_PID \
                slurmctld:$CTLD_PID slurmd:$SLURMD_PID sshd:$SSHD_PID; do
     name=${entry%%:*}; pidfile=${entry#*:}
-    who=""; started_by_us "$name" && who=" (started by local_stack.sh)"
-    if alive "$pidfile"; then echo "running  $name pid=$(cat "$pidfile")$who"; else echo "stopped  $name"; fi
+    who=" (not started by local_stack.sh)"; started_by_us "$name" && who=" (started by local_stack.sh)"
+    if alive "$pidfile"; then echo "running  $name pid=$(cat "$pidfile")$who"
+    elif [ "$name" = temporal ] && temporal_healthy; then echo "running  temporal on :$TEMPORAL_PORT$who"
+    elif [ "$name" = skypilot ] && sky_api_healthy; then echo "running  skypilot on :$SKY_API_PORT$who"
+    else echo "stopped  $name"; fi
   done
-  sky_api_healthy && echo "SkyPilot API server: http://127.0.0.1:$SKY_API_PORT" || true
-  echo "Temporal: 127.0.0.1:$TEMPORAL_PORT  Web UI: http://localhost:$TEMPORAL_UI_PORT"
+  echo "Temporal 127.0.0.1:$TEMPORAL_PORT, Web UI http://localhost:$TEMPORAL_UI_PORT, SkyPilot API http://127.0.0.1:$SKY_API_PORT"
 }
 
 case "${1:-}" in

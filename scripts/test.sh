@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (apt + venv + pip) and runs lint and the suite.
+# The test command: installs everything the tests need (apt, .venv, pinned pip packages), brings
+# up the local stack (Temporal dev server, one-node Slurm, SkyPilot API server), and runs lint,
+# the fast suite and the end-to-end suite against the real stack.
 #
-#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh            # everything (what CI runs)
 #   bash scripts/test.sh -k cancel  # extra arguments go to pytest
+#   E2E=0 bash scripts/test.sh      # fast suite only: no stack, e2e tests skipped
 #
-# Idempotent: a second run reuses .venv and skips installed packages.
+# A stack this command brought up is brought down again at the end; one that was already up
+# (scripts/local_stack.sh up, scripts/run_local.sh) is left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf '[test %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
-# System packages: git (task checkouts) and venv support for Debian's python3.
+# What the fast suite needs from apt: git (task checkouts) and venv support for Debian's python3.
 missing=()
 command -v git >/dev/null 2>&1 || missing+=(git)
-if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then missing+=(python3-venv); fi
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "test.sh: need ${missing[*]}: run as root or install them" >&2; exit 1; }
   log "apt-get install ${missing[*]}"
@@ -27,5 +31,16 @@ log "ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . >/dev/null || { .venv/bin/ruff format --diff . | head -50; exit 1; }
 
+E2E=${E2E:-1}
+if [ "$E2E" = 1 ]; then
+  if [ -s .state/started ]; then
+    log "using the local stack that is already up"
+  else
+    trap 'bash scripts/local_stack.sh down > .state/stack-down.log 2>&1 || true' EXIT
+  fi
+  log "local stack up"
+  bash scripts/local_stack.sh up
+fi
+
 log "pytest"
-exec .venv/bin/pytest "$@"
+E2E=$E2E .venv/bin/pytest "$@"

@@ -1,0 +1,246 @@
+"""The pipeline end to end on the real stack: Temporal dev server, SkyPilot API server, Slurm.
+
+Assertions are on what Temporal (workflow history, result) and SkyPilot (`sky status`,
+`sky queue`, the API server's request records) report, not on this project's logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import git
+from e2e.conftest import DATA_DIR, ROOT, Stack, start_worker
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError
+
+from workflows import cluster_prefix_for
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Run:
+    workflow_id: str
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+async def result_of(temporal: Client, workflow_id: str) -> dict:
+    """The workflow's result as recorded in its history (plain JSON)."""
+    return await temporal.get_workflow_handle(workflow_id, result_type=dict).result()
+
+
+async def status_of(temporal: Client, workflow_id: str) -> str:
+    """The run's status as Temporal reports it: COMPLETED, FAILED, CANCELED, ..."""
+    description = await temporal.get_workflow_handle(workflow_id).describe()
+    return description.status.name
+
+
+async def activity_attempts(temporal: Client, workflow_id: str) -> dict[str, list[int]]:
+    """Activity type -> the attempt number of each time it started, from the history."""
+    scheduled: dict[int, str] = {}
+    attempts: dict[str, list[int]] = {}
+    async for event in temporal.get_workflow_handle(workflow_id).fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            attributes = event.activity_task_started_event_attributes
+            attempts.setdefault(scheduled[attributes.scheduled_event_id], []).append(attributes.attempt)
+    return attempts
+
+
+async def wait_for_job(stack: Stack, cluster: str, job_name: str, status: str = "RUNNING", timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await asyncio.to_thread(stack.job_statuses, cluster)).get(job_name) == status:
+            return
+        await asyncio.sleep(2)
+    raise AssertionError(f"job {job_name} on {cluster} never {status}")
+
+
+def assert_no_cluster_left(stack: Stack, prefix: str) -> None:
+    assert stack.clusters(prefix) == [], f"`sky status` still lists clusters of {prefix}"
+
+
+@pytest.fixture(scope="module")
+async def happy_run(temporal, sky_sdk, worker, tmp_path_factory) -> Run:
+    """One pipeline run on the example tasks, shared by the tests that look at it."""
+    stack = Stack(temporal, sky_sdk, worker[0], tmp_path_factory.mktemp("happy"))
+    started = time.monotonic()
+    rc, stdout, stderr, workflow_id = await stack.start_pipeline()
+    return Run(workflow_id, rc, stdout, stderr, time.monotonic() - started)
+
+
+async def test_happy_path_runs_six_real_steps_and_leaves_no_cluster(stack: Stack, happy_run: Run):
+    assert happy_run.rc == 0, happy_run.stderr
+    assert await status_of(stack.temporal, happy_run.workflow_id) == "COMPLETED"
+    result = await result_of(stack.temporal, happy_run.workflow_id)
+    assert [(s["step"], s["job_status"], s["exit_code"]) for s in result["steps"]] == [
+        ("preprocess", "SUCCEEDED", 0), ("train", "SUCCEEDED", 0), ("eval", "SUCCEEDED", 0)]
+    assert result["commit_sha"] == git("rev-parse", "HEAD", cwd=ROOT)
+    assert "eval_accuracy=0." in result["steps"][2]["log_tail"]
+    assert "eval_accuracy=0." in happy_run.stdout and "http://localhost:8233/namespaces/default/workflows/" in happy_run.stdout
+
+    prefix = cluster_prefix_for(happy_run.workflow_id)
+    # The tasks really wrote and read files: data -> model -> metric.
+    run_dir = DATA_DIR / prefix
+    assert len(list((run_dir / "data").glob("file_*"))) == 10
+    assert (run_dir / "model" / "weights.txt").read_text().strip()
+    assert (run_dir / "model" / "metrics.txt").read_text().startswith("eval_accuracy=0.")
+    assert_no_cluster_left(stack, prefix)
+    attempts = await activity_attempts(stack.temporal, happy_run.workflow_id)
+    assert attempts["launch_task"] == [1, 1] and attempts["exec_task"] == [1]
+
+
+async def test_a_failing_train_task_fails_the_run_naming_step_and_exit_code(stack: Stack):
+    rc, stdout, stderr, workflow_id = await stack.start_pipeline("--env", "FAIL_TRAINING=1")
+    assert rc == 1, stdout + stderr
+    prefix = cluster_prefix_for(workflow_id)
+    assert f"step 'train' on cluster {prefix}-train failed" in stderr and "exit code 3" in stderr
+    assert "training diverged" in stderr
+    with pytest.raises(WorkflowFailureError) as err:
+        await stack.temporal.get_workflow_handle(workflow_id).result()
+    assert err.value.cause.type == "JobFailed"
+    assert_no_cluster_left(stack, prefix)
+
+
+async def test_cancel_during_train_cancels_the_job_and_removes_both_clusters(stack: Stack):
+    rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=600", wait=False)
+    assert rc == 0, stderr
+    prefix = cluster_prefix_for(workflow_id)
+    train_cluster = f"{prefix}-train"
+    await wait_for_job(stack, train_cluster, f"{prefix}-train")
+    handle = stack.temporal.get_workflow_handle(workflow_id)
+    await handle.cancel()
+    # Watch SkyPilot while the run winds down: the job is cancelled before the cluster goes.
+    seen = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and stack.clusters(train_cluster):
+        seen.add((await asyncio.to_thread(stack.job_statuses, train_cluster)).get(f"{prefix}-train"))
+        await asyncio.sleep(1)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert await status_of(stack.temporal, workflow_id) == "CANCELED"
+    cancels = [r for r in await asyncio.to_thread(stack.requests_on, train_cluster) if r.name == "sky.cancel"]
+    assert [r.status for r in cancels] == ["SUCCEEDED"], "the train job was not cancelled on SkyPilot"
+    assert "RUNNING" in seen and (seen - {"RUNNING", None} <= {"CANCELLED"}), seen
+    assert_no_cluster_left(stack, prefix)
+
+
+async def test_two_pipelines_at_once_share_nothing_and_overlap(stack: Stack, happy_run: Run):
+    started = time.monotonic()
+    runs = await asyncio.gather(stack.start_pipeline(), stack.start_pipeline())
+    both_seconds = time.monotonic() - started
+    for rc, _, stderr, _ in runs:
+        assert rc == 0, stderr
+    results = [await result_of(stack.temporal, workflow_id) for *_, workflow_id in runs]
+    clusters = [{s["cluster_name"] for s in r["steps"]} for r in results]
+    assert not clusters[0] & clusters[1], clusters
+    checkouts = set()
+    for *_, workflow_id in runs:
+        async for event in stack.temporal.get_workflow_handle(workflow_id).fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                payload = event.activity_task_scheduled_event_attributes.input.payloads[0].data
+                if b"checkout_name" in payload and b"yaml_paths" in payload:
+                    checkouts.add(json.loads(payload)["checkout_name"])
+    assert len(checkouts) == 2
+    assert both_seconds < 1.6 * happy_run.seconds, (both_seconds, happy_run.seconds)
+    for *_, workflow_id in runs:
+        assert_no_cluster_left(stack, cluster_prefix_for(workflow_id))
+
+
+def bad_task_repo(tmp: Path, train_yaml: str | None = None) -> Path:
+    repo = tmp / "bad-tasks"
+    repo.mkdir()
+    git("init", "--quiet", "--initial-branch=main", cwd=repo)
+    for name in ("data_preprocessing.yaml", "train.yaml", "eval.yaml"):
+        (repo / name).write_text((ROOT / "tasks" / name).read_text())
+    if train_yaml is not None:
+        (repo / "train.yaml").write_text(train_yaml)
+    git("add", ".", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "tasks", cwd=repo)
+    return repo
+
+
+INFEASIBLE = (ROOT / "tasks" / "data_preprocessing.yaml").read_text().replace("cpus: 1+", "cpus: 512+")
+
+
+@pytest.mark.parametrize("case", ["unknown repo", "missing yaml", "malformed yaml", "infeasible resources"])
+async def test_bad_input_is_a_one_line_error_naming_it_and_leaves_no_cluster(stack: Stack, tmp_path: Path, case):
+    if case == "unknown repo":
+        args, expected = ["--repo", str(tmp_path / "no-such-repo")], "no-such-repo"
+    elif case == "missing yaml":
+        args, expected = ["--train-yaml", "tasks/nope.yaml"], "tasks/nope.yaml"
+    elif case == "malformed yaml":
+        repo = bad_task_repo(tmp_path, "name: train\nrun: [unclosed\n")
+        args, expected = ["--repo", str(repo), "--preprocess-yaml", "data_preprocessing.yaml",
+                          "--train-yaml", "train.yaml", "--eval-yaml", "eval.yaml"], "'train.yaml' is not valid YAML"
+    else:
+        repo = bad_task_repo(tmp_path)
+        (repo / "data_preprocessing.yaml").write_text(INFEASIBLE)
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "512 cpus", cwd=repo)
+        args, expected = ["--repo", str(repo), "--preprocess-yaml", "data_preprocessing.yaml",
+                          "--train-yaml", "train.yaml", "--eval-yaml", "eval.yaml"], "ResourcesUnavailableError"
+    started = time.monotonic()
+    rc, stdout, stderr, workflow_id = await stack.start_pipeline(*args)
+    assert rc == 1, stdout + stderr
+    [failure_line] = [line for line in stderr.splitlines() if line.startswith(f"Workflow {workflow_id}")]
+    assert expected in failure_line, stderr
+    assert "Traceback" not in stderr
+    assert time.monotonic() - started < 240, "a deterministic error was retried"
+    attempts = await activity_attempts(stack.temporal, workflow_id)
+    assert all(a == [1] * len(a) for name, a in attempts.items() if name != "down_cluster"), attempts
+    assert_no_cluster_left(stack, cluster_prefix_for(workflow_id))
+
+
+async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_duplicate_job(
+        temporal, sky_sdk, tmp_path: Path):
+    task_queue = f"e2e-failover-{uuid.uuid4().hex[:6]}"
+    stack = Stack(temporal, sky_sdk, task_queue, tmp_path)
+    first = start_worker(task_queue, tmp_path / "worker1.log", tmp_path / "checkouts")
+    second = None
+    try:
+        rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=45", wait=False)
+        assert rc == 0, stderr
+        prefix = cluster_prefix_for(workflow_id)
+        await wait_for_job(stack, f"{prefix}-train", f"{prefix}-train")
+        first.kill(signal.SIGKILL)
+        second = await asyncio.to_thread(start_worker, task_queue, tmp_path / "worker2.log", tmp_path / "checkouts")
+        result = await asyncio.wait_for(result_of(temporal, workflow_id), 600)
+        steps = {s["step"]: s for s in result["steps"]}
+        assert steps["train"]["job_status"] == "SUCCEEDED"
+        # Job ids count per cluster: train kept job 1 and eval got job 2, so no train job was resubmitted.
+        assert (steps["train"]["job_id"], steps["eval"]["job_id"]) == (1, 2)
+        attempts = await activity_attempts(temporal, workflow_id)
+        # History records each activity's last attempt: preprocess ran once, train ran twice.
+        assert attempts["launch_task"] == [1, 2], attempts
+        assert_no_cluster_left(stack, prefix)
+    finally:
+        first.kill()
+        if second:
+            second.kill(signal.SIGTERM)
+
+
+async def test_worker_stops_gracefully_on_sigterm(tmp_path: Path, temporal, sky_sdk):
+    worker = await asyncio.to_thread(start_worker, f"e2e-term-{uuid.uuid4().hex[:6]}",
+                                     tmp_path / "worker.log", tmp_path / "checkouts")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(worker.proc.wait, 30) == 0
+    assert "Shutting down" in worker.log() and "Traceback" not in worker.log()
+
+
+def test_local_stack_status_reports_every_component():
+    out = subprocess.run(["bash", str(ROOT / "scripts" / "local_stack.sh"), "status"],
+                         capture_output=True, text=True, check=True).stdout
+    for name in ("temporal", "skypilot", "munged", "slurmctld", "slurmd", "sshd"):
+        assert f"running  {name}" in out, out
