@@ -20,7 +20,7 @@
 #
 # Knobs: STACK_STATE_DIR [.state], TEMPORAL_PORT [7233], TEMPORAL_UI_PORT [8233],
 #        SKY_API_PORT [46580], SKY_SLURM_SSH_PORT [2222], SKY_SLURM_USER [skyslurm],
-#        SKY_SLURM_CPUS [8], SKY_SLURM_MEM_MB [16000].
+#        SKY_SLURM_CPUS [8], SKY_SLURM_MEM_MB [16000], OS_RELEASE_FILE [/etc/os-release].
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -65,7 +65,9 @@ wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
 # ------------------------------------------------------------------------------ preflight
 preflight() {
   [ "$(id -u)" = 0 ] || die "must run as root (it installs Slurm and starts system daemons)"
-  . /etc/os-release 2>/dev/null || die "cannot read /etc/os-release: need Debian or Ubuntu"
+  local os_release=${OS_RELEASE_FILE:-/etc/os-release}
+  # shellcheck disable=SC1090
+  . "$os_release" 2>/dev/null || die "cannot read $os_release: need Debian or Ubuntu"
   case " ${ID:-} ${ID_LIKE:-} " in
     *" debian "*|*" ubuntu "*) ;;
     *) die "needs Debian or Ubuntu (apt-get); this is ${PRETTY_NAME:-unknown}" ;;

@@ -86,9 +86,11 @@ def start_worker(task_queue: str, log_path: Path, checkout_root: Path) -> Worker
 async def temporal() -> Client:
     try:
         return await Client.connect(TEMPORAL_ADDRESS)
-    except Exception as err:  # noqa: BLE001
-        pytest.fail(f"the local stack is not up (Temporal at {TEMPORAL_ADDRESS}: {err}); "
-                    "run scripts/local_stack.sh up")
+    except Exception as err:
+        pytest.fail(
+            f"the local stack is not up (Temporal at {TEMPORAL_ADDRESS}: {err}); "
+            "run scripts/local_stack.sh up"
+        )
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +99,7 @@ def sky_sdk():
 
     try:
         sky.api_info()
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         pytest.fail(f"the local stack is not up (SkyPilot API server at {SKY_API}: {err})")
     return sky
 
@@ -109,37 +111,56 @@ class Stack:
     task_queue: str
     tmp: Path
 
-    async def start_pipeline(self, *args: str, workflow_id: str = "", wait: bool = True) -> tuple[int, str, str, str]:
+    async def start_pipeline(
+        self, *args: str, workflow_id: str = "", wait: bool = True
+    ) -> tuple[int, str, str, str]:
         """Run `python run_workflow.py` as a user would; returns (rc, stdout, stderr, workflow id)."""
         workflow_id = workflow_id or f"e2e-{uuid.uuid4().hex[:8]}"
-        command = [sys.executable, str(ROOT / "run_workflow.py"), "--workflow-id", workflow_id,
-                   "--infra", "slurm", "--task-queue", self.task_queue, *args]
+        command = [
+            sys.executable,
+            str(ROOT / "run_workflow.py"),
+            "--workflow-id",
+            workflow_id,
+            "--infra",
+            "slurm",
+            "--task-queue",
+            self.task_queue,
+            *args,
+        ]
         if not wait:
             command.append("--no-wait")
         proc = await asyncio.create_subprocess_exec(
-            *command, cwd=str(self.tmp), env=process_env(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            *command,
+            cwd=str(self.tmp),
+            env=process_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         stdout, stderr = await asyncio.wait_for(proc.communicate(), 900)
         return proc.returncode, stdout.decode(), stderr.decode(), workflow_id
 
     def clusters(self, prefix: str) -> list[str]:
         """What SkyPilot reports: cluster names starting with `prefix` (any status)."""
         records = self.sky.get(self.sky.status(all_users=True))
-        return [r.name if hasattr(r, "name") else r["name"] for r in records
-                if (r.name if hasattr(r, "name") else r["name"]).startswith(prefix)]
+        return [
+            r.name if hasattr(r, "name") else r["name"]
+            for r in records
+            if (r.name if hasattr(r, "name") else r["name"]).startswith(prefix)
+        ]
 
     def job_statuses(self, cluster: str) -> dict[str, str]:
         """`sky queue` for a cluster: job name -> status ({} when the cluster is gone)."""
         try:
             records = self.sky.get(self.sky.queue(cluster, all_users=True))
-        except Exception:  # noqa: BLE001 - ClusterDoesNotExist / not UP
+        except Exception:
             return {}
         return {r.job_name: r.status.value for r in records}
 
     def requests_on(self, cluster: str) -> list:
         """The API server's record of every request on `cluster`, finished ones included."""
-        return [r for r in self.sky.api_status(all_status=True, cluster_name=cluster)
-                if r.cluster_name == cluster]
+        return [
+            r for r in self.sky.api_status(all_status=True, cluster_name=cluster) if r.cluster_name == cluster
+        ]
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import git
-from e2e.conftest import DATA_DIR, ROOT, Stack, start_worker
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 
+from conftest import git
+from e2e.conftest import DATA_DIR, ROOT, Stack, start_worker
 from workflows import cluster_prefix_for
 
 pytestmark = pytest.mark.e2e
@@ -59,7 +59,9 @@ async def activity_attempts(temporal: Client, workflow_id: str) -> dict[str, lis
     return attempts
 
 
-async def wait_for_job(stack: Stack, cluster: str, job_name: str, status: str = "RUNNING", timeout: float = 300):
+async def wait_for_job(
+    stack: Stack, cluster: str, job_name: str, status: str = "RUNNING", timeout: float = 300
+):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if (await asyncio.to_thread(stack.job_statuses, cluster)).get(job_name) == status:
@@ -86,10 +88,16 @@ async def test_happy_path_runs_six_real_steps_and_leaves_no_cluster(stack: Stack
     assert await status_of(stack.temporal, happy_run.workflow_id) == "COMPLETED"
     result = await result_of(stack.temporal, happy_run.workflow_id)
     assert [(s["step"], s["job_status"], s["exit_code"]) for s in result["steps"]] == [
-        ("preprocess", "SUCCEEDED", 0), ("train", "SUCCEEDED", 0), ("eval", "SUCCEEDED", 0)]
+        ("preprocess", "SUCCEEDED", 0),
+        ("train", "SUCCEEDED", 0),
+        ("eval", "SUCCEEDED", 0),
+    ]
     assert result["commit_sha"] == git("rev-parse", "HEAD", cwd=ROOT)
     assert "eval_accuracy=0." in result["steps"][2]["log_tail"]
-    assert "eval_accuracy=0." in happy_run.stdout and "http://localhost:8233/namespaces/default/workflows/" in happy_run.stdout
+    assert (
+        "eval_accuracy=0." in happy_run.stdout
+        and "http://localhost:8233/namespaces/default/workflows/" in happy_run.stdout
+    )
 
     prefix = cluster_prefix_for(happy_run.workflow_id)
     # The tasks really wrote and read files: data -> model -> metric.
@@ -176,21 +184,45 @@ INFEASIBLE = (ROOT / "tasks" / "data_preprocessing.yaml").read_text().replace("c
 
 
 @pytest.mark.parametrize("case", ["unknown repo", "missing yaml", "malformed yaml", "infeasible resources"])
-async def test_bad_input_is_a_one_line_error_naming_it_and_leaves_no_cluster(stack: Stack, tmp_path: Path, case):
+async def test_bad_input_is_a_one_line_error_naming_it_and_leaves_no_cluster(
+    stack: Stack, tmp_path: Path, case
+):
     if case == "unknown repo":
         args, expected = ["--repo", str(tmp_path / "no-such-repo")], "no-such-repo"
     elif case == "missing yaml":
         args, expected = ["--train-yaml", "tasks/nope.yaml"], "tasks/nope.yaml"
     elif case == "malformed yaml":
         repo = bad_task_repo(tmp_path, "name: train\nrun: [unclosed\n")
-        args, expected = ["--repo", str(repo), "--preprocess-yaml", "data_preprocessing.yaml",
-                          "--train-yaml", "train.yaml", "--eval-yaml", "eval.yaml"], "'train.yaml' is not valid YAML"
+        args, expected = (
+            [
+                "--repo",
+                str(repo),
+                "--preprocess-yaml",
+                "data_preprocessing.yaml",
+                "--train-yaml",
+                "train.yaml",
+                "--eval-yaml",
+                "eval.yaml",
+            ],
+            "'train.yaml' is not valid YAML",
+        )
     else:
         repo = bad_task_repo(tmp_path)
         (repo / "data_preprocessing.yaml").write_text(INFEASIBLE)
         git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "512 cpus", cwd=repo)
-        args, expected = ["--repo", str(repo), "--preprocess-yaml", "data_preprocessing.yaml",
-                          "--train-yaml", "train.yaml", "--eval-yaml", "eval.yaml"], "ResourcesUnavailableError"
+        args, expected = (
+            [
+                "--repo",
+                str(repo),
+                "--preprocess-yaml",
+                "data_preprocessing.yaml",
+                "--train-yaml",
+                "train.yaml",
+                "--eval-yaml",
+                "eval.yaml",
+            ],
+            "ResourcesUnavailableError",
+        )
     started = time.monotonic()
     rc, stdout, stderr, workflow_id = await stack.start_pipeline(*args)
     assert rc == 1, stdout + stderr
@@ -204,7 +236,8 @@ async def test_bad_input_is_a_one_line_error_naming_it_and_leaves_no_cluster(sta
 
 
 async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_duplicate_job(
-        temporal, sky_sdk, tmp_path: Path):
+    temporal, sky_sdk, tmp_path: Path
+):
     task_queue = f"e2e-failover-{uuid.uuid4().hex[:6]}"
     stack = Stack(temporal, sky_sdk, task_queue, tmp_path)
     first = start_worker(task_queue, tmp_path / "worker1.log", tmp_path / "checkouts")
@@ -215,7 +248,9 @@ async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_
         prefix = cluster_prefix_for(workflow_id)
         await wait_for_job(stack, f"{prefix}-train", f"{prefix}-train")
         first.kill(signal.SIGKILL)
-        second = await asyncio.to_thread(start_worker, task_queue, tmp_path / "worker2.log", tmp_path / "checkouts")
+        second = await asyncio.to_thread(
+            start_worker, task_queue, tmp_path / "worker2.log", tmp_path / "checkouts"
+        )
         result = await asyncio.wait_for(result_of(temporal, workflow_id), 600)
         steps = {s["step"]: s for s in result["steps"]}
         assert steps["train"]["job_status"] == "SUCCEEDED"
@@ -232,15 +267,20 @@ async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_
 
 
 async def test_worker_stops_gracefully_on_sigterm(tmp_path: Path, temporal, sky_sdk):
-    worker = await asyncio.to_thread(start_worker, f"e2e-term-{uuid.uuid4().hex[:6]}",
-                                     tmp_path / "worker.log", tmp_path / "checkouts")
+    worker = await asyncio.to_thread(
+        start_worker, f"e2e-term-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log", tmp_path / "checkouts"
+    )
     worker.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(worker.proc.wait, 30) == 0
     assert "Shutting down" in worker.log() and "Traceback" not in worker.log()
 
 
 def test_local_stack_status_reports_every_component():
-    out = subprocess.run(["bash", str(ROOT / "scripts" / "local_stack.sh"), "status"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "local_stack.sh"), "status"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for name in ("temporal", "skypilot", "munged", "slurmctld", "slurmd", "sshd"):
         assert f"running  {name}" in out, out

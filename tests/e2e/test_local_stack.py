@@ -1,0 +1,74 @@
+"""scripts/local_stack.sh: idempotent, stops only what it started, clear one-line refusals."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from e2e.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+SCRIPT = str(ROOT / "scripts" / "local_stack.sh")
+
+
+def local_stack(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", SCRIPT, *args], capture_output=True, text=True, timeout=600, env={**os.environ, **env}
+    )
+
+
+def running_pids() -> dict[str, str]:
+    out = local_stack("status").stdout
+    return {line.split()[1]: line.split()[2] for line in out.splitlines() if line.startswith("running")}
+
+
+def test_up_again_is_idempotent_and_restarts_nothing():
+    before = running_pids()
+    result = local_stack("up")
+    assert result.returncode == 0, result.stderr
+    assert "temporal: running" in result.stdout and "skypilot: API server running" in result.stdout
+    assert running_pids() == before
+
+
+def test_down_stops_only_what_that_state_started(tmp_path: Path):
+    before = running_pids()
+    result = local_stack("down", STACK_STATE_DIR=str(tmp_path))
+    assert result.returncode == 0 and "nothing was started by this script" in result.stdout
+    assert running_pids() == before
+
+
+def refusal(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("local_stack.sh: error: "), result.stderr
+    for text in expected:
+        assert text in lines[-1], result.stderr
+
+
+def test_refuses_a_taken_port_naming_it(tmp_path: Path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        result = local_stack("up", STACK_STATE_DIR=str(tmp_path), TEMPORAL_PORT=str(port))
+    refusal(result, f"port {port} (for the Temporal server) is taken")
+
+
+def test_refuses_a_non_debian_system(tmp_path: Path):
+    fake = tmp_path / "os-release"
+    fake.write_text('ID=fedora\nPRETTY_NAME="Fedora Linux 40"\n')
+    refusal(local_stack("up", OS_RELEASE_FILE=str(fake)), "needs Debian or Ubuntu", "Fedora Linux 40")
+
+
+def test_refuses_to_run_as_a_normal_user():
+    result = subprocess.run(
+        ["su", "-s", "/bin/bash", "nobody", "-c", f"bash {SCRIPT} up"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    refusal(result, "must run as root")
