@@ -145,6 +145,9 @@ class LaunchInput:
     cluster_name: str
     task: TaskSpec
     infra: str = ""
+    # Only bring the cluster up with the task's resources: no setup, no job (the job comes
+    # later with a launch that reuses the cluster). Lets provisioning overlap earlier steps.
+    provision_only: bool = False
 
 
 @dataclass
@@ -449,6 +452,8 @@ class SkyPilotActivities:
 
     @activity.defn
     async def launch_task(self, input: LaunchInput) -> StepResult:
+        if input.provision_only:
+            return await self._provision(input.cluster_name, input.task, infra=input.infra)
         return await self._run_task(input.cluster_name, input.task, infra=input.infra, launch=True)
 
     @activity.defn
@@ -524,6 +529,27 @@ class SkyPilotActivities:
             )
         return result
 
+    async def _provision(self, cluster: str, spec: TaskSpec, *, infra: str) -> StepResult:
+        started = time.monotonic()
+        progress = JobProgress(phase="provisioning", cluster_name=cluster)
+        sink = self._sink(f"[provision {cluster}]", self._secret_values(spec), progress)
+        async with self._heartbeating(progress):
+            try:
+                task = await self._blocking(self._build_task, spec, infra)
+                task.setup, task.run = None, None
+                await self._submit(task, cluster, True, progress, sink, expect_job=False)
+            except asyncio.CancelledError:
+                await self._cancel_on_skypilot_if_requested(cluster, progress)
+                raise
+            except Exception as exc:
+                raise to_application_error(exc, f"provisioning {cluster}") from exc
+        return StepResult(
+            step=spec.step,
+            cluster_name=cluster,
+            job_status="UP",
+            duration_seconds=round(time.monotonic() - started, 3),
+        )
+
     def _build_task(self, spec: TaskSpec, infra: str) -> Any:
         what = f"task {spec.step!r}"
         try:
@@ -583,8 +609,14 @@ class SkyPilotActivities:
         return job_id
 
     async def _submit(
-        self, task: Any, cluster: str, launch: bool, progress: JobProgress, sink: JobLogSink
-    ) -> int:
+        self,
+        task: Any,
+        cluster: str,
+        launch: bool,
+        progress: JobProgress,
+        sink: JobLogSink,
+        expect_job: bool = True,
+    ) -> int | None:
         progress.phase = "provisioning" if launch else "submitting"
         if launch:
             request_id = await self._blocking(self._sky.launch, task, cluster_name=cluster)
@@ -593,6 +625,8 @@ class SkyPilotActivities:
         progress.request_id = str(request_id)
         activity.heartbeat(dataclasses.asdict(progress))
         job_id, _handle = await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+        if not expect_job:
+            return None
         if job_id is None:
             raise ApplicationError(
                 f"{task.name} on {cluster}: SkyPilot returned no job id",

@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=config.env_bool("PIPELINE_KEEP_CLUSTERS_ON_FAILURE"),
         help="debugging: leave the clusters of a failed run up",
     )
+    parser.add_argument(
+        "--overlap-provisioning",
+        action="store_true",
+        default=config.env_bool("PIPELINE_OVERLAP_PROVISIONING"),
+        help="bring the train cluster up while preprocess runs (the train job still waits for it)",
+    )
     parser.add_argument("--task-queue", default=config.task_queue(), help="Temporal task queue")
     parser.add_argument("--no-wait", action="store_true", help="start the run and exit")
     return parser
@@ -156,6 +162,7 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
         secret_names=secrets,
         infra=args.infra,
         keep_clusters_on_failure=args.keep_clusters_on_failure,
+        overlap_provisioning=args.overlap_provisioning,
         timeouts=StepTimeouts(**dict(args.timeout or [])),
     )
 

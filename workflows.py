@@ -74,6 +74,9 @@ class PipelineInput:
     # For debugging only: leave the clusters of a FAILED run up (a cancelled run is still
     # cleaned up). The default never leaks a cluster.
     keep_clusters_on_failure: bool = False
+    # Bring the train cluster up while preprocess runs. The train job still starts only after
+    # preprocess succeeded; the early cluster is torn down with the rest if the run fails.
+    overlap_provisioning: bool = False
     timeouts: StepTimeouts = field(default_factory=StepTimeouts)
     retry_initial_interval_seconds: float = 5.0
 
@@ -127,6 +130,7 @@ class SkyPilotWorkflow:
         self._commit_sha = ""
         self._yaml_texts: dict[str, str] = {}
         self._status = "running"
+        self._provisioning: asyncio.Task[None] | None = None
         self._steps = {
             "fetch-tasks": StepProgress("fetch-tasks", f"fetch tasks from {input.repo_url}@{input.ref}"),
             "preprocess": StepProgress(
@@ -136,6 +140,17 @@ class SkyPilotWorkflow:
             ),
             "preprocess-down": StepProgress(
                 "preprocess-down", f"down {self._preprocess_cluster}", cluster_name=self._preprocess_cluster
+            ),
+            **(
+                {
+                    "train-provision": StepProgress(
+                        "train-provision",
+                        f"provision {self._train_cluster}",
+                        cluster_name=self._train_cluster,
+                    )
+                }
+                if input.overlap_provisioning
+                else {}
             ),
             "train": StepProgress(
                 "train", f"launch train on {self._train_cluster}", cluster_name=self._train_cluster
@@ -154,8 +169,14 @@ class SkyPilotWorkflow:
         outcome = "failed"
         try:
             await self._fetch_tasks()
+            if input.overlap_provisioning:
+                self._provisioning = asyncio.create_task(
+                    self._provision(self._train_cluster, input.train_yaml)
+                )
             preprocess = await self._launch("preprocess", self._preprocess_cluster, input.preprocess_yaml)
             await self._down(self._preprocess_cluster, step="preprocess-down")
+            if self._provisioning:
+                await self._provisioning
             train = await self._launch("train", self._train_cluster, input.train_yaml)
             evaluation = await self._exec("eval", self._train_cluster, input.eval_yaml)
             await self._down(self._train_cluster, step="train-down")
@@ -203,8 +224,21 @@ class SkyPilotWorkflow:
             )
         self._commit_sha, self._yaml_texts = tasks.commit_sha, tasks.yaml_texts
 
+    async def _provision(self, cluster: str, yaml_path: str) -> None:
+        """Bring `cluster` up with the task's resources only; the task's launch reuses it."""
+        self._clusters_up.append(cluster)
+        async with self._tracking("train-provision"):
+            await workflow.execute_activity_method(
+                SkyPilotActivities.launch_task,
+                LaunchInput(
+                    cluster, self._task_spec("train", yaml_path), self._input.infra, provision_only=True
+                ),
+                **self._job_activity_options("train", summary=self._steps["train-provision"].summary),
+            )
+
     async def _launch(self, step: str, cluster: str, yaml_path: str) -> StepResult:
-        self._clusters_up.append(cluster)  # before launching: a failed launch can leave it INIT
+        if cluster not in self._clusters_up:  # before launching: a failed launch can leave it INIT
+            self._clusters_up.append(cluster)
         async with self._tracking(step) as progress:
             result = await workflow.execute_activity_method(
                 SkyPilotActivities.launch_task,
@@ -246,6 +280,10 @@ class SkyPilotWorkflow:
         """Tear down every cluster still up, whatever ended the run; then drop the checkout."""
         self._status = "cleaning up"
         self._update_details()
+        if self._provisioning and not self._provisioning.done():
+            self._provisioning.cancel()  # cancels the launch request on SkyPilot
+        if self._provisioning:
+            await asyncio.gather(self._provisioning, return_exceptions=True)
         leftovers = list(self._clusters_up)
         if outcome == "failed" and self._input.keep_clusters_on_failure:
             workflow.logger.warning("keep_clusters_on_failure: leaving %s up", leftovers)
@@ -322,7 +360,7 @@ class SkyPilotWorkflow:
             commit_sha=self._commit_sha,
         )
 
-    def _job_activity_options(self, step: str) -> dict[str, Any]:
+    def _job_activity_options(self, step: str, summary: str = "") -> dict[str, Any]:
         timeout = getattr(self._input.timeouts, step)
         return dict(
             start_to_close_timeout=timedelta(seconds=timeout),
@@ -331,7 +369,7 @@ class SkyPilotWorkflow:
             retry_policy=self._retry_policy(maximum_attempts=5),
             # Let the activity cancel the SkyPilot request/job before the run moves on.
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=self._steps[step].summary,
+            summary=summary or self._steps[step].summary,
         )
 
     def _retry_policy(self, maximum_attempts: int) -> RetryPolicy:

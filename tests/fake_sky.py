@@ -44,6 +44,7 @@ class FakeJob:
     job_name: str
     plan: JobPlan
     status: str = "RUNNING"
+    finished_at: float | None = None
     envs: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
@@ -83,6 +84,7 @@ class FakeSky:
         self.clusters: dict[str, FakeCluster] = {}
         self.requests: dict[str, FakeRequest] = {}
         self.calls: list[tuple[str, Any]] = []
+        self.timeline: list[tuple[float, str, Any]] = []  # (time.monotonic(), method, args)
         self.submitted: list[FakeJob] = []
         self.ever_launched: set[str] = set()
         self._ids = itertools.count(1)
@@ -280,6 +282,8 @@ class FakeSky:
             cluster.status = "UP"
         if request.cancelled.is_set():
             raise exceptions.RequestCancelled(f"Request {request.request_id} cancelled")
+        if task.run is None:  # provisioning only: SkyPilot submits no job
+            return None, SimpleNamespace(cluster_name=cluster_name)
         return self._submit(cluster, task), SimpleNamespace(cluster_name=cluster_name)
 
     def _do_exec(self, task: sky.Task, cluster_name: str) -> tuple[int, Any]:
@@ -323,6 +327,7 @@ class FakeSky:
                 job.done.wait(SAFETY_TIMEOUT)
             elif not job.done.wait(plan.seconds):
                 job.status = plan.status
+                job.finished_at = time.monotonic()
                 job.done.set()
 
         threading.Thread(target=run, daemon=True).start()
@@ -349,6 +354,7 @@ class FakeSky:
     def _record(self, method: str, args: Any) -> None:
         with self._lock:
             self.calls.append((method, args))
+            self.timeline.append((time.monotonic(), method, args))
 
     def _delay(self) -> None:
         if self.call_seconds:

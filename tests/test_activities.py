@@ -307,3 +307,13 @@ async def test_the_tasks_own_exit_code_is_reported_when_skypilot_prints_it(activ
     with pytest.raises(ApplicationError, match="FAILED, exit code 3") as err:
         await ActivityEnvironment().run(activities.launch_task, launch_input())
     assert err.value.details[0].exit_code == 3
+
+
+async def test_provision_only_brings_the_cluster_up_without_setup_or_job(activities, fake_sky: FakeSky):
+    provision = LaunchInput(CLUSTER, spec(), infra="slurm", provision_only=True)
+    result = await ActivityEnvironment().run(activities.launch_task, provision)
+    assert (result.job_status, result.job_id) == ("UP", None)
+    assert fake_sky.clusters[CLUSTER].status == "UP" and fake_sky.submitted == []
+    # The train step's launch then reuses the cluster and runs setup + job there.
+    result = await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert result.job_status == "SUCCEEDED" and len(fake_sky.submitted) == 1

@@ -197,3 +197,41 @@ async def test_a_fresh_history_replays(pipeline: Pipeline):
     await handle.result()
     history = await handle.fetch_history()
     await Replayer(workflows=[SkyPilotWorkflow]).replay_workflow(history)
+
+
+async def test_overlapped_provisioning_brings_train_up_during_preprocess(pipeline: Pipeline):
+    pipeline.fake.plan("preprocess", seconds=1.0)
+    handle = await pipeline.start(overlap_provisioning=True)
+    result = await handle.result()
+    prefix = cluster_prefix_for(handle.id)
+    train = f"{prefix}-train"
+    order = sdk_steps(pipeline.fake)
+    assert order.index(("launch", train)) < order.index(("down", f"{prefix}-preprocess"))
+    assert order.count(("launch", train)) == 2  # provision, then the train job reusing it
+    preprocess_job, train_job = (
+        pipeline.fake.jobs_named("preprocess")[0],
+        pipeline.fake.jobs_named("train")[0],
+    )
+    assert preprocess_job.status == "SUCCEEDED" and train_job.job_id == 1
+    assert [s.job_status for s in result.steps] == ["SUCCEEDED"] * 3
+    progress = await handle.query(SkyPilotWorkflow.progress)
+    assert [s.name for s in progress.steps] == [
+        "fetch-tasks",
+        "preprocess",
+        "preprocess-down",
+        "train-provision",
+        "train",
+        "eval",
+        "train-down",
+    ]
+    pipeline.assert_no_cluster_left()
+
+
+async def test_overlapped_provisioning_tears_the_early_cluster_down_if_preprocess_fails(pipeline: Pipeline):
+    pipeline.fake.provision_seconds = 1.0
+    pipeline.fake.plan("preprocess", status="FAILED")
+    cause = await pipeline.fail(overlap_provisioning=True)
+    assert "step 'preprocess'" in cause.message
+    assert pipeline.fake.jobs_named("train") == [], "the train job ran although preprocess failed"
+    assert any(c.endswith("-train") for c in pipeline.fake.ever_launched)
+    pipeline.assert_no_cluster_left()

