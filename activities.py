@@ -23,13 +23,24 @@ import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+
+from shared import (
+    DownInput,
+    ExecInput,
+    FetchTasksInput,
+    FetchTasksResult,
+    JobProgress,
+    LaunchInput,
+    RemoveCheckoutInput,
+    StepResult,
+    TaskSpec,
+)
 
 # Payloads stay far below Temporal's 2 MB limit whatever a job prints.
 LOG_TAIL_BYTES = 4096
@@ -88,6 +99,8 @@ RETRYABLE_SKY_ERRORS = frozenset(
     }
 )
 
+# libyaml's parser when PyYAML has it (several times faster than the pure-Python one).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # SkyPilot's report of the task's own exit codes, e.g. "Job 1 failed with return code list: [3]".
 _RETURN_CODES = re.compile(r"return code list: \[([-\d, ]+)\]")
@@ -100,94 +113,6 @@ _TRANSIENT_GIT_ERRORS = (
     "early eof",
     "the remote end hung up",
 )
-
-
-# ---------------------------------------------------------------- inputs and results
-
-
-@dataclass
-class FetchTasksInput:
-    """Clone `repo_url` at `ref` into a fresh checkout and read the task YAMLs at `yaml_paths`."""
-
-    repo_url: str
-    ref: str
-    yaml_paths: list[str]
-    # Relative to the worker's checkout root; unique per workflow run.
-    checkout_name: str
-    env_overrides: dict[str, str] = field(default_factory=dict)
-    secret_names: list[str] = field(default_factory=list)
-
-
-@dataclass
-class FetchTasksResult:
-    commit_sha: str
-    yaml_texts: dict[str, str]
-
-
-@dataclass
-class TaskSpec:
-    """One SkyPilot task: its YAML text and everything applied on top of it."""
-
-    step: str
-    job_name: str
-    yaml_text: str
-    env_overrides: dict[str, str] = field(default_factory=dict)
-    # Names only: values are read from the worker's environment, never stored in history.
-    secret_names: list[str] = field(default_factory=list)
-    # The run's checkout, where a task's relative `workdir` and file mounts point.
-    checkout_name: str = ""
-    repo_url: str = ""
-    commit_sha: str = ""
-
-
-@dataclass
-class LaunchInput:
-    cluster_name: str
-    task: TaskSpec
-    infra: str = ""
-    # Only bring the cluster up with the task's resources: no setup, no job (the job comes
-    # later with a launch that reuses the cluster). Lets provisioning overlap earlier steps.
-    provision_only: bool = False
-
-
-@dataclass
-class ExecInput:
-    cluster_name: str
-    task: TaskSpec
-
-
-@dataclass
-class DownInput:
-    cluster_name: str
-
-
-@dataclass
-class RemoveCheckoutInput:
-    checkout_name: str
-
-
-@dataclass
-class StepResult:
-    step: str
-    cluster_name: str
-    job_id: int | None = None
-    job_status: str = ""
-    # The task's own exit code when SkyPilot reports it, else SkyPilot's (0, 100 failed, 103 cancelled).
-    exit_code: int | None = None
-    duration_seconds: float = 0.0
-    log_tail: str = ""
-
-
-@dataclass
-class JobProgress:
-    """Heartbeat details: what a retried attempt needs to re-attach, and what the UI shows."""
-
-    phase: str
-    cluster_name: str
-    job_name: str = ""
-    request_id: str = ""
-    job_id: int | None = None
-    last_log_line: str = ""
 
 
 # ---------------------------------------------------------------- log handling
@@ -553,7 +478,7 @@ class SkyPilotActivities:
     def _build_task(self, spec: TaskSpec, infra: str) -> Any:
         what = f"task {spec.step!r}"
         try:
-            config = yaml.safe_load(spec.yaml_text)
+            config = yaml.load(spec.yaml_text, Loader=_YAML_LOADER)
         except yaml.YAMLError as exc:
             raise ApplicationError(
                 f"{what} is not valid YAML: {clean_message(exc)}", type="InvalidTaskYaml", non_retryable=True
@@ -644,6 +569,9 @@ class SkyPilotActivities:
             exit_code = await self._blocking(
                 self._sky.tail_logs, cluster, job_id, follow=True, output_stream=sink
             )
+        if exit_code == EXIT_SUCCEEDED:
+            return exit_code, "SUCCEEDED"
+        # A failure could be FAILED, FAILED_SETUP or FAILED_DRIVER: ask for the status.
         request_id = await self._blocking(self._sky.job_status, cluster, job_ids=[job_id])
         statuses = await self._blocking(self._sky.get, request_id)
         status = statuses.get(job_id) or statuses.get(str(job_id))

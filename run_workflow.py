@@ -31,7 +31,8 @@ from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
 from temporalio.service import RPCError
 
 import config
-from workflows import PipelineInput, PipelineProgress, SkyPilotWorkflow, StepTimeouts
+from shared import PipelineInput, PipelineProgress, StepTimeouts
+from workflows import SkyPilotWorkflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
 POLL_SECONDS = 1.0

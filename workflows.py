@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -27,94 +24,23 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from activities import (
+    from activities import SkyPilotActivities
+    from shared import (
+        CLUSTER_NAME,
+        MAX_PREFIX_LENGTH,
         DownInput,
         ExecInput,
         FetchTasksInput,
         LaunchInput,
+        PipelineInput,
+        PipelineProgress,
+        PipelineResult,
         RemoveCheckoutInput,
-        SkyPilotActivities,
+        StepProgress,
         StepResult,
         TaskSpec,
+        cluster_prefix_for,
     )
-
-CLUSTER_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
-MAX_PREFIX_LENGTH = 24
-
-
-@dataclass
-class StepTimeouts:
-    """How long each step may take in all, retries included (seconds)."""
-
-    fetch_tasks: int = 300
-    preprocess: int = 3600
-    train: int = 4 * 3600
-    eval: int = 3600
-    # Per teardown attempt; teardown itself is retried until it succeeds.
-    teardown: int = 900
-    # No heartbeat for this long means the worker died: the step moves to another worker.
-    heartbeat: int = 30
-
-
-@dataclass
-class PipelineInput:
-    repo_url: str
-    ref: str = "main"
-    preprocess_yaml: str = "data_preprocessing.yaml"
-    train_yaml: str = "train.yaml"
-    eval_yaml: str = "eval.yaml"
-    # Empty: derived from the workflow id, so concurrent runs never share a cluster.
-    cluster_prefix: str = ""
-    env_overrides: dict[str, str] = field(default_factory=dict)
-    # Names of variables the worker reads from its own environment and passes as SkyPilot
-    # secrets: their values never enter the workflow history.
-    secret_names: list[str] = field(default_factory=list)
-    # e.g. "slurm", "aws", "k8s": replaces the tasks' cloud/region/zone.
-    infra: str = ""
-    # For debugging only: leave the clusters of a FAILED run up (a cancelled run is still
-    # cleaned up). The default never leaks a cluster.
-    keep_clusters_on_failure: bool = False
-    # Bring the train cluster up while preprocess runs. The train job still starts only after
-    # preprocess succeeded; the early cluster is torn down with the rest if the run fails.
-    overlap_provisioning: bool = False
-    timeouts: StepTimeouts = field(default_factory=StepTimeouts)
-    retry_initial_interval_seconds: float = 5.0
-
-
-@dataclass
-class PipelineResult:
-    repo_url: str
-    commit_sha: str
-    steps: list[StepResult]
-
-
-@dataclass
-class StepProgress:
-    name: str
-    summary: str
-    status: str = "pending"  # pending | running | succeeded | failed | cancelled
-    cluster_name: str = ""
-    job_id: int | None = None
-    job_status: str = ""
-    duration_seconds: float | None = None
-    error: str = ""
-
-
-@dataclass
-class PipelineProgress:
-    status: str  # running | cleaning up | succeeded | failed | cancelled
-    commit_sha: str
-    steps: list[StepProgress]
-    clusters_up: list[str]
-
-
-def cluster_prefix_for(workflow_id: str) -> str:
-    """A valid cluster-name prefix unique to `workflow_id` (used as-is when it already is one)."""
-    if len(workflow_id) <= MAX_PREFIX_LENGTH and CLUSTER_NAME.fullmatch(workflow_id):
-        return workflow_id
-    slug = re.sub(r"[^a-z0-9]+", "-", workflow_id.lower()).strip("-")[: MAX_PREFIX_LENGTH - 9]
-    digest = hashlib.sha256(workflow_id.encode()).hexdigest()[:6]
-    return f"{slug.rstrip('-') or 'run'}-{digest}" if slug[:1].isalpha() else f"p-{slug}-{digest}"
 
 
 @workflow.defn

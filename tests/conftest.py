@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 from activities import SkyPilotActivities  # noqa: E402
 from fake_sky import FakeSky  # noqa: E402
 from run_worker import create_worker  # noqa: E402
-from workflows import PipelineInput, SkyPilotWorkflow, StepTimeouts  # noqa: E402
+from shared import PipelineInput, StepTimeouts  # noqa: E402
+from workflows import SkyPilotWorkflow  # noqa: E402
 
 TEMPORAL_CLI = ROOT / ".venv" / "bin" / "temporal"
 

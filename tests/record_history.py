@@ -24,7 +24,8 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from activities import SkyPilotActivities  # noqa: E402
 from fake_sky import FakeSky  # noqa: E402
 from run_worker import create_worker  # noqa: E402
-from workflows import PipelineInput, SkyPilotWorkflow  # noqa: E402
+from shared import PipelineInput  # noqa: E402
+from workflows import SkyPilotWorkflow  # noqa: E402
 
 
 async def record() -> None:

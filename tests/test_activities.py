@@ -12,19 +12,10 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import (
-    LOG_TAIL_BYTES,
-    DownInput,
-    ExecInput,
-    JobLogSink,
-    JobProgress,
-    LaunchInput,
-    SkyPilotActivities,
-    TaskSpec,
-    is_retryable,
-)
+from activities import LOG_TAIL_BYTES, JobLogSink, SkyPilotActivities, is_retryable
 from conftest import ROOT
 from fake_sky import FakeSky
+from shared import DownInput, ExecInput, JobProgress, LaunchInput, TaskSpec
 
 CLUSTER = "wf1-train"
 
@@ -185,8 +176,8 @@ async def test_blocking_sdk_calls_never_block_the_event_loop(activities):
     await ActivityEnvironment().run(slow_activities.launch_task, launch_input())
     elapsed = time.monotonic() - started
     ticking.cancel()
-    # launch + stream_and_get + tail_logs + job_status + get: >= 1.5 s of blocking calls
-    assert elapsed >= 1.5
+    # launch + stream_and_get (+ its wait) + tail_logs: >= 0.9 s of blocking calls
+    assert elapsed >= 0.9
     assert ticks >= elapsed / 0.01 * 0.5, f"event loop starved: {ticks} ticks in {elapsed:.1f}s"
 
 

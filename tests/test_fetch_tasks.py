@@ -8,8 +8,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import FetchTasksInput
 from conftest import TASK_FILES, git
+from shared import FetchTasksInput
 
 
 def fetch_input(
@@ -130,7 +130,7 @@ async def test_task_needing_an_unset_env_fails_at_fetch(activities, task_repo: P
 
 
 async def test_remove_checkout_deletes_only_this_run(activities, task_repo: Path, tmp_path: Path):
-    from activities import RemoveCheckoutInput
+    from shared import RemoveCheckoutInput
 
     await fetch(activities, task_repo, name="wf1/run1")
     await fetch(activities, task_repo, name="wf2/run1")

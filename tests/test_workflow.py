@@ -14,7 +14,8 @@ from temporalio.worker import Replayer
 
 from conftest import ROOT, Pipeline
 from fake_sky import FakeSky
-from workflows import SkyPilotWorkflow, StepTimeouts, cluster_prefix_for
+from shared import StepTimeouts, cluster_prefix_for
+from workflows import SkyPilotWorkflow
 
 HISTORY_FILE = ROOT / "tests" / "histories" / "happy_path.json"
 
@@ -173,7 +174,7 @@ def test_cluster_prefix_is_valid_and_unique_per_workflow_id():
     prefixes = [cluster_prefix_for(i) for i in ids]
     assert prefixes[0] == "skypilot-3fa2b1c9"
     assert len(set(prefixes)) == len(ids)
-    from workflows import CLUSTER_NAME, MAX_PREFIX_LENGTH
+    from shared import CLUSTER_NAME, MAX_PREFIX_LENGTH
 
     for prefix in prefixes:
         assert CLUSTER_NAME.fullmatch(prefix) and len(prefix) <= MAX_PREFIX_LENGTH, prefix

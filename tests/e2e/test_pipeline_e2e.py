@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowFailureError
 
 from conftest import git
 from e2e.conftest import DATA_DIR, ROOT, Stack, start_worker
-from workflows import cluster_prefix_for
+from shared import cluster_prefix_for
 
 pytestmark = pytest.mark.e2e
 
