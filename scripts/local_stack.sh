@@ -345,7 +345,9 @@ start_skypilot() {
   else
     check_port_free "$SKY_API_PORT" "$SKY_API_PID" "the SkyPilot API server"
     log "skypilot: starting API server on 127.0.0.1:$SKY_API_PORT"
-    SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api start --host 127.0.0.1 \
+    # A caller's SKYPILOT_DISABLE_LOCAL_API_SERVER / remote endpoint must not stop this start.
+    env -u SKYPILOT_DISABLE_LOCAL_API_SERVER -u SKYPILOT_API_SERVER_ENDPOINT \
+      SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api start --host 127.0.0.1 \
       >"$STATE/skypilot-api-start.log" 2>&1 || { cat "$STATE/skypilot-api-start.log" >&2; die "sky api start failed"; }
     port_pid "$SKY_API_PORT" > "$SKY_API_PID"
     mark_started skypilot "$SKY_API_PID"
