@@ -167,17 +167,25 @@ async def test_two_pipelines_at_once_share_nothing_and_overlap(stack: Stack, hap
         assert_no_cluster_left(stack, cluster_prefix_for(workflow_id))
 
 
-def bad_task_repo(tmp: Path, train_yaml: str | None = None) -> Path:
+def task_repo_args(tmp: Path, replaced: dict[str, str]) -> list[str]:
+    """A git repo holding the example tasks at its root, some files replaced; its run_workflow.py args."""
     repo = tmp / "bad-tasks"
     repo.mkdir()
     git("init", "--quiet", "--initial-branch=main", cwd=repo)
     for name in ("data_preprocessing.yaml", "train.yaml", "eval.yaml"):
-        (repo / name).write_text((ROOT / "tasks" / name).read_text())
-    if train_yaml is not None:
-        (repo / "train.yaml").write_text(train_yaml)
+        (repo / name).write_text(replaced.get(name) or (ROOT / "tasks" / name).read_text())
     git("add", ".", cwd=repo)
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "tasks", cwd=repo)
-    return repo
+    return [
+        "--repo",
+        str(repo),
+        "--preprocess-yaml",
+        "data_preprocessing.yaml",
+        "--train-yaml",
+        "train.yaml",
+        "--eval-yaml",
+        "eval.yaml",
+    ]
 
 
 INFEASIBLE = (ROOT / "tasks" / "data_preprocessing.yaml").read_text().replace("cpus: 1+", "cpus: 512+")
@@ -192,37 +200,11 @@ async def test_bad_input_is_a_one_line_error_naming_it_and_leaves_no_cluster(
     elif case == "missing yaml":
         args, expected = ["--train-yaml", "tasks/nope.yaml"], "tasks/nope.yaml"
     elif case == "malformed yaml":
-        repo = bad_task_repo(tmp_path, "name: train\nrun: [unclosed\n")
-        args, expected = (
-            [
-                "--repo",
-                str(repo),
-                "--preprocess-yaml",
-                "data_preprocessing.yaml",
-                "--train-yaml",
-                "train.yaml",
-                "--eval-yaml",
-                "eval.yaml",
-            ],
-            "'train.yaml' is not valid YAML",
-        )
+        args = task_repo_args(tmp_path, {"train.yaml": "name: train\nrun: [unclosed\n"})
+        expected = "'train.yaml' is not valid YAML"
     else:
-        repo = bad_task_repo(tmp_path)
-        (repo / "data_preprocessing.yaml").write_text(INFEASIBLE)
-        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "512 cpus", cwd=repo)
-        args, expected = (
-            [
-                "--repo",
-                str(repo),
-                "--preprocess-yaml",
-                "data_preprocessing.yaml",
-                "--train-yaml",
-                "train.yaml",
-                "--eval-yaml",
-                "eval.yaml",
-            ],
-            "ResourcesUnavailableError",
-        )
+        args = task_repo_args(tmp_path, {"data_preprocessing.yaml": INFEASIBLE})
+        expected = "ResourcesUnavailableError"
     started = time.monotonic()
     rc, stdout, stderr, workflow_id = await stack.start_pipeline(*args)
     assert rc == 1, stdout + stderr
