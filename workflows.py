@@ -231,11 +231,9 @@ class SkyPilotWorkflow:
     def _step_failure(self, err: ActivityError) -> ApplicationError:
         """The run's failure: names the step, cluster and job; carries the job's log tail."""
         step = next((s for s in self._steps.values() if s.status == "failed"), None)
-        where = (
-            f"step '{step.name}'" + (f" on cluster {step.cluster_name}" if step and step.cluster_name else "")
-            if step
-            else "a step"
-        )
+        where = f"step '{step.name}'" if step else "a step"
+        if step and step.cluster_name:
+            where += f" on cluster {step.cluster_name}"
         cause = err.cause
         if isinstance(cause, TimeoutError):
             return ApplicationError(
