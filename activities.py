@@ -390,7 +390,8 @@ class SkyPilotActivities:
         started = time.monotonic()
         progress = JobProgress(phase="tearing down", cluster_name=input.cluster_name)
         sink = self._sink(f"[down {input.cluster_name}]", [], progress)
-        async with self._heartbeating(progress):
+        # A cancelled teardown is not undone on SkyPilot: the workflow's cleanup runs it again.
+        async with self._skypilot_step(progress, f"tearing down {input.cluster_name}", cancel_skypilot=False):
             try:
                 # A launch abandoned by a timed-out or dead attempt could still create the
                 # cluster after we tear it down: cancel in-flight requests on it first.
@@ -401,7 +402,7 @@ class SkyPilotActivities:
                 outcome = "TERMINATED"
             except Exception as exc:
                 if not _is_named(exc, "ClusterDoesNotExist"):
-                    raise to_application_error(exc, f"tearing down {input.cluster_name}") from exc
+                    raise
                 outcome = "ALREADY_GONE"
         activity.logger.info("Cluster %s: %s", input.cluster_name, outcome)
         return StepResult(
@@ -418,24 +419,18 @@ class SkyPilotActivities:
         what = f"{spec.step} on {cluster}"
         progress = JobProgress(phase="preparing", cluster_name=cluster, job_name=spec.job_name)
         sink = self._sink(f"[{spec.step} {cluster}]", self._secret_values(spec), progress)
-        async with self._heartbeating(progress):
-            try:
-                await self._ensure_checkout(spec)
-                # Parsing may consult cloud catalogs: keep it off the event loop too.
-                task = await self._blocking(self._build_task, spec, infra)
-                job_id = await self._reattach(cluster, spec.job_name, progress)
-                if job_id is None:
-                    job_id = await self._submit(task, cluster, launch, progress, sink)
-                progress.job_id = job_id
-                progress.phase = "running"
-                exit_code, status = await self._follow_job(cluster, job_id, sink)
-                if sink.task_exit_code is not None and exit_code != EXIT_CANCELLED:
-                    exit_code = sink.task_exit_code
-            except asyncio.CancelledError:
-                await self._cancel_on_skypilot_if_requested(cluster, progress)
-                raise
-            except Exception as exc:
-                raise to_application_error(exc, what) from exc
+        async with self._skypilot_step(progress, what):
+            await self._ensure_checkout(spec)
+            # Parsing may consult cloud catalogs: keep it off the event loop too.
+            task = await self._blocking(self._build_task, spec, infra)
+            job_id = await self._reattach(cluster, spec.job_name, progress)
+            if job_id is None:
+                job_id = await self._submit(task, cluster, launch, progress, sink)
+            progress.job_id = job_id
+            progress.phase = "running"
+            exit_code, status = await self._follow_job(cluster, job_id, sink)
+            if sink.task_exit_code is not None and exit_code != EXIT_CANCELLED:
+                exit_code = sink.task_exit_code
         result = StepResult(
             step=spec.step,
             cluster_name=cluster,
@@ -458,16 +453,10 @@ class SkyPilotActivities:
         started = time.monotonic()
         progress = JobProgress(phase="provisioning", cluster_name=cluster)
         sink = self._sink(f"[provision {cluster}]", self._secret_values(spec), progress)
-        async with self._heartbeating(progress):
-            try:
-                task = await self._blocking(self._build_task, spec, infra)
-                task.setup, task.run = None, None
-                await self._submit(task, cluster, True, progress, sink, expect_job=False)
-            except asyncio.CancelledError:
-                await self._cancel_on_skypilot_if_requested(cluster, progress)
-                raise
-            except Exception as exc:
-                raise to_application_error(exc, f"provisioning {cluster}") from exc
+        async with self._skypilot_step(progress, f"provisioning {cluster}"):
+            task = await self._blocking(self._build_task, spec, infra)
+            task.setup, task.run = None, None
+            await self._submit(task, cluster, True, progress, sink, expect_job=False)
         return StepResult(
             step=spec.step,
             cluster_name=cluster,
@@ -648,7 +637,12 @@ class SkyPilotActivities:
         return await asyncio.wrap_future(future)
 
     @contextlib.asynccontextmanager
-    async def _heartbeating(self, progress: JobProgress) -> AsyncIterator[None]:
+    async def _skypilot_step(
+        self, progress: JobProgress, what: str, cancel_skypilot: bool = True
+    ) -> AsyncIterator[None]:
+        """Around every SkyPilot step: heartbeat `progress`; on a cancel the workflow asked for,
+        cancel the SkyPilot side too; turn SDK exceptions into classified ApplicationErrors."""
+
         async def beat() -> None:
             while True:
                 activity.heartbeat(dataclasses.asdict(progress))
@@ -657,6 +651,12 @@ class SkyPilotActivities:
         heartbeat_task = asyncio.create_task(beat())
         try:
             yield
+        except asyncio.CancelledError:
+            if cancel_skypilot:
+                await self._cancel_on_skypilot_if_requested(progress.cluster_name, progress)
+            raise
+        except Exception as exc:
+            raise to_application_error(exc, what) from exc
         finally:
             heartbeat_task.cancel()
 
