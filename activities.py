@@ -377,13 +377,26 @@ class SkyPilotActivities:
 
     @activity.defn
     async def launch_task(self, input: LaunchInput) -> StepResult:
-        if input.provision_only:
-            return await self._provision(input.cluster_name, input.task, infra=input.infra)
-        return await self._run_task(input.cluster_name, input.task, infra=input.infra, launch=True)
+        def launch(task: Any) -> Any:
+            if input.provision_only:
+                task.run = None  # SkyPilot then runs only the task's setup, as a job (if it has one)
+            return self._sky.launch(task, cluster_name=input.cluster_name, fast=input.reuse_provisioned)
+
+        return await self._run_task(
+            input.cluster_name,
+            input.task,
+            input.infra,
+            launch,
+            submit_phase="provisioning",
+            expect_job=not input.provision_only,
+        )
 
     @activity.defn
     async def exec_task(self, input: ExecInput) -> StepResult:
-        return await self._run_task(input.cluster_name, input.task, infra="", launch=False)
+        def exec_(task: Any) -> Any:
+            return self._sky.exec(task, cluster_name=input.cluster_name)
+
+        return await self._run_task(input.cluster_name, input.task, "", exec_)
 
     @activity.defn
     async def down_cluster(self, input: DownInput) -> StepResult:
@@ -414,23 +427,35 @@ class SkyPilotActivities:
 
     # -------------------------------------------------------------- the shared launch/exec helper
 
-    async def _run_task(self, cluster: str, spec: TaskSpec, *, infra: str, launch: bool) -> StepResult:
+    async def _run_task(
+        self,
+        cluster: str,
+        spec: TaskSpec,
+        infra: str,
+        submit: Callable[[Any], Any],
+        submit_phase: str = "submitting",
+        expect_job: bool = True,
+    ) -> StepResult:
+        """Build the task, submit it with `submit` (or re-attach to its job), follow the job."""
         started = time.monotonic()
         what = f"{spec.step} on {cluster}"
         progress = JobProgress(phase="preparing", cluster_name=cluster, job_name=spec.job_name)
         sink = self._sink(f"[{spec.step} {cluster}]", self._secret_values(spec), progress)
+        status, exit_code = "UP", None
         async with self._skypilot_step(progress, what):
             await self._ensure_checkout(spec)
             # Parsing may consult cloud catalogs: keep it off the event loop too.
             task = await self._blocking(self._build_task, spec, infra)
             job_id = await self._reattach(cluster, spec.job_name, progress)
             if job_id is None:
-                job_id = await self._submit(task, cluster, launch, progress, sink)
-            progress.job_id = job_id
-            progress.phase = "running"
-            exit_code, status = await self._follow_job(cluster, job_id, sink)
-            if sink.task_exit_code is not None and exit_code != EXIT_CANCELLED:
-                exit_code = sink.task_exit_code
+                progress.phase = submit_phase
+                job_id = await self._submit(task, cluster, submit, progress, sink, expect_job)
+            if job_id is not None:
+                progress.job_id = job_id
+                progress.phase = "running"
+                exit_code, status = await self._follow_job(cluster, job_id, sink)
+                if sink.task_exit_code is not None and exit_code != EXIT_CANCELLED:
+                    exit_code = sink.task_exit_code
         result = StepResult(
             step=spec.step,
             cluster_name=cluster,
@@ -440,7 +465,7 @@ class SkyPilotActivities:
             log_tail=sink.tail(),
             duration_seconds=round(time.monotonic() - started, 3),
         )
-        if status != "SUCCEEDED":
+        if status not in ("SUCCEEDED", "UP"):
             raise ApplicationError(
                 f"{what}: job {job_id} ({spec.job_name}) {status}, exit code {exit_code}",
                 result,
@@ -448,21 +473,6 @@ class SkyPilotActivities:
                 non_retryable=True,
             )
         return result
-
-    async def _provision(self, cluster: str, spec: TaskSpec, *, infra: str) -> StepResult:
-        started = time.monotonic()
-        progress = JobProgress(phase="provisioning", cluster_name=cluster)
-        sink = self._sink(f"[provision {cluster}]", self._secret_values(spec), progress)
-        async with self._skypilot_step(progress, f"provisioning {cluster}"):
-            task = await self._blocking(self._build_task, spec, infra)
-            task.setup, task.run = None, None
-            await self._submit(task, cluster, True, progress, sink, expect_job=False)
-        return StepResult(
-            step=spec.step,
-            cluster_name=cluster,
-            job_status="UP",
-            duration_seconds=round(time.monotonic() - started, 3),
-        )
 
     def _build_task(self, spec: TaskSpec, infra: str) -> Any:
         what = f"task {spec.step!r}"
@@ -526,29 +536,24 @@ class SkyPilotActivities:
         self,
         task: Any,
         cluster: str,
-        launch: bool,
+        submit: Callable[[Any], Any],
         progress: JobProgress,
         sink: JobLogSink,
-        expect_job: bool = True,
+        expect_job: bool,
     ) -> int | None:
-        progress.phase = "provisioning" if launch else "submitting"
-        if launch:
-            request_id = await self._blocking(self._sky.launch, task, cluster_name=cluster)
-        else:
-            request_id = await self._blocking(self._sky.exec, task, cluster_name=cluster)
+        request_id = await self._blocking(submit, task)
         progress.request_id = str(request_id)
         activity.heartbeat(dataclasses.asdict(progress))
         job_id, _handle = await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
-        if not expect_job:
-            return None
-        if job_id is None:
+        if job_id is None and expect_job:
             raise ApplicationError(
                 f"{task.name} on {cluster}: SkyPilot returned no job id",
                 type="NoJobSubmitted",
                 non_retryable=True,
             )
-        activity.logger.info("Submitted job %s (%s) on %s", job_id, task.name, cluster)
-        return int(job_id)
+        if job_id is not None:
+            activity.logger.info("Submitted job %s (%s) on %s", job_id, task.name, cluster)
+        return None if job_id is None else int(job_id)
 
     async def _follow_job(self, cluster: str, job_id: int, sink: JobLogSink) -> tuple[int, str]:
         """Stream the job's log until it ends; return its exit code and final status."""

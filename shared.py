@@ -132,9 +132,11 @@ class LaunchInput:
     cluster_name: str
     task: TaskSpec
     infra: str = ""
-    # Only bring the cluster up with the task's resources: no setup, no job (the job comes
-    # later with a launch that reuses the cluster). Lets provisioning overlap earlier steps.
+    # Bring the cluster up and run only the task's setup (as a job, if it has one); the run
+    # comes later with `reuse_provisioned`. Lets provisioning overlap earlier steps.
     provision_only: bool = False
+    # The cluster was provisioned (and set up) for this task: skip both (sky.launch fast=True).
+    reuse_provisioned: bool = False
 
 
 @dataclass

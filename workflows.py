@@ -100,10 +100,11 @@ class SkyPilotWorkflow:
                     self._provision(self._train_cluster, input.train_yaml)
                 )
             preprocess = await self._launch("preprocess", self._preprocess_cluster, input.preprocess_yaml)
-            await self._down(self._preprocess_cluster, step="preprocess-down")
             if self._provisioning:
-                await self._provisioning
-            train = await self._launch("train", self._train_cluster, input.train_yaml)
+                train = await self._train_while_preprocess_goes_down(self._provisioning)
+            else:
+                await self._down(self._preprocess_cluster, step="preprocess-down")
+                train = await self._launch("train", self._train_cluster, input.train_yaml)
             evaluation = await self._exec("eval", self._train_cluster, input.eval_yaml)
             await self._down(self._train_cluster, step="train-down")
             outcome = "succeeded"
@@ -151,24 +152,45 @@ class SkyPilotWorkflow:
         self._commit_sha, self._yaml_texts = tasks.commit_sha, tasks.yaml_texts
 
     async def _provision(self, cluster: str, yaml_path: str) -> None:
-        """Bring `cluster` up with the task's resources only; the task's launch reuses it."""
+        """Bring `cluster` up and run the task's setup there; the task's launch then reuses it."""
         self._clusters_up.append(cluster)
         async with self._tracking("train-provision"):
             await workflow.execute_activity_method(
                 SkyPilotActivities.launch_task,
                 LaunchInput(
-                    cluster, self._task_spec("train", yaml_path), self._input.infra, provision_only=True
+                    cluster,
+                    self._task_spec("train-provision", yaml_path),
+                    self._input.infra,
+                    provision_only=True,
                 ),
                 **self._job_activity_options("train", summary=self._steps["train-provision"].summary),
             )
 
-    async def _launch(self, step: str, cluster: str, yaml_path: str) -> StepResult:
+    async def _train_while_preprocess_goes_down(self, provisioning: asyncio.Task[None]) -> StepResult:
+        """Overlapped provisioning: train on the early cluster while preprocess is torn down."""
+        preprocess_down = asyncio.create_task(self._down(self._preprocess_cluster, step="preprocess-down"))
+        try:
+            await provisioning
+            return await self._launch(
+                "train", self._train_cluster, self._input.train_yaml, reuse_provisioned=True
+            )
+        finally:
+            await preprocess_down
+
+    async def _launch(
+        self, step: str, cluster: str, yaml_path: str, reuse_provisioned: bool = False
+    ) -> StepResult:
         if cluster not in self._clusters_up:  # before launching: a failed launch can leave it INIT
             self._clusters_up.append(cluster)
         async with self._tracking(step) as progress:
             result = await workflow.execute_activity_method(
                 SkyPilotActivities.launch_task,
-                LaunchInput(cluster, self._task_spec(step, yaml_path), infra=self._input.infra),
+                LaunchInput(
+                    cluster,
+                    self._task_spec(step, yaml_path),
+                    infra=self._input.infra,
+                    reuse_provisioned=reuse_provisioned,
+                ),
                 **self._job_activity_options(step),
             )
             progress.job_id, progress.job_status = result.job_id, result.job_status

@@ -6,6 +6,8 @@ It models what the activities rely on, as measured against a real API server:
 - launch/exec return (job_id, handle) when the job is SUBMITTED; the job then runs on its own;
 - `tail_logs(follow=True)` streams the job's lines and returns its exit code (0/100/103);
 - launch on an UP cluster reuses it and submits a NEW job; `queue` lists jobs by name;
+- a launch whose task has no `run` submits a job for its `setup` alone (no job without one);
+  `launch(fast=True)` on an UP cluster skips provisioning and setup (the job runs `run` only);
 - `api_cancel` cancels an in-flight request (a provisioning launch leaves the cluster INIT),
   `cancel` cancels a running job, `down` of a missing cluster raises ClusterDoesNotExist.
 Task parsing is the real `sky.Task`: it is local, deterministic and part of what we test.
@@ -47,6 +49,7 @@ class FakeJob:
     finished_at: float | None = None
     envs: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
+    ran_setup: bool = False
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -78,6 +81,7 @@ class FakeSky:
         self.provision_seconds = provision_seconds
         # Added to every SDK call, like the real SDK's HTTP round trips (blocks the caller).
         self.call_seconds = call_seconds
+        self.down_seconds = 0.0  # how long a teardown takes on the "server"
         self.plans: dict[str, JobPlan] = {}
         # method name -> exceptions raised by its next requests, in order
         self.errors: dict[str, list[BaseException]] = {}
@@ -135,7 +139,10 @@ class FakeSky:
     def launch(self, task: sky.Task, cluster_name: str | None = None, **kwargs: Any) -> str:
         self._record("launch", (task.name, cluster_name, kwargs))
         self.ever_launched.add(cluster_name)
-        return self._start("sky.launch", cluster_name, lambda req: self._do_launch(req, task, cluster_name))
+        fast = bool(kwargs.get("fast"))
+        return self._start(
+            "sky.launch", cluster_name, lambda req: self._do_launch(req, task, cluster_name, fast)
+        )
 
     def exec(self, task: sky.Task, cluster_name: str | None = None, **kwargs: Any) -> str:
         self._record("exec", (task.name, cluster_name))
@@ -272,24 +279,29 @@ class FakeSky:
             raise request.error
         return request.result
 
-    def _do_launch(self, request: FakeRequest, task: sky.Task, cluster_name: str) -> tuple[int, Any]:
+    def _do_launch(
+        self, request: FakeRequest, task: sky.Task, cluster_name: str, fast: bool
+    ) -> tuple[int | None, Any]:
         with self._lock:
             cluster = self.clusters.setdefault(cluster_name, FakeCluster(cluster_name))
         request.logs.append(f"\x1b[1mLaunching\x1b[0m {cluster_name}")
+        skip_setup = fast and cluster.status == "UP"
         if cluster.status != "UP":
             if request.cancelled.wait(self.provision_seconds):
                 raise exceptions.RequestCancelled(f"Request {request.request_id} cancelled")
             cluster.status = "UP"
         if request.cancelled.is_set():
             raise exceptions.RequestCancelled(f"Request {request.request_id} cancelled")
-        if task.run is None:  # provisioning only: SkyPilot submits no job
-            return None, SimpleNamespace(cluster_name=cluster_name)
-        return self._submit(cluster, task), SimpleNamespace(cluster_name=cluster_name)
+        handle = SimpleNamespace(cluster_name=cluster_name)
+        if task.run is None and (task.setup is None or skip_setup):
+            return None, handle  # nothing to run: SkyPilot submits no job
+        return self._submit(cluster, task, ran_setup=task.setup is not None and not skip_setup), handle
 
     def _do_exec(self, task: sky.Task, cluster_name: str) -> tuple[int, Any]:
-        return self._submit(self._cluster_up(cluster_name), task), None
+        return self._submit(self._cluster_up(cluster_name), task, ran_setup=False), None
 
     def _do_down(self, cluster_name: str) -> None:
+        time.sleep(self.down_seconds)
         with self._lock:
             cluster = self.clusters.pop(cluster_name, None)
         if cluster is None:
@@ -305,7 +317,7 @@ class FakeSky:
             for j in self._cluster_up(cluster_name).jobs
         ]
 
-    def _submit(self, cluster: FakeCluster, task: sky.Task) -> int:
+    def _submit(self, cluster: FakeCluster, task: sky.Task, ran_setup: bool) -> int:
         step = (task.name or "").rsplit("-", 1)[-1]
         plan = self.plans.get(step, JobPlan())
         with self._lock:
@@ -318,6 +330,7 @@ class FakeSky:
                     k: v.get_secret_value() if hasattr(v, "get_secret_value") else v
                     for k, v in task.secrets.items()
                 },
+                ran_setup=ran_setup,
             )
             cluster.jobs.append(job)
             self.submitted.append(job)

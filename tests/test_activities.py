@@ -300,11 +300,36 @@ async def test_the_tasks_own_exit_code_is_reported_when_skypilot_prints_it(activ
     assert err.value.details[0].exit_code == 3
 
 
-async def test_provision_only_brings_the_cluster_up_without_setup_or_job(activities, fake_sky: FakeSky):
-    provision = LaunchInput(CLUSTER, spec(), infra="slurm", provision_only=True)
+async def test_provisioning_runs_setup_once_and_the_launch_reusing_it_skips_it(activities, fake_sky: FakeSky):
+    provision_spec = dataclasses.replace(spec(), step="train-provision", job_name="wf1-train-provision")
+    provision = LaunchInput(CLUSTER, provision_spec, infra="slurm", provision_only=True)
     result = await ActivityEnvironment().run(activities.launch_task, provision)
+    assert (result.job_status, result.job_id) == ("SUCCEEDED", 1)
+    [setup_job] = fake_sky.submitted
+    assert setup_job.ran_setup and setup_job.job_name == "wf1-train-provision"
+    reuse = LaunchInput(CLUSTER, spec(), infra="slurm", reuse_provisioned=True)
+    result = await ActivityEnvironment().run(activities.launch_task, reuse)
+    assert (result.job_status, result.job_id) == ("SUCCEEDED", 2)
+    assert not fake_sky.submitted[1].ran_setup, "setup ran a second time"
+    # A launch that does not reuse the provisioned cluster runs setup again, as SkyPilot does.
+    await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert fake_sky.submitted[2].ran_setup
+
+
+async def test_provisioning_a_task_without_setup_submits_no_job(activities, fake_sky: FakeSky):
+    no_setup = dataclasses.replace(spec(), yaml_text="resources:\n  cpus: 1+\nrun: echo hi\n")
+    result = await ActivityEnvironment().run(
+        activities.launch_task, LaunchInput(CLUSTER, no_setup, provision_only=True)
+    )
     assert (result.job_status, result.job_id) == ("UP", None)
     assert fake_sky.clusters[CLUSTER].status == "UP" and fake_sky.submitted == []
-    # The train step's launch then reuses the cluster and runs setup + job there.
-    result = await ActivityEnvironment().run(activities.launch_task, launch_input())
-    assert result.job_status == "SUCCEEDED" and len(fake_sky.submitted) == 1
+
+
+async def test_a_failing_setup_fails_provisioning(activities, fake_sky: FakeSky):
+    fake_sky.plan("provision", status="FAILED_SETUP")
+    provision_spec = dataclasses.replace(spec(), step="train-provision", job_name="wf1-train-provision")
+    with pytest.raises(ApplicationError, match="FAILED_SETUP") as err:
+        await ActivityEnvironment().run(
+            activities.launch_task, LaunchInput(CLUSTER, provision_spec, provision_only=True)
+        )
+    assert err.value.type == "JobFailedSetup" and err.value.non_retryable

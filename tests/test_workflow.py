@@ -202,18 +202,25 @@ async def test_a_fresh_history_replays(pipeline: Pipeline):
 
 async def test_overlapped_provisioning_brings_train_up_during_preprocess(pipeline: Pipeline):
     pipeline.fake.plan("preprocess", seconds=1.0)
+    pipeline.fake.down_seconds = 1.0
     handle = await pipeline.start(overlap_provisioning=True)
     result = await handle.result()
     prefix = cluster_prefix_for(handle.id)
     train = f"{prefix}-train"
     order = sdk_steps(pipeline.fake)
     assert order.index(("launch", train)) < order.index(("down", f"{prefix}-preprocess"))
+    # The preprocess cluster goes down while train starts on the early cluster, not before it.
+    [down_at] = [t for t, m, a in pipeline.fake.timeline if (m, a) == ("down", f"{prefix}-preprocess")]
+    train_launch_at = [t for t, m, a in pipeline.fake.timeline if m == "launch" and a[1] == train][-1]
+    assert train_launch_at < down_at + pipeline.fake.down_seconds
     assert order.count(("launch", train)) == 2  # provision, then the train job reusing it
-    preprocess_job, train_job = (
-        pipeline.fake.jobs_named("preprocess")[0],
-        pipeline.fake.jobs_named("train")[0],
+    [preprocess_job], [setup_job], [train_job] = (
+        pipeline.fake.jobs_named(step) for step in ("preprocess", "provision", "train")
     )
-    assert preprocess_job.status == "SUCCEEDED" and train_job.job_id == 1
+    assert preprocess_job.status == "SUCCEEDED"
+    # Setup ran once, in the early job; the train launch reused the cluster without re-running it.
+    assert (setup_job.job_id, setup_job.ran_setup) == (1, True)
+    assert (train_job.job_id, train_job.ran_setup) == (2, False)
     assert [s.job_status for s in result.steps] == ["SUCCEEDED"] * 3
     progress = await handle.query(SkyPilotWorkflow.progress)
     assert [s.name for s in progress.steps] == [

@@ -145,6 +145,28 @@ async def test_cancel_during_train_cancels_the_job_and_removes_both_clusters(sta
     assert_no_cluster_left(stack, prefix)
 
 
+async def test_overlapped_provisioning_sets_train_up_during_preprocess(stack: Stack):
+    rc, stdout, stderr, workflow_id = await stack.start_pipeline("--overlap-provisioning")
+    assert rc == 0, stdout + stderr
+    prefix = cluster_prefix_for(workflow_id)
+    preprocess, train = f"{prefix}-preprocess", f"{prefix}-train"
+    requests = {c: await asyncio.to_thread(stack.requests_on, c) for c in (preprocess, train)}
+    [preprocess_launch] = [r for r in requests[preprocess] if r.name == "sky.launch"]
+    provision_launch, train_launch = sorted(
+        (r for r in requests[train] if r.name == "sky.launch"), key=lambda r: r.created_at
+    )
+    # The train cluster was brought up while preprocess was still launching ...
+    assert provision_launch.created_at < preprocess_launch.finished_at
+    # ... its setup ran there once, as job 1; the train launch reused it (fast) without setup.
+    assert json.loads(train_launch.request_body).get("fast") is True
+    result = await result_of(stack.temporal, workflow_id)
+    by_step = {s["step"]: s for s in result["steps"]}
+    assert (by_step["train"]["job_id"], by_step["eval"]["job_id"]) == (2, 3)
+    assert "Setting up dependencies for training" not in by_step["train"]["log_tail"]
+    assert "Training completed" in by_step["train"]["log_tail"]
+    assert_no_cluster_left(stack, prefix)
+
+
 async def test_two_pipelines_at_once_share_nothing_and_overlap(stack: Stack, happy_run: Run):
     started = time.monotonic()
     runs = await asyncio.gather(stack.start_pipeline(), stack.start_pipeline())
