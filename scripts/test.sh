@@ -14,10 +14,13 @@ cd "$(dirname "$0")/.."
 
 log() { printf '[test %(%H:%M:%S)T] %s\n' -1 "$*"; }
 
-# What the fast suite needs from apt: git (task checkouts) and venv support for Debian's python3.
+# From apt: git (task checkouts), venv support for Debian's python3, and for the end-to-end
+# suite's Web UI tests a real browser (chromium).
+E2E=${E2E:-1}
 missing=()
 command -v git >/dev/null 2>&1 || missing+=(git)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "$E2E" = 1 ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || { echo "test.sh: need ${missing[*]}: run as root or install them" >&2; exit 1; }
   log "apt-get install ${missing[*]}"
@@ -31,7 +34,6 @@ log "ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . >/dev/null || { .venv/bin/ruff format --diff . | head -50; exit 1; }
 
-E2E=${E2E:-1}
 if [ "$E2E" = 1 ]; then
   if [ -s .state/started ]; then
     log "using the local stack that is already up"

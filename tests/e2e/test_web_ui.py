@@ -1,0 +1,90 @@
+"""What a user sees of a real run in the Temporal Web UI, checked in headless Chromium.
+
+Each assertion looks for text that only this project puts on the page: the workflow summary,
+the activity summaries (without them the UI shows only `launch_task`, `down_cluster`, ...),
+the current details, the failure message and the progress query's answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from playwright.async_api import Page, expect
+
+from e2e.browser import browser_page, workflow_url
+from e2e.conftest import ROOT, Stack
+from e2e.test_pipeline_e2e import wait_for_job
+from shared import cluster_prefix_for
+
+pytestmark = pytest.mark.e2e
+
+
+def step_summaries(prefix: str) -> list[str]:
+    return [
+        f"fetch tasks from {ROOT}@HEAD",
+        f"launch preprocess on {prefix}-preprocess",
+        f"down {prefix}-preprocess",
+        f"launch train on {prefix}-train",
+        f"exec eval on {prefix}-train",
+        f"down {prefix}-train",
+    ]
+
+
+async def open_run(page: Page, stack: Stack, workflow_id: str, tab: str = "history") -> None:
+    run_id = (await stack.temporal.get_workflow_handle(workflow_id).describe()).run_id
+    await page.goto(workflow_url(workflow_id, run_id, tab))
+    await expect(page.get_by_text(workflow_id).first).to_be_visible()
+
+
+async def test_a_running_step_shows_its_phase_job_and_last_log_line(stack: Stack):
+    rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=40", wait=False)
+    assert rc == 0, stderr
+    prefix = cluster_prefix_for(workflow_id)
+    await wait_for_job(stack, f"{prefix}-train", f"{prefix}-train")
+    await asyncio.sleep(8)  # a heartbeat or two with epoch lines
+    async with browser_page() as page:
+        await open_run(page, stack, workflow_id)
+        # The workflow's current details: the step list with the running step and its job.
+        await expect(page.get_by_text(f"launch train on {prefix}-train").first).to_be_visible()
+        await expect(page.get_by_text("Running").first).to_be_visible()
+        # The pending activity's heartbeat: phase, job id, last log line.
+        await page.goto(page.url.replace("/history", "/pending-activities"))
+        body = page.locator("body")
+        await expect(body).to_contain_text('"phase": "running"', timeout=30_000)
+        await expect(body).to_contain_text('"job_id": 1')
+        await expect(body).to_contain_text("epoch ")
+    await stack.temporal.get_workflow_handle(workflow_id).cancel()
+
+
+async def test_a_completed_run_shows_its_summary_and_six_steps(stack: Stack):
+    rc, stdout, stderr, workflow_id = await stack.start_pipeline()
+    assert rc == 0, stdout + stderr
+    prefix = cluster_prefix_for(workflow_id)
+    async with browser_page() as page:
+        await open_run(page, stack, workflow_id)
+        await expect(page.get_by_text("Completed").first).to_be_visible()
+        await expect(page.get_by_text(f"SkyPilot pipeline: {ROOT}@HEAD").first).to_be_visible()
+        for summary in step_summaries(prefix):
+            await expect(page.get_by_text(summary, exact=True).first).to_be_attached()
+        # The progress query, answered from the Queries tab.
+        await open_run(page, stack, workflow_id, tab="query")
+        await page.get_by_role("button", name="Query").first.click()
+        await expect(page.locator("body")).to_contain_text('"train-down"', timeout=30_000)
+
+
+async def test_a_failed_run_shows_the_failing_step_and_its_cleanup(stack: Stack):
+    rc, stdout, stderr, workflow_id = await stack.start_pipeline("--env", "FAIL_TRAINING=1")
+    assert rc == 1, stdout + stderr
+    prefix = cluster_prefix_for(workflow_id)
+    started = time.monotonic()
+    async with browser_page() as page:
+        await open_run(page, stack, workflow_id)
+        await expect(page.get_by_text("Failed").first).to_be_visible()
+        body = page.locator("body")
+        await expect(body).to_contain_text(f"step 'train' on cluster {prefix}-train failed")
+        await expect(body).to_contain_text("exit code 3")
+        await expect(body).to_contain_text("training diverged")
+        await expect(page.get_by_text(f"cleanup: down {prefix}-train", exact=True).first).to_be_attached()
+    assert time.monotonic() - started < 120
