@@ -2,7 +2,7 @@
 
 Each assertion looks for text that only this project puts on the page: the workflow summary,
 the activity summaries (without them the UI shows only `launch_task`, `down_cluster`, ...),
-the current details, the failure message and the progress query's answer.
+the heartbeat details of a running step and the failure message.
 """
 
 from __future__ import annotations
@@ -64,14 +64,10 @@ async def test_a_completed_run_shows_its_summary_and_six_steps(stack: Stack):
     prefix = cluster_prefix_for(workflow_id)
     async with browser_page() as page:
         await open_run(page, stack, workflow_id)
-        await expect(page.get_by_text("Completed").first).to_be_visible()
+        await expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
         await expect(page.get_by_text(f"SkyPilot pipeline: {ROOT}@HEAD").first).to_be_visible()
         for summary in step_summaries(prefix):
             await expect(page.get_by_text(summary, exact=True).first).to_be_attached()
-        # The progress query, answered from the Queries tab.
-        await open_run(page, stack, workflow_id, tab="query")
-        await page.get_by_role("button", name="Query").first.click()
-        await expect(page.locator("body")).to_contain_text('"train-down"', timeout=30_000)
 
 
 async def test_a_failed_run_shows_the_failing_step_and_its_cleanup(stack: Stack):
@@ -81,7 +77,7 @@ async def test_a_failed_run_shows_the_failing_step_and_its_cleanup(stack: Stack)
     started = time.monotonic()
     async with browser_page() as page:
         await open_run(page, stack, workflow_id)
-        await expect(page.get_by_text("Failed").first).to_be_visible()
+        await expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
         body = page.locator("body")
         await expect(body).to_contain_text(f"step 'train' on cluster {prefix}-train failed")
         await expect(body).to_contain_text("exit code 3")
