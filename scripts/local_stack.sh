@@ -190,7 +190,10 @@ EOF
     sleep 0.5
   done
   case "$state" in idle*|mixed*|allocated*) ;; *) die "slurm node not ready (state: ${state:-none}); see /var/log/slurm/slurmctld.log" ;; esac
-  srun -N1 -n1 true || die "srun does not work; see /var/log/slurm/slurmd.log"
+  # An explicit --mem: without one, CR_CPU_Memory gives a job the whole node's memory, so the
+  # check would queue behind every running cluster; --immediate: never wait for a free node.
+  srun -N1 -n1 --mem=16M --immediate=120 true \
+    || die "srun does not work (or the node stayed full for 2 min); see /var/log/slurm/slurmd.log"
   log "slurm: $(sinfo -h -o '%P %a %D %T %N')"
 }
 
@@ -317,7 +320,7 @@ export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 EOF
   chown "$SUSER:$SUSER" "$profile"
   wait_for 10 "ssh to $SUSER@127.0.0.1:$SSH_PORT" node_ssh true
-  node_ssh "bash --login -c 'sinfo -h >/dev/null && srun -N1 -n1 true'" >/dev/null \
+  node_ssh "bash --login -c 'sinfo -h >/dev/null && srun -N1 -n1 --mem=16M --immediate=120 true'" >/dev/null \
     || die "ssh to $SUSER@127.0.0.1:$SSH_PORT works but Slurm does not answer there"
 
   local sky_version stamp=$home/.sky-offline-warm

@@ -34,6 +34,24 @@ def test_up_again_is_idempotent_and_restarts_nothing():
     assert running_pids() == before
 
 
+def test_up_again_does_not_wait_for_running_clusters():
+    """A cluster's Slurm job holds memory; the health check must not queue behind it."""
+    holder = subprocess.run(
+        ["sbatch", "--parsable", "-N1", "-n1", "--mem=1G", "--wrap", "sleep 300"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        subprocess.run(
+            ["bash", "-c", f"until squeue -h -j {holder} -t R | grep -q .; do sleep 0.5; done"], timeout=60
+        )
+        result = subprocess.run(["bash", SCRIPT, "up"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+    finally:
+        subprocess.run(["scancel", holder], check=False)
+
+
 def test_down_stops_only_what_that_state_started(tmp_path: Path):
     before = running_pids()
     result = local_stack("down", STACK_STATE_DIR=str(tmp_path))
