@@ -16,9 +16,9 @@ import asyncio
 import dataclasses
 import os
 import sys
-import time
 import uuid
 from collections.abc import Sequence
+from typing import TextIO
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import (
@@ -31,7 +31,7 @@ from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
 from temporalio.service import RPCError
 
 import config
-from shared import PipelineInput, PipelineProgress, StepTimeouts
+from shared import PipelineInput, PipelineProgress, StepProgress, StepTimeouts
 from workflows import SkyPilotWorkflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
@@ -168,31 +168,49 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
     )
 
 
+def status_marks(stream: TextIO) -> dict[str, str]:
+    """Plain-text marks for step lines, in ASCII when the output can't encode the symbols."""
+    try:
+        "▶✓✗".encode(stream.encoding or "ascii")
+        return {"running": "▶", "succeeded": "✓", "other": "✗"}
+    except (UnicodeEncodeError, LookupError):
+        return {"running": ">", "succeeded": "+", "other": "x"}
+
+
+def step_line(step: StepProgress, marks: dict[str, str]) -> str:
+    """`▶ name summary` when a step starts; `✓ name status cluster job duration` when it ends."""
+    if step.status == "running":
+        return f"  {marks['running']} {step.name:<16} {step.summary}"
+    parts = [f"{step.status:<9}"]
+    if step.cluster_name:
+        parts.append(f"cluster {step.cluster_name}")
+    if step.job_id is not None:
+        failed = step.job_status if step.job_status not in ("", "SUCCEEDED") else ""
+        parts.append(f"job {step.job_id} {failed}".rstrip())
+    if step.duration_seconds is not None:
+        parts.append(f"{step.duration_seconds:.0f}s")
+    return f"  {marks.get(step.status, marks['other'])} {step.name:<16} " + "  ".join(parts)
+
+
 async def follow(handle: WorkflowHandle) -> None:
-    """Print one line per step as it starts and ends, until the workflow finishes."""
-    seen: dict[str, str] = {}
-    started: dict[str, float] = {}
+    """Print one line per step as it starts and ends (cleanup included) until the run ends.
+
+    Plain text only, so the output reads the same in a terminal and in a file.
+    """
+    marks = status_marks(sys.stdout)
+    printed: dict[str, str] = {}  # step summary -> last status printed (summaries are unique)
     while True:
         try:
-            progress: PipelineProgress = await handle.query(SkyPilotWorkflow.progress)
+            progress: PipelineProgress | None = await handle.query(SkyPilotWorkflow.progress)
         except RPCError:
             progress = None  # not yet picked up by a worker, or finished
-        if progress:
-            for step in progress.steps:
-                if seen.get(step.name) == step.status:
-                    continue
-                seen[step.name] = step.status
-                if step.status == "running":
-                    started[step.name] = time.monotonic()
-                    print(f"  ▶ {step.name:<16} {step.summary}", flush=True)
-                elif step.status != "pending":
-                    job = f" job {step.job_id}" if step.job_id is not None else ""
-                    took = f" {step.duration_seconds:.0f}s" if step.duration_seconds is not None else ""
-                    print(
-                        f"  {'✓' if step.status == 'succeeded' else '✗'} {step.name:<16} "
-                        f"{step.status}{job}{took}",
-                        flush=True,
-                    )
+        for step in progress.steps if progress else []:
+            if step.status == "pending" or printed.get(step.summary) == step.status:
+                continue
+            if step.status != "running" and step.summary not in printed:  # started and ended
+                print(step_line(dataclasses.replace(step, status="running"), marks), flush=True)
+            printed[step.summary] = step.status
+            print(step_line(step, marks), flush=True)
         desc = await handle.describe()
         if desc.status is not None and desc.status.name != "RUNNING":
             return
@@ -229,7 +247,10 @@ async def start_and_follow(args: argparse.Namespace) -> int:
         await follow(handle)
         result = await handle.result()
     except WorkflowFailureError as err:
-        print(f"Workflow {workflow_id} {describe_failure(err)}", file=sys.stderr, flush=True)
+        first_line, *log_lines = describe_failure(err).splitlines()
+        print(f"Workflow {workflow_id} {first_line}", file=sys.stderr)
+        for line in log_lines:  # "last log lines:" and the failing job's log tail
+            print(f"  {line}" if line == "last log lines:" else f"    {line}", file=sys.stderr)
         print(f"  Web UI: {url}", file=sys.stderr)
         return EXIT_FAILED
     print(f"Workflow {workflow_id} succeeded (commit {result.commit_sha[:12]})")
@@ -259,6 +280,8 @@ def describe_failure(err: WorkflowFailureError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a job's log line must never crash the starter
+        stream.reconfigure(errors="replace")  # type: ignore[union-attr]
     config.load_env()
     try:
         args = build_parser().parse_args(argv)

@@ -208,6 +208,9 @@ class SkyPilotWorkflow:
 
     async def _down(self, cluster: str, step: str | None = None) -> None:
         """Tear `cluster` down: as pipeline step `step`, or as cleanup when `step` is None."""
+        if step is None:  # shown in the progress query and the Web UI after the six steps
+            step = f"cleanup {cluster}"
+            self._steps[step] = StepProgress("cleanup", f"cleanup: down {cluster}", cluster_name=cluster)
         async with self._tracking(step):
             await workflow.execute_activity_method(
                 SkyPilotActivities.down_cluster,
@@ -217,7 +220,7 @@ class SkyPilotWorkflow:
                 # Teardown never gives up: a leaked cluster costs more than a stuck workflow.
                 retry_policy=self._retry_policy(maximum_attempts=0),
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=self._steps[step].summary if step else f"cleanup: down {cluster}",
+                summary=self._steps[step].summary,
             )
         if cluster in self._clusters_up:
             self._clusters_up.remove(cluster)
@@ -276,9 +279,9 @@ class SkyPilotWorkflow:
     # ------------------------------------------------------------------ plumbing
 
     @contextlib.asynccontextmanager
-    async def _tracking(self, name: str | None) -> AsyncIterator[StepProgress]:
+    async def _tracking(self, name: str) -> AsyncIterator[StepProgress]:
         """Keep the progress query and the Web UI's current details in step with step `name`."""
-        step = self._steps[name] if name else StepProgress("cleanup", "cleanup")
+        step = self._steps[name]
         step.status = "running"
         self._update_details()
         started = workflow.now()
@@ -288,6 +291,9 @@ class SkyPilotWorkflow:
         except BaseException as err:
             step.status = "cancelled" if _is_cancellation(err) else "failed"
             step.error = str(err.cause if isinstance(err, ActivityError) and err.cause else err)
+            failed_job = _failed_job(err)
+            if failed_job:
+                step.job_id, step.job_status = failed_job
             raise
         finally:
             step.duration_seconds = round((workflow.now() - started).total_seconds(), 3)
@@ -355,6 +361,16 @@ class SkyPilotWorkflow:
         if self._clusters_up:
             lines += ["", "clusters up: " + ", ".join(self._clusters_up)]
         workflow.set_current_details("\n".join(lines))
+
+
+def _failed_job(err: BaseException) -> tuple[int, str] | None:
+    """The job id and status a failed job step's error carries (its StepResult), if any."""
+    cause = err.cause if isinstance(err, ActivityError) else None
+    details = list(cause.details) if isinstance(cause, ApplicationError) else []
+    result = details[0] if details and isinstance(details[0], dict) else {}
+    if isinstance(result.get("job_id"), int):
+        return result["job_id"], str(result.get("job_status", ""))
+    return None
 
 
 def _is_cancellation(err: BaseException) -> bool:

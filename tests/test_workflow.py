@@ -125,7 +125,12 @@ async def test_cancel_during_train_cancels_the_job_and_tears_down(pipeline: Pipe
     pipeline.assert_no_cluster_left()
     progress = await handle.query(SkyPilotWorkflow.progress)
     assert progress.status == "cancelled"
-    assert [s.status for s in progress.steps][3:] == ["cancelled", "pending", "pending"]
+    assert [(s.summary, s.status) for s in progress.steps][3:] == [
+        (f"launch train on {cluster_prefix_for(handle.id)}-train", "cancelled"),
+        (f"exec eval on {cluster_prefix_for(handle.id)}-train", "pending"),
+        (f"down {cluster_prefix_for(handle.id)}-train", "pending"),
+        (f"cleanup: down {cluster_prefix_for(handle.id)}-train", "succeeded"),
+    ]
 
 
 async def test_a_retried_train_step_reattaches_instead_of_resubmitting(pipeline: Pipeline):

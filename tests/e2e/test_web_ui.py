@@ -38,6 +38,13 @@ async def open_run(page: Page, stack: Stack, workflow_id: str, tab: str = "histo
     await expect(page.get_by_text(workflow_id).first).to_be_visible()
 
 
+async def run_progress_query(page: Page) -> None:
+    """The Queries tab, as a user uses it: `progress` is preselected; press Run Query."""
+    await page.goto(page.url.replace("/history", "/query"))
+    await page.get_by_role("button", name="Run Query").click()
+    await expect(page.get_by_role("button", name="Refresh Query")).to_be_visible()
+
+
 async def test_a_running_step_shows_its_phase_job_and_last_log_line(stack: Stack):
     rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=40", wait=False)
     assert rc == 0, stderr
@@ -68,6 +75,14 @@ async def test_a_completed_run_shows_its_summary_and_six_steps(stack: Stack):
         await expect(page.get_by_text(f"SkyPilot pipeline: {ROOT}@HEAD").first).to_be_visible()
         for summary in step_summaries(prefix):
             await expect(page.get_by_text(summary, exact=True).first).to_be_attached()
+        # The progress query answers from the Queries tab: every step, its job and status.
+        await run_progress_query(page)
+        body = page.locator("body")
+        await expect(body).to_contain_text('"status": "succeeded"')
+        for summary in step_summaries(prefix):
+            await expect(body).to_contain_text(f'"summary": "{summary}"')
+        await expect(body).to_contain_text(f'"cluster_name": "{prefix}-train"')
+        await expect(body).to_contain_text('"job_status": "SUCCEEDED"')
 
 
 async def test_a_failed_run_shows_the_failing_step_and_its_cleanup(stack: Stack):
@@ -83,4 +98,7 @@ async def test_a_failed_run_shows_the_failing_step_and_its_cleanup(stack: Stack)
         await expect(body).to_contain_text("exit code 3")
         await expect(body).to_contain_text("training diverged")
         await expect(page.get_by_text(f"cleanup: down {prefix}-train", exact=True).first).to_be_attached()
+        await run_progress_query(page)
+        await expect(body).to_contain_text('"job_status": "FAILED"')
+        await expect(body).to_contain_text(f'"summary": "cleanup: down {prefix}-train"')
     assert time.monotonic() - started < 120
