@@ -37,7 +37,7 @@ def test_up_again_is_idempotent_and_restarts_nothing():
 def test_up_again_does_not_wait_for_running_clusters():
     """A cluster's Slurm job holds memory; the health check must not queue behind it."""
     holder = subprocess.run(
-        ["sbatch", "--parsable", "-N1", "-n1", "--mem=1G", "--wrap", "sleep 300"],
+        ["sbatch", "--parsable", "--output=/dev/null", "-N1", "-n1", "--mem=1G", "--wrap", "sleep 300"],
         capture_output=True,
         text=True,
         check=True,
