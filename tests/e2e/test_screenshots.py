@@ -1,0 +1,61 @@
+"""scripts/screenshots.py: one command makes every README picture from real runs of the pipeline."""
+
+from __future__ import annotations
+
+import re
+import struct
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from e2e.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+PICTURES = {
+    "terminal-waiting.png",
+    "terminal-failed.png",
+    "ui-runs.png",
+    "ui-completed-run.png",
+    "ui-summary-and-details.png",
+    "ui-running-step.png",
+    "ui-progress-query.png",
+    "ui-failed-run.png",
+}
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_the_readme_shows_every_picture_in_assets():
+    shown = set(re.findall(r"\]\(assets/([\w.-]+\.png)\)", (ROOT / "README.md").read_text()))
+    assert shown == PICTURES
+    assert {path.name for path in (ROOT / "assets").glob("*.png")} == PICTURES
+
+
+def test_one_command_regenerates_every_picture(tmp_path: Path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/screenshots.py",
+            "--out",
+            str(tmp_path),
+            "--task-queue",
+            f"shots-{uuid.uuid4().hex[:6]}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {path.name for path in tmp_path.iterdir()} == PICTURES
+    for name in PICTURES:
+        width, height = png_size(tmp_path / name)
+        assert width >= 900 and height >= 200, (name, width, height)
