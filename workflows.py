@@ -352,7 +352,9 @@ class SkyPilotWorkflow:
             )
 
     def _update_details(self) -> None:
-        icons = {"pending": "⏳", "running": "▶️", "succeeded": "✅", "failed": "❌", "cancelled": "⛔"}
+        # Plain symbols, not emoji: they render in any font (a browser without an emoji font
+        # shows emoji as empty boxes).
+        icons = {"pending": "○", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "⊘"}
         lines = [f"**{self._status}** — commit `{self._commit_sha[:12] or '?'}`", ""]
         for step in self._steps.values():
             job = f" — job {step.job_id}" if step.job_id is not None else ""

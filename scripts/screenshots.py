@@ -27,7 +27,13 @@ from urllib.parse import quote
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from e2e.browser import browser_page, chromium_path, workflow_url, workflows_url  # noqa: E402
+from e2e.browser import (  # noqa: E402
+    browser_page,
+    chromium_path,
+    wait_for_user_metadata,
+    workflow_url,
+    workflows_url,
+)
 from playwright.async_api import Page, expect  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
@@ -212,14 +218,12 @@ async def photograph(out: Path, succeeds: Run, fails: Run, exits: asyncio.Future
             f"exec eval on {batch}-train",
         )
         # Summary, details and current details (the step list, answered by the worker).
-        await ui_picture(
-            page,
-            workflow_url(succeeds.workflow_id, run_id, "user-metadata"),
-            out / "ui-summary-and-details.png",
-            720,
-            "SkyPilot pipeline: ",
-            f"down {batch}-train",
-        )
+        await page.set_viewport_size({"width": 1440, "height": 720})
+        await page.goto(workflow_url(succeeds.workflow_id, run_id, "user-metadata"))
+        await wait_for_user_metadata(page, "SkyPilot pipeline: ", f"down {batch}-train")
+        await page.wait_for_timeout(SETTLE_MS)
+        await page.screenshot(path=out / "ui-summary-and-details.png")
+        print(f"[screenshots] {out / 'ui-summary-and-details.png'}", flush=True)
         await page.set_viewport_size({"width": 1440, "height": 1100})
         await page.goto(workflow_url(succeeds.workflow_id, run_id, "query"))
         await page.get_by_role("button", name="Run Query").click()

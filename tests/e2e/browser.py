@@ -6,9 +6,11 @@ Chromium (nothing is downloaded) with a fresh profile each time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 
 from playwright.async_api import Page, async_playwright
@@ -54,3 +56,24 @@ def workflow_url(workflow_id: str, run_id: str, tab: str = "history", namespace:
 
 def workflows_url(namespace: str = "default") -> str:
     return f"{UI_URL}/namespaces/{namespace}/workflows"
+
+
+async def wait_for_user_metadata(page: Page, *texts: str, timeout: float = 60) -> str:
+    """The User Metadata tab's text once it shows each of `texts`.
+
+    The UI renders summary, details and current details as markdown in sandboxed iframes, so
+    their text is not part of the page's own body.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        parts = []
+        for frame in page.frames:
+            with contextlib.suppress(Exception):  # frames come and go while the UI refreshes
+                parts.append(await frame.locator("body").inner_text(timeout=1_000))
+        shown = "\n".join(parts)
+        if all(text in shown for text in texts):
+            return shown
+        if time.monotonic() > deadline:
+            missing = [text for text in texts if text not in shown]
+            raise AssertionError(f"User Metadata never showed {missing}; it shows:\n{shown[-2000:]}")
+        await asyncio.sleep(0.5)

@@ -13,7 +13,7 @@ import time
 import pytest
 from playwright.async_api import Page, expect
 
-from e2e.browser import browser_page, workflow_url
+from e2e.browser import browser_page, wait_for_user_metadata, workflow_url
 from e2e.conftest import ROOT, Stack
 from e2e.test_pipeline_e2e import result_of, wait_for_job
 from shared import cluster_prefix_for
@@ -78,10 +78,12 @@ async def test_a_completed_run_shows_its_summary_and_six_steps(stack: Stack):
         # User Metadata: the summary and details, and the current details (step list, commit).
         commit = (await result_of(stack.temporal, workflow_id))["commit_sha"]
         await page.goto(page.url.replace("/history", "/user-metadata"))
-        body = page.locator("body")
-        await expect(body).to_contain_text(f"SkyPilot pipeline: {ROOT}@HEAD")
-        await expect(body).to_contain_text(f"commit {commit[:12]}")
-        await expect(body).to_contain_text(f"exec eval on {prefix}-train — job 2")
+        await wait_for_user_metadata(
+            page,
+            f"SkyPilot pipeline: {ROOT}@HEAD",
+            f"commit {commit[:12]}",
+            f"✓ exec eval on {prefix}-train — job 2",
+        )
         await page.goto(page.url.replace("/user-metadata", "/history"))
         # The progress query answers from the Queries tab: every step, its job and status.
         await run_progress_query(page)
