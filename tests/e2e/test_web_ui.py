@@ -20,6 +20,8 @@ from shared import cluster_prefix_for
 
 pytestmark = pytest.mark.e2e
 
+QUERY_WINDOW_HEIGHT = 4000
+
 
 def step_summaries(prefix: str) -> list[str]:
     return [
@@ -39,7 +41,12 @@ async def open_run(page: Page, stack: Stack, workflow_id: str, tab: str = "histo
 
 
 async def run_progress_query(page: Page) -> None:
-    """The Queries tab, as a user uses it: `progress` is preselected; press Run Query."""
+    """The Queries tab, as a user uses it: `progress` is preselected; press Run Query.
+
+    The answer is shown in a code editor that renders only the lines near the window, so the
+    window is made tall enough for the whole answer to be on the page.
+    """
+    await page.set_viewport_size({"width": 1440, "height": QUERY_WINDOW_HEIGHT})
     await page.goto(page.url.replace("/history", "/query"))
     await page.get_by_role("button", name="Run Query").click()
     await expect(page.get_by_role("button", name="Refresh Query")).to_be_visible()
