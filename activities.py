@@ -18,13 +18,15 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import json
 import os
 import re
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from temporalio import activity
@@ -42,6 +44,8 @@ from shared import (
     TaskSpec,
 )
 
+T = TypeVar("T")
+
 # Payloads stay far below Temporal's 2 MB limit whatever a job prints.
 LOG_TAIL_BYTES = 4096
 # Task YAMLs travel through workflow history: keep them far below the 2 MB payload limit.
@@ -49,11 +53,21 @@ MAX_TASK_FILE_BYTES = 256 * 1024
 DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 5.0
 # How long a cancelled activity waits for SkyPilot to confirm the cancel before giving up.
 CANCEL_CONFIRM_TIMEOUT_SECONDS = 60.0
+# How long a step waits for an unreachable SkyPilot API server before the attempt fails.
+DEFAULT_OUTAGE_BUDGET_SECONDS = 20 * 60.0
+OUTAGE_POLL_MAX_SECONDS = 15.0
+# The worker's log gets at most this many lines of one job at once, refilled per second;
+# SkyPilot keeps the job's whole log (`sky logs CLUSTER JOB`).
+LOG_LINES_BURST, LOG_LINES_PER_SECOND = 200, 5.0
+MAX_LOGGED_LINE_CHARS = 2000
+# A line still being written (no newline yet) is kept up to this size, so the sink stays linear.
+MAX_PARTIAL_LINE_CHARS = 64 * 1024
 
 # tail_logs exit codes (sky.exceptions.JobExitCode).
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_NOT_FINISHED, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 100, 101, 102, 103
 TERMINAL_JOB_STATUSES = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED"}
 IN_FLIGHT_REQUEST_STATUSES = {"PENDING", "RUNNING"}
+SUBMIT_REQUEST_NAMES = {"sky.launch", "sky.exec"}
 
 # SkyPilot exception class names (matched along the MRO, most specific first) whose cause is
 # the request itself: retrying cannot help. Everything else (API server unreachable, network,
@@ -105,6 +119,13 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 # SkyPilot's report of the task's own exit codes, e.g. "Job 1 failed with return code list: [3]".
 _RETURN_CODES = re.compile(r"return code list: \[([-\d, ]+)\]")
 _GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+_GIT_SHA = re.compile(r"[0-9a-f]{7,40}")
+# What SkyPilot raises when its API server cannot be reached (a restarting server included:
+# the SDK then claims that no endpoint is configured).
+_UNREACHABLE_ERRORS = frozenset(
+    {"ApiServerConnectionError", "ConnectionError", "ServerTemporarilyUnavailableError", "Timeout"}
+)
+_UNREACHABLE_MESSAGES = ("no skypilot api server endpoint is configured", "could not connect to skypilot")
 _TRANSIENT_GIT_ERRORS = (
     "could not resolve host",
     "connection refused",
@@ -119,10 +140,12 @@ _TRANSIENT_GIT_ERRORS = (
 
 
 class JobLogSink:
-    """A write()-able stream for the SDK: logs each line, keeps a bounded tail, hides secrets.
+    """A write()-able stream for the SDK: logs lines, keeps a bounded tail, hides secrets.
 
     It must never raise: the SDK treats an exception from its output stream as a transient
-    error and retries the stream forever.
+    error and retries the stream forever. The worker's log gets a bounded share of a chatty job
+    (a burst, then a few lines a second, with a count of what was skipped); the tail and the
+    heartbeat see every line.
     """
 
     def __init__(
@@ -131,22 +154,31 @@ class JobLogSink:
         secrets: list[str],
         progress: JobProgress,
         max_tail_bytes: int = LOG_TAIL_BYTES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log_line = log_line
-        self._secrets = [s for s in secrets if s]
+        # Longest first, so a secret that contains another is hidden whole.
+        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._progress = progress
         self._max_tail_bytes = max_tail_bytes
         self._partial = ""
         self._tail: collections.deque[str] = collections.deque()
         self._tail_bytes = 0
+        self._clock = clock
+        self._log_budget = float(LOG_LINES_BURST)
+        self._budget_at = clock()
+        self.lines_not_logged = 0
         self.task_exit_code: int | None = None
 
     def write(self, text: str) -> int:
         try:
-            self._partial += text
-            *lines, self._partial = self._partial.split("\n")
-            for line in lines:
+            if "\n" not in text:
+                self._partial = _last_carriage_segment(self._partial + text)[:MAX_PARTIAL_LINE_CHARS]
+                return len(text)
+            first, *middle, rest = (self._partial + text).split("\n")
+            for line in (first, *middle):
                 self._add_line(line)
+            self._partial = _last_carriage_segment(rest)[:MAX_PARTIAL_LINE_CHARS]
             return len(text)
         except Exception:
             return 0
@@ -174,10 +206,10 @@ class JobLogSink:
         return "\n".join(self._tail)
 
     def _add_line(self, raw: str) -> None:
-        line = self.redact(_ANSI_ESCAPE.sub("", raw).split("\r")[-1].rstrip())
+        line = self.redact(_ANSI_ESCAPE.sub("", raw).rstrip("\r").split("\r")[-1].rstrip())
         if not line:
             return
-        self._log_line(line)
+        self._log(line)
         if codes := _RETURN_CODES.search(line):
             self.task_exit_code = next((int(c) for c in codes.group(1).split(",") if int(c)), 0)
         self._progress.last_log_line = line[:200]
@@ -187,6 +219,31 @@ class JobLogSink:
         while self._tail_bytes > self._max_tail_bytes and len(self._tail) > 1:
             self._tail_bytes -= len(self._tail.popleft()) + 1
 
+    def _log(self, line: str) -> None:
+        now = self._clock()
+        self._log_budget = min(
+            float(LOG_LINES_BURST), self._log_budget + (now - self._budget_at) * LOG_LINES_PER_SECOND
+        )
+        self._budget_at = now
+        if self._log_budget < 1:
+            self.lines_not_logged += 1
+            return
+        self._log_budget -= 1
+        if self.lines_not_logged:
+            self._log_line(
+                f"({self.lines_not_logged} lines not logged here; SkyPilot keeps the job's whole log)"
+            )
+            self.lines_not_logged = 0
+        if len(line) > MAX_LOGGED_LINE_CHARS:
+            line = f"{line[:MAX_LOGGED_LINE_CHARS]}... ({len(line)} chars)"
+        self._log_line(line)
+
+
+def _last_carriage_segment(text: str) -> str:
+    """A progress bar redraws its line with \\r: only the text after the last one is kept."""
+    cut = text.rfind("\r", 0, len(text) - 1) if len(text) > 1 else -1
+    return text[cut + 1 :] if cut >= 0 else text
+
 
 def clean_message(exc: BaseException) -> str:
     """One readable line from an exception: ANSI codes stripped, first meaningful line."""
@@ -195,7 +252,16 @@ def clean_message(exc: BaseException) -> str:
     return " ".join(lines)[:1000] if lines else type(exc).__name__
 
 
+def is_server_unreachable(exc: BaseException) -> bool:
+    """The SkyPilot API server could not be reached: wait for it, the request may not exist."""
+    if _is_named(exc, *_UNREACHABLE_ERRORS):
+        return True
+    return any(marker in str(exc).lower() for marker in _UNREACHABLE_MESSAGES)
+
+
 def is_retryable(exc: BaseException) -> bool:
+    if is_server_unreachable(exc):
+        return True
     for klass in type(exc).__mro__:
         if klass.__name__ in NON_RETRYABLE_SKY_ERRORS:
             return False
@@ -204,14 +270,14 @@ def is_retryable(exc: BaseException) -> bool:
     return True
 
 
-def to_application_error(exc: BaseException, what: str) -> ApplicationError:
+def to_application_error(exc: BaseException, what: str, always_retry: bool = False) -> ApplicationError:
     """Classify a SkyPilot SDK exception as a retryable or non-retryable ApplicationError."""
     if isinstance(exc, ApplicationError):
         return exc
     return ApplicationError(
         f"{what}: {type(exc).__name__}: {clean_message(exc)}",
         type=type(exc).__name__,
-        non_retryable=not is_retryable(exc),
+        non_retryable=not (always_retry or is_retryable(exc)),
     )
 
 
@@ -271,43 +337,77 @@ def resolve_inside(root: Path, relative: str, what: str) -> Path:
     return candidate
 
 
-async def checkout_repo(repo_url: str, ref: str, checkout_dir: Path) -> str:
-    """Clone `repo_url` into a fresh `checkout_dir`, check out `ref` detached; return the SHA."""
+async def checkout_repo(repo_url: str, ref: str, checkout_dir: Path, replace: bool = False) -> str:
+    """Check out `ref` of `repo_url` (that commit only, no history) at `checkout_dir`; return its SHA.
+
+    The checkout is made in a temporary directory and renamed into place, so a directory at
+    `checkout_dir` is always complete, and two activities recreating it at once both succeed.
+    An existing checkout is kept unless `replace`.
+    """
     validate_ref(ref)
     if not repo_url or repo_url.startswith("-") or repo_url.startswith("ext::"):
         raise ApplicationError(
             f"invalid repository {repo_url!r}", type="InvalidRepository", non_retryable=True
         )
-    shutil.rmtree(checkout_dir, ignore_errors=True)
     checkout_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = checkout_dir.with_name(f".{checkout_dir.name}.{uuid.uuid4().hex[:8]}")
     try:
-        await _git("clone", "--quiet", "--no-checkout", "--", repo_url, str(checkout_dir))
+        await _git("init", "--quiet", str(staging))
+        sha = await _fetch_commit(repo_url, ref, staging)
+        await _git("checkout", "--quiet", "--detach", sha, cwd=str(staging))
+        if replace:
+            await asyncio.to_thread(shutil.rmtree, checkout_dir, True)
+        try:
+            staging.rename(checkout_dir)
+        except OSError:
+            if not (checkout_dir / ".git").is_dir():
+                raise
+            # Another activity put the same commit there first: use theirs.
+        return sha
+    finally:
+        await asyncio.to_thread(shutil.rmtree, staging, True)
+
+
+async def _fetch_commit(repo_url: str, ref: str, repo_dir: Path) -> str:
+    """Fetch the one commit `ref` names into `repo_dir` (shallow); return its SHA."""
+    cwd = str(repo_dir)
+    try:
+        await _git("fetch", "--quiet", "--depth", "1", "--end-of-options", repo_url, ref, cwd=cwd)
     except GitError as err:
-        message = str(err)
-        transient = any(marker in message.lower() for marker in _TRANSIENT_GIT_ERRORS)
-        raise ApplicationError(
-            f"cannot clone repository {repo_url!r}: {message}",
-            type="RepositoryUnavailable" if transient else "RepositoryNotFound",
-            non_retryable=not transient,
-        ) from None
-    sha = ""
-    for candidate in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}", ref):
-        with contextlib.suppress(GitError):
-            sha = await _git(
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                "--end-of-options",
-                f"{candidate}^{{commit}}",
-                cwd=str(checkout_dir),
+        message = str(err).lower()
+        missing_ref = "couldn't find remote ref" in message
+        refused_sha = "unadvertised object" in message or "not our ref" in message
+        if not (missing_ref or refused_sha):
+            raise _clone_error(repo_url, str(err)) from None
+        if not _GIT_SHA.fullmatch(ref):
+            raise _ref_not_found(repo_url, ref) from None
+        # An abbreviated SHA (or a server that refuses SHAs): fetch everything, then resolve.
+        try:
+            await _git("fetch", "--quiet", "--end-of-options", repo_url, "+refs/*:refs/fetched/*", cwd=cwd)
+        except GitError as err2:
+            raise _clone_error(repo_url, str(err2)) from None
+        try:
+            return await _git(
+                "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}", cwd=cwd
             )
-            break
-    if not sha:
-        raise ApplicationError(
-            f"ref {ref!r} not found in repository {repo_url!r}", type="RefNotFound", non_retryable=True
-        )
-    await _git("checkout", "--quiet", "--detach", sha, cwd=str(checkout_dir))
-    return sha
+        except GitError:
+            raise _ref_not_found(repo_url, ref) from None
+    return await _git("rev-parse", "--verify", "--end-of-options", "FETCH_HEAD^{commit}", cwd=cwd)
+
+
+def _clone_error(repo_url: str, message: str) -> ApplicationError:
+    transient = any(marker in message.lower() for marker in _TRANSIENT_GIT_ERRORS)
+    return ApplicationError(
+        f"cannot clone repository {repo_url!r}: {' '.join(message.split())}",
+        type="RepositoryUnavailable" if transient else "RepositoryNotFound",
+        non_retryable=not transient,
+    )
+
+
+def _ref_not_found(repo_url: str, ref: str) -> ApplicationError:
+    return ApplicationError(
+        f"ref {ref!r} not found in repository {repo_url!r}", type="RefNotFound", non_retryable=True
+    )
 
 
 # ---------------------------------------------------------------- activities
@@ -323,19 +423,28 @@ class SkyPilotActivities:
         checkout_root: Path,
         heartbeat_interval_seconds: float = DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
         environ: Mapping[str, str] | None = None,
+        outage_budget_seconds: float = DEFAULT_OUTAGE_BUDGET_SECONDS,
+        autodown_idle_minutes: int | None = None,
     ) -> None:
         self._sky = sky_sdk
         self._executor = executor
         self._checkout_root = checkout_root.resolve()
         self._heartbeat_interval = heartbeat_interval_seconds
         self._environ = os.environ if environ is None else environ
+        self._outage_budget = outage_budget_seconds
+        # SkyPilot's own safety net where the infra has it: a cluster idle this long goes down.
+        self._autodown_idle_minutes = autodown_idle_minutes
+        self._checkout_locks: collections.defaultdict[Path, asyncio.Lock] = collections.defaultdict(
+            asyncio.Lock
+        )
 
     # -------------------------------------------------------------- step 1: fetch the tasks
 
     @activity.defn
     async def fetch_tasks(self, input: FetchTasksInput) -> FetchTasksResult:
         checkout_dir = self._checkout_dir(input.checkout_name)
-        sha = await checkout_repo(input.repo_url, input.ref, checkout_dir)
+        async with self._checkout_locks[checkout_dir]:
+            sha = await checkout_repo(input.repo_url, input.ref, checkout_dir, replace=True)
         yaml_texts = {}
         for relative in input.yaml_paths:
             path = resolve_inside(checkout_dir, relative, "task file")
@@ -380,7 +489,9 @@ class SkyPilotActivities:
         def launch(task: Any) -> Any:
             if input.provision_only:
                 task.run = None  # SkyPilot then runs only the task's setup, as a job (if it has one)
-            return self._sky.launch(task, cluster_name=input.cluster_name, fast=input.reuse_provisioned)
+            return self._sky.launch(
+                task, cluster_name=input.cluster_name, fast=input.reuse_provisioned, **self._autodown(task)
+            )
 
         return await self._run_task(
             input.cluster_name,
@@ -400,19 +511,31 @@ class SkyPilotActivities:
 
     @activity.defn
     async def down_cluster(self, input: DownInput) -> StepResult:
+        """Tear the cluster down. Every error but "no such cluster" is retryable: the workflow
+        keeps trying (and says so) until SkyPilot confirms, whatever the cause."""
         started = time.monotonic()
         progress = JobProgress(phase="tearing down", cluster_name=input.cluster_name)
         sink = self._sink(f"[down {input.cluster_name}]", [], progress)
-        # A cancelled teardown is not undone on SkyPilot: the workflow's cleanup runs it again.
-        async with self._skypilot_step(progress, f"tearing down {input.cluster_name}", cancel_skypilot=False):
+        what = f"tearing down {input.cluster_name}"
+
+        async def down() -> str:
+            # A launch abandoned by a timed-out or dead attempt of this run could still create
+            # the cluster after we tear it down: cancel the run's in-flight requests on it first.
+            await self._cancel_own_requests(input.cluster_name, input.job_name_prefix)
+            request_id = await self._blocking(self._sky.down, input.cluster_name)
+            progress.request_id = str(request_id)
             try:
-                # A launch abandoned by a timed-out or dead attempt could still create the
-                # cluster after we tear it down: cancel in-flight requests on it first.
-                await self._cancel_in_flight_requests(input.cluster_name)
-                request_id = await self._blocking(self._sky.down, input.cluster_name)
-                progress.request_id = str(request_id)
                 await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
-                outcome = "TERMINATED"
+            except Exception as exc:
+                if not _is_named(exc, "ClusterDoesNotExist"):
+                    raise
+                return "ALREADY_GONE"
+            return "TERMINATED"
+
+        # A cancelled teardown is not undone on SkyPilot: the workflow's cleanup runs it again.
+        async with self._skypilot_step(progress, what, cancel_skypilot=False, always_retry=True):
+            try:
+                outcome = await self._riding_outages(progress, down)
             except Exception as exc:
                 if not _is_named(exc, "ClusterDoesNotExist"):
                     raise
@@ -446,14 +569,23 @@ class SkyPilotActivities:
             await self._ensure_checkout(spec)
             # Parsing may consult cloud catalogs: keep it off the event loop too.
             task = await self._blocking(self._build_task, spec, infra)
-            job_id = await self._reattach(cluster, spec.job_name, progress)
-            if job_id is None:
-                progress.phase = submit_phase
-                job_id = await self._submit(task, cluster, submit, progress, sink, expect_job)
+
+            async def find_or_submit() -> int | None:
+                # Looked for on every attempt (and after an outage): a retry, a reset or a new run
+                # of the same workflow id never puts a second job for this step on the cluster.
+                job_id = await self._reattach(cluster, spec, progress)
+                if job_id is None:
+                    progress.phase = submit_phase
+                    job_id = await self._submit(task, cluster, submit, progress, sink, expect_job)
+                return job_id
+
+            job_id = await self._riding_outages(progress, find_or_submit)
             if job_id is not None:
                 progress.job_id = job_id
                 progress.phase = "running"
-                exit_code, status = await self._follow_job(cluster, job_id, sink)
+                exit_code, status = await self._riding_outages(
+                    progress, lambda: self._follow_job(cluster, job_id, sink)
+                )
                 if sink.task_exit_code is not None and exit_code != EXIT_CANCELLED:
                     exit_code = sink.task_exit_code
         result = StepResult(
@@ -505,19 +637,19 @@ class SkyPilotActivities:
             ) from None
         return task
 
-    async def _reattach(self, cluster: str, job_name: str, progress: JobProgress) -> int | None:
-        """On a retry, find the job an earlier attempt submitted, instead of submitting again."""
+    async def _reattach(self, cluster: str, spec: TaskSpec, progress: JobProgress) -> int | None:
+        """The job of this step already on the cluster, if any: submitted by an earlier attempt
+        of this run (found by its name), or still running from an earlier run of this workflow
+        id (a reset, or a new run after a terminated one)."""
         info = activity.info()
-        if info.attempt <= 1:
-            return None
-        previous = info.heartbeat_details[0] if info.heartbeat_details else {}
+        previous = info.heartbeat_details[0] if info.attempt > 1 and info.heartbeat_details else {}
         previous_job_id = previous.get("job_id") if isinstance(previous, dict) else None
         if previous_job_id is not None:
             activity.logger.info("Re-attaching to job %s on %s", previous_job_id, cluster)
             return int(previous_job_id)
-        progress.phase = "re-attaching"
-        # Let a submission still in flight on the API server finish, so its job is visible.
-        await self._wait_for_in_flight_requests(cluster)
+        progress.phase = "looking for an earlier job"
+        # Let a submission of ours still in flight on the API server finish, so its job is visible.
+        await self._wait_for_own_requests(cluster, spec.job_name)
         try:
             request_id = await self._blocking(self._sky.queue, cluster, all_users=True)
             records = await self._blocking(self._sky.get, request_id)
@@ -525,12 +657,27 @@ class SkyPilotActivities:
             if _is_named(exc, "ClusterDoesNotExist", "ClusterNotUpError"):
                 return None
             raise
-        mine = [r for r in records if _field(r, "job_name") == job_name]
-        if not mine:
-            return None
-        job_id = max(int(_field(r, "job_id")) for r in mine)
-        activity.logger.info("Re-attaching to job %s (%s) on %s", job_id, job_name, cluster)
-        return job_id
+        mine = [int(_field(r, "job_id")) for r in records if _field(r, "job_name") == spec.job_name]
+        same_step = _same_step_other_runs(spec)
+        unfinished_earlier = [
+            int(_field(r, "job_id"))
+            for r in records
+            if same_step.fullmatch(str(_field(r, "job_name")))
+            and _status_name(_field(r, "status")) not in TERMINAL_JOB_STATUSES
+        ]
+        if mine:
+            activity.logger.info("Re-attaching to job %s (%s) on %s", max(mine), spec.job_name, cluster)
+            return max(mine)
+        if unfinished_earlier:
+            activity.logger.warning(
+                "Adopting job %s on %s: an earlier run of this workflow started step %s and it is "
+                "still running",
+                max(unfinished_earlier),
+                cluster,
+                spec.step,
+            )
+            return max(unfinished_earlier)
+        return None
 
     async def _submit(
         self,
@@ -600,7 +747,7 @@ class SkyPilotActivities:
         job_id = progress.job_id
         if job_id is None and progress.request_id:
             activity.logger.info("Cancelling request %s", progress.request_id)
-            await self._blocking(self._sky.api_cancel, progress.request_id)
+            await self._blocking(self._sky.api_cancel, [progress.request_id])
             # The request may have submitted its job just before the cancel landed.
             with contextlib.suppress(Exception):
                 job_id, _ = await self._blocking(self._sky.get, progress.request_id)
@@ -609,29 +756,60 @@ class SkyPilotActivities:
             request_id = await self._blocking(self._sky.cancel, cluster, job_ids=[job_id])
             await self._blocking(self._sky.get, request_id)
 
-    async def _in_flight_requests(self, cluster: str) -> list[Any]:
+    async def _own_requests(self, cluster: str, job_name_prefix: str) -> list[Any]:
+        """In-flight launch/exec requests on `cluster` whose task's name starts with
+        `job_name_prefix`: what this run submitted, never another client's requests."""
+        if not job_name_prefix:
+            return []
         requests = await self._blocking(self._sky.api_status, cluster_name=cluster)
-        # Old API servers ignore the cluster filter: filter here as well.
         return [
             r
             for r in requests
-            if _field(r, "cluster_name") == cluster and _field(r, "status") in IN_FLIGHT_REQUEST_STATUSES
+            if _field(r, "cluster_name") == cluster  # old API servers ignore the filter
+            and _field(r, "status") in IN_FLIGHT_REQUEST_STATUSES
+            and _field(r, "name") in SUBMIT_REQUEST_NAMES
+            and any(name.startswith(job_name_prefix) for name in _task_names(_field(r, "request_body")))
         ]
 
-    async def _wait_for_in_flight_requests(self, cluster: str) -> None:
-        for request in await self._in_flight_requests(cluster):
+    async def _wait_for_own_requests(self, cluster: str, job_name: str) -> None:
+        for request in await self._own_requests(cluster, job_name):
             with contextlib.suppress(Exception):
                 await self._blocking(self._sky.get, _field(request, "request_id"))
 
-    async def _cancel_in_flight_requests(self, cluster: str) -> None:
-        request_ids = [
-            _field(r, "request_id")
-            for r in await self._in_flight_requests(cluster)
-            if _field(r, "name") != "sky.down"
-        ]
+    async def _cancel_own_requests(self, cluster: str, job_name_prefix: str) -> None:
+        request_ids = [_field(r, "request_id") for r in await self._own_requests(cluster, job_name_prefix)]
         if request_ids:
             activity.logger.info("Cancelling in-flight requests on %s: %s", cluster, request_ids)
             await self._blocking(self._sky.api_cancel, request_ids)
+
+    async def _riding_outages(self, progress: JobProgress, step: Callable[[], Awaitable[T]]) -> T:
+        """Run `step`; while the SkyPilot API server is unreachable, wait for it (heartbeats go
+        on, a cancel still lands) and run `step` again, for up to the outage budget."""
+        down_since: float | None = None
+        delay = 1.0
+        while True:
+            try:
+                return await step()
+            except Exception as exc:
+                if not is_server_unreachable(exc):
+                    raise
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    activity.logger.warning(
+                        "SkyPilot API server unreachable (%s); waiting up to %.0f s for it",
+                        clean_message(exc),
+                        self._outage_budget,
+                    )
+                if now - down_since >= self._outage_budget:
+                    raise ApplicationError(
+                        f"SkyPilot API server unreachable for {now - down_since:.0f} s: {clean_message(exc)}",
+                        type="ApiServerUnreachable",
+                    ) from None
+                phase, progress.phase = progress.phase, "waiting for the SkyPilot API server"
+                await asyncio.sleep(min(delay, self._outage_budget - (now - down_since)))
+                progress.phase = phase
+                delay = min(delay * 2, OUTAGE_POLL_MAX_SECONDS)
 
     # -------------------------------------------------------------- plumbing
 
@@ -643,7 +821,7 @@ class SkyPilotActivities:
 
     @contextlib.asynccontextmanager
     async def _skypilot_step(
-        self, progress: JobProgress, what: str, cancel_skypilot: bool = True
+        self, progress: JobProgress, what: str, cancel_skypilot: bool = True, always_retry: bool = False
     ) -> AsyncIterator[None]:
         """Around every SkyPilot step: heartbeat `progress`; on a cancel the workflow asked for,
         cancel the SkyPilot side too; turn SDK exceptions into classified ApplicationErrors."""
@@ -661,7 +839,7 @@ class SkyPilotActivities:
                 await self._cancel_on_skypilot_if_requested(progress.cluster_name, progress)
             raise
         except Exception as exc:
-            raise to_application_error(exc, what) from exc
+            raise to_application_error(exc, what, always_retry) from exc
         finally:
             heartbeat_task.cancel()
 
@@ -669,8 +847,15 @@ class SkyPilotActivities:
         """A retry on another worker host may lack the run's checkout: recreate it at the SHA."""
         if spec.checkout_name and spec.repo_url:
             checkout_dir = self._checkout_dir(spec.checkout_name)
-            if not checkout_dir.is_dir():
-                await checkout_repo(spec.repo_url, spec.commit_sha, checkout_dir)
+            async with self._checkout_locks[checkout_dir]:
+                if not checkout_dir.is_dir():
+                    await checkout_repo(spec.repo_url, spec.commit_sha, checkout_dir)
+
+    def _autodown(self, task: Any) -> dict[str, Any]:
+        """sky.launch options for SkyPilot's autodown, on infra that supports it."""
+        if self._autodown_idle_minutes is None:
+            return {}
+        return {"idle_minutes_to_autostop": self._autodown_idle_minutes, "down": True}
 
     def _checkout_dir(self, checkout_name: str) -> Path:
         return resolve_inside(self._checkout_root, checkout_name, "checkout")
@@ -702,6 +887,29 @@ def _point_local_paths_at(config: dict[str, Any], checkout_dir: Path) -> None:
     for target, source in list((config.get("file_mounts") or {}).items()):
         if isinstance(source, str) and not source.startswith(("/", "~")) and "://" not in source:
             config["file_mounts"][target] = str(resolve_inside(checkout_dir, source, "file mount"))
+
+
+def _same_step_other_runs(spec: TaskSpec) -> re.Pattern[str]:
+    """Job names of `spec.step` in any run of the same workflow id (see shared.job_name_for)."""
+    stem = spec.job_name.removesuffix(f"-{spec.step}")[:-9]
+    return re.compile(re.escape(stem) + r"-[0-9a-f]{8}-" + re.escape(spec.step))
+
+
+def _task_names(request_body: Any) -> list[str]:
+    """The task names in a launch/exec request's body (its `task` is the DAG as YAML)."""
+    try:
+        dag_yaml = json.loads(request_body).get("task") or ""
+        return [
+            str(doc["name"])
+            for doc in yaml.load_all(dag_yaml, Loader=_YAML_LOADER)
+            if isinstance(doc, dict) and doc.get("name")
+        ]
+    except Exception:
+        return []
+
+
+def _status_name(status: Any) -> str:
+    return str(getattr(status, "value", status) or "")
 
 
 def _is_named(exc: BaseException, *names: str) -> bool:

@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 
 CLUSTER_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 MAX_PREFIX_LENGTH = 24
+# Every cluster this project launches is named "<CLUSTER_MARKER>...": the leak reaper only ever
+# looks at clusters with this marker.
+CLUSTER_MARKER = "skypilot-"
+# Workflow types whose runs own clusters; the reaper keeps clusters of their open runs.
+CLUSTER_OWNER_WORKFLOW_TYPES = ("SkyPilotWorkflow",)
 
 
 @dataclass
@@ -35,8 +40,6 @@ class PipelineInput:
     preprocess_yaml: str = "data_preprocessing.yaml"
     train_yaml: str = "train.yaml"
     eval_yaml: str = "eval.yaml"
-    # Empty: derived from the workflow id, so concurrent runs never share a cluster.
-    cluster_prefix: str = ""
     env_overrides: dict[str, str] = field(default_factory=dict)
     # Names of variables the worker reads from its own environment and passes as SkyPilot
     # secrets: their values never enter the workflow history.
@@ -64,7 +67,7 @@ class PipelineResult:
 class StepProgress:
     name: str
     summary: str
-    status: str = "pending"  # pending | running | succeeded | failed | cancelled
+    status: str = "pending"  # pending | running | retrying | succeeded | failed | cancelled
     cluster_name: str = ""
     job_id: int | None = None
     job_status: str = ""
@@ -81,12 +84,27 @@ class PipelineProgress:
 
 
 def cluster_prefix_for(workflow_id: str) -> str:
-    """A valid cluster-name prefix unique to `workflow_id` (used as-is when it already is one)."""
-    if len(workflow_id) <= MAX_PREFIX_LENGTH and CLUSTER_NAME.fullmatch(workflow_id):
+    """The cluster-name prefix of the run with `workflow_id`: one workflow id, one prefix.
+
+    Clusters are named "<prefix>-<step>", so the prefix is a reservation Temporal enforces: no two
+    running workflows share an id. An id that is already a valid prefix ("skypilot-3fa2b1c9") is
+    used as is; any other id gets the marker, a slug and a hash of the whole id.
+    """
+    if (
+        workflow_id.startswith(CLUSTER_MARKER)
+        and len(workflow_id) <= MAX_PREFIX_LENGTH
+        and CLUSTER_NAME.fullmatch(workflow_id)
+    ):
         return workflow_id
-    slug = re.sub(r"[^a-z0-9]+", "-", workflow_id.lower()).strip("-")[: MAX_PREFIX_LENGTH - 9]
+    room = MAX_PREFIX_LENGTH - len(CLUSTER_MARKER) - 7
+    slug = re.sub(r"[^a-z0-9]+", "-", workflow_id.lower()).strip("-")[:room].strip("-")
     digest = hashlib.sha256(workflow_id.encode()).hexdigest()[:6]
-    return f"{slug.rstrip('-') or 'run'}-{digest}" if slug[:1].isalpha() else f"p-{slug}-{digest}"
+    return f"{CLUSTER_MARKER}{slug}-{digest}" if slug else f"{CLUSTER_MARKER}{digest}"
+
+
+def job_name_for(prefix: str, run_id: str, step: str) -> str:
+    """The SkyPilot job name of `step` in one workflow run: unique per run, found again on retry."""
+    return f"{prefix}-{run_id.replace('-', '')[:8]}-{step}"
 
 
 # ---------------------------------------------------------------- activity inputs and results
@@ -148,11 +166,27 @@ class ExecInput:
 @dataclass
 class DownInput:
     cluster_name: str
+    # In-flight launch/exec requests on the cluster whose job name starts with this are
+    # cancelled before the teardown (the run's own abandoned launches); others are left alone.
+    job_name_prefix: str = ""
 
 
 @dataclass
 class RemoveCheckoutInput:
     checkout_name: str
+
+
+@dataclass
+class ReaperInput:
+    # Clusters launched less than this long ago are never reaped (their run may not be
+    # visible in Temporal's list yet).
+    grace_seconds: int = 120
+
+
+@dataclass
+class ReaperResult:
+    reaped: list[str]
+    kept: list[str]
 
 
 @dataclass

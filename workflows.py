@@ -8,16 +8,19 @@
     6. train-down           tear the train cluster down
 
 Whatever happens (a step fails, times out, or the run is cancelled) the `finally:` in `run`
-tears down every cluster this run launched, retrying until SkyPilot confirms.
+tears down every cluster this run launched, retrying until SkyPilot confirms; a cancel that
+arrives during that cleanup does not stop it. (Terminate, reset and an execution timeout skip
+`finally:`; the cluster reaper in reaper.py and SkyPilot's autodown catch those clusters.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -26,8 +29,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError,
 with workflow.unsafe.imports_passed_through():
     from activities import SkyPilotActivities
     from shared import (
-        CLUSTER_NAME,
-        MAX_PREFIX_LENGTH,
         DownInput,
         ExecInput,
         FetchTasksInput,
@@ -40,7 +41,13 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         TaskSpec,
         cluster_prefix_for,
+        job_name_for,
     )
+
+T = TypeVar("T")
+# Teardown: attempts per round, then the run reports it is stuck and tries again after a pause.
+TEARDOWN_ATTEMPTS_PER_ROUND = 4
+TEARDOWN_MAX_PAUSE = timedelta(minutes=5)
 
 
 @workflow.defn
@@ -48,7 +55,9 @@ class SkyPilotWorkflow:
     @workflow.init
     def __init__(self, input: PipelineInput) -> None:
         self._input = input
-        self._prefix = input.cluster_prefix or cluster_prefix_for(workflow.info().workflow_id)
+        # One workflow id, one prefix: Temporal refuses a second running workflow with the id.
+        self._prefix = cluster_prefix_for(workflow.info().workflow_id)
+        self._job_name_prefix = job_name_for(self._prefix, workflow.info().run_id, "")
         self._preprocess_cluster = f"{self._prefix}-preprocess"
         self._train_cluster = f"{self._prefix}-train"
         self._checkout_name = f"{self._prefix}/{workflow.info().run_id}"
@@ -99,7 +108,10 @@ class SkyPilotWorkflow:
                 self._provisioning = asyncio.create_task(
                     self._provision(self._train_cluster, input.train_yaml)
                 )
-            preprocess = await self._launch("preprocess", self._preprocess_cluster, input.preprocess_yaml)
+            preprocess = await self._unless_fails_first(
+                self._launch("preprocess", self._preprocess_cluster, input.preprocess_yaml),
+                self._provisioning,
+            )
             if self._provisioning:
                 train = await self._train_while_preprocess_goes_down(self._provisioning)
             else:
@@ -117,7 +129,7 @@ class SkyPilotWorkflow:
                 raise asyncio.CancelledError() from err
             raise self._step_failure(err) from err
         finally:
-            await self._clean_up(outcome)
+            await _shielded_from_cancel(self._clean_up(outcome))
         return PipelineResult(input.repo_url, self._commit_sha, steps=[preprocess, train, evaluation])
 
     @workflow.query
@@ -207,21 +219,40 @@ class SkyPilotWorkflow:
         return result
 
     async def _down(self, cluster: str, step: str | None = None) -> None:
-        """Tear `cluster` down: as pipeline step `step`, or as cleanup when `step` is None."""
+        """Tear `cluster` down: as pipeline step `step`, or as cleanup when `step` is None.
+
+        Never gives up (a leaked cluster costs more than a stuck workflow): after each round of
+        attempts the step shows as `retrying` with the error, and a warning is logged.
+        """
         if step is None:  # shown in the progress query and the Web UI after the six steps
             step = f"cleanup {cluster}"
             self._steps[step] = StepProgress("cleanup", f"cleanup: down {cluster}", cluster_name=cluster)
-        async with self._tracking(step):
-            await workflow.execute_activity_method(
-                SkyPilotActivities.down_cluster,
-                DownInput(cluster_name=cluster),
-                start_to_close_timeout=timedelta(seconds=self._input.timeouts.teardown),
-                heartbeat_timeout=timedelta(seconds=self._input.timeouts.heartbeat),
-                # Teardown never gives up: a leaked cluster costs more than a stuck workflow.
-                retry_policy=self._retry_policy(maximum_attempts=0),
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=self._steps[step].summary,
-            )
+        async with self._tracking(step) as progress:
+            for attempt_round in itertools.count(1):
+                try:
+                    await workflow.execute_activity_method(
+                        SkyPilotActivities.down_cluster,
+                        DownInput(cluster_name=cluster, job_name_prefix=self._job_name_prefix),
+                        start_to_close_timeout=timedelta(seconds=self._input.timeouts.teardown),
+                        heartbeat_timeout=timedelta(seconds=self._input.timeouts.heartbeat),
+                        retry_policy=self._retry_policy(maximum_attempts=TEARDOWN_ATTEMPTS_PER_ROUND),
+                        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                        summary=progress.summary,
+                    )
+                    break
+                except ActivityError as err:
+                    if is_cancelled_exception(err):
+                        raise
+                    progress.status = "retrying"
+                    progress.error = (
+                        f"teardown of {cluster} failed {attempt_round * TEARDOWN_ATTEMPTS_PER_ROUND} times, "
+                        f"still trying: {err.cause or err}"
+                    )
+                    workflow.logger.warning("%s", progress.error)
+                    self._update_details()
+                    pause = self._retry_interval() * 2**attempt_round
+                    await workflow.sleep(min(pause, TEARDOWN_MAX_PAUSE))
+            progress.error = ""
         if cluster in self._clusters_up:
             self._clusters_up.remove(cluster)
 
@@ -302,7 +333,7 @@ class SkyPilotWorkflow:
     def _task_spec(self, step: str, yaml_path: str) -> TaskSpec:
         return TaskSpec(
             step=step,
-            job_name=f"{self._prefix}-{step}",
+            job_name=job_name_for(self._prefix, workflow.info().run_id, step),
             yaml_text=self._yaml_texts[yaml_path],
             # Tasks keep their files apart per run with PIPELINE_RUN_ID.
             env_overrides={"PIPELINE_RUN_ID": self._prefix, **self._input.env_overrides},
@@ -324,9 +355,27 @@ class SkyPilotWorkflow:
             summary=summary or self._steps[step].summary,
         )
 
+    async def _unless_fails_first(
+        self, step: Coroutine[Any, Any, T], alongside: asyncio.Task[None] | None
+    ) -> T:
+        """Await `step`; if `alongside` (the overlapped provisioning) fails first, stop `step`
+        and fail the run with that error at once."""
+        if alongside is None:
+            return await step
+        main = asyncio.ensure_future(step)
+        await workflow.wait([main, alongside], return_when=asyncio.FIRST_COMPLETED)
+        if not main.done() and alongside.done() and alongside.exception() is not None:
+            main.cancel()
+            await asyncio.gather(main, return_exceptions=True)
+            raise alongside.exception()  # type: ignore[misc]
+        return await main
+
+    def _retry_interval(self) -> timedelta:
+        return timedelta(seconds=self._input.retry_initial_interval_seconds)
+
     def _retry_policy(self, maximum_attempts: int) -> RetryPolicy:
         return RetryPolicy(
-            initial_interval=timedelta(seconds=self._input.retry_initial_interval_seconds),
+            initial_interval=self._retry_interval(),
             backoff_coefficient=2.0,
             maximum_interval=timedelta(minutes=2),
             maximum_attempts=maximum_attempts,
@@ -336,13 +385,6 @@ class SkyPilotWorkflow:
         problems = []
         if not input.repo_url:
             problems.append("repo_url is empty")
-        if input.cluster_prefix and not (
-            CLUSTER_NAME.fullmatch(input.cluster_prefix) and len(input.cluster_prefix) <= MAX_PREFIX_LENGTH
-        ):
-            problems.append(
-                f"cluster_prefix {input.cluster_prefix!r} must be lowercase letters, "
-                f"digits and '-', start with a letter, at most {MAX_PREFIX_LENGTH} chars"
-            )
         for name, value in vars(input.timeouts).items():
             if value <= 0:
                 problems.append(f"timeouts.{name} must be positive")
@@ -373,6 +415,22 @@ def _failed_job(err: BaseException) -> tuple[int, str] | None:
     if isinstance(result.get("job_id"), int):
         return result["job_id"], str(result.get("job_status", ""))
     return None
+
+
+async def _shielded_from_cancel(cleanup: Awaitable[None]) -> None:
+    """Run `cleanup` to the end even if the run is cancelled while it runs.
+
+    A cancel that arrives during cleanup (say, while a teardown waits out an API server outage)
+    would otherwise abort the teardown and leave the cluster up.
+    """
+    task = asyncio.ensure_future(cleanup)
+    while True:
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                return task.result()
+            workflow.logger.info("Cancel requested during cleanup: the cleanup carries on")
 
 
 def _is_cancellation(err: BaseException) -> bool:

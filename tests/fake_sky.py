@@ -16,6 +16,7 @@ Task parsing is the real `sky.Task`: it is local, deterministic and part of what
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -65,6 +66,8 @@ class FakeRequest:
     request_id: str
     name: str
     cluster_name: str | None
+    # The name of the task a launch/exec request carries (the real body holds the whole DAG).
+    task_name: str = ""
     status: str = "RUNNING"
     result: Any = None
     error: BaseException | None = None
@@ -141,12 +144,17 @@ class FakeSky:
         self.ever_launched.add(cluster_name)
         fast = bool(kwargs.get("fast"))
         return self._start(
-            "sky.launch", cluster_name, lambda req: self._do_launch(req, task, cluster_name, fast)
+            "sky.launch",
+            cluster_name,
+            lambda req: self._do_launch(req, task, cluster_name, fast),
+            task_name=task.name or "",
         )
 
     def exec(self, task: sky.Task, cluster_name: str | None = None, **kwargs: Any) -> str:
         self._record("exec", (task.name, cluster_name))
-        return self._start("sky.exec", cluster_name, lambda req: self._do_exec(task, cluster_name))
+        return self._start(
+            "sky.exec", cluster_name, lambda req: self._do_exec(task, cluster_name), task_name=task.name or ""
+        )
 
     def down(self, cluster_name: str, purge: bool = False) -> str:
         self._record("down", cluster_name)
@@ -203,7 +211,11 @@ class FakeSky:
         with self._lock:
             return [
                 SimpleNamespace(
-                    request_id=r.request_id, name=r.name, status=r.status, cluster_name=r.cluster_name
+                    request_id=r.request_id,
+                    name=r.name,
+                    status=r.status,
+                    cluster_name=r.cluster_name,
+                    request_body=json.dumps({"task": f"name: {r.task_name}\n"} if r.task_name else {}),
                 )
                 for r in self.requests.values()
                 if (all_status or r.status in ("PENDING", "RUNNING"))
@@ -249,9 +261,11 @@ class FakeSky:
 
     # ------------------------------------------------------------------ the "server"
 
-    def _start(self, name: str, cluster_name: str | None, work: Callable[[FakeRequest], Any]) -> str:
+    def _start(
+        self, name: str, cluster_name: str | None, work: Callable[[FakeRequest], Any], task_name: str = ""
+    ) -> str:
         self._delay()
-        request = FakeRequest(f"req-{next(self._ids)}", name, cluster_name)
+        request = FakeRequest(f"req-{next(self._ids)}", name, cluster_name, task_name)
         with self._lock:
             self.requests[request.request_id] = request
         method = name.removeprefix("sky.")

@@ -105,10 +105,8 @@ async def test_exec_on_a_missing_cluster_is_non_retryable(activities):
         (exceptions.APIVersionMismatchError("client 1 server 2"), False),
         (exceptions.ApiServerAuthenticationError("http://x"), False),
         (ValueError("invalid task"), False),
-        (exceptions.ApiServerConnectionError("http://127.0.0.1:46580"), True),
-        (exceptions.ServerTemporarilyUnavailableError("restarting"), True),
         (exceptions.CommandError(255, "ssh", "allocation vanished", None), True),
-        (ConnectionResetError("reset by peer"), True),
+        (exceptions.ClusterSetUpError("setup of the runtime failed"), True),
     ],
 )
 async def test_sdk_errors_are_classified(activities, fake_sky: FakeSky, error, retryable):
@@ -273,22 +271,42 @@ async def test_down_of_a_missing_cluster_counts_as_torn_down(activities, fake_sk
     assert result.job_status == "ALREADY_GONE"
 
 
-async def test_down_cancels_a_launch_still_in_flight_on_the_cluster(activities, fake_sky):
+async def test_down_cancels_only_this_runs_launch_still_in_flight(activities, fake_sky):
     fake_sky.provision_seconds = 30
-    abandoned = fake_sky.launch(
-        fake_sky.Task.from_yaml_config({"name": "x", "run": "true"}), cluster_name=CLUSTER
+    ours = fake_sky.launch(
+        fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"}), cluster_name=CLUSTER
     )
-    await ActivityEnvironment().run(activities.down_cluster, DownInput(CLUSTER))
-    assert fake_sky.called("api_cancel") == [[abandoned]]
-    assert fake_sky.requests[abandoned].status == "CANCELLED"
+    someone_elses_launch = fake_sky.launch(
+        fake_sky.Task.from_yaml_config({"name": "debug-session", "run": "true"}), cluster_name=CLUSTER
+    )
+    someone_elses_queue = fake_sky.queue(CLUSTER)  # `sky queue` typed in another terminal
+    await ActivityEnvironment().run(
+        activities.down_cluster, DownInput(CLUSTER, job_name_prefix="wf1-0123abcd-")
+    )
+    assert fake_sky.called("api_cancel") == [[ours]]
+    assert fake_sky.requests[ours].status == "CANCELLED"
+    assert not fake_sky.requests[someone_elses_launch].cancelled.is_set()
+    assert not fake_sky.requests[someone_elses_queue].cancelled.is_set()
     assert CLUSTER not in fake_sky.clusters
 
 
-async def test_down_failure_is_retryable(activities, fake_sky: FakeSky):
-    fake_sky.fail_next("down", exceptions.ApiServerConnectionError("http://127.0.0.1:46580"))
+@pytest.mark.parametrize(
+    "error",
+    [
+        exceptions.PermissionDeniedError("not allowed to down this cluster"),
+        exceptions.ApiServerAuthenticationError("http://127.0.0.1:46580"),
+        exceptions.InvalidCloudCredentials("expired token"),
+        exceptions.CommandError(255, "ssh", "allocation vanished", None),
+        ValueError("anything at all"),
+    ],
+)
+async def test_every_teardown_error_is_retryable(activities, fake_sky: FakeSky, error):
+    fake_sky.add_job(CLUSTER, "wf1-train")
+    fake_sky.fail_next("down", error)
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(activities.down_cluster, DownInput(CLUSTER))
-    assert not err.value.non_retryable
+    assert not err.value.non_retryable, "a teardown error must never stop the teardown for good"
+    assert type(error).__name__ in err.value.message
 
 
 async def test_the_tasks_own_exit_code_is_reported_when_skypilot_prints_it(activities, fake_sky):
@@ -312,7 +330,8 @@ async def test_provisioning_runs_setup_once_and_the_launch_reusing_it_skips_it(a
     assert (result.job_status, result.job_id) == ("SUCCEEDED", 2)
     assert not fake_sky.submitted[1].ran_setup, "setup ran a second time"
     # A launch that does not reuse the provisioned cluster runs setup again, as SkyPilot does.
-    await ActivityEnvironment().run(activities.launch_task, launch_input())
+    another_job = dataclasses.replace(spec(), job_name="wf1-train-again")
+    await ActivityEnvironment().run(activities.launch_task, LaunchInput(CLUSTER, another_job))
     assert fake_sky.submitted[2].ran_setup
 
 

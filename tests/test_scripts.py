@@ -70,21 +70,21 @@ async def test_starter_exits_0_on_success_every_time(pipeline: Pipeline):
 async def test_starter_prints_each_step_start_and_end_in_plain_text(pipeline: Pipeline):
     """Piped to a file: one line as each step starts and ends, naming cluster, job and time."""
     rc, stdout, stderr = await run_script(
-        "run_workflow.py", "--workflow-id", "starter-lines", env_overrides=starter_env(pipeline)
+        "run_workflow.py", "--workflow-id", "skypilot-starter-lines", env_overrides=starter_env(pipeline)
     )
     assert rc == 0, (stdout, stderr)
     assert "\x1b" not in stdout + stderr
     lines = stdout.splitlines()
-    assert re.search(r"^  ▶ train +launch train on starter-lines-train$", stdout, re.M), stdout
+    assert re.search(r"^  ▶ train +launch train on skypilot-starter-lines-train$", stdout, re.M), stdout
     ends = {line.split()[1]: line for line in lines if line.startswith("  ✓ ")}
     assert re.fullmatch(
-        r"  ✓ preprocess +succeeded +cluster starter-lines-preprocess +job 1 +\d+s", ends["preprocess"]
+        r"  ✓ preprocess +succeeded +cluster skypilot-starter-lines-preprocess +job 1 +\d+s", ends["preprocess"]
     )
     assert re.fullmatch(
-        r"  ✓ preprocess-down +succeeded +cluster starter-lines-preprocess +\d+s", ends["preprocess-down"]
+        r"  ✓ preprocess-down +succeeded +cluster skypilot-starter-lines-preprocess +\d+s", ends["preprocess-down"]
     )
-    assert re.fullmatch(r"  ✓ train +succeeded +cluster starter-lines-train +job 1 +\d+s", ends["train"])
-    assert re.fullmatch(r"  ✓ eval +succeeded +cluster starter-lines-train +job 2 +\d+s", ends["eval"])
+    assert re.fullmatch(r"  ✓ train +succeeded +cluster skypilot-starter-lines-train +job 1 +\d+s", ends["train"])
+    assert re.fullmatch(r"  ✓ eval +succeeded +cluster skypilot-starter-lines-train +job 2 +\d+s", ends["eval"])
     assert re.fullmatch(r"  ✓ fetch-tasks +succeeded +\d+s", ends["fetch-tasks"])
     starts = [line.split()[1] for line in lines if line.startswith("  ▶ ")]
     assert starts == ["fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down"]
@@ -105,20 +105,20 @@ async def test_starter_falls_back_to_ascii_marks_when_the_output_cannot_encode_t
 async def test_starter_exits_1_when_the_workflow_fails(pipeline: Pipeline):
     pipeline.fake.plan("train", status="FAILED", logs=["loss is NaN"])
     rc, stdout, stderr = await run_script(
-        "run_workflow.py", "--workflow-id", "starter-fails", env_overrides=starter_env(pipeline)
+        "run_workflow.py", "--workflow-id", "skypilot-starter-fails", env_overrides=starter_env(pipeline)
     )
     assert rc == 1, (stdout, stderr)
     assert "step 'train'" in stderr and "exit code 100" in stderr and "loss is NaN" in stderr
     assert "Traceback" not in stderr
     # The failing step's end line names its cluster and job; cleanup steps follow it.
-    assert re.search(r"^  ✗ train +failed +cluster starter-fails-train +job 1 FAILED +\d+s$", stdout, re.M), (
+    assert re.search(r"^  ✗ train +failed +cluster skypilot-starter-fails-train +job 1 FAILED +\d+s$", stdout, re.M), (
         stdout
     )
-    assert re.search(r"^  ▶ cleanup +cleanup: down starter-fails-train$", stdout, re.M), stdout
-    assert re.search(r"^  ✓ cleanup +succeeded +cluster starter-fails-train +\d+s$", stdout, re.M), stdout
+    assert re.search(r"^  ▶ cleanup +cleanup: down skypilot-starter-fails-train$", stdout, re.M), stdout
+    assert re.search(r"^  ✓ cleanup +succeeded +cluster skypilot-starter-fails-train +\d+s$", stdout, re.M), stdout
     # The failure names the step, then the job's last log lines, indented under it.
     first, *rest = stderr.splitlines()
-    assert first.startswith("Workflow starter-fails failed: step 'train' on cluster starter-fails-train")
+    assert first.startswith("Workflow skypilot-starter-fails failed: step 'train' on cluster skypilot-starter-fails-train")
     assert "  last log lines:" in rest and "    loss is NaN" in rest
 
 
@@ -202,6 +202,7 @@ async def test_starter_help_lists_every_option():
         "--infra",
         "--workflow-id",
         "--no-wait",
+        "--follow",
         "--timeout",
         "--cluster-prefix",
         "--keep-clusters-on-failure",

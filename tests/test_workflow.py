@@ -46,10 +46,12 @@ async def test_happy_path_runs_the_six_steps_in_order(pipeline: Pipeline, tmp_pa
     assert all(s.job_status == "SUCCEEDED" and s.exit_code == 0 for s in result.steps)
     assert result.steps[-1].log_tail.endswith("eval_accuracy=0.93")
     assert len(result.commit_sha) == 40
+    # Job names are unique per run: re-attach can never adopt another run's finished job.
+    run_token = handle.result_run_id.replace("-", "")[:8]
     assert [j.job_name for j in pipeline.fake.submitted] == [
-        f"{prefix}-preprocess",
-        f"{prefix}-train",
-        f"{prefix}-eval",
+        f"{prefix}-{run_token}-preprocess",
+        f"{prefix}-{run_token}-train",
+        f"{prefix}-{run_token}-eval",
     ]
     assert all(j.envs["PIPELINE_RUN_ID"] == prefix for j in pipeline.fake.submitted)
     pipeline.assert_no_cluster_left()
@@ -159,9 +161,9 @@ async def test_keep_clusters_on_failure_leaves_the_failed_cluster_up(pipeline: P
 
 
 async def test_invalid_input_fails_the_run_with_a_message_not_a_hang(pipeline: Pipeline):
-    cause = await pipeline.fail(cluster_prefix="Bad_Prefix", timeouts=StepTimeouts(train=0))
+    cause = await pipeline.fail(repo_url="", timeouts=StepTimeouts(train=0))
     assert cause.type == "InvalidInput"
-    assert "cluster_prefix 'Bad_Prefix'" in cause.message and "timeouts.train" in cause.message
+    assert "repo_url is empty" in cause.message and "timeouts.train" in cause.message
     assert pipeline.fake.calls == []
 
 
@@ -174,15 +176,28 @@ async def test_concurrent_runs_never_share_a_cluster(pipeline: Pipeline):
     pipeline.assert_no_cluster_left()
 
 
-def test_cluster_prefix_is_valid_and_unique_per_workflow_id():
-    ids = ["skypilot-3fa2b1c9", "Run_1", "run-1", "x" * 80, "x" * 80 + "y", "123", "a/b c"]
+def test_cluster_prefix_is_valid_marked_and_unique_per_workflow_id():
+    ids = [
+        "skypilot-3fa2b1c9",
+        "Run_1",
+        "run-1",
+        "x" * 80,
+        "x" * 80 + "y",
+        "123",
+        "a/b c",
+        "e2e-1",
+        "skypilot-e2e-1",
+        "skypilot-UPPER",
+        "",
+    ]
     prefixes = [cluster_prefix_for(i) for i in ids]
     assert prefixes[0] == "skypilot-3fa2b1c9"
     assert len(set(prefixes)) == len(ids)
-    from shared import CLUSTER_NAME, MAX_PREFIX_LENGTH
+    from shared import CLUSTER_MARKER, CLUSTER_NAME, MAX_PREFIX_LENGTH
 
     for prefix in prefixes:
         assert CLUSTER_NAME.fullmatch(prefix) and len(prefix) <= MAX_PREFIX_LENGTH, prefix
+        assert prefix.startswith(CLUSTER_MARKER), "the reaper only looks at marked clusters"
 
 
 async def test_recorded_history_replays_deterministically():
