@@ -548,6 +548,15 @@ class SkyPilotActivities:
             duration_seconds=round(time.monotonic() - started, 3),
         )
 
+    async def cluster_launch_times(self) -> dict[str, float]:
+        """Every cluster SkyPilot knows (all users) -> when it was launched (epoch seconds;
+        0 when SkyPilot has no time for it yet)."""
+        records = await self._blocking(self._sky.get, await self._blocking(self._sky.status, all_users=True))
+        return {
+            str(_field(r, "name")): float(_field(r, "launched_at") or _field(r, "status_updated_at") or 0)
+            for r in records
+        }
+
     # -------------------------------------------------------------- the shared launch/exec helper
 
     async def _run_task(
@@ -786,7 +795,7 @@ class SkyPilotActivities:
         """Run `step`; while the SkyPilot API server is unreachable, wait for it (heartbeats go
         on, a cancel still lands) and run `step` again, for up to the outage budget."""
         down_since: float | None = None
-        delay = 1.0
+        delay = min(1.0, self._outage_budget / 20)
         while True:
             try:
                 return await step()

@@ -22,10 +22,12 @@ from typing import Any
 
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 import config
 from activities import SkyPilotActivities, clean_message
+from reaper import ClusterReaperWorkflow, ReaperActivities, ensure_reaper_schedule
 from workflows import SkyPilotWorkflow
 
 log = logging.getLogger("skypilot-worker")
@@ -58,17 +60,19 @@ def create_worker(
     heartbeat_interval: float,
     **options: Any,
 ) -> Worker:
-    """The workflow and every activity on one task queue (SkyPilot state stays in one place)."""
+    """The workflows and every activity on one task queue (SkyPilot state stays in one place)."""
+    reaper = ReaperActivities(activities, client)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[SkyPilotWorkflow],
+        workflows=[SkyPilotWorkflow, ClusterReaperWorkflow],
         activities=[
             activities.fetch_tasks,
             activities.launch_task,
             activities.exec_task,
             activities.down_cluster,
             activities.remove_checkout,
+            reaper.find_orphan_clusters,
         ],
         # Heartbeats reach Temporal this often, so a cancel reaches the activity this fast.
         max_heartbeat_throttle_interval=timedelta(seconds=heartbeat_interval),
@@ -85,6 +89,10 @@ async def run_worker() -> None:
     # A step holds one thread while it follows its job and may need a second one to cancel it.
     sdk_threads = config.env_int("WORKER_SDK_THREADS", 2 * max_activities + 4)
     heartbeat_interval = float(config.env_int("WORKER_HEARTBEAT_INTERVAL_SECONDS", 5))
+    outage_budget = config.env_int("WORKER_SKYPILOT_OUTAGE_SECONDS", 1200)
+    autodown_minutes = config.env_int("AUTODOWN_IDLE_MINUTES", 60)
+    reaper_period = config.env_int("REAPER_PERIOD_SECONDS", 300)
+    reaper_grace = config.env_int("REAPER_GRACE_SECONDS", 120)
     checkout_root = Path(
         config.env_str("WORKER_CHECKOUT_ROOT", "~/.cache/skypilot-temporal/checkouts")
     ).expanduser()
@@ -95,7 +103,12 @@ async def run_worker() -> None:
     client = await config.connect_temporal()
     executor = concurrent.futures.ThreadPoolExecutor(sdk_threads, thread_name_prefix="skypilot-sdk")
     activities = SkyPilotActivities(
-        sky, executor, checkout_root=checkout_root, heartbeat_interval_seconds=heartbeat_interval
+        sky,
+        executor,
+        checkout_root=checkout_root,
+        heartbeat_interval_seconds=heartbeat_interval,
+        outage_budget_seconds=outage_budget,
+        autodown_idle_minutes=autodown_minutes or None,
     )
     worker = create_worker(
         client,
@@ -105,6 +118,16 @@ async def run_worker() -> None:
         max_concurrent_activities=max_activities,
         graceful_shutdown_timeout=timedelta(seconds=config.env_int("WORKER_SHUTDOWN_GRACE_SECONDS", 10)),
     )
+    if reaper_period > 0:
+        try:
+            schedule_id = await ensure_reaper_schedule(
+                client, config.task_queue(), timedelta(seconds=reaper_period), timedelta(seconds=reaper_grace)
+            )
+            log.info("Cluster reaper: schedule %s, every %d s", schedule_id, reaper_period)
+        except RPCError as err:
+            log.warning("Cluster reaper NOT scheduled (%s): terminated runs may leak clusters", err.message)
+    else:
+        log.warning("REAPER_PERIOD_SECONDS=0: no cluster reaper (terminated runs may leak clusters)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

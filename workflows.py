@@ -396,12 +396,21 @@ class SkyPilotWorkflow:
     def _update_details(self) -> None:
         # Plain symbols, not emoji: they render in any font (a browser without an emoji font
         # shows emoji as empty boxes).
-        icons = {"pending": "○", "running": "▶", "succeeded": "✓", "failed": "✗", "cancelled": "⊘"}
+        icons = {
+            "pending": "○",
+            "running": "▶",
+            "retrying": "↻",
+            "succeeded": "✓",
+            "failed": "✗",
+            "cancelled": "⊘",
+        }
         lines = [f"**{self._status}** — commit `{self._commit_sha[:12] or '?'}`", ""]
         for step in self._steps.values():
             job = f" — job {step.job_id}" if step.job_id is not None else ""
             took = f" ({step.duration_seconds:.0f}s)" if step.duration_seconds is not None else ""
             lines.append(f"{icons.get(step.status, '')} {step.summary}{job}{took}")
+            if step.status == "retrying":
+                lines.append(f"  **retrying**: {step.error[:300]}")
         if self._clusters_up:
             lines += ["", "clusters up: " + ", ".join(self._clusters_up)]
         workflow.set_current_details("\n".join(lines))

@@ -59,6 +59,7 @@ class FakeCluster:
     name: str
     status: str = "INIT"
     jobs: list[FakeJob] = field(default_factory=list)
+    launched_at: float = field(default_factory=time.time)
 
 
 @dataclass
@@ -88,6 +89,8 @@ class FakeSky:
         self.plans: dict[str, JobPlan] = {}
         # method name -> exceptions raised by its next requests, in order
         self.errors: dict[str, list[BaseException]] = {}
+        # step (the job name's last part) -> exception its launches raise while provisioning
+        self.launch_errors: dict[str, BaseException] = {}
         self.clusters: dict[str, FakeCluster] = {}
         self.requests: dict[str, FakeRequest] = {}
         self.calls: list[tuple[str, Any]] = []
@@ -159,6 +162,19 @@ class FakeSky:
     def down(self, cluster_name: str, purge: bool = False) -> str:
         self._record("down", cluster_name)
         return self._start("sky.down", cluster_name, lambda req: self._do_down(cluster_name))
+
+    def status(self, cluster_names: list[str] | None = None, all_users: bool = False, **kwargs: Any) -> str:
+        self._record("status", cluster_names)
+
+        def run(req: FakeRequest) -> list[Any]:
+            with self._lock:
+                return [
+                    SimpleNamespace(name=c.name, status=c.status, launched_at=c.launched_at)
+                    for c in self.clusters.values()
+                    if cluster_names is None or c.name in cluster_names
+                ]
+
+        return self._start("sky.status", None, run)
 
     def queue(self, cluster_name: str, skip_finished: bool = False, all_users: bool = False) -> str:
         self._record("queue", cluster_name)
@@ -300,6 +316,9 @@ class FakeSky:
             cluster = self.clusters.setdefault(cluster_name, FakeCluster(cluster_name))
         request.logs.append(f"\x1b[1mLaunching\x1b[0m {cluster_name}")
         skip_setup = fast and cluster.status == "UP"
+        error = self.launch_errors.get((task.name or "").rsplit("-", 1)[-1])
+        if error is not None:
+            raise error
         if cluster.status != "UP":
             if request.cancelled.wait(self.provision_seconds):
                 raise exceptions.RequestCancelled(f"Request {request.request_id} cancelled")

@@ -13,7 +13,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import LOG_TAIL_BYTES, JobLogSink, SkyPilotActivities, is_retryable
-from conftest import ROOT
+from conftest import ROOT, git
 from fake_sky import FakeSky
 from shared import DownInput, ExecInput, JobProgress, LaunchInput, TaskSpec
 
@@ -352,3 +352,151 @@ async def test_a_failing_setup_fails_provisioning(activities, fake_sky: FakeSky)
             activities.launch_task, LaunchInput(CLUSTER, provision_spec, provision_only=True)
         )
     assert err.value.type == "JobFailedSetup" and err.value.non_retryable
+
+
+# ---------------------------------------------------------------- re-attach, outages, checkouts, logs
+
+
+def earlier_run_job(fake_sky: FakeSky, status: str) -> None:
+    """A train job that an earlier run of the same workflow id left on the cluster."""
+    fake_sky.add_job(CLUSTER, "wf1-99999999-train", status=status)
+    if status == "RUNNING":
+        fake_sky.submitted[-1].done.clear()
+
+
+async def test_first_attempt_finds_the_steps_own_job_instead_of_submitting(activities, fake_sky: FakeSky):
+    fake_sky.add_job(CLUSTER, "wf1-train", logs=["from the first submission"])
+    result = await ActivityEnvironment().run(activities.launch_task, launch_input())  # attempt 1
+    assert fake_sky.called("launch") == [], "a second job was submitted for the step"
+    assert result.job_id == 1 and "from the first submission" in result.log_tail
+
+
+async def test_a_still_running_job_of_an_earlier_run_is_adopted_not_duplicated(activities, fake_sky):
+    earlier_run_job(fake_sky, "RUNNING")
+    spec_of_this_run = dataclasses.replace(spec(), job_name="wf1-0123abcd-train")
+    task = asyncio.ensure_future(
+        ActivityEnvironment().run(activities.launch_task, LaunchInput(CLUSTER, spec_of_this_run))
+    )
+    await asyncio.sleep(0.5)
+    fake_sky.submitted[0].status = "SUCCEEDED"
+    fake_sky.submitted[0].done.set()
+    result = await task
+    assert fake_sky.called("launch") == [] and result.job_id == 1
+
+
+async def test_a_finished_job_of_an_earlier_run_is_never_adopted(activities, fake_sky: FakeSky):
+    earlier_run_job(fake_sky, "SUCCEEDED")
+    spec_of_this_run = dataclasses.replace(spec(), job_name="wf1-0123abcd-train")
+    result = await ActivityEnvironment().run(activities.launch_task, LaunchInput(CLUSTER, spec_of_this_run))
+    assert len(fake_sky.called("launch")) == 1 and result.job_id == 2
+
+
+def slow_outage_activities(activities: SkyPilotActivities, budget: float) -> SkyPilotActivities:
+    return SkyPilotActivities(
+        activities._sky,
+        activities._executor,
+        checkout_root=activities._checkout_root,
+        heartbeat_interval_seconds=0.05,
+        outage_budget_seconds=budget,
+    )
+
+
+UNREACHABLE = [
+    exceptions.ApiServerConnectionError("http://127.0.0.1:46580"),
+    RuntimeError(
+        "No SkyPilot API server endpoint is configured, and starting a local API server is disabled"
+    ),
+    ConnectionRefusedError("[Errno 111] Connection refused"),
+]
+
+
+async def test_an_api_server_outage_is_ridden_through_without_a_second_job(activities, fake_sky: FakeSky):
+    riding = slow_outage_activities(activities, budget=5)
+    fake_sky.fail_next("launch", *UNREACHABLE)
+    fake_sky.fail_next("tail_logs", *UNREACHABLE)
+    beats: list[dict] = []
+    env = ActivityEnvironment()
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+    result = await env.run(riding.launch_task, launch_input())
+    assert result.job_status == "SUCCEEDED"
+    assert len(fake_sky.submitted) == 1, "the outage made the step submit a second job"
+    assert any(b["phase"] == "waiting for the SkyPilot API server" for b in beats)
+
+
+async def test_an_outage_longer_than_the_budget_fails_the_attempt_saying_unreachable(
+    activities, fake_sky: FakeSky
+):
+    riding = slow_outage_activities(activities, budget=0.5)
+    fake_sky.fail_next("launch", *UNREACHABLE * 20)
+    fake_sky.fail_next("queue", *UNREACHABLE * 20)
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(riding.launch_task, launch_input())
+    assert err.value.type == "ApiServerUnreachable" and not err.value.non_retryable
+    assert "SkyPilot API server unreachable for" in err.value.message
+
+
+async def test_autodown_is_asked_for_when_configured(activities, fake_sky: FakeSky):
+    with_autodown = SkyPilotActivities(
+        fake_sky, activities._executor, checkout_root=activities._checkout_root, autodown_idle_minutes=45
+    )
+    await ActivityEnvironment().run(with_autodown.launch_task, launch_input())
+    [(_, _, kwargs)] = fake_sky.called("launch")
+    assert kwargs["idle_minutes_to_autostop"] == 45 and kwargs["down"] is True
+
+
+async def test_concurrent_steps_recreate_a_missing_checkout_once_and_shallow(activities, fake_sky, task_repo):
+    git(
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "--quiet",
+        "--allow-empty",
+        "-m",
+        "2",
+        cwd=task_repo,
+    )
+    sha = git("rev-parse", "HEAD", cwd=task_repo)
+    fake_sky.add_job(CLUSTER, "other")  # the cluster exists for exec
+    checkout = dict(checkout_name="wf1/run1", repo_url=str(task_repo), commit_sha=sha)
+    steps = [
+        ActivityEnvironment().run(activities.exec_task, ExecInput(CLUSTER, spec("eval", **checkout)))
+        for _ in range(4)
+    ]
+    results = await asyncio.gather(*steps)
+    assert all(r.job_status == "SUCCEEDED" for r in results)
+    checkout_dir = activities._checkout_root / "wf1" / "run1"
+    assert git("rev-parse", "HEAD", cwd=checkout_dir) == sha
+    assert git("rev-list", "--count", "HEAD", cwd=checkout_dir) == "1", "fetched more than the one commit"
+    assert [p.name for p in checkout_dir.parent.iterdir()] == ["run1"], "a staging directory was left"
+
+
+def test_the_worker_log_gets_a_bounded_share_of_a_chatty_job():
+    logged: list[str] = []
+    now = [0.0]
+    sink = JobLogSink(logged.append, [], JobProgress("running", "c"), clock=lambda: now[0])
+    for i in range(50_000):
+        sink.write(f"line {i}\n")
+    now[0] += 10  # ten seconds later, the job prints its last line
+    sink.write("the end\n")
+    assert len(logged) <= 200 + 5 * 10 + 2
+    assert any("lines not logged here" in line for line in logged)
+    assert logged[-1] == "the end" and sink.tail().endswith("the end")
+    sink.write("x" * 100_000 + "\n")
+    assert len(logged[-1]) < 2100, "one huge line went to the log whole"
+
+
+def test_a_progress_bar_costs_linear_time():
+    sink = JobLogSink(lambda line: None, [], JobProgress("running", "c"))
+    started = time.process_time()
+    for i in range(40_000):
+        sink.write(f"\r{i / 400:.1f}% [{'#' * (i // 1000)}]")
+    sink.write("\rdone\n")
+    assert time.process_time() - started < 2.0
+    assert sink.tail() == "done"
+
+
+def test_secrets_are_masked_longest_first():
+    sink = JobLogSink(lambda line: None, ["abc", "abcdef"], JobProgress("running", "c"))
+    assert sink.redact("token=abcdef and abc") == "token=*** and ***"

@@ -1,0 +1,139 @@
+"""The leak safety net: tear down clusters whose run is gone.
+
+A workflow's `finally:` tears its clusters down on success, failure and cancel, but terminate,
+reset and a workflow execution timeout skip it. `ClusterReaperWorkflow`, started every
+REAPER_PERIOD_SECONDS by a Temporal Schedule that each worker sets up (idempotently), finds
+clusters this project launched (named "skypilot-...", see shared.CLUSTER_MARKER) whose owning
+workflow is not running, and tears them down with the pipeline's own `down_cluster` activity.
+It needs no running pipeline workflow and no state of its own: SkyPilot and Temporal's
+visibility are the state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+from temporalio import activity, workflow
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+)
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities import SkyPilotActivities
+    from shared import (
+        CLUSTER_MARKER,
+        CLUSTER_OWNER_WORKFLOW_TYPES,
+        DownInput,
+        ReaperInput,
+        ReaperResult,
+        cluster_prefix_for,
+    )
+
+
+def reaper_schedule_id(task_queue: str) -> str:
+    return f"skypilot-cluster-reaper-{task_queue}"
+
+
+def running_owners_query() -> str:
+    types = " OR ".join(f"WorkflowType = '{name}'" for name in CLUSTER_OWNER_WORKFLOW_TYPES)
+    return f"ExecutionStatus = 'Running' AND ({types})"
+
+
+def orphans(
+    clusters: dict[str, float], running_workflow_ids: list[str], grace_seconds: float
+) -> tuple[list[str], list[str]]:
+    """Split marked clusters (name -> age in seconds) into (orphans, kept)."""
+    live = [f"{cluster_prefix_for(workflow_id)}-" for workflow_id in running_workflow_ids]
+    reap, keep = [], []
+    for name, age in sorted(clusters.items()):
+        owned = any(name.startswith(prefix) for prefix in live)
+        (keep if owned or age < grace_seconds else reap).append(name)
+    return reap, keep
+
+
+class ReaperActivities:
+    def __init__(self, skypilot: SkyPilotActivities, client: Client) -> None:
+        self._skypilot = skypilot
+        self._client = client
+
+    @activity.defn
+    async def find_orphan_clusters(self, input: ReaperInput) -> ReaperResult:
+        """Marked clusters whose owning workflow is not running (closed, or never known)."""
+        now = time.time()
+        clusters = {
+            name: now - launched_at
+            for name, launched_at in (await self._skypilot.cluster_launch_times()).items()
+            if name.startswith(CLUSTER_MARKER)
+        }
+        if not clusters:
+            return ReaperResult(reaped=[], kept=[])
+        # Listed after the clusters: a run that starts in between is covered by the grace period.
+        running = [w.id async for w in self._client.list_workflows(running_owners_query())]
+        reap, keep = orphans(clusters, running, input.grace_seconds)
+        return ReaperResult(reaped=reap, kept=keep)
+
+
+@workflow.defn
+class ClusterReaperWorkflow:
+    @workflow.run
+    async def run(self, input: ReaperInput) -> ReaperResult:
+        found = await workflow.execute_activity_method(
+            ReaperActivities.find_orphan_clusters,
+            input,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+            summary="find clusters whose run is gone",
+        )
+        results = await asyncio.gather(*(self._down(name) for name in found.reaped), return_exceptions=True)
+        reaped = [name for name, result in zip(found.reaped, results, strict=True) if result is None]
+        for name, result in zip(found.reaped, results, strict=True):
+            if result is not None:
+                workflow.logger.warning(
+                    "Reaper could not tear down %s (next period retries): %s", name, result
+                )
+        if reaped:
+            workflow.logger.warning("Reaper tore down clusters whose run is gone: %s", ", ".join(reaped))
+        return ReaperResult(reaped=reaped, kept=found.kept)
+
+    async def _down(self, cluster: str) -> None:
+        await workflow.execute_activity_method(
+            SkyPilotActivities.down_cluster,
+            # The owner is gone: any of its launches still in flight on the cluster goes too.
+            DownInput(cluster_name=cluster, job_name_prefix=CLUSTER_MARKER),
+            start_to_close_timeout=timedelta(minutes=15),
+            heartbeat_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+            summary=f"reaper: down {cluster}",
+        )
+
+
+async def ensure_reaper_schedule(client: Client, task_queue: str, period: timedelta, grace: timedelta) -> str:
+    """Create the reaper's schedule for `task_queue`, or bring an existing one up to date."""
+    schedule_id = reaper_schedule_id(task_queue)
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            ClusterReaperWorkflow.run,
+            ReaperInput(grace_seconds=int(grace.total_seconds())),
+            id=f"skypilot-cluster-reaper-{task_queue}",
+            task_queue=task_queue,
+            execution_timeout=max(period, timedelta(minutes=30)),
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=period)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule(schedule_id, schedule)
+    except ScheduleAlreadyRunningError:
+        await client.get_schedule_handle(schedule_id).update(lambda _: ScheduleUpdate(schedule=schedule))
+    return schedule_id

@@ -1,0 +1,171 @@
+"""Cleanup and isolation under faults: SkyPilotWorkflow on a real Temporal dev server, fake SDK.
+
+Each test names the fault it injects and the leak or collision it guards against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import pytest
+from sky import exceptions
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+
+from conftest import Pipeline
+from reaper import ClusterReaperWorkflow, ensure_reaper_schedule, reaper_schedule_id
+from shared import ReaperInput, cluster_prefix_for
+from workflows import SkyPilotWorkflow
+
+
+async def wait_until(condition, timeout: float = 20, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} never held"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_stuck_teardown_keeps_trying_says_so_and_keeps_the_real_failure(pipeline: Pipeline):
+    pipeline.fake.plan("train", status="FAILED", logs=["train broke"])
+    denied = exceptions.PermissionDeniedError("token expired: not allowed to down the cluster")
+    pipeline.fake.fail_next("down", None, *[denied] * 9)  # preprocess-down goes through
+    handle = await pipeline.start()
+
+    async def stuck_step():
+        progress = await handle.query(SkyPilotWorkflow.progress)
+        return next((s for s in progress.steps if s.status == "retrying"), None)
+
+    step = await wait_until(stuck_step, what="a teardown shown as retrying")
+    assert step.name == "cleanup" and "PermissionDeniedError" in step.error and "still trying" in step.error
+    metadata = await handle.query("__temporal_workflow_metadata")  # what the Web UI shows
+    assert "retrying" in str(metadata) and "PermissionDeniedError" in str(metadata)
+
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    cause = err.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "JobFailed", cause
+    assert "step 'train'" in cause.message, "the teardown's trouble replaced the run's real failure"
+    assert len(pipeline.fake.called("down")) == 11
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_cancel_during_cleanup_does_not_stop_the_teardown(pipeline: Pipeline):
+    pipeline.fake.plan("train", status="FAILED")
+    pipeline.fake.fail_next("down", None, exceptions.CommandError(255, "ssh", "API server blip", None))
+    handle = await pipeline.start(retry_initial_interval_seconds=1.0)
+
+    async def cleanup_in_backoff():
+        return len(pipeline.fake.called("down")) >= 2  # preprocess-down, then the failed cleanup try
+
+    await wait_until(cleanup_in_backoff, what="the cleanup's first teardown attempt")
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    assert isinstance(err.value.cause, ApplicationError) and err.value.cause.type == "JobFailed"
+    pipeline.assert_no_cluster_left()
+    progress = await handle.query(SkyPilotWorkflow.progress)
+    assert progress.clusters_up == [] and progress.status == "failed"
+
+
+async def test_a_failed_provision_fails_the_run_at_once(pipeline: Pipeline):
+    pipeline.fake.plan("preprocess", seconds=30)
+    pipeline.fake.launch_errors["provision"] = exceptions.ResourcesUnavailableError("no node fits cpus=512")
+    started = time.monotonic()
+    cause = await pipeline.fail(overlap_provisioning=True)
+    assert time.monotonic() - started < 15, "the failed provision waited for preprocess to end"
+    assert "step 'train-provision'" in cause.message and "cpus=512" in cause.message
+    [preprocess_job] = pipeline.fake.jobs_named("preprocess")
+    assert preprocess_job.status == "CANCELLED"
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_cluster_prefix_is_reserved_by_the_workflow_id(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    first = await pipeline.env.client.start_workflow(
+        SkyPilotWorkflow.run, pipeline.input(), id="skypilot-shared", task_queue=pipeline.task_queue
+    )
+    assert cluster_prefix_for(first.id) == "skypilot-shared"
+    with pytest.raises(WorkflowAlreadyStartedError):
+        await pipeline.env.client.start_workflow(
+            SkyPilotWorkflow.run, pipeline.input(), id="skypilot-shared", task_queue=pipeline.task_queue
+        )
+    await first.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await first.result()
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_new_run_of_a_terminated_runs_id_adopts_its_running_job(pipeline: Pipeline):
+    pipeline.fake.plan("train", seconds=6)
+    workflow_id = "skypilot-rerun"
+    handle = await pipeline.env.client.start_workflow(
+        SkyPilotWorkflow.run, pipeline.input(), id=workflow_id, task_queue=pipeline.task_queue
+    )
+    await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+    await handle.terminate("operator")  # no cleanup: the train job keeps running
+    rerun = await pipeline.env.client.start_workflow(
+        SkyPilotWorkflow.run, pipeline.input(), id=workflow_id, task_queue=pipeline.task_queue
+    )
+    result = await rerun.result()
+    assert len(pipeline.fake.jobs_named("train")) == 1, "the new run put a second train job on the cluster"
+    assert result.steps[1].job_status == "SUCCEEDED"
+    pipeline.assert_no_cluster_left()
+
+
+# ---------------------------------------------------------------- the reaper
+
+
+def old_cluster(pipeline: Pipeline, name: str, age_seconds: float = 3600) -> None:
+    pipeline.fake.add_job(name, "x")
+    pipeline.fake.clusters[name].launched_at = time.time() - age_seconds
+
+
+async def test_the_reaper_tears_down_only_marked_clusters_whose_run_is_gone(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    live = await pipeline.start()
+    await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+    live_cluster = f"{cluster_prefix_for(live.id)}-train"
+    pipeline.fake.clusters[live_cluster].launched_at -= 3600
+    old_cluster(pipeline, "skypilot-terminated1-train")  # its run is closed
+    old_cluster(pipeline, "skypilot-young-train", age_seconds=5)  # its run may not be listed yet
+    old_cluster(pipeline, "teammates-notebook")  # not launched by this project
+
+    result = await pipeline.env.client.execute_workflow(
+        ClusterReaperWorkflow.run,
+        ReaperInput(grace_seconds=60),
+        id=f"reaper-{live.id}",
+        task_queue=pipeline.task_queue,
+    )
+    assert result.reaped == ["skypilot-terminated1-train"]
+    assert set(pipeline.fake.clusters) == {live_cluster, "skypilot-young-train", "teammates-notebook"}
+    await live.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await live.result()
+
+
+async def test_the_reaper_schedule_is_set_up_idempotently_and_fires(pipeline: Pipeline):
+    old_cluster(pipeline, "skypilot-leaked-train")
+    client = pipeline.env.client
+    schedule_id = await ensure_reaper_schedule(
+        client, pipeline.task_queue, period=timedelta(hours=1), grace=timedelta(seconds=60)
+    )
+    try:
+        # A second worker (or a restart with a new period) updates the same schedule.
+        assert schedule_id == await ensure_reaper_schedule(
+            client, pipeline.task_queue, period=timedelta(seconds=2), grace=timedelta(seconds=60)
+        )
+        assert schedule_id == reaper_schedule_id(pipeline.task_queue)
+        description = await client.get_schedule_handle(schedule_id).describe()
+        assert description.schedule.spec.intervals[0].every == timedelta(seconds=2)
+
+        async def reaped():
+            return "skypilot-leaked-train" not in pipeline.fake.clusters
+
+        await wait_until(reaped, timeout=30, what="the scheduled reaper removing the leaked cluster")
+    finally:
+        await client.get_schedule_handle(schedule_id).delete()
