@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import logging.handlers
 import os
 import re
 import signal
@@ -147,8 +148,22 @@ async def run_worker() -> None:
 
 
 def configure_logging() -> None:
-    """Our own and Temporal's workflow/activity logs at LOG_LEVEL; libraries only warnings."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    """Our own and Temporal's workflow/activity logs at LOG_LEVEL; libraries only warnings.
+
+    With WORKER_LOG_FILE the log goes to that file, rotated at WORKER_LOG_MAX_MB (keeping
+    WORKER_LOG_BACKUPS old files), so a chatty job can never fill the disk.
+    """
+    handler: logging.Handler = logging.StreamHandler()
+    log_file = config.env_str("WORKER_LOG_FILE")
+    if log_file:
+        handler = logging.handlers.RotatingFileHandler(
+            Path(log_file).expanduser(),
+            maxBytes=max(1, config.env_int("WORKER_LOG_MAX_MB", 50)) * 2**20,
+            backupCount=max(1, config.env_int("WORKER_LOG_BACKUPS", 3)),
+        )
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", handlers=[handler]
+    )
     level = os.environ.get("LOG_LEVEL", "INFO").upper()
     for name in (log.name, "temporalio.activity", "temporalio.workflow"):
         logging.getLogger(name).setLevel(level)
@@ -157,9 +172,10 @@ def configure_logging() -> None:
 
 
 def main() -> None:
-    configure_logging()
     code = 0
     try:
+        config.load_env()
+        configure_logging()
         asyncio.run(run_worker())
     except config.ConfigError as err:
         print(f"run_worker.py: error: {err}", file=sys.stderr)

@@ -369,20 +369,22 @@ start_skypilot() {
 # ------------------------------------------------------------------------------ worker
 start_worker() {
   if alive "$WORKER_PID"; then log "worker: running (pid $(cat "$WORKER_PID"))"; return; fi
-  log "worker: starting run_worker.py (log: $STATE/worker.log)"
+  log "worker: starting run_worker.py (log: $STATE/worker.log, rotated at 50 MB)"
   : > "$STATE/worker.log"
   cd "$REPO"
+  # The log file rotates (WORKER_LOG_FILE); worker.out only catches what happens before logging.
   SKYPILOT_API_SERVER_ENDPOINT=${SKYPILOT_API_SERVER_ENDPOINT:-http://127.0.0.1:$SKY_API_PORT} \
     TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-127.0.0.1:$TEMPORAL_PORT} \
-    setsid "$VENV/bin/python" run_worker.py </dev/null >>"$STATE/worker.log" 2>&1 &
+    WORKER_LOG_FILE=${WORKER_LOG_FILE:-$STATE/worker.log} \
+    setsid "$VENV/bin/python" run_worker.py </dev/null >"$STATE/worker.out" 2>&1 &
   echo $! > "$WORKER_PID"
   mark_started worker "$WORKER_PID"
   for _ in $(seq 300); do
     grep -q "Worker started" "$STATE/worker.log" && return 0
-    alive "$WORKER_PID" || { tail -5 "$STATE/worker.log" >&2; die "the worker exited"; }
+    alive "$WORKER_PID" || { tail -5 "$STATE/worker.log" "$STATE/worker.out" >&2; die "the worker exited"; }
     sleep 0.2
   done
-  tail -5 "$STATE/worker.log" >&2
+  tail -5 "$STATE/worker.log" "$STATE/worker.out" >&2
   die "the worker did not start within 60s"
 }
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 import config
+from conftest import ROOT
 
 
 def test_defaults_point_at_a_local_dev_server(monkeypatch):
@@ -39,3 +44,20 @@ def test_ui_url_escapes_the_workflow_id(monkeypatch):
     assert config.workflow_ui_url("ml.a1b2c", "run 1/x", "r-1") == (
         "https://cloud.temporal.io/namespaces/ml.a1b2c/workflows/run%201%2Fx/r-1/history"
     )
+
+
+def test_the_worker_log_file_rotates_and_stays_bounded(tmp_path):
+    """A job that prints 50 MB must not add 100 MB to the worker's log: rotated at WORKER_LOG_MAX_MB."""
+    script = (
+        "import logging, run_worker\n"
+        "run_worker.configure_logging()\n"
+        "for i in range(60_000):\n"
+        "    logging.getLogger('temporalio.activity').info('[train c] line %d %s', i, 'x' * 100)\n"
+    )
+    env = {**os.environ, "WORKER_LOG_FILE": str(tmp_path / "worker.log"), "WORKER_LOG_MAX_MB": "1"}
+    env["WORKER_LOG_BACKUPS"] = "2"
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, check=True, timeout=120)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["worker.log", "worker.log.1", "worker.log.2"]
+    assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 3 * 2**20 + 4096
+    assert "line 59999" in (tmp_path / "worker.log").read_text()

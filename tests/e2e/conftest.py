@@ -41,8 +41,15 @@ def pytest_collection_modifyitems(config, items):
 
 def process_env(**extra: str) -> dict[str, str]:
     """A user's environment: no .env, the stack's addresses, nothing from the test runner."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PIPELINE_", "WORKER_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TEMPORAL_", "PIPELINE_", "WORKER_", "REAPER_", "AUTODOWN_"))
+    }
     env.update(ENV_FILE=os.devnull, TEMPORAL_ADDRESS=TEMPORAL_ADDRESS, SKYPILOT_API_SERVER_ENDPOINT=SKY_API)
+    # Test workers leave no reaper schedule behind on the shared dev server; the reaper's own
+    # test turns it on.
+    env.update(REAPER_PERIOD_SECONDS="0")
     env.update(extra)
     return env
 
@@ -61,13 +68,13 @@ class WorkerProcess:
             self.proc.wait(timeout=60)
 
 
-def start_worker(task_queue: str, log_path: Path, checkout_root: Path) -> WorkerProcess:
+def start_worker(task_queue: str, log_path: Path, checkout_root: Path, **env: str) -> WorkerProcess:
     """`python run_worker.py`, as a user starts it; returns once it reports it is polling."""
     log_file = log_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "run_worker.py")],
         cwd=ROOT,
-        env=process_env(TEMPORAL_TASK_QUEUE=task_queue, WORKER_CHECKOUT_ROOT=str(checkout_root)),
+        env=process_env(TEMPORAL_TASK_QUEUE=task_queue, WORKER_CHECKOUT_ROOT=str(checkout_root), **env),
         stdin=subprocess.DEVNULL,
         stdout=log_file,
         stderr=subprocess.STDOUT,
@@ -149,12 +156,13 @@ class Stack:
         ]
 
     def job_statuses(self, cluster: str) -> dict[str, str]:
-        """`sky queue` for a cluster: job name -> status ({} when the cluster is gone)."""
+        """`sky queue` for a cluster: step -> status ({} when the cluster is gone). Job names are
+        "<prefix>-<run token>-<step>" (shared.job_name_for)."""
         try:
             records = self.sky.get(self.sky.queue(cluster, all_users=True))
         except Exception:
             return {}
-        return {r.job_name: r.status.value for r in records}
+        return {r.job_name.rsplit("-", 1)[-1]: r.status.value for r in records}
 
     def requests_on(self, cluster: str) -> list:
         """The API server's record of every request on `cluster`, finished ones included."""

@@ -7,12 +7,14 @@ Assertions are on what Temporal (workflow history, result) and SkyPilot (`sky st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -59,15 +61,13 @@ async def activity_attempts(temporal: Client, workflow_id: str) -> dict[str, lis
     return attempts
 
 
-async def wait_for_job(
-    stack: Stack, cluster: str, job_name: str, status: str = "RUNNING", timeout: float = 300
-):
+async def wait_for_job(stack: Stack, cluster: str, step: str, status: str = "RUNNING", timeout: float = 300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (await asyncio.to_thread(stack.job_statuses, cluster)).get(job_name) == status:
+        if (await asyncio.to_thread(stack.job_statuses, cluster)).get(step) == status:
             return
         await asyncio.sleep(2)
-    raise AssertionError(f"job {job_name} on {cluster} never {status}")
+    raise AssertionError(f"job of step {step} on {cluster} never {status}")
 
 
 def assert_no_cluster_left(stack: Stack, prefix: str) -> None:
@@ -127,14 +127,14 @@ async def test_cancel_during_train_cancels_the_job_and_removes_both_clusters(sta
     assert rc == 0, stderr
     prefix = cluster_prefix_for(workflow_id)
     train_cluster = f"{prefix}-train"
-    await wait_for_job(stack, train_cluster, f"{prefix}-train")
+    await wait_for_job(stack, train_cluster, "train")
     handle = stack.temporal.get_workflow_handle(workflow_id)
     await handle.cancel()
     # Watch SkyPilot while the run winds down: the job is cancelled before the cluster goes.
     seen = set()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and stack.clusters(train_cluster):
-        seen.add((await asyncio.to_thread(stack.job_statuses, train_cluster)).get(f"{prefix}-train"))
+        seen.add((await asyncio.to_thread(stack.job_statuses, train_cluster)).get("train"))
         await asyncio.sleep(1)
     with pytest.raises(WorkflowFailureError):
         await handle.result()
@@ -250,7 +250,7 @@ async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_
         rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=45", wait=False)
         assert rc == 0, stderr
         prefix = cluster_prefix_for(workflow_id)
-        await wait_for_job(stack, f"{prefix}-train", f"{prefix}-train")
+        await wait_for_job(stack, f"{prefix}-train", "train")
         first.kill(signal.SIGKILL)
         second = await asyncio.to_thread(
             start_worker, task_queue, tmp_path / "worker2.log", tmp_path / "checkouts"
@@ -288,3 +288,44 @@ def test_local_stack_status_reports_every_component():
     ).stdout
     for name in ("temporal", "skypilot", "munged", "slurmctld", "slurmd", "sshd"):
         assert f"running  {name}" in out, out
+
+
+async def test_a_terminated_runs_cluster_is_torn_down_by_the_reaper_within_one_period(
+    temporal, sky_sdk, tmp_path: Path
+):
+    """Terminate skips the workflow's cleanup: the worker's reaper schedule removes the cluster."""
+    period = 30
+    task_queue = f"e2e-reaper-{uuid.uuid4().hex[:6]}"
+    stack = Stack(temporal, sky_sdk, task_queue, tmp_path)
+    worker = start_worker(
+        task_queue,
+        tmp_path / "worker.log",
+        tmp_path / "checkouts",
+        REAPER_PERIOD_SECONDS=str(period),
+        REAPER_GRACE_SECONDS="10",
+    )
+    try:
+        rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=600", wait=False)
+        assert rc == 0, stderr
+        prefix = cluster_prefix_for(workflow_id)
+        await wait_for_job(stack, f"{prefix}-train", "train")
+        await temporal.get_workflow_handle(workflow_id).terminate("e2e: terminate skips the cleanup")
+        terminated_at = time.monotonic()
+        while stack.clusters(prefix) and time.monotonic() - terminated_at < period + 90:
+            await asyncio.sleep(2)
+        gone_after = time.monotonic() - terminated_at
+        assert_no_cluster_left(stack, prefix)
+        assert gone_after < period + 60, f"the reaper took {gone_after:.0f} s (period {period} s)"
+        reaped = []
+        query = f"WorkflowType = 'ClusterReaperWorkflow' AND TaskQueue = '{task_queue}'"
+        async for execution in temporal.list_workflows(query):
+            with contextlib.suppress(Exception):
+                result = await temporal.get_workflow_handle(execution.id, run_id=execution.run_id).result(
+                    rpc_timeout=timedelta(seconds=5)
+                )
+                reaped += result.get("reaped", [])
+        assert f"{prefix}-train" in reaped, "the cluster went, but not by the reaper"
+    finally:
+        worker.kill(signal.SIGTERM)
+        with contextlib.suppress(Exception):
+            await temporal.get_schedule_handle(f"skypilot-cluster-reaper-{task_queue}").delete()

@@ -56,7 +56,7 @@ async def test_a_running_step_shows_its_phase_job_and_last_log_line(stack: Stack
     rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=40", wait=False)
     assert rc == 0, stderr
     prefix = cluster_prefix_for(workflow_id)
-    await wait_for_job(stack, f"{prefix}-train", f"{prefix}-train")
+    await wait_for_job(stack, f"{prefix}-train", "train")
     await asyncio.sleep(8)  # a heartbeat or two with epoch lines
     async with browser_page() as page:
         await open_run(page, stack, workflow_id)
