@@ -46,9 +46,11 @@ class PipelineInput:
     secret_names: list[str] = field(default_factory=list)
     # e.g. "slurm", "aws", "k8s": replaces the tasks' cloud/region/zone.
     infra: str = ""
-    # For debugging only: leave the clusters of a FAILED run up (a cancelled run is still
-    # cleaned up). The default never leaks a cluster.
+    # For debugging only: keep the clusters of a FAILED run up for `keep_clusters_minutes`
+    # (the run stays open meanwhile; the `release_clusters` signal or a cancel ends it early),
+    # then tear them down. A cancelled run is cleaned up at once.
     keep_clusters_on_failure: bool = False
+    keep_clusters_minutes: int = 60
     # Bring the train cluster up while preprocess runs. The train job still starts only after
     # preprocess succeeded; the early cluster is torn down with the rest if the run fails.
     overlap_provisioning: bool = False

@@ -48,6 +48,7 @@ T = TypeVar("T")
 # Teardown: attempts per round, then the run reports it is stuck and tries again after a pause.
 TEARDOWN_ATTEMPTS_PER_ROUND = 4
 TEARDOWN_MAX_PAUSE = timedelta(minutes=5)
+MAX_KEEP_CLUSTERS_MINUTES = 7 * 24 * 60
 
 
 @workflow.defn
@@ -66,6 +67,7 @@ class SkyPilotWorkflow:
         self._yaml_texts: dict[str, str] = {}
         self._status = "running"
         self._provisioning: asyncio.Task[None] | None = None
+        self._release_clusters = False
         self._steps = {
             "fetch-tasks": StepProgress("fetch-tasks", f"fetch tasks from {input.repo_url}@{input.ref}"),
             "preprocess": StepProgress(
@@ -129,7 +131,7 @@ class SkyPilotWorkflow:
                 raise asyncio.CancelledError() from err
             raise self._step_failure(err) from err
         finally:
-            await _shielded_from_cancel(self._clean_up(outcome))
+            await self._shielded_from_cancel(self._clean_up(outcome))
         return PipelineResult(input.repo_url, self._commit_sha, steps=[preprocess, train, evaluation])
 
     @workflow.query
@@ -266,11 +268,9 @@ class SkyPilotWorkflow:
             self._provisioning.cancel()  # cancels the launch request on SkyPilot
         if self._provisioning:
             await asyncio.gather(self._provisioning, return_exceptions=True)
-        leftovers = list(self._clusters_up)
-        if outcome == "failed" and self._input.keep_clusters_on_failure:
-            workflow.logger.warning("keep_clusters_on_failure: leaving %s up", leftovers)
-            leftovers = []
-        await asyncio.gather(*(self._down(cluster) for cluster in leftovers))
+        if outcome == "failed" and self._input.keep_clusters_on_failure and self._clusters_up:
+            await self._keep_clusters_for_debugging()
+        await asyncio.gather(*(self._down(cluster) for cluster in list(self._clusters_up)))
         try:
             await workflow.execute_activity_method(
                 SkyPilotActivities.remove_checkout,
@@ -283,6 +283,27 @@ class SkyPilotWorkflow:
             workflow.logger.warning("Could not remove checkout %s: %s", self._checkout_name, err)
         self._status = outcome
         self._update_details()
+
+    async def _keep_clusters_for_debugging(self) -> None:
+        """Leave a failed run's clusters up for a while, the run still open (so the reaper
+        leaves them alone), until the `release_clusters` signal, a cancel, or the time is up."""
+        minutes = self._input.keep_clusters_minutes
+        until = workflow.now() + timedelta(minutes=minutes)
+        self._status = f"failed: clusters kept for debugging until {until:%Y-%m-%d %H:%M} UTC"
+        workflow.logger.warning(
+            "keep_clusters_on_failure: %s stay up for %d min (signal release_clusters to tear down now)",
+            ", ".join(self._clusters_up),
+            minutes,
+        )
+        self._update_details()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await workflow.wait_condition(lambda: self._release_clusters, timeout=timedelta(minutes=minutes))
+        self._status = "cleaning up"
+
+    @workflow.signal
+    def release_clusters(self) -> None:
+        """Tear down the clusters a failed run kept for debugging, now."""
+        self._release_clusters = True
 
     def _step_failure(self, err: ActivityError) -> ApplicationError:
         """The run's failure: names the step, cluster and job; carries the job's log tail."""
@@ -355,6 +376,23 @@ class SkyPilotWorkflow:
             summary=summary or self._steps[step].summary,
         )
 
+    async def _shielded_from_cancel(self, cleanup: Awaitable[None]) -> None:
+        """Run `cleanup` to the end even if the run is cancelled while it runs.
+
+        A cancel that arrives during cleanup (say, while a teardown waits out an API server
+        outage) would otherwise abort the teardown and leave the cluster up. It still ends a
+        keep-clusters-for-debugging wait.
+        """
+        task = asyncio.ensure_future(cleanup)
+        while True:
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                if task.done():
+                    return task.result()
+                self._release_clusters = True
+                workflow.logger.info("Cancel requested during cleanup: the cleanup carries on")
+
     async def _unless_fails_first(
         self, step: Coroutine[Any, Any, T], alongside: asyncio.Task[None] | None
     ) -> T:
@@ -385,6 +423,8 @@ class SkyPilotWorkflow:
         problems = []
         if not input.repo_url:
             problems.append("repo_url is empty")
+        if not 0 < input.keep_clusters_minutes <= MAX_KEEP_CLUSTERS_MINUTES:
+            problems.append(f"keep_clusters_minutes must be between 1 and {MAX_KEEP_CLUSTERS_MINUTES}")
         for name, value in vars(input.timeouts).items():
             if value <= 0:
                 problems.append(f"timeouts.{name} must be positive")
@@ -424,22 +464,6 @@ def _failed_job(err: BaseException) -> tuple[int, str] | None:
     if isinstance(result.get("job_id"), int):
         return result["job_id"], str(result.get("job_status", ""))
     return None
-
-
-async def _shielded_from_cancel(cleanup: Awaitable[None]) -> None:
-    """Run `cleanup` to the end even if the run is cancelled while it runs.
-
-    A cancel that arrives during cleanup (say, while a teardown waits out an API server outage)
-    would otherwise abort the teardown and leave the cluster up.
-    """
-    task = asyncio.ensure_future(cleanup)
-    while True:
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if task.done():
-                return task.result()
-            workflow.logger.info("Cancel requested during cleanup: the cleanup carries on")
 
 
 def _is_cancellation(err: BaseException) -> bool:

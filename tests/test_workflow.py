@@ -152,18 +152,36 @@ async def test_a_step_timeout_fails_the_run_and_tears_down(pipeline: Pipeline):
     pipeline.assert_no_cluster_left()
 
 
-async def test_keep_clusters_on_failure_leaves_the_failed_cluster_up(pipeline: Pipeline):
+async def test_keep_clusters_on_failure_keeps_them_while_the_run_stays_open(pipeline: Pipeline):
+    """Kept clusters belong to a run that is still open, so the reaper leaves them alone; the
+    `release_clusters` signal (or the keep time running out) tears them down."""
     pipeline.fake.plan("train", status="FAILED")
-    await pipeline.fail(keep_clusters_on_failure=True)
+    handle = await pipeline.start(keep_clusters_on_failure=True, keep_clusters_minutes=30)
+
+    async def kept() -> bool:
+        progress = await handle.query(SkyPilotWorkflow.progress)
+        return progress.status.startswith("failed: clusters kept for debugging until")
+
+    deadline = asyncio.get_running_loop().time() + 20
+    while not await kept():
+        assert asyncio.get_running_loop().time() < deadline, "the failed run never kept its clusters"
+        await asyncio.sleep(0.1)
     assert [name for name in pipeline.fake.clusters] == [
         n for n in pipeline.fake.ever_launched if n.endswith("-train")
     ]
+    assert (await handle.describe()).status.name == "RUNNING"
+    await handle.signal(SkyPilotWorkflow.release_clusters)
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    assert err.value.cause.type == "JobFailed"
+    pipeline.assert_no_cluster_left()
 
 
 async def test_invalid_input_fails_the_run_with_a_message_not_a_hang(pipeline: Pipeline):
-    cause = await pipeline.fail(repo_url="", timeouts=StepTimeouts(train=0))
+    cause = await pipeline.fail(repo_url="", timeouts=StepTimeouts(train=0), keep_clusters_minutes=0)
     assert cause.type == "InvalidInput"
     assert "repo_url is empty" in cause.message and "timeouts.train" in cause.message
+    assert "keep_clusters_minutes" in cause.message
     assert pipeline.fake.calls == []
 
 
