@@ -22,7 +22,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 
 from conftest import git
-from e2e.conftest import DATA_DIR, ROOT, Stack, start_worker
+from e2e.conftest import DATA_DIR, ROOT, SKY_API, Stack, process_env, start_worker
 from shared import cluster_prefix_for
 
 pytestmark = pytest.mark.e2e
@@ -329,3 +329,29 @@ async def test_a_terminated_runs_cluster_is_torn_down_by_the_reaper_within_one_p
         worker.kill(signal.SIGTERM)
         with contextlib.suppress(Exception):
             await temporal.get_schedule_handle(f"skypilot-cluster-reaper-{task_queue}").delete()
+
+
+async def test_a_skypilot_api_server_outage_during_train_is_ridden_through(stack: Stack):
+    """The API server is down for longer than the old retry budget (5 quick attempts, ~75 s):
+    the step waits for it in the same attempt, re-attaches to its job, and the run succeeds."""
+    rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=40", wait=False)
+    assert rc == 0, stderr
+    prefix = cluster_prefix_for(workflow_id)
+    await wait_for_job(stack, f"{prefix}-train", "train")
+    sky_cli = str(ROOT / ".venv" / "bin" / "sky")
+    env = {**process_env(), "SKYPILOT_API_SERVER_LOCAL_PORT": SKY_API.rsplit(":", 1)[-1]}
+    try:
+        await asyncio.to_thread(subprocess.run, [sky_cli, "api", "stop"], env=env, capture_output=True)
+        await asyncio.sleep(100)
+    finally:
+        up = await asyncio.to_thread(
+            subprocess.run, ["bash", str(ROOT / "scripts" / "local_stack.sh"), "up"], capture_output=True
+        )
+    assert up.returncode == 0, up.stderr.decode()[-2000:]
+    result = await asyncio.wait_for(result_of(stack.temporal, workflow_id), 600)
+    steps = {s["step"]: s for s in result["steps"]}
+    assert [steps[s]["job_status"] for s in ("preprocess", "train", "eval")] == ["SUCCEEDED"] * 3
+    assert (steps["train"]["job_id"], steps["eval"]["job_id"]) == (1, 2), "a job was submitted twice"
+    attempts = await activity_attempts(stack.temporal, workflow_id)
+    assert attempts["launch_task"] == [1, 1], "the outage failed an attempt instead of being waited out"
+    assert_no_cluster_left(stack, prefix)
