@@ -445,6 +445,7 @@ class SkyPilotActivities:
         checkout_dir = self._checkout_dir(input.checkout_name)
         async with self._checkout_locks[checkout_dir]:
             sha = await checkout_repo(input.repo_url, input.ref, checkout_dir, replace=True)
+            _mark_used(checkout_dir)
         yaml_texts = {}
         for relative in input.yaml_paths:
             path = resolve_inside(checkout_dir, relative, "task file")
@@ -859,6 +860,7 @@ class SkyPilotActivities:
             async with self._checkout_locks[checkout_dir]:
                 if not checkout_dir.is_dir():
                     await checkout_repo(spec.repo_url, spec.commit_sha, checkout_dir)
+                _mark_used(checkout_dir)
 
     def _autodown(self, task: Any) -> dict[str, Any]:
         """sky.launch options for SkyPilot's autodown, on infra that supports it."""
@@ -896,6 +898,30 @@ def _point_local_paths_at(config: dict[str, Any], checkout_dir: Path) -> None:
     for target, source in list((config.get("file_mounts") or {}).items()):
         if isinstance(source, str) and not source.startswith(("/", "~")) and "://" not in source:
             config["file_mounts"][target] = str(resolve_inside(checkout_dir, source, "file mount"))
+
+
+def prune_checkouts(checkout_root: Path, max_age_seconds: float) -> list[Path]:
+    """Remove run checkouts (`<root>/<prefix>/<run id>`) unused for `max_age_seconds`.
+
+    Bounds the checkout cache of every worker host, whichever host ran the run's cleanup: a
+    step that needs a removed checkout recreates it at its commit.
+    """
+    removed = []
+    cutoff = time.time() - max_age_seconds
+    for run_dir in sorted(checkout_root.glob("*/*")):
+        with contextlib.suppress(OSError):
+            if run_dir.is_dir() and run_dir.stat().st_mtime < cutoff:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                removed.append(run_dir)
+    for prefix_dir in checkout_root.glob("*"):
+        with contextlib.suppress(OSError):
+            prefix_dir.rmdir()  # only when empty
+    return removed
+
+
+def _mark_used(checkout_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        os.utime(checkout_dir)
 
 
 def _same_step_other_runs(spec: TaskSpec) -> re.Pattern[str]:

@@ -27,7 +27,7 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 import config
-from activities import SkyPilotActivities, clean_message
+from activities import SkyPilotActivities, clean_message, prune_checkouts
 from reaper import ClusterReaperWorkflow, ReaperActivities, ensure_reaper_schedule
 from workflows import SkyPilotWorkflow
 
@@ -94,6 +94,7 @@ async def run_worker() -> None:
     autodown_minutes = config.env_int("AUTODOWN_IDLE_MINUTES", 60)
     reaper_period = config.env_int("REAPER_PERIOD_SECONDS", 300)
     reaper_grace = config.env_int("REAPER_GRACE_SECONDS", 120)
+    checkout_ttl_hours = config.env_int("WORKER_CHECKOUT_TTL_HOURS", 24)
     checkout_root = Path(
         config.env_str("WORKER_CHECKOUT_ROOT", "~/.cache/skypilot-temporal/checkouts")
     ).expanduser()
@@ -139,12 +140,23 @@ async def run_worker() -> None:
         config.temporal_target()[1],
         api_server,
     )
+    pruning = asyncio.create_task(prune_checkouts_forever(checkout_root, checkout_ttl_hours * 3600.0))
     async with worker:
         await stop.wait()
+        pruning.cancel()
         log.info("Shutting down: unfinished steps will be resumed by another worker")
     # Threads still following jobs must not keep the process alive: the jobs keep running on
     # SkyPilot and the next attempt re-attaches to them.
     executor.shutdown(wait=False, cancel_futures=True)
+
+
+async def prune_checkouts_forever(checkout_root: Path, max_age_seconds: float) -> None:
+    """Keep this host's checkout cache bounded: now, then every hour."""
+    while True:
+        removed = await asyncio.to_thread(prune_checkouts, checkout_root, max_age_seconds)
+        if removed:
+            log.info("Removed %d checkouts unused for %.0f h", len(removed), max_age_seconds / 3600)
+        await asyncio.sleep(3600)
 
 
 def configure_logging() -> None:

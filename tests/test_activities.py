@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 
 import pytest
@@ -12,7 +13,7 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import LOG_TAIL_BYTES, JobLogSink, SkyPilotActivities, is_retryable
+from activities import LOG_TAIL_BYTES, JobLogSink, SkyPilotActivities, is_retryable, prune_checkouts
 from conftest import ROOT, git
 from fake_sky import FakeSky
 from shared import DownInput, ExecInput, JobProgress, LaunchInput, TaskSpec
@@ -500,3 +501,15 @@ def test_a_progress_bar_costs_linear_time():
 def test_secrets_are_masked_longest_first():
     sink = JobLogSink(lambda line: None, ["abc", "abcdef"], JobProgress("running", "c"))
     assert sink.redact("token=abcdef and abc") == "token=*** and ***"
+
+
+def test_checkouts_unused_for_the_ttl_are_pruned_on_every_host(tmp_path):
+    root = tmp_path / "checkouts"
+    old, fresh, staging = root / "p1" / "run-old", root / "p2" / "run-new", root / "p3" / ".run.1a2b3c4d"
+    for directory in (old, fresh, staging):
+        (directory / ".git").mkdir(parents=True)
+    day_ago = time.time() - 86_400
+    os.utime(old, (day_ago, day_ago))
+    os.utime(staging, (day_ago, day_ago))
+    assert sorted(prune_checkouts(root, max_age_seconds=3600)) == sorted([old, staging])
+    assert fresh.is_dir() and sorted(p.name for p in root.iterdir()) == ["p2"]
