@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import timedelta
 
 import pytest
 from sky import exceptions
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
@@ -169,3 +173,29 @@ async def test_the_reaper_schedule_is_set_up_idempotently_and_fires(pipeline: Pi
         await wait_until(reaped, timeout=30, what="the scheduled reaper removing the leaked cluster")
     finally:
         await client.get_schedule_handle(schedule_id).delete()
+
+
+async def test_a_reset_run_adopts_the_running_job_instead_of_starting_a_second(pipeline: Pipeline):
+    pipeline.fake.plan("train", seconds=6)
+    handle = await pipeline.start()
+    await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+    first_task_done = [
+        e.event_id
+        async for e in handle.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+    ][0]
+    reset = await pipeline.env.client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=pipeline.env.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id),
+            reason="test: reset to the start while train runs",
+            workflow_task_finish_event_id=first_task_done,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    result = await pipeline.env.client.get_workflow_handle_for(
+        SkyPilotWorkflow.run, handle.id, run_id=reset.run_id
+    ).result()
+    assert len(pipeline.fake.jobs_named("train")) == 1, "the reset run started a second train job"
+    assert result.steps[1].job_status == "SUCCEEDED"
+    pipeline.assert_no_cluster_left()
