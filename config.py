@@ -14,6 +14,7 @@ from urllib.parse import quote
 from dotenv import load_dotenv
 from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import Runtime
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
@@ -68,10 +69,11 @@ def temporal_target() -> tuple[dict, str]:
     return connect_config, f"{connect_config['target_host']} (namespace {connect_config['namespace']})"
 
 
-async def connect_temporal() -> Client:
+async def connect_temporal(runtime: Runtime | None = None) -> Client:
+    """Connect with the standard settings; `runtime` None is temporalio's default runtime."""
     connect_config, where = temporal_target()
     try:
-        return await Client.connect(**connect_config)
+        return await Client.connect(**connect_config, runtime=runtime)
     except Exception as err:
         raise ConfigError(f"cannot reach Temporal at {where}: {one_line(err)}") from None
 

@@ -1,0 +1,314 @@
+"""run_workflow.py following a run: through a Temporal outage, attached with --follow, and the end
+message saying only what the workflow reports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
+from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
+from temporalio.testing import WorkflowEnvironment
+from test_scripts import assert_one_line_error, run_script, starter_env
+
+import run_workflow
+from conftest import ROOT, TEMPORAL_CLI, Pipeline, running_worker
+from fake_sky import FakeJob, FakeSky
+from shared import PipelineProgress
+
+# ------------------------------------------------------------------ a dev server we can kill
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DevServer:
+    """A Temporal dev server on a fixed port whose state survives a SIGKILL (its db file)."""
+
+    def __init__(self, db_file: Path) -> None:
+        self.address = f"127.0.0.1:{free_port()}"
+        self.db_file = db_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        host, port = self.address.split(":")
+        command = [str(TEMPORAL_CLI), "server", "start-dev", "--headless", "--ip", host, "--port", port]
+        self.process = subprocess.Popen(
+            [*command, "--db-filename", str(self.db_file), "--log-level", "error"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    async def connect(self, timeout: float = 30) -> Client:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await Client.connect(self.address)
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+class Lines:
+    """A stream's lines as they arrive."""
+
+    def __init__(self, stream: asyncio.StreamReader) -> None:
+        self.lines: list[str] = []
+        self.reader = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    async def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.count(text):
+            assert not self.reader.done(), f"stream ended without {text!r}:\n" + "\n".join(self.lines)
+            assert time.monotonic() < deadline, f"no {text!r} in {timeout}s:\n" + "\n".join(self.lines)
+            await asyncio.sleep(0.1)
+
+
+class Starter:
+    """run_workflow.py running in the background, its output read as it comes."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout and process.stderr
+        self.process = process
+        self.stdout, self.stderr = Lines(process.stdout), Lines(process.stderr)
+
+    @classmethod
+    async def start(cls, *args: str, env_overrides: dict[str, str]) -> Starter:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PIPELINE_"))}
+        env.update(ENV_FILE=os.devnull, **env_overrides)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(ROOT / "run_workflow.py"),
+            *args,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(process)
+
+    async def exit_code(self, timeout: float = 60) -> int:
+        try:
+            rc = await asyncio.wait_for(self.process.wait(), timeout)
+        finally:
+            if self.process.returncode is None:
+                self.process.kill()
+        await asyncio.gather(self.stdout.reader, self.stderr.reader)
+        return rc
+
+    def output(self) -> tuple[str, str]:
+        return "\n".join(self.stdout.lines), "\n".join(self.stderr.lines)
+
+
+def finish(job: FakeJob) -> None:
+    """End a FakeSky job planned `until_cancelled` as a success."""
+    job.status = "SUCCEEDED"
+    job.finished_at = time.monotonic()
+    job.done.set()
+
+
+@pytest.fixture
+async def dev_server(tmp_path: Path):
+    server = DevServer(tmp_path / "temporal.db")
+    server.start()
+    yield server
+    server.stop()
+
+
+# ------------------------------------------------------------------ a Temporal outage
+
+
+async def test_starter_waits_out_a_temporal_restart_and_reports_it_once(
+    dev_server: DevServer, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
+):
+    """SIGKILL the server while train runs, restart it on the same db: the starter carries on."""
+    client = await dev_server.connect()
+    task_queue = f"test-{uuid.uuid4().hex[:8]}"
+    fake_sky.plan("train", until_cancelled=True)
+    settings = {
+        "TEMPORAL_ADDRESS": dev_server.address,
+        "TEMPORAL_TASK_QUEUE": task_queue,
+        "PIPELINE_REPO_URL": str(task_repo),
+        "PIPELINE_REF": "main",
+        "PIPELINE_PREPROCESS_YAML": "data_preprocessing.yaml",
+        "PIPELINE_TRAIN_YAML": "train.yaml",
+        "PIPELINE_EVAL_YAML": "eval.yaml",
+    }
+    worker_env = WorkflowEnvironment.from_client(client)
+    async with running_worker(worker_env, fake_sky, tmp_path / "checkouts", task_queue):
+        # A heartbeat timeout longer than the outage: the train step is not timed out meanwhile.
+        starter = await Starter.start(
+            "--workflow-id", "outage-run", "--timeout", "heartbeat=120", env_overrides=settings
+        )
+        try:
+            train = await asyncio.to_thread(fake_sky.wait_for_job, "train", timeout=60)
+            await starter.stdout.wait_for("▶ train ")
+            dev_server.kill()
+            await starter.stderr.wait_for(f"Lost connection to Temporal at {dev_server.address}")
+            dev_server.start()
+            await starter.stderr.wait_for("Reconnected to Temporal.")
+            finish(train)
+        finally:
+            rc = await starter.exit_code()
+    out, err = starter.output()
+    assert rc == 0, (out, err)
+    assert "Workflow outage-run succeeded" in out
+    assert "✓ train " in out and "✓ train-down " in out, out
+    lost, back = starter.stderr.count("Lost connection to Temporal"), starter.stderr.count("Reconnected")
+    assert lost == 1 and back == 1, err
+    # Unless told not to, temporalio's core logs "WARN ... gRPC call X retried N times" to stdout
+    # from a call's 5th retry on: 4 to 6 lines per call during this outage, none here.
+    retry_lines = [line for line in (out + "\n" + err).splitlines() if "retried" in line or "WARN" in line]
+    assert retry_lines == [], retry_lines
+    assert "Traceback" not in out + err
+
+
+# ------------------------------------------------------------------ --follow
+
+
+async def test_follow_prints_a_finished_run_like_the_run_that_started_it(pipeline: Pipeline):
+    handle = await pipeline.start()
+    await handle.result()
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--follow", handle.id, env_overrides=starter_env(pipeline)
+    )
+    assert rc == 0, (stdout, stderr)
+    assert stdout.startswith(f"Following workflow {handle.id}\n  Web UI: http://localhost:8233/"), stdout
+    starts = [line.split()[1] for line in stdout.splitlines() if line.startswith("  ▶ ")]
+    ends = [line.split()[1] for line in stdout.splitlines() if line.startswith("  ✓ ")]
+    steps = ["fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down"]
+    assert starts == steps and ends == steps, stdout
+    assert f"Workflow {handle.id} succeeded (commit " in stdout
+    assert stderr == ""
+
+
+async def test_follow_of_an_unknown_workflow_id_is_a_one_line_error(pipeline: Pipeline):
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--follow", "no-such-run", env_overrides=starter_env(pipeline)
+    )
+    assert_one_line_error(rc, stdout, stderr, "no workflow with id no-such-run")
+    assert stdout == ""
+
+
+async def test_follow_attaches_to_a_running_run_and_reports_its_cancel(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    handle = await pipeline.start()
+    await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+    follower = await Starter.start("--follow", handle.id, env_overrides=starter_env(pipeline))
+    try:
+        await follower.stdout.wait_for("▶ train ")
+        await handle.cancel()
+    finally:
+        rc = await follower.exit_code()
+    stdout, stderr = follower.output()
+    assert rc == 1, (stdout, stderr)
+    assert stdout.startswith(f"Following workflow {handle.id}\n"), stdout
+    assert "  ✓ preprocess " in stdout and "  ✗ train " in stdout, stdout
+    assert stderr.splitlines()[0] == f"Workflow {handle.id} was cancelled; no cluster left", stderr
+    pipeline.assert_no_cluster_left()
+
+
+async def test_follow_lists_the_clusters_a_terminated_run_reports_up(pipeline: Pipeline):
+    """Terminate skips the workflow's cleanup: its progress query still names the train cluster."""
+    pipeline.fake.plan("train", until_cancelled=True)
+    handle = await pipeline.start()
+    await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+    follower = await Starter.start("--follow", handle.id, env_overrides=starter_env(pipeline))
+    try:
+        await follower.stdout.wait_for("▶ train ")
+        await handle.terminate()
+    finally:
+        rc = await follower.exit_code()
+    stdout, stderr = follower.output()
+    assert rc == 1, (stdout, stderr)
+    [train_cluster] = pipeline.fake.clusters  # preprocess went down as a step; nothing tore this down
+    assert train_cluster.endswith("-train")
+    assert stderr.splitlines()[0] == (
+        f"Workflow {handle.id} was terminated; clusters still up: {train_cluster} (check `sky status`)"
+    ), stderr
+
+
+# ------------------------------------------------------------------ the end message
+
+
+def progress(*clusters_up: str, status: str = "cancelled") -> PipelineProgress:
+    return PipelineProgress(status=status, commit_sha="abc", steps=[], clusters_up=list(clusters_up))
+
+
+def ended(cause: BaseException) -> WorkflowFailureError:
+    return WorkflowFailureError(cause=cause)
+
+
+@pytest.mark.parametrize(
+    "cause,answer,expected",
+    [
+        (CancelledError("x"), progress(), "was cancelled; no cluster left"),
+        (
+            CancelledError("x"),
+            progress("p-preprocess", "p-train"),
+            "was cancelled; clusters still up: p-preprocess, p-train (check `sky status`)",
+        ),
+        (
+            TerminatedError("x"),
+            None,
+            "was terminated: no cleanup ran; the reaper removes its clusters (check `sky status`)",
+        ),
+        (
+            TerminatedError("x"),
+            progress("p-train", status="running"),
+            "was terminated; clusters still up: p-train (check `sky status`)",
+        ),
+        (CancelledError("x"), None, "was cancelled; cleanup state unknown"),
+        (
+            WorkflowTimeoutError("x", type=None, last_heartbeat_details=[]),
+            None,
+            "timed out; cleanup state unknown",
+        ),
+        (ApplicationError("step 'train' failed"), progress(status="failed"), "failed: step 'train' failed"),
+        (ApplicationError("step 'train' failed"), None, "failed: step 'train' failed; cleanup state unknown"),
+    ],
+)
+def test_the_end_message_says_only_what_the_workflow_reports(cause, answer, expected):
+    assert run_workflow.end_message(ended(cause), answer) == expected
+
+
+def test_a_failure_lists_clusters_on_its_first_line_and_keeps_the_log_tail():
+    cause = ApplicationError("step 'train' failed: exit code 100\nlast log lines:\nloss is NaN")
+    message = run_workflow.end_message(ended(cause), progress("p-train", status="failed"))
+    assert message.splitlines() == [
+        "failed: step 'train' failed: exit code 100; clusters still up: p-train (check `sky status`)",
+        "last log lines:",
+        "loss is NaN",
+    ]
