@@ -78,13 +78,19 @@ async def test_starter_prints_each_step_start_and_end_in_plain_text(pipeline: Pi
     assert re.search(r"^  ▶ train +launch train on skypilot-starter-lines-train$", stdout, re.M), stdout
     ends = {line.split()[1]: line for line in lines if line.startswith("  ✓ ")}
     assert re.fullmatch(
-        r"  ✓ preprocess +succeeded +cluster skypilot-starter-lines-preprocess +job 1 +\d+s", ends["preprocess"]
+        r"  ✓ preprocess +succeeded +cluster skypilot-starter-lines-preprocess +job 1 +\d+s",
+        ends["preprocess"],
     )
     assert re.fullmatch(
-        r"  ✓ preprocess-down +succeeded +cluster skypilot-starter-lines-preprocess +\d+s", ends["preprocess-down"]
+        r"  ✓ preprocess-down +succeeded +cluster skypilot-starter-lines-preprocess +\d+s",
+        ends["preprocess-down"],
     )
-    assert re.fullmatch(r"  ✓ train +succeeded +cluster skypilot-starter-lines-train +job 1 +\d+s", ends["train"])
-    assert re.fullmatch(r"  ✓ eval +succeeded +cluster skypilot-starter-lines-train +job 2 +\d+s", ends["eval"])
+    assert re.fullmatch(
+        r"  ✓ train +succeeded +cluster skypilot-starter-lines-train +job 1 +\d+s", ends["train"]
+    )
+    assert re.fullmatch(
+        r"  ✓ eval +succeeded +cluster skypilot-starter-lines-train +job 2 +\d+s", ends["eval"]
+    )
     assert re.fullmatch(r"  ✓ fetch-tasks +succeeded +\d+s", ends["fetch-tasks"])
     starts = [line.split()[1] for line in lines if line.startswith("  ▶ ")]
     assert starts == ["fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down"]
@@ -111,14 +117,18 @@ async def test_starter_exits_1_when_the_workflow_fails(pipeline: Pipeline):
     assert "step 'train'" in stderr and "exit code 100" in stderr and "loss is NaN" in stderr
     assert "Traceback" not in stderr
     # The failing step's end line names its cluster and job; cleanup steps follow it.
-    assert re.search(r"^  ✗ train +failed +cluster skypilot-starter-fails-train +job 1 FAILED +\d+s$", stdout, re.M), (
+    assert re.search(
+        r"^  ✗ train +failed +cluster skypilot-starter-fails-train +job 1 FAILED +\d+s$", stdout, re.M
+    ), stdout
+    assert re.search(r"^  ▶ cleanup +cleanup: down skypilot-starter-fails-train$", stdout, re.M), stdout
+    assert re.search(r"^  ✓ cleanup +succeeded +cluster skypilot-starter-fails-train +\d+s$", stdout, re.M), (
         stdout
     )
-    assert re.search(r"^  ▶ cleanup +cleanup: down skypilot-starter-fails-train$", stdout, re.M), stdout
-    assert re.search(r"^  ✓ cleanup +succeeded +cluster skypilot-starter-fails-train +\d+s$", stdout, re.M), stdout
     # The failure names the step, then the job's last log lines, indented under it.
     first, *rest = stderr.splitlines()
-    assert first.startswith("Workflow skypilot-starter-fails failed: step 'train' on cluster skypilot-starter-fails-train")
+    assert first.startswith(
+        "Workflow skypilot-starter-fails failed: step 'train' on cluster skypilot-starter-fails-train"
+    )
     assert "  last log lines:" in rest and "    loss is NaN" in rest
 
 
