@@ -179,11 +179,12 @@ async def test_a_reset_run_adopts_the_running_job_instead_of_starting_a_second(p
     pipeline.fake.plan("train", seconds=6)
     handle = await pipeline.start()
     await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
-    first_task_done = [
+    task_done_events = [
         e.event_id
         async for e in handle.fetch_history_events()
         if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
-    ][0]
+    ]
+    first_task_done = task_done_events[0]
     reset = await pipeline.env.client.workflow_service.reset_workflow_execution(
         ResetWorkflowExecutionRequest(
             namespace=pipeline.env.client.namespace,
