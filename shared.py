@@ -105,8 +105,16 @@ def cluster_prefix_for(workflow_id: str) -> str:
 
 
 def job_name_for(prefix: str, run_id: str, step: str) -> str:
-    """The SkyPilot job name of `step` in one workflow run: unique per run, found again on retry."""
-    return f"{prefix}-{run_id.replace('-', '')[:8]}-{step}"
+    """The SkyPilot job name of `step` in one workflow run: unique per run, found again on retry.
+
+    The run token is a hash of the whole run id: run ids are time-ordered UUIDs whose leading
+    digits are the same for runs started within a minute of each other.
+    """
+    return f"{prefix}-{run_token(run_id)}-{step}"
+
+
+def run_token(run_id: str) -> str:
+    return hashlib.sha256(run_id.encode()).hexdigest()[:8]
 
 
 # ---------------------------------------------------------------- activity inputs and results

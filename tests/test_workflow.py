@@ -14,7 +14,7 @@ from temporalio.worker import Replayer
 
 from conftest import ROOT, Pipeline
 from fake_sky import FakeSky
-from shared import StepTimeouts, cluster_prefix_for
+from shared import StepTimeouts, cluster_prefix_for, run_token
 from workflows import SkyPilotWorkflow
 
 HISTORY_FILE = ROOT / "tests" / "histories" / "happy_path.json"
@@ -47,11 +47,11 @@ async def test_happy_path_runs_the_six_steps_in_order(pipeline: Pipeline, tmp_pa
     assert result.steps[-1].log_tail.endswith("eval_accuracy=0.93")
     assert len(result.commit_sha) == 40
     # Job names are unique per run: re-attach can never adopt another run's finished job.
-    run_token = handle.result_run_id.replace("-", "")[:8]
+    token = run_token(handle.result_run_id)
     assert [j.job_name for j in pipeline.fake.submitted] == [
-        f"{prefix}-{run_token}-preprocess",
-        f"{prefix}-{run_token}-train",
-        f"{prefix}-{run_token}-eval",
+        f"{prefix}-{token}-preprocess",
+        f"{prefix}-{token}-train",
+        f"{prefix}-{token}-eval",
     ]
     assert all(j.envs["PIPELINE_RUN_ID"] == prefix for j in pipeline.fake.submitted)
     pipeline.assert_no_cluster_left()
@@ -281,3 +281,9 @@ async def test_overlapped_provisioning_tears_the_early_cluster_down_if_preproces
     assert pipeline.fake.jobs_named("train") == [], "the train job ran although preprocess failed"
     assert any(c.endswith("-train") for c in pipeline.fake.ever_launched)
     pipeline.assert_no_cluster_left()
+
+
+def test_run_tokens_differ_for_runs_started_in_the_same_minute():
+    """Run ids are UUIDv7: time-ordered, the leading digits shared by runs a minute apart."""
+    run_ids = [f"01a209be-{i:04x}-7dc2-8cf6-52ed43e40177" for i in range(50)]
+    assert len({run_token(r) for r in run_ids}) == 50
