@@ -108,6 +108,8 @@ def process_env(task_queue: str) -> dict[str, str]:
         TEMPORAL_ADDRESS=TEMPORAL_ADDRESS,
         TEMPORAL_TASK_QUEUE=task_queue,
         SKYPILOT_API_SERVER_ENDPOINT=SKY_API,
+        # No reaper schedule left behind for this one-off task queue.
+        REAPER_PERIOD_SECONDS="0",
     )
     return env
 
