@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -131,7 +132,7 @@ class SkyPilotWorkflow:
                 raise asyncio.CancelledError() from err
             raise self._step_failure(err) from err
         finally:
-            await self._shielded_from_cancel(self._clean_up(outcome))
+            await self._shielded_from_cancel(functools.partial(self._clean_up, outcome))
         return PipelineResult(input.repo_url, self._commit_sha, steps=[preprocess, train, evaluation])
 
     @workflow.query
@@ -376,14 +377,14 @@ class SkyPilotWorkflow:
             summary=summary or self._steps[step].summary,
         )
 
-    async def _shielded_from_cancel(self, cleanup: Awaitable[None]) -> None:
+    async def _shielded_from_cancel(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Run `cleanup` to the end even if the run is cancelled while it runs.
 
         A cancel that arrives during cleanup (say, while a teardown waits out an API server
         outage) would otherwise abort the teardown and leave the cluster up. It still ends a
         keep-clusters-for-debugging wait.
         """
-        task = asyncio.ensure_future(cleanup)
+        task = asyncio.ensure_future(cleanup())
         while True:
             try:
                 return await asyncio.shield(task)
@@ -401,7 +402,12 @@ class SkyPilotWorkflow:
         if alongside is None:
             return await step
         main = asyncio.ensure_future(step)
-        await workflow.wait([main, alongside], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await workflow.wait([main, alongside], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # a cancel of the run: waiting does not pass it on to `step`
+            main.cancel()
+            await asyncio.gather(main, return_exceptions=True)
+            raise
         if not main.done() and alongside.done() and alongside.exception() is not None:
             main.cancel()
             await asyncio.gather(main, return_exceptions=True)

@@ -16,7 +16,7 @@ from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowFailureError
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, CancelledError, WorkflowAlreadyStartedError
 
 from conftest import Pipeline
 from reaper import ClusterReaperWorkflow, ensure_reaper_schedule, reaper_schedule_id
@@ -199,4 +199,30 @@ async def test_a_reset_run_adopts_the_running_job_instead_of_starting_a_second(p
     ).result()
     assert len(pipeline.fake.jobs_named("train")) == 1, "the reset run started a second train job"
     assert result.steps[1].job_status == "SUCCEEDED"
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_cancel_while_preprocess_and_the_overlapped_provision_run_leaves_no_cluster(
+    pipeline: Pipeline,
+):
+    pipeline.fake.plan("preprocess", until_cancelled=True)
+    pipeline.fake.provision_seconds = 8.0
+    handle = await pipeline.start(overlap_provisioning=True)
+
+    async def both_launching():
+        return len(pipeline.fake.called("launch")) >= 2
+
+    await wait_until(both_launching, what="preprocess and the provision both launching")
+    await asyncio.sleep(1.0)
+    # The cleanup's teardowns hit a few transient errors: the preprocess step must not outlive them.
+    pipeline.fake.fail_next("down", *[exceptions.CommandError(255, "ssh", "blip", None)] * 6)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    assert isinstance(err.value.cause, CancelledError)
+    progress = await handle.query(SkyPilotWorkflow.progress)
+    assert {s.name: s.status for s in progress.steps}["preprocess"] == "cancelled"
+    [preprocess_launch] = [r for r in pipeline.fake.requests.values() if r.task_name.endswith("-preprocess")]
+    assert preprocess_launch.status == "CANCELLED", "the preprocess launch was not cancelled on SkyPilot"
+    await asyncio.sleep(2)  # a leaked retry would launch the cluster again about now
     pipeline.assert_no_cluster_left()
