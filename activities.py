@@ -203,6 +203,11 @@ class JobLogSink:
 
     def tail(self) -> str:
         self.flush()
+        if self.lines_not_logged:
+            self._log_line(
+                f"({self.lines_not_logged} more lines not logged here; SkyPilot keeps the job's whole log)"
+            )
+            self.lines_not_logged = 0
         return "\n".join(self._tail)
 
     def _add_line(self, raw: str) -> None:
@@ -778,7 +783,7 @@ class SkyPilotActivities:
             if _field(r, "cluster_name") == cluster  # old API servers ignore the filter
             and _field(r, "status") in IN_FLIGHT_REQUEST_STATUSES
             and _field(r, "name") in SUBMIT_REQUEST_NAMES
-            and any(name.startswith(job_name_prefix) for name in _task_names(_field(r, "request_body")))
+            and _submitted_by(r, job_name_prefix)
         ]
 
     async def _wait_for_own_requests(self, cluster: str, job_name: str) -> None:
@@ -928,6 +933,20 @@ def _same_step_other_runs(spec: TaskSpec) -> re.Pattern[str]:
     """Job names of `spec.step` in any run of the same workflow id (see shared.job_name_for)."""
     stem = spec.job_name.removesuffix(f"-{spec.step}")[:-9]
     return re.compile(re.escape(stem) + r"-[0-9a-f]{8}-" + re.escape(spec.step))
+
+
+def _submitted_by(request: Any, job_name_prefix: str) -> bool:
+    """Whether a launch/exec request on one of the run's clusters is the run's own.
+
+    With authentication on, the API server shows a request's body only to its owner: a body we
+    cannot read is another worker's submission for this run (the cluster name is reserved for
+    the run's workflow id), so it counts as ours.
+    """
+    body = _field(request, "request_body")
+    if not body:
+        return True
+    names = _task_names(body)
+    return not names or any(name.startswith(job_name_prefix) for name in names)
 
 
 def _task_names(request_body: Any) -> list[str]:

@@ -91,6 +91,8 @@ class FakeSky:
         self.errors: dict[str, list[BaseException]] = {}
         # step (the job name's last part) -> exception its launches raise while provisioning
         self.launch_errors: dict[str, BaseException] = {}
+        # An API server with auth shows a request's body only to its owner.
+        self.hide_request_bodies = False
         self.clusters: dict[str, FakeCluster] = {}
         self.requests: dict[str, FakeRequest] = {}
         self.calls: list[tuple[str, Any]] = []
@@ -231,7 +233,9 @@ class FakeSky:
                     name=r.name,
                     status=r.status,
                     cluster_name=r.cluster_name,
-                    request_body=json.dumps({"task": f"name: {r.task_name}\n"} if r.task_name else {}),
+                    request_body=None
+                    if self.hide_request_bodies
+                    else json.dumps({"task": f"name: {r.task_name}\n"} if r.task_name else {}),
                 )
                 for r in self.requests.values()
                 if (all_status or r.status in ("PENDING", "RUNNING"))

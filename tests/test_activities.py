@@ -513,3 +513,34 @@ def test_checkouts_unused_for_the_ttl_are_pruned_on_every_host(tmp_path):
     os.utime(staging, (day_ago, day_ago))
     assert sorted(prune_checkouts(root, max_age_seconds=3600)) == sorted([old, staging])
     assert fresh.is_dir() and sorted(p.name for p in root.iterdir()) == ["p2"]
+
+
+async def test_down_cancels_a_launch_whose_body_the_api_server_hides(activities, fake_sky):
+    """With auth on, another worker's request shows no body: on the run's cluster it is the run's."""
+    fake_sky.provision_seconds = 30
+    fake_sky.hide_request_bodies = True
+    abandoned = fake_sky.launch(
+        fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"}), cluster_name=CLUSTER
+    )
+    await ActivityEnvironment().run(
+        activities.down_cluster, DownInput(CLUSTER, job_name_prefix="wf1-0123abcd-")
+    )
+    assert fake_sky.called("api_cancel") == [[abandoned]]
+
+
+def test_a_progress_bar_longer_than_the_partial_line_cap_still_ends_on_its_last_frame():
+    sink = JobLogSink(lambda line: None, [], JobProgress("running", "c"))
+    for i in range(20_000):  # ~200 KB of redraws, no newline
+        sink.write(f"\r{i:>6} [{'#' * 20}]")
+    sink.write("\rdone")
+    sink.write("\n")
+    assert sink.tail() == "done"
+
+
+def test_the_count_of_lines_not_logged_is_logged_when_the_job_ends():
+    logged: list[str] = []
+    sink = JobLogSink(logged.append, [], JobProgress("running", "c"), clock=lambda: 0.0)
+    for i in range(1_000):
+        sink.write(f"line {i}\n")
+    sink.tail()
+    assert logged[-1].startswith("(800 more lines not logged here")

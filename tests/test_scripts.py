@@ -201,6 +201,24 @@ async def test_starter_reports_a_duplicate_workflow_id_in_one_line(pipeline: Pip
     await handle.cancel()
 
 
+async def test_a_cluster_prefix_is_a_workflow_id_a_second_run_cannot_take(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    env = starter_env(pipeline)
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--cluster-prefix", "nightly", "--no-wait", env_overrides=env
+    )
+    assert rc == 0 and "Started workflow skypilot-nightly" in stdout, stdout + stderr
+    rc, stdout, stderr = await run_script("run_workflow.py", "--cluster-prefix", "nightly", env_overrides=env)
+    assert_one_line_error(
+        rc, stdout, stderr, "cluster prefix 'nightly' is in use by the running workflow 'skypilot-nightly'"
+    )
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--cluster-prefix", "Bad_Name", env_overrides=env
+    )
+    assert_one_line_error(rc, stdout, stderr, "--cluster-prefix 'Bad_Name'")
+    await pipeline.env.client.get_workflow_handle("skypilot-nightly").cancel()
+
+
 async def test_starter_help_lists_every_option():
     rc, stdout, _ = await run_script("run_workflow.py", "--help")
     assert rc == 0

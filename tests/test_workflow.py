@@ -177,6 +177,19 @@ async def test_keep_clusters_on_failure_keeps_them_while_the_run_stays_open(pipe
     pipeline.assert_no_cluster_left()
 
 
+async def test_a_cancel_ends_the_keep_clusters_wait_and_tears_them_down(pipeline: Pipeline):
+    pipeline.fake.plan("train", status="FAILED")
+    handle = await pipeline.start(keep_clusters_on_failure=True, keep_clusters_minutes=30)
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (await handle.query(SkyPilotWorkflow.progress)).status.startswith("failed: clusters kept"):
+        assert asyncio.get_running_loop().time() < deadline, "the failed run never kept its clusters"
+        await asyncio.sleep(0.1)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    pipeline.assert_no_cluster_left()
+
+
 async def test_invalid_input_fails_the_run_with_a_message_not_a_hang(pipeline: Pipeline):
     cause = await pipeline.fail(repo_url="", timeouts=StepTimeouts(train=0), keep_clusters_minutes=0)
     assert cause.type == "InvalidInput"
