@@ -40,6 +40,9 @@ class PipelineInput:
     preprocess_yaml: str = "data_preprocessing.yaml"
     train_yaml: str = "train.yaml"
     eval_yaml: str = "eval.yaml"
+    # Read only by runs started before cluster names came from the workflow id alone (they keep
+    # the names their clusters already have); a new run refuses it: use a workflow id instead.
+    cluster_prefix: str = ""
     env_overrides: dict[str, str] = field(default_factory=dict)
     # Names of variables the worker reads from its own environment and passes as SkyPilot
     # secrets: their values never enter the workflow history.
@@ -102,6 +105,15 @@ def cluster_prefix_for(workflow_id: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", workflow_id.lower()).strip("-")[:room].strip("-")
     digest = hashlib.sha256(workflow_id.encode()).hexdigest()[:6]
     return f"{CLUSTER_MARKER}{slug}-{digest}" if slug else f"{CLUSTER_MARKER}{digest}"
+
+
+def legacy_cluster_prefix_for(workflow_id: str) -> str:
+    """The prefix of runs started before the CLUSTER_MARKER (so their cleanup finds their clusters)."""
+    if len(workflow_id) <= MAX_PREFIX_LENGTH and CLUSTER_NAME.fullmatch(workflow_id):
+        return workflow_id
+    slug = re.sub(r"[^a-z0-9]+", "-", workflow_id.lower()).strip("-")[: MAX_PREFIX_LENGTH - 9]
+    digest = hashlib.sha256(workflow_id.encode()).hexdigest()[:6]
+    return f"{slug.rstrip('-') or 'run'}-{digest}" if slug[:1].isalpha() else f"p-{slug}-{digest}"
 
 
 def job_name_for(prefix: str, run_id: str, step: str) -> str:

@@ -43,9 +43,12 @@ with workflow.unsafe.imports_passed_through():
         TaskSpec,
         cluster_prefix_for,
         job_name_for,
+        legacy_cluster_prefix_for,
     )
 
 T = TypeVar("T")
+# Runs started before this patch keep their old cluster and job names (see __init__).
+RUN_SCOPED_NAMES = "run-scoped-cluster-and-job-names"
 # Teardown: attempts per round, then the run reports it is stuck and tries again after a pause.
 TEARDOWN_ATTEMPTS_PER_ROUND = 4
 TEARDOWN_MAX_PAUSE = timedelta(minutes=5)
@@ -57,9 +60,14 @@ class SkyPilotWorkflow:
     @workflow.init
     def __init__(self, input: PipelineInput) -> None:
         self._input = input
-        # One workflow id, one prefix: Temporal refuses a second running workflow with the id.
-        self._prefix = cluster_prefix_for(workflow.info().workflow_id)
-        self._job_name_prefix = job_name_for(self._prefix, workflow.info().run_id, "")
+        info = workflow.info()
+        self._run_scoped_names = workflow.patched(RUN_SCOPED_NAMES)
+        if self._run_scoped_names:
+            # One workflow id, one prefix: Temporal refuses a second running workflow with the id.
+            self._prefix = cluster_prefix_for(info.workflow_id)
+        else:  # a run started by an older worker: keep the names its clusters and jobs have
+            self._prefix = input.cluster_prefix or legacy_cluster_prefix_for(info.workflow_id)
+        self._job_name_prefix = self._job_name("")
         self._preprocess_cluster = f"{self._prefix}-preprocess"
         self._train_cluster = f"{self._prefix}-train"
         self._checkout_name = f"{self._prefix}/{workflow.info().run_id}"
@@ -355,7 +363,7 @@ class SkyPilotWorkflow:
     def _task_spec(self, step: str, yaml_path: str) -> TaskSpec:
         return TaskSpec(
             step=step,
-            job_name=job_name_for(self._prefix, workflow.info().run_id, step),
+            job_name=self._job_name(step),
             yaml_text=self._yaml_texts[yaml_path],
             # Tasks keep their files apart per run with PIPELINE_RUN_ID.
             env_overrides={"PIPELINE_RUN_ID": self._prefix, **self._input.env_overrides},
@@ -414,6 +422,11 @@ class SkyPilotWorkflow:
             raise alongside.exception()  # type: ignore[misc]
         return await main
 
+    def _job_name(self, step: str) -> str:
+        if self._run_scoped_names:
+            return job_name_for(self._prefix, workflow.info().run_id, step)
+        return f"{self._prefix}-{step}"
+
     def _retry_interval(self) -> timedelta:
         return timedelta(seconds=self._input.retry_initial_interval_seconds)
 
@@ -429,6 +442,11 @@ class SkyPilotWorkflow:
         problems = []
         if not input.repo_url:
             problems.append("repo_url is empty")
+        if input.cluster_prefix and self._run_scoped_names:
+            problems.append(
+                "cluster_prefix is not an input any more: the prefix comes from the workflow id "
+                "(run_workflow.py --cluster-prefix NAME starts workflow skypilot-NAME)"
+            )
         if not 0 < input.keep_clusters_minutes <= MAX_KEEP_CLUSTERS_MINUTES:
             problems.append(f"keep_clusters_minutes must be between 1 and {MAX_KEEP_CLUSTERS_MINUTES}")
         for name, value in vars(input.timeouts).items():

@@ -10,7 +10,14 @@ import pytest
 from sky import exceptions
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
-from temporalio.worker import Replayer
+from temporalio.worker import (
+    Interceptor,
+    Replayer,
+    StartActivityInput,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+    WorkflowOutboundInterceptor,
+)
 
 from conftest import ROOT, Pipeline
 from fake_sky import FakeSky
@@ -242,6 +249,47 @@ async def test_recorded_history_replays_deterministically():
     await Replayer(workflows=[SkyPilotWorkflow]).replay_workflow(
         WorkflowHistory.from_json(history["workflow_id"], history["history"])
     )
+
+
+class _RecordActivityInputs(Interceptor):
+    """Replayer interceptor: what the workflow code asks each activity to do."""
+
+    def __init__(self) -> None:
+        self.inputs: list[tuple[str, object]] = []
+
+    def workflow_interceptor_class(self, input: WorkflowInterceptorClassInput):
+        recorded = self.inputs
+
+        class Inbound(WorkflowInboundInterceptor):
+            def init(self, outbound: WorkflowOutboundInterceptor) -> None:
+                class Outbound(WorkflowOutboundInterceptor):
+                    def start_activity(self, input: StartActivityInput):
+                        recorded.append((input.activity, input.args[0]))
+                        return super().start_activity(input)
+
+                super().init(Outbound(outbound))
+
+        return Inbound
+
+
+async def test_a_run_started_before_run_scoped_names_keeps_its_cluster_and_job_names():
+    """A run in flight across the upgrade tears down the clusters it launched, under their names."""
+    history = json.loads(HISTORY_FILE.read_text())
+    from temporalio.client import WorkflowHistory
+
+    recorder = _RecordActivityInputs()
+    await Replayer(workflows=[SkyPilotWorkflow], interceptors=[recorder]).replay_workflow(
+        WorkflowHistory.from_json(history["workflow_id"], history["history"])
+    )
+    clusters = [getattr(args, "cluster_name", None) for _, args in recorder.inputs]
+    assert clusters[1:6] == [
+        "recorded-happy-path-preprocess",
+        "recorded-happy-path-preprocess",
+        "recorded-happy-path-train",
+        "recorded-happy-path-train",
+        "recorded-happy-path-train",
+    ]
+    assert recorder.inputs[3][1].task.job_name == "recorded-happy-path-train"
 
 
 async def test_a_fresh_history_replays(pipeline: Pipeline):
