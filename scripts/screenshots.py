@@ -158,7 +158,7 @@ async def ui_picture(page: Page, url: str, path: Path, height: int, *wait_for_te
 
 async def running_step_picture(page: Page, url: str, path: Path) -> None:
     """The pending train activity once its heartbeat carries a job id and an epoch log line."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a train launch takes minutes on a busy 2-core machine
     while True:
         await page.goto(url)
         await page.wait_for_timeout(SETTLE_MS)

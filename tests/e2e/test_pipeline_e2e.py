@@ -131,7 +131,7 @@ async def test_cancel_during_train_cancels_the_job_and_removes_both_clusters(sta
     handle = stack.temporal.get_workflow_handle(workflow_id)
     await handle.cancel()
     # Watch SkyPilot while the run winds down: the job is cancelled before the cluster goes.
-    seen = set()
+    seen = {"RUNNING"}  # wait_for_job saw it running
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and stack.clusters(train_cluster):
         seen.add((await asyncio.to_thread(stack.job_statuses, train_cluster)).get("train"))
@@ -141,7 +141,7 @@ async def test_cancel_during_train_cancels_the_job_and_removes_both_clusters(sta
     assert await status_of(stack.temporal, workflow_id) == "CANCELED"
     cancels = [r for r in await asyncio.to_thread(stack.requests_on, train_cluster) if r.name == "sky.cancel"]
     assert [r.status for r in cancels] == ["SUCCEEDED"], "the train job was not cancelled on SkyPilot"
-    assert "RUNNING" in seen and (seen - {"RUNNING", None} <= {"CANCELLED"}), seen
+    assert "CANCELLED" in seen and (seen - {"RUNNING", None} <= {"CANCELLED"}), seen
     assert_no_cluster_left(stack, prefix)
 
 
