@@ -139,9 +139,12 @@ async def test_cancel_during_train_cancels_the_job_and_removes_both_clusters(sta
     with pytest.raises(WorkflowFailureError):
         await handle.result()
     assert await status_of(stack.temporal, workflow_id) == "CANCELED"
-    cancels = [r for r in await asyncio.to_thread(stack.requests_on, train_cluster) if r.name == "sky.cancel"]
+    requests = await asyncio.to_thread(stack.requests_on, train_cluster)
+    cancels = [r for r in requests if r.name == "sky.cancel"]
+    downs = [r for r in requests if r.name == "sky.down"]
     assert [r.status for r in cancels] == ["SUCCEEDED"], "the train job was not cancelled on SkyPilot"
-    assert "CANCELLED" in seen and (seen - {"RUNNING", None} <= {"CANCELLED"}), seen
+    assert cancels[0].finished_at <= min(r.created_at for r in downs), "the cluster went before the job"
+    assert seen - {"RUNNING", None} <= {"CANCELLED"}, seen
     assert_no_cluster_left(stack, prefix)
 
 
