@@ -554,6 +554,18 @@ class SkyPilotActivities:
             duration_seconds=round(time.monotonic() - started, 3),
         )
 
+    async def _cluster_creator(self, cluster: str) -> str | None:
+        """The name of the task that created `cluster` ("" if unknown), None if there is none."""
+        request_id = await self._blocking(self._sky.status, cluster_names=[cluster])
+        records = [r for r in await self._blocking(self._sky.get, request_id) if _field(r, "name") == cluster]
+        if not records:
+            return None
+        try:
+            created_with = yaml.load(_field(records[0], "last_creation_yaml") or "", Loader=_YAML_LOADER)
+        except yaml.YAMLError:
+            return ""
+        return str(created_with.get("name") or "") if isinstance(created_with, dict) else ""
+
     async def cluster_launch_times(self) -> dict[str, float]:
         """Every cluster SkyPilot knows (all users) -> when it was launched (epoch seconds;
         0 when SkyPilot has no time for it yet)."""
@@ -585,10 +597,14 @@ class SkyPilotActivities:
             # Parsing may consult cloud catalogs: keep it off the event loop too.
             task = await self._blocking(self._build_task, spec, infra)
 
+            passes = 0
+
             async def find_or_submit() -> int | None:
                 # Looked for on every attempt (and after an outage): a retry, a reset or a new run
                 # of the same workflow id never puts a second job for this step on the cluster.
-                job_id = await self._reattach(cluster, spec, progress)
+                nonlocal passes
+                passes += 1
+                job_id = await self._reattach(cluster, spec, progress, first_look=passes == 1)
                 if job_id is None:
                     progress.phase = submit_phase
                     job_id = await self._submit(task, cluster, submit, progress, sink, expect_job)
@@ -652,7 +668,9 @@ class SkyPilotActivities:
             ) from None
         return task
 
-    async def _reattach(self, cluster: str, spec: TaskSpec, progress: JobProgress) -> int | None:
+    async def _reattach(
+        self, cluster: str, spec: TaskSpec, progress: JobProgress, first_look: bool = True
+    ) -> int | None:
         """The job of this step already on the cluster, if any: submitted by an earlier attempt
         of this run (found by its name), or still running from an earlier run of this workflow
         id (a reset, or a new run after a terminated one)."""
@@ -663,6 +681,13 @@ class SkyPilotActivities:
             activity.logger.info("Re-attaching to job %s on %s", previous_job_id, cluster)
             return int(previous_job_id)
         progress.phase = "looking for an earlier job"
+        if info.attempt == 1 and first_look:
+            # A first attempt can only find a job of an earlier run, and only on a cluster that
+            # run created. Asking who created the cluster is a database read on the API server;
+            # listing its jobs is a round trip to the cluster.
+            creator = await self._cluster_creator(cluster)
+            if creator is None or creator.startswith(spec.job_name.removesuffix(spec.step)):
+                return None
         # Let a submission of ours still in flight on the API server finish, so its job is visible.
         await self._wait_for_own_requests(cluster, spec.job_name)
         try:

@@ -60,6 +60,7 @@ class FakeCluster:
     status: str = "INIT"
     jobs: list[FakeJob] = field(default_factory=list)
     launched_at: float = field(default_factory=time.time)
+    created_by: str = ""  # the name of the task whose launch created the cluster
 
 
 @dataclass
@@ -171,7 +172,12 @@ class FakeSky:
         def run(req: FakeRequest) -> list[Any]:
             with self._lock:
                 return [
-                    SimpleNamespace(name=c.name, status=c.status, launched_at=c.launched_at)
+                    SimpleNamespace(
+                        name=c.name,
+                        status=c.status,
+                        launched_at=c.launched_at,
+                        last_creation_yaml=f"name: {c.created_by}\n" if c.created_by else None,
+                    )
                     for c in self.clusters.values()
                     if cluster_names is None or c.name in cluster_names
                 ]
@@ -317,7 +323,9 @@ class FakeSky:
         self, request: FakeRequest, task: sky.Task, cluster_name: str, fast: bool
     ) -> tuple[int | None, Any]:
         with self._lock:
-            cluster = self.clusters.setdefault(cluster_name, FakeCluster(cluster_name))
+            cluster = self.clusters.setdefault(
+                cluster_name, FakeCluster(cluster_name, created_by=task.name or "")
+            )
         request.logs.append(f"\x1b[1mLaunching\x1b[0m {cluster_name}")
         skip_setup = fast and cluster.status == "UP"
         error = self.launch_errors.get((task.name or "").rsplit("-", 1)[-1])

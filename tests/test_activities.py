@@ -544,3 +544,16 @@ def test_the_count_of_lines_not_logged_is_logged_when_the_job_ends():
         sink.write(f"line {i}\n")
     sink.tail()
     assert logged[-1].startswith("(800 more lines not logged here")
+
+
+@pytest.mark.parametrize("created_by,looks", [("wf1-0123abcd-train", False), ("wf1-99999999-train", True)])
+async def test_a_first_attempt_lists_jobs_only_on_a_cluster_an_earlier_run_created(
+    activities, fake_sky: FakeSky, created_by, looks
+):
+    """Listing a cluster's jobs is a round trip to the cluster: a first attempt skips it when this
+    run created the cluster (no earlier run's job can be there)."""
+    fake_sky.add_job(CLUSTER, "unrelated")
+    fake_sky.clusters[CLUSTER].created_by = created_by
+    this_run_eval = dataclasses.replace(spec("eval"), job_name="wf1-0123abcd-eval")
+    await ActivityEnvironment().run(activities.exec_task, ExecInput(CLUSTER, this_run_eval))
+    assert bool(fake_sky.called("queue")) is looks
