@@ -373,9 +373,11 @@ start_worker() {
   : > "$STATE/worker.log"
   cd "$REPO"
   # The log file rotates (WORKER_LOG_FILE); worker.out only catches what happens before logging.
+  # SkyPilot's autodown costs ~20 s per launch on this Slurm; the cluster reaper protects it.
   SKYPILOT_API_SERVER_ENDPOINT=${SKYPILOT_API_SERVER_ENDPOINT:-http://127.0.0.1:$SKY_API_PORT} \
     TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-127.0.0.1:$TEMPORAL_PORT} \
     WORKER_LOG_FILE=${WORKER_LOG_FILE:-$STATE/worker.log} \
+    AUTODOWN_IDLE_MINUTES=${AUTODOWN_IDLE_MINUTES:-0} \
     setsid "$VENV/bin/python" run_worker.py </dev/null >"$STATE/worker.out" 2>&1 &
   echo $! > "$WORKER_PID"
   mark_started worker "$WORKER_PID"

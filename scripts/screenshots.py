@@ -110,6 +110,7 @@ def process_env(task_queue: str) -> dict[str, str]:
         SKYPILOT_API_SERVER_ENDPOINT=SKY_API,
         # No reaper schedule left behind for this one-off task queue.
         REAPER_PERIOD_SECONDS="0",
+        AUTODOWN_IDLE_MINUTES="0",
     )
     return env
 
@@ -174,7 +175,7 @@ async def running_step_picture(page: Page, url: str, path: Path) -> None:
 
 async def take_pictures(out: Path, task_queue: str) -> None:
     batch = f"skypilot-{uuid.uuid4().hex[:6]}"
-    succeeds = Run(batch, ["--env", "EPOCHS=20"], task_queue)
+    succeeds = Run(batch, ["--env", "EPOCHS=60"], task_queue)
     fails = Run(f"{batch}-fails", ["--env", "FAIL_TRAINING=1"], task_queue)
     env = process_env(task_queue)
     await succeeds.start(env)
