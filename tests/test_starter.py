@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
 from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
 from temporalio.testing import WorkflowEnvironment
@@ -222,17 +222,23 @@ async def test_follow_of_an_unknown_workflow_id_is_a_one_line_error(pipeline: Pi
     assert stdout == ""
 
 
-async def test_follow_attaches_to_a_running_run_and_reports_its_cancel(pipeline: Pipeline):
+async def follow_during_train(pipeline: Pipeline, action: str) -> tuple[WorkflowHandle, int, str, str]:
+    """`run_workflow.py --follow` a run, then `action` (cancel or terminate) it mid-train."""
     pipeline.fake.plan("train", until_cancelled=True)
     handle = await pipeline.start()
     await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
     follower = await Starter.start("--follow", handle.id, env_overrides=starter_env(pipeline))
     try:
         await follower.stdout.wait_for("▶ train ")
-        await handle.cancel()
+        await getattr(handle, action)()
     finally:
         rc = await follower.exit_code()
     stdout, stderr = follower.output()
+    return handle, rc, stdout, stderr
+
+
+async def test_follow_attaches_to_a_running_run_and_reports_its_cancel(pipeline: Pipeline):
+    handle, rc, stdout, stderr = await follow_during_train(pipeline, "cancel")
     assert rc == 1, (stdout, stderr)
     assert stdout.startswith(f"Following workflow {handle.id}\n"), stdout
     assert "  ✓ preprocess " in stdout and "  ✗ train " in stdout, stdout
@@ -242,16 +248,7 @@ async def test_follow_attaches_to_a_running_run_and_reports_its_cancel(pipeline:
 
 async def test_follow_lists_the_clusters_a_terminated_run_reports_up(pipeline: Pipeline):
     """Terminate skips the workflow's cleanup: its progress query still names the train cluster."""
-    pipeline.fake.plan("train", until_cancelled=True)
-    handle = await pipeline.start()
-    await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
-    follower = await Starter.start("--follow", handle.id, env_overrides=starter_env(pipeline))
-    try:
-        await follower.stdout.wait_for("▶ train ")
-        await handle.terminate()
-    finally:
-        rc = await follower.exit_code()
-    stdout, stderr = follower.output()
+    handle, rc, stdout, stderr = await follow_during_train(pipeline, "terminate")
     assert rc == 1, (stdout, stderr)
     [train_cluster] = pipeline.fake.clusters  # preprocess went down as a step; nothing tore this down
     assert train_cluster.endswith("-train")
