@@ -32,6 +32,7 @@ import yaml
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from redaction import Redactor, redact_url_credentials
 from shared import (
     DownInput,
     ExecInput,
@@ -42,6 +43,14 @@ from shared import (
     RemoveCheckoutInput,
     StepResult,
     TaskSpec,
+)
+from task_policy import (
+    TaskPolicy,
+    check_managed_secrets,
+    check_secret_names,
+    confine_local_paths,
+    load_task_yaml,
+    refuse,
 )
 
 T = TypeVar("T")
@@ -120,6 +129,12 @@ _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 _RETURN_CODES = re.compile(r"return code list: \[([-\d, ]+)\]")
 _GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 _GIT_SHA = re.compile(r"[0-9a-f]{7,40}")
+# What git may speak (GIT_ALLOW_PROTOCOL): "file" is a local path.
+SECURE_GIT_SCHEMES = frozenset({"https", "ssh", "git+ssh", "ssh+git", "file"})
+INSECURE_GIT_SCHEMES = frozenset({"git", "http"})
+SECURE_GIT_PROTOCOLS = "file:https:ssh"
+INSECURE_GIT_PROTOCOLS = "file:https:ssh:git:http"
+_GIT_REMOTE_HELPER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*::")
 # What SkyPilot raises when its API server cannot be reached (a restarting server included:
 # the SDK then claims that no endpoint is configured).
 _UNREACHABLE_ERRORS = frozenset(
@@ -157,8 +172,7 @@ class JobLogSink:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._log_line = log_line
-        # Longest first, so a secret that contains another is hidden whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        self.redact = Redactor(secrets)
         self._progress = progress
         self._max_tail_bytes = max_tail_bytes
         self._partial = ""
@@ -190,11 +204,6 @@ class JobLogSink:
                 self._partial = ""
         except Exception:
             pass
-
-    def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
 
     def clear_tail(self) -> None:
         self.flush()
@@ -252,7 +261,7 @@ def _last_carriage_segment(text: str) -> str:
 
 def clean_message(exc: BaseException) -> str:
     """One readable line from an exception: ANSI codes stripped, first meaningful line."""
-    text = _ANSI_ESCAPE.sub("", str(exc)).strip()
+    text = redact_url_credentials(_ANSI_ESCAPE.sub("", str(exc))).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return " ".join(lines)[:1000] if lines else type(exc).__name__
 
@@ -289,13 +298,15 @@ def to_application_error(exc: BaseException, what: str, always_retry: bool = Fal
 # ---------------------------------------------------------------- git
 
 
-async def _git(*args: str, cwd: str | None = None, timeout: float = 300) -> str:
+async def _git(
+    *args: str, cwd: str | None = None, timeout: float = 300, protocols: str = SECURE_GIT_PROTOCOLS
+) -> str:
     """Run git with an argument list (never a shell) and no way to prompt for credentials."""
     env = {
         **os.environ,
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_ASKPASS": "true",
-        "GIT_ALLOW_PROTOCOL": "file:git:http:https:ssh",
+        "GIT_ALLOW_PROTOCOL": protocols,
         "LC_ALL": "C",
     }
     proc = await asyncio.create_subprocess_exec(
@@ -315,7 +326,8 @@ async def _git(*args: str, cwd: str | None = None, timeout: float = 300) -> str:
         await proc.wait()
         raise
     if proc.returncode != 0:
-        raise GitError(stderr.decode(errors="replace").strip() or f"git {args[0]} failed")
+        message = stderr.decode(errors="replace").strip() or f"git {args[0]} failed"
+        raise GitError(redact_url_credentials(message))
     return stdout.decode(errors="replace").strip()
 
 
@@ -342,7 +354,34 @@ def resolve_inside(root: Path, relative: str, what: str) -> Path:
     return candidate
 
 
-async def checkout_repo(repo_url: str, ref: str, checkout_dir: Path, replace: bool = False) -> str:
+def check_repo_url(repo_url: str, allow_insecure: bool = False) -> str:
+    """The git protocols a fetch of `repo_url` may use; refuses a URL the worker will not fetch.
+
+    https, ssh (also `user@host:path`) and local paths always; unencrypted git:// and http://
+    only when the operator allows them (WORKER_ALLOW_INSECURE_GIT).
+    """
+    # `transport::address` hands the URL to a git remote helper (ext:: runs a command).
+    if not repo_url or repo_url.startswith("-") or "\0" in repo_url or _GIT_REMOTE_HELPER.match(repo_url):
+        raise refuse(f"invalid repository {redact_url_credentials(repo_url)!r}", "InvalidRepository")
+    scheme = repo_url.split("://", 1)[0].lower() if "://" in repo_url else ""
+    if scheme in INSECURE_GIT_SCHEMES and not allow_insecure:
+        raise refuse(
+            f"repository {redact_url_credentials(repo_url)!r} uses unencrypted {scheme}://: use https or "
+            "ssh (the worker's operator can allow it with WORKER_ALLOW_INSECURE_GIT=true)",
+            "InsecureRepositoryUrl",
+        )
+    if scheme and scheme not in SECURE_GIT_SCHEMES | INSECURE_GIT_SCHEMES:
+        raise refuse(
+            f"repository {redact_url_credentials(repo_url)!r}: {scheme}:// is not supported "
+            "(use https, ssh or a local path)",
+            "InvalidRepository",
+        )
+    return INSECURE_GIT_PROTOCOLS if allow_insecure else SECURE_GIT_PROTOCOLS
+
+
+async def checkout_repo(
+    repo_url: str, ref: str, checkout_dir: Path, replace: bool = False, allow_insecure: bool = False
+) -> str:
     """Check out `ref` of `repo_url` (that commit only, no history) at `checkout_dir`; return its SHA.
 
     The checkout is made in a temporary directory and renamed into place, so a directory at
@@ -350,15 +389,12 @@ async def checkout_repo(repo_url: str, ref: str, checkout_dir: Path, replace: bo
     An existing checkout is kept unless `replace`.
     """
     validate_ref(ref)
-    if not repo_url or repo_url.startswith("-") or repo_url.startswith("ext::"):
-        raise ApplicationError(
-            f"invalid repository {repo_url!r}", type="InvalidRepository", non_retryable=True
-        )
+    protocols = check_repo_url(repo_url, allow_insecure)
     checkout_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = checkout_dir.with_name(f".{checkout_dir.name}.{uuid.uuid4().hex[:8]}")
     try:
         await _git("init", "--quiet", str(staging))
-        sha = await _fetch_commit(repo_url, ref, staging)
+        sha = await _fetch_commit(repo_url, ref, staging, protocols)
         await _git("checkout", "--quiet", "--detach", sha, cwd=str(staging))
         if replace:
             await asyncio.to_thread(shutil.rmtree, checkout_dir, True)
@@ -373,11 +409,21 @@ async def checkout_repo(repo_url: str, ref: str, checkout_dir: Path, replace: bo
         await asyncio.to_thread(shutil.rmtree, staging, True)
 
 
-async def _fetch_commit(repo_url: str, ref: str, repo_dir: Path) -> str:
+async def _fetch_commit(repo_url: str, ref: str, repo_dir: Path, protocols: str) -> str:
     """Fetch the one commit `ref` names into `repo_dir` (shallow); return its SHA."""
     cwd = str(repo_dir)
     try:
-        await _git("fetch", "--quiet", "--depth", "1", "--end-of-options", repo_url, ref, cwd=cwd)
+        await _git(
+            "fetch",
+            "--quiet",
+            "--depth",
+            "1",
+            "--end-of-options",
+            repo_url,
+            ref,
+            cwd=cwd,
+            protocols=protocols,
+        )
     except GitError as err:
         message = str(err).lower()
         missing_ref = "couldn't find remote ref" in message
@@ -388,7 +434,15 @@ async def _fetch_commit(repo_url: str, ref: str, repo_dir: Path) -> str:
             raise _ref_not_found(repo_url, ref) from None
         # An abbreviated SHA (or a server that refuses SHAs): fetch everything, then resolve.
         try:
-            await _git("fetch", "--quiet", "--end-of-options", repo_url, "+refs/*:refs/fetched/*", cwd=cwd)
+            await _git(
+                "fetch",
+                "--quiet",
+                "--end-of-options",
+                repo_url,
+                "+refs/*:refs/fetched/*",
+                cwd=cwd,
+                protocols=protocols,
+            )
         except GitError as err2:
             raise _clone_error(repo_url, str(err2)) from None
         try:
@@ -403,7 +457,7 @@ async def _fetch_commit(repo_url: str, ref: str, repo_dir: Path) -> str:
 def _clone_error(repo_url: str, message: str) -> ApplicationError:
     transient = any(marker in message.lower() for marker in _TRANSIENT_GIT_ERRORS)
     return ApplicationError(
-        f"cannot clone repository {repo_url!r}: {' '.join(message.split())}",
+        f"cannot clone repository {redact_url_credentials(repo_url)!r}: {' '.join(message.split())}",
         type="RepositoryUnavailable" if transient else "RepositoryNotFound",
         non_retryable=not transient,
     )
@@ -411,7 +465,9 @@ def _clone_error(repo_url: str, message: str) -> ApplicationError:
 
 def _ref_not_found(repo_url: str, ref: str) -> ApplicationError:
     return ApplicationError(
-        f"ref {ref!r} not found in repository {repo_url!r}", type="RefNotFound", non_retryable=True
+        f"ref {ref!r} not found in repository {redact_url_credentials(repo_url)!r}",
+        type="RefNotFound",
+        non_retryable=True,
     )
 
 
@@ -430,6 +486,8 @@ class SkyPilotActivities:
         environ: Mapping[str, str] | None = None,
         outage_budget_seconds: float = DEFAULT_OUTAGE_BUDGET_SECONDS,
         autodown_idle_minutes: int | None = None,
+        policy: TaskPolicy | None = None,
+        allow_insecure_git: bool = False,
     ) -> None:
         self._sky = sky_sdk
         self._executor = executor
@@ -439,6 +497,9 @@ class SkyPilotActivities:
         self._outage_budget = outage_budget_seconds
         # SkyPilot's own safety net where the infra has it: a cluster idle this long goes down.
         self._autodown_idle_minutes = autodown_idle_minutes
+        # The operator's limits on task authors: no workflow input can widen them.
+        self._policy = policy or TaskPolicy()
+        self._allow_insecure_git = allow_insecure_git
         self._checkout_locks: collections.defaultdict[Path, asyncio.Lock] = collections.defaultdict(
             asyncio.Lock
         )
@@ -447,37 +508,35 @@ class SkyPilotActivities:
 
     @activity.defn
     async def fetch_tasks(self, input: FetchTasksInput) -> FetchTasksResult:
-        checkout_dir = self._checkout_dir(input.checkout_name)
-        async with self._checkout_locks[checkout_dir]:
-            sha = await checkout_repo(input.repo_url, input.ref, checkout_dir, replace=True)
-            _mark_used(checkout_dir)
-        yaml_texts = {}
-        for relative in input.yaml_paths:
-            path = resolve_inside(checkout_dir, relative, "task file")
-            if not path.is_file():
-                raise ApplicationError(
-                    f"task file {relative!r} not found in {input.repo_url!r} at {input.ref!r}",
-                    type="TaskFileNotFound",
-                    non_retryable=True,
+        """Step 1: check out the tasks and check each against the worker's policy, so a bad or
+        hostile task fails the run before any cluster exists."""
+        redact = Redactor(self._secret_values(input.secret_names))
+        try:
+            check_secret_names(input.secret_names, self._policy)
+            checkout_dir = self._checkout_dir(input.checkout_name)
+            async with self._checkout_locks[checkout_dir]:
+                sha = await checkout_repo(
+                    input.repo_url,
+                    input.ref,
+                    checkout_dir,
+                    replace=True,
+                    allow_insecure=self._allow_insecure_git,
                 )
-            if path.stat().st_size > MAX_TASK_FILE_BYTES:
-                raise ApplicationError(
-                    f"task file {relative!r} is larger than {MAX_TASK_FILE_BYTES // 1024} KB",
-                    type="TaskFileTooLarge",
-                    non_retryable=True,
+                _mark_used(checkout_dir)
+            yaml_texts = {path: _read_task_file(checkout_dir, path, input) for path in input.yaml_paths}
+            for relative, text in yaml_texts.items():
+                spec = TaskSpec(
+                    step=relative,
+                    job_name="validate",
+                    yaml_text=text,
+                    env_overrides=input.env_overrides,
+                    secret_names=input.secret_names,
+                    checkout_name=input.checkout_name,
                 )
-            yaml_texts[relative] = path.read_text()
-            # Validate now, so a bad train.yaml fails the run before any cluster exists.
-            spec = TaskSpec(
-                step=relative,
-                job_name="validate",
-                yaml_text=yaml_texts[relative],
-                env_overrides=input.env_overrides,
-                secret_names=input.secret_names,
-                checkout_name=input.checkout_name,
-            )
-            await self._blocking(self._build_task, spec, "")
-        activity.logger.info("Checked out %s at %s", input.repo_url, sha)
+                await self._blocking(self._build_task, spec, "")
+        except ApplicationError as err:
+            raise _masked(err, redact) from None
+        activity.logger.info("Checked out %s at %s", redact_url_credentials(input.repo_url), sha)
         return FetchTasksResult(commit_sha=sha, yaml_texts=yaml_texts)
 
     @activity.defn
@@ -590,9 +649,9 @@ class SkyPilotActivities:
         started = time.monotonic()
         what = f"{spec.step} on {cluster}"
         progress = JobProgress(phase="preparing", cluster_name=cluster, job_name=spec.job_name)
-        sink = self._sink(f"[{spec.step} {cluster}]", self._secret_values(spec), progress)
+        sink = self._sink(f"[{spec.step} {cluster}]", self._secret_values(spec.secret_names), progress)
         status, exit_code = "UP", None
-        async with self._skypilot_step(progress, what):
+        async with self._skypilot_step(progress, what, redact=sink.redact):
             await self._ensure_checkout(spec)
             # Parsing may consult cloud catalogs: keep it off the event loop too.
             task = await self._blocking(self._build_task, spec, infra)
@@ -639,18 +698,10 @@ class SkyPilotActivities:
 
     def _build_task(self, spec: TaskSpec, infra: str) -> Any:
         what = f"task {spec.step!r}"
-        try:
-            config = yaml.load(spec.yaml_text, Loader=_YAML_LOADER)
-        except yaml.YAMLError as exc:
-            raise ApplicationError(
-                f"{what} is not valid YAML: {clean_message(exc)}", type="InvalidTaskYaml", non_retryable=True
-            ) from None
-        if not isinstance(config, dict):
-            raise ApplicationError(
-                f"{what} must be a YAML mapping", type="InvalidTaskYaml", non_retryable=True
-            )
-        if spec.checkout_name:
-            _point_local_paths_at(config, self._checkout_dir(spec.checkout_name))
+        config = load_task_yaml(spec.yaml_text, what)
+        check_managed_secrets(config, what, self._policy)
+        checkout_dir = self._checkout_dir(spec.checkout_name) if spec.checkout_name else None
+        confine_local_paths(config, what, checkout_dir, self._policy)
         try:
             task = self._sky.Task.from_yaml_config(
                 config,
@@ -861,10 +912,16 @@ class SkyPilotActivities:
 
     @contextlib.asynccontextmanager
     async def _skypilot_step(
-        self, progress: JobProgress, what: str, cancel_skypilot: bool = True, always_retry: bool = False
+        self,
+        progress: JobProgress,
+        what: str,
+        cancel_skypilot: bool = True,
+        always_retry: bool = False,
+        redact: Callable[[str], str] = redact_url_credentials,
     ) -> AsyncIterator[None]:
         """Around every SkyPilot step: heartbeat `progress`; on a cancel the workflow asked for,
-        cancel the SkyPilot side too; turn SDK exceptions into classified ApplicationErrors."""
+        cancel the SkyPilot side too; turn SDK exceptions into classified ApplicationErrors with
+        secrets masked (the original exception is not chained: its text could hold them)."""
 
         async def beat() -> None:
             while True:
@@ -879,7 +936,7 @@ class SkyPilotActivities:
                 await self._cancel_on_skypilot_if_requested(progress.cluster_name, progress)
             raise
         except Exception as exc:
-            raise to_application_error(exc, what, always_retry) from exc
+            raise _masked(to_application_error(exc, what, always_retry), redact) from None
         finally:
             heartbeat_task.cancel()
 
@@ -902,6 +959,7 @@ class SkyPilotActivities:
         return resolve_inside(self._checkout_root, checkout_name, "checkout")
 
     def _secrets_for(self, spec: TaskSpec) -> dict[str, str]:
+        check_secret_names(spec.secret_names, self._policy)
         missing = [name for name in spec.secret_names if name not in self._environ]
         if missing:
             raise ApplicationError(
@@ -911,8 +969,8 @@ class SkyPilotActivities:
             )
         return {name: self._environ[name] for name in spec.secret_names}
 
-    def _secret_values(self, spec: TaskSpec) -> list[str]:
-        return [self._environ.get(name, "") for name in spec.secret_names]
+    def _secret_values(self, names: list[str]) -> list[str]:
+        return [self._environ.get(name, "") for name in names if name in self._policy.secret_names]
 
     @staticmethod
     def _sink(prefix: str, secrets: list[str], progress: JobProgress) -> JobLogSink:
@@ -920,14 +978,36 @@ class SkyPilotActivities:
         return JobLogSink(lambda line: logger.info("%s %s", prefix, line), secrets, progress)
 
 
-def _point_local_paths_at(config: dict[str, Any], checkout_dir: Path) -> None:
-    """Resolve a task's relative `workdir` and local file-mount sources against the checkout."""
-    workdir = config.get("workdir")
-    if isinstance(workdir, str) and not workdir.startswith(("/", "~")) and "://" not in workdir:
-        config["workdir"] = str(resolve_inside(checkout_dir, workdir, "workdir"))
-    for target, source in list((config.get("file_mounts") or {}).items()):
-        if isinstance(source, str) and not source.startswith(("/", "~")) and "://" not in source:
-            config["file_mounts"][target] = str(resolve_inside(checkout_dir, source, "file mount"))
+def _read_task_file(checkout_dir: Path, relative: str, input: FetchTasksInput) -> str:
+    path = resolve_inside(checkout_dir, relative, "task file")
+    if not path.is_file():
+        raise refuse(
+            f"task file {relative!r} not found in {redact_url_credentials(input.repo_url)!r} "
+            f"at {input.ref!r}",
+            "TaskFileNotFound",
+        )
+    if path.stat().st_size > MAX_TASK_FILE_BYTES:
+        raise refuse(
+            f"task file {relative!r} is larger than {MAX_TASK_FILE_BYTES // 1024} KB", "TaskFileTooLarge"
+        )
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise refuse(f"task file {relative!r} is not UTF-8 text", "InvalidTaskYaml") from None
+
+
+def _masked(err: ApplicationError, redact: Callable[[str], str]) -> ApplicationError:
+    """`err` with secrets masked in its message (its details are masked where they are made)."""
+    message = redact(err.message)
+    if message == err.message:
+        return err
+    return ApplicationError(
+        message,
+        *err.details,
+        type=err.type,
+        non_retryable=err.non_retryable,
+        next_retry_delay=err.next_retry_delay,
+    )
 
 
 def prune_checkouts(checkout_root: Path, max_age_seconds: float) -> list[Path]:

@@ -35,12 +35,20 @@ def env_str(name: str, default: str = "") -> str:
     return os.environ.get(name, "").strip() or default
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, minimum: int = 0, maximum: int = 10**9) -> int:
     raw = env_str(name)
     try:
-        return int(raw) if raw else default
+        value = int(raw) if raw else default
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be between {minimum} and {maximum}, got {value}")
+    return value
+
+
+def env_list(name: str) -> list[str]:
+    """A comma-separated setting, blanks dropped."""
+    return [item.strip() for item in env_str(name).split(",") if item.strip()]
 
 
 def env_bool(name: str, default: bool = False) -> bool:

@@ -29,6 +29,9 @@ from temporalio.worker import Worker
 import config
 from activities import SkyPilotActivities, clean_message, prune_checkouts
 from reaper import ClusterReaperWorkflow, ReaperActivities, ensure_reaper_schedule
+from redaction import redact_url_credentials
+from shared import ENV_NAME
+from task_policy import TaskPolicy
 from workflows import SkyPilotWorkflow
 
 log = logging.getLogger("skypilot-worker")
@@ -86,18 +89,20 @@ async def run_worker() -> None:
     config.load_env()
     # Never let an SDK call quietly start a local API server: an unreachable server is an error.
     os.environ.setdefault("SKYPILOT_DISABLE_LOCAL_API_SERVER", "1")
-    max_activities = config.env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 100)
+    max_activities = config.env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 100, minimum=1, maximum=10_000)
     # A step holds one thread while it follows its job and may need a second one to cancel it.
-    sdk_threads = config.env_int("WORKER_SDK_THREADS", 2 * max_activities + 4)
-    heartbeat_interval = float(config.env_int("WORKER_HEARTBEAT_INTERVAL_SECONDS", 5))
-    outage_budget = config.env_int("WORKER_SKYPILOT_OUTAGE_SECONDS", 1200)
-    autodown_minutes = config.env_int("AUTODOWN_IDLE_MINUTES", 60)
-    reaper_period = config.env_int("REAPER_PERIOD_SECONDS", 300)
-    reaper_grace = config.env_int("REAPER_GRACE_SECONDS", 120)
-    checkout_ttl_hours = config.env_int("WORKER_CHECKOUT_TTL_HOURS", 24)
+    sdk_threads = config.env_int("WORKER_SDK_THREADS", 2 * max_activities + 4, minimum=1, maximum=100_000)
+    heartbeat_interval = float(config.env_int("WORKER_HEARTBEAT_INTERVAL_SECONDS", 5, minimum=1, maximum=600))
+    outage_budget = config.env_int("WORKER_SKYPILOT_OUTAGE_SECONDS", 1200, maximum=7 * 24 * 3600)
+    autodown_minutes = config.env_int("AUTODOWN_IDLE_MINUTES", 60, maximum=30 * 24 * 60)
+    reaper_period = config.env_int("REAPER_PERIOD_SECONDS", 300, maximum=7 * 24 * 3600)
+    reaper_grace = config.env_int("REAPER_GRACE_SECONDS", 120, maximum=7 * 24 * 3600)
+    checkout_ttl_hours = config.env_int("WORKER_CHECKOUT_TTL_HOURS", 24, minimum=1, maximum=24 * 365)
     checkout_root = Path(
         config.env_str("WORKER_CHECKOUT_ROOT", "~/.cache/skypilot-temporal/checkouts")
     ).expanduser()
+    policy = task_policy_from_env()
+    allow_insecure_git = config.env_bool("WORKER_ALLOW_INSECURE_GIT")
 
     import sky  # heavy (seconds): imported only by the worker, never by the starter
 
@@ -111,6 +116,8 @@ async def run_worker() -> None:
         heartbeat_interval_seconds=heartbeat_interval,
         outage_budget_seconds=outage_budget,
         autodown_idle_minutes=autodown_minutes or None,
+        policy=policy,
+        allow_insecure_git=allow_insecure_git,
     )
     worker = create_worker(
         client,
@@ -140,6 +147,13 @@ async def run_worker() -> None:
         config.temporal_target()[1],
         api_server,
     )
+    log.info(
+        "Task policy: secrets tasks may receive: %s; upload directories beyond the checkout: %s; "
+        "git:// and http:// repositories: %s",
+        ", ".join(sorted(policy.secret_names)) or "none",
+        ", ".join(map(str, policy.upload_dirs)) or "none",
+        "allowed" if allow_insecure_git else "refused",
+    )
     pruning = asyncio.create_task(prune_checkouts_forever(checkout_root, checkout_ttl_hours * 3600.0))
     async with worker:
         await stop.wait()
@@ -148,6 +162,21 @@ async def run_worker() -> None:
     # Threads still following jobs must not keep the process alive: the jobs keep running on
     # SkyPilot and the next attempt re-attaches to them.
     executor.shutdown(wait=False, cancel_futures=True)
+
+
+def task_policy_from_env() -> TaskPolicy:
+    """The operator's limits on task authors (WORKER_ALLOWED_*): only the worker's environment
+    sets them, never a workflow input."""
+    secrets = config.env_list("WORKER_ALLOWED_SECRETS")
+    managed = config.env_list("WORKER_ALLOWED_MANAGED_SECRETS")
+    for setting, names in (("WORKER_ALLOWED_SECRETS", secrets), ("WORKER_ALLOWED_MANAGED_SECRETS", managed)):
+        if bad := [n for n in names if not ENV_NAME.fullmatch(n)]:
+            raise config.ConfigError(f"{setting}: {bad[0]!r} is not a variable name")
+    upload_dirs = config.env_list("WORKER_ALLOWED_UPLOAD_DIRS")
+    for directory in upload_dirs:
+        if not Path(directory).expanduser().is_absolute():
+            raise config.ConfigError(f"WORKER_ALLOWED_UPLOAD_DIRS: {directory!r} is not an absolute path")
+    return TaskPolicy.from_settings(upload_dirs, secrets, managed)
 
 
 async def prune_checkouts_forever(checkout_root: Path, max_age_seconds: float) -> None:
@@ -173,6 +202,7 @@ def configure_logging() -> None:
             maxBytes=max(1, config.env_int("WORKER_LOG_MAX_MB", 50)) * 2**20,
             backupCount=max(1, config.env_int("WORKER_LOG_BACKUPS", 3)),
         )
+    handler.addFilter(_hide_url_credentials)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", handlers=[handler]
     )
@@ -181,6 +211,14 @@ def configure_logging() -> None:
         logging.getLogger(name).setLevel(level)
     # Each line already names its step and cluster (and so its run); skip the info dict.
     activity.logger.activity_info_on_message = False
+
+
+def _hide_url_credentials(record: logging.LogRecord) -> bool:
+    """No log line shows a password or token of a URL (a repository, the API server endpoint)."""
+    message = record.getMessage()
+    if "@" in message:
+        record.msg, record.args = redact_url_credentials(message), None
+    return True
 
 
 def main() -> None:

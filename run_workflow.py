@@ -36,15 +36,20 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.service import RPCError, RPCStatusCode
 
 import config
+from redaction import redact_url_credentials
 from shared import (
     CLUSTER_MARKER,
+    ENV_NAME,
+    MAX_HEARTBEAT_SECONDS,
     MAX_PREFIX_LENGTH,
+    MAX_STEP_TIMEOUT_SECONDS,
     PipelineInput,
     PipelineProgress,
     PipelineResult,
     StepProgress,
     StepTimeouts,
     cluster_prefix_for,
+    input_problems,
 )
 from workflows import SkyPilotWorkflow
 
@@ -79,13 +84,10 @@ def step_timeout(text: str) -> tuple[str, int]:
         seconds = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"timeout for {key!r} must be whole seconds") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"timeout for {key!r} must be positive")
+    limit = MAX_HEARTBEAT_SECONDS if key == "heartbeat" else MAX_STEP_TIMEOUT_SECONDS
+    if not 1 <= seconds <= limit:
+        raise argparse.ArgumentTypeError(f"timeout for {key!r} must be between 1 and {limit} seconds")
     return key.replace("-", "_"), seconds
-
-
-def env_list(name: str) -> list[str]:
-    return [item.strip() for item in config.env_str(name).split(",") if item.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,13 +181,16 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
     repo = args.repo
     if os.path.isdir(repo):  # a local path: the worker may run from another directory
         repo = os.path.abspath(repo)
-    env = dict(key_value(item) for item in env_list("PIPELINE_ENV"))
+    try:
+        env = dict(key_value(item) for item in config.env_list("PIPELINE_ENV"))
+    except argparse.ArgumentTypeError as err:
+        raise config.ConfigError(f"PIPELINE_ENV: {err}") from None
     env.update(dict(args.env or []))
-    secrets = env_list("PIPELINE_SECRETS") + list(args.secret or [])
+    secrets = config.env_list("PIPELINE_SECRETS") + list(args.secret or [])
     for name in secrets:
-        if not name.isidentifier():
+        if not ENV_NAME.fullmatch(name):
             raise config.ConfigError(f"--secret takes a variable name, got {name!r}")
-    return PipelineInput(
+    pipeline = PipelineInput(
         repo_url=repo,
         ref=args.ref,
         preprocess_yaml=args.preprocess_yaml,
@@ -198,6 +203,9 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
         overlap_provisioning=args.overlap_provisioning,
         timeouts=StepTimeouts(**dict(args.timeout or [])),
     )
+    if problems := input_problems(pipeline):
+        raise config.ConfigError("; ".join(problems))
+    return pipeline
 
 
 def status_marks(stream: TextIO) -> dict[str, str]:
@@ -344,7 +352,7 @@ async def start(client: Client, pipeline: PipelineInput, args: argparse.Namespac
             pipeline,
             id=workflow_id,
             task_queue=args.task_queue,
-            static_summary=f"SkyPilot pipeline: {pipeline.repo_url}@{pipeline.ref}",
+            static_summary=f"SkyPilot pipeline: {redact_url_credentials(pipeline.repo_url)}@{pipeline.ref}",
             static_details=(
                 f"tasks: {pipeline.preprocess_yaml}, {pipeline.train_yaml}, "
                 f"{pipeline.eval_yaml}; infra: {pipeline.infra or 'from the tasks'}"

@@ -88,6 +88,49 @@ class PipelineProgress:
     clusters_up: list[str]
 
 
+# Bounds of the numeric inputs: anything outside is refused where it enters (the starter, and
+# the workflow's first step for any other client), never left to overflow a timedelta.
+MAX_STEP_TIMEOUT_SECONDS = 30 * 24 * 3600
+MAX_HEARTBEAT_SECONDS = 3600
+MAX_KEEP_CLUSTERS_MINUTES = 7 * 24 * 60
+MAX_RETRY_INTERVAL_SECONDS = 3600.0
+MAX_ENV_OVERRIDES_BYTES = 64 * 1024
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def input_problems(input: PipelineInput) -> list[str]:
+    """What is wrong with a pipeline input, one short phrase per problem (empty: nothing)."""
+    problems = []
+    if not isinstance(input.repo_url, str) or not input.repo_url.strip():
+        problems.append("repo_url is empty")
+    for name, value in vars(input.timeouts).items():
+        limit = MAX_HEARTBEAT_SECONDS if name == "heartbeat" else MAX_STEP_TIMEOUT_SECONDS
+        if not _number_between(value, 1, limit):
+            problems.append(f"timeouts.{name} must be between 1 and {limit} seconds")
+    if not _number_between(input.keep_clusters_minutes, 1, MAX_KEEP_CLUSTERS_MINUTES):
+        problems.append(f"keep_clusters_minutes must be between 1 and {MAX_KEEP_CLUSTERS_MINUTES}")
+    if not _number_between(input.retry_initial_interval_seconds, 0.01, MAX_RETRY_INTERVAL_SECONDS):
+        problems.append(
+            f"retry_initial_interval_seconds must be between 0.01 and {MAX_RETRY_INTERVAL_SECONDS:g}"
+        )
+    bad_keys = [k for k in input.env_overrides if not (isinstance(k, str) and ENV_NAME.fullmatch(k))]
+    if bad_keys:
+        problems.append(f"env override name(s) {', '.join(map(repr, bad_keys[:5]))} are not variable names")
+    if any(not isinstance(v, str) or "\0" in v for v in input.env_overrides.values()):
+        problems.append("env override values must be text without NUL characters")
+    elif sum(len(k) + len(v) for k, v in input.env_overrides.items()) > MAX_ENV_OVERRIDES_BYTES:
+        problems.append(f"env overrides are larger than {MAX_ENV_OVERRIDES_BYTES // 1024} KB")
+    bad_secrets = [n for n in input.secret_names if not (isinstance(n, str) and ENV_NAME.fullmatch(n))]
+    if bad_secrets:
+        problems.append(f"secret name(s) {', '.join(map(repr, bad_secrets[:5]))} are not variable names")
+    return problems
+
+
+def _number_between(value: object, low: float, high: float) -> bool:
+    # bool is an int, and NaN compares False with everything: both are refused here.
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+
 def cluster_prefix_for(workflow_id: str) -> str:
     """The cluster-name prefix of the run with `workflow_id`: one workflow id, one prefix.
 

@@ -29,6 +29,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError,
 
 with workflow.unsafe.imports_passed_through():
     from activities import SkyPilotActivities
+    from redaction import redact_url_credentials
     from shared import (
         DownInput,
         ExecInput,
@@ -42,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         TaskSpec,
         cluster_prefix_for,
+        input_problems,
         job_name_for,
         legacy_cluster_prefix_for,
     )
@@ -52,7 +54,6 @@ RUN_SCOPED_NAMES = "run-scoped-cluster-and-job-names"
 # Teardown: attempts per round, then the run reports it is stuck and tries again after a pause.
 TEARDOWN_ATTEMPTS_PER_ROUND = 4
 TEARDOWN_MAX_PAUSE = timedelta(minutes=5)
-MAX_KEEP_CLUSTERS_MINUTES = 7 * 24 * 60
 
 
 @workflow.defn
@@ -78,7 +79,9 @@ class SkyPilotWorkflow:
         self._provisioning: asyncio.Task[None] | None = None
         self._release_clusters = False
         self._steps = {
-            "fetch-tasks": StepProgress("fetch-tasks", f"fetch tasks from {input.repo_url}@{input.ref}"),
+            "fetch-tasks": StepProgress(
+                "fetch-tasks", f"fetch tasks from {redact_url_credentials(input.repo_url)}@{input.ref}"
+            ),
             "preprocess": StepProgress(
                 "preprocess",
                 f"launch preprocess on {self._preprocess_cluster}",
@@ -141,7 +144,9 @@ class SkyPilotWorkflow:
             raise self._step_failure(err) from err
         finally:
             await self._shielded_from_cancel(functools.partial(self._clean_up, outcome))
-        return PipelineResult(input.repo_url, self._commit_sha, steps=[preprocess, train, evaluation])
+        return PipelineResult(
+            redact_url_credentials(input.repo_url), self._commit_sha, steps=[preprocess, train, evaluation]
+        )
 
     @workflow.query
     def progress(self) -> PipelineProgress:
@@ -439,19 +444,12 @@ class SkyPilotWorkflow:
         )
 
     def _validate(self, input: PipelineInput) -> None:
-        problems = []
-        if not input.repo_url:
-            problems.append("repo_url is empty")
+        problems = input_problems(input)
         if input.cluster_prefix and self._run_scoped_names:
             problems.append(
                 "cluster_prefix is not an input any more: the prefix comes from the workflow id "
                 "(run_workflow.py --cluster-prefix NAME starts workflow skypilot-NAME)"
             )
-        if not 0 < input.keep_clusters_minutes <= MAX_KEEP_CLUSTERS_MINUTES:
-            problems.append(f"keep_clusters_minutes must be between 1 and {MAX_KEEP_CLUSTERS_MINUTES}")
-        for name, value in vars(input.timeouts).items():
-            if value <= 0:
-                problems.append(f"timeouts.{name} must be positive")
         if problems:
             raise ApplicationError(
                 "invalid pipeline input: " + "; ".join(problems), type="InvalidInput", non_retryable=True

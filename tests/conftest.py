@@ -25,13 +25,16 @@ from activities import SkyPilotActivities  # noqa: E402
 from fake_sky import FakeSky  # noqa: E402
 from run_worker import create_worker  # noqa: E402
 from shared import PipelineInput, StepTimeouts  # noqa: E402
+from task_policy import TaskPolicy  # noqa: E402
 from workflows import SkyPilotWorkflow  # noqa: E402
 
 TEMPORAL_CLI = ROOT / ".venv" / "bin" / "temporal"
 
 TASK_FILES = ("data_preprocessing.yaml", "train.yaml", "eval.yaml")
 # The worker's own environment, where secrets live (never in workflow history).
-WORKER_ENVIRON = {"HF_TOKEN": "s3cr3t-value"}
+WORKER_ENVIRON = {"HF_TOKEN": "s3cr3t-value", "TEMPORAL_API_KEY": "worker-own-credential"}
+# The secrets this worker's operator allows tasks to receive (NOPE_TOKEN: allowed but not set).
+WORKER_POLICY = TaskPolicy(secret_names=frozenset({"HF_TOKEN", "NOPE_TOKEN"}))
 
 
 @pytest.fixture
@@ -54,6 +57,7 @@ def activities(fake_sky: FakeSky, executor, tmp_path: Path) -> SkyPilotActivitie
         checkout_root=tmp_path / "checkouts",
         heartbeat_interval_seconds=0.05,
         environ=WORKER_ENVIRON,
+        policy=WORKER_POLICY,
     )
 
 
@@ -133,6 +137,7 @@ async def running_worker(
             checkout_root=checkout_root,
             heartbeat_interval_seconds=0.05,
             environ=WORKER_ENVIRON,
+            policy=WORKER_POLICY,
         )
         async with create_worker(env.client, activities, task_queue, heartbeat_interval=0.2):
             yield

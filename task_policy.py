@@ -1,0 +1,214 @@
+"""What a task author may ask of the worker host: the checks a task YAML passes before SkyPilot
+sees it.
+
+A task YAML comes from whoever can push to a task repository; the worker that runs it holds
+the platform's credentials. So a task may upload only files of its own run's checkout (or of
+directories the worker's operator allows), may receive only the worker secrets the operator
+lists, and cannot make the worker expand a YAML alias bomb. The policy is the worker's own
+setting: nothing in a workflow input can widen it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from temporalio.exceptions import ApplicationError
+
+# Deeper nesting than this is no task file a person wrote.
+MAX_YAML_DEPTH = 64
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """The worker operator's limits on task authors (see .env.example, "Trust boundaries")."""
+
+    # Local directories outside a run's checkout that tasks may upload (resolved, absolute).
+    upload_dirs: tuple[Path, ...] = ()
+    # Variables of the worker's environment a run may pass to its tasks as SkyPilot secrets.
+    secret_names: frozenset[str] = field(default_factory=frozenset)
+    # SkyPilot-managed secrets (stored on the API server) a task YAML may reference by name.
+    managed_secret_names: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_settings(
+        cls, upload_dirs: Iterable[str], secret_names: Iterable[str], managed_secret_names: Iterable[str]
+    ) -> TaskPolicy:
+        return cls(
+            upload_dirs=tuple(Path(d).expanduser().resolve() for d in upload_dirs if d),
+            secret_names=frozenset(n for n in secret_names if n),
+            managed_secret_names=frozenset(n for n in managed_secret_names if n),
+        )
+
+
+def refuse(message: str, kind: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def load_task_yaml(text: str, what: str) -> dict[str, Any]:
+    """Parse a task file, refusing YAML aliases (an alias bomb expands exponentially) and absurd
+    nesting before anything is built from it."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_YAML_LOADER):
+            if isinstance(event, yaml.AliasEvent):
+                raise refuse(
+                    f"{what} uses a YAML alias (*{event.anchor}): aliases are not allowed in task files",
+                    "InvalidTaskYaml",
+                )
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise refuse(f"{what} is nested deeper than {MAX_YAML_DEPTH} levels", "InvalidTaskYaml")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+        config = yaml.load(text, Loader=_YAML_LOADER)
+    except ApplicationError:
+        raise
+    except Exception as exc:  # YAMLError, and e.g. ValueError for a timestamp like 2001-13-45
+        raise refuse(f"{what} is not valid YAML: {_first_line(exc)}", "InvalidTaskYaml") from None
+    if not isinstance(config, dict):
+        raise refuse(f"{what} must be a YAML mapping", "InvalidTaskYaml")
+    return config
+
+
+def check_secret_names(names: Iterable[str], policy: TaskPolicy) -> None:
+    refused = sorted({n for n in names if n not in policy.secret_names})
+    if refused:
+        raise refuse(
+            f"secret(s) {', '.join(map(repr, refused))} not allowed on this worker "
+            "(its operator lists the secrets tasks may receive in WORKER_ALLOWED_SECRETS)",
+            "SecretNotAllowed",
+        )
+
+
+def check_managed_secrets(config: Mapping[str, Any], what: str, policy: TaskPolicy) -> None:
+    """A task YAML may name SkyPilot-managed secrets (`secrets: [NAME]`, `secrets: {NAME: null}`,
+    `managed_secrets:`): the API server hands them out with the worker's identity."""
+    names: list[str] = []
+    secrets = config.get("secrets")
+    if isinstance(secrets, list):
+        names += [str(s) for s in secrets]
+    elif isinstance(secrets, dict):
+        names += [str(k) for k, v in secrets.items() if v is None]
+    for entry in config.get("managed_secrets") or []:
+        names += [str(k) for k in entry] if isinstance(entry, dict) else [str(entry)]
+    refused = sorted({n for n in names if _managed_secret_name(n) not in policy.managed_secret_names})
+    if refused:
+        raise refuse(
+            f"{what} references SkyPilot secret(s) {', '.join(map(repr, refused))} not allowed on this "
+            "worker (see WORKER_ALLOWED_MANAGED_SECRETS)",
+            "SecretNotAllowed",
+        )
+
+
+def confine_local_paths(
+    config: dict[str, Any], what: str, checkout_dir: Path | None, policy: TaskPolicy
+) -> None:
+    """Point the task's local paths (workdir, file-mount and storage sources) at absolute paths
+    inside the run's checkout, in place; refuse any that leaves it (absolute, `~`, `..`, a
+    symlink) unless it is inside a directory the operator allows. Cloud URLs pass unchanged."""
+    workdir = config.get("workdir")
+    if isinstance(workdir, str):
+        config["workdir"] = _confined(workdir, f"{what}: workdir", checkout_dir, policy)
+    elif workdir is not None and not isinstance(workdir, dict):  # {url, ref}: cloned on the cluster
+        raise refuse(f"{what}: workdir must be a path or a git {{url, ref}}", "InvalidTask")
+    file_mounts = config.get("file_mounts")
+    if file_mounts is None:
+        return
+    if not isinstance(file_mounts, dict):
+        raise refuse(f"{what}: file_mounts must be a mapping", "InvalidTask")
+    for target, source in file_mounts.items():
+        where = f"{what}: file mount {target}"
+        if isinstance(source, str):
+            file_mounts[target] = _confined(source, where, checkout_dir, policy)
+        elif isinstance(source, dict) and "source" in source:
+            sources = source["source"]
+            if isinstance(sources, str):
+                source["source"] = _confined(sources, where, checkout_dir, policy)
+            elif isinstance(sources, list):
+                source["source"] = [_confined(str(s), where, checkout_dir, policy) for s in sources]
+            elif sources is not None:
+                raise refuse(f"{where}: source must be a path, a URL or a list of them", "InvalidTask")
+
+
+def _confined(path: str, where: str, checkout_dir: Path | None, policy: TaskPolicy) -> str:
+    try:
+        return _confined_path(path, where, checkout_dir, policy)
+    except OSError as exc:  # a name too long, a loop of symlinks, an unreadable directory
+        raise refuse(f"{where}: cannot check {path!r}: {exc.strerror or exc}", "PathNotAllowed") from None
+
+
+def _confined_path(path: str, where: str, checkout_dir: Path | None, policy: TaskPolicy) -> str:
+    if _is_url(path):
+        if path.lower().startswith("file:"):
+            raise refuse(
+                f"{where}: {path!r}: file:// URLs are not allowed (use a path in the repository)",
+                "PathNotAllowed",
+            )
+        return path
+    if "\0" in path:
+        raise refuse(f"{where}: the path contains a NUL character", "PathNotAllowed")
+    relative = not path.startswith(("/", "~"))
+    if checkout_dir is not None and relative:
+        root = checkout_dir.resolve()
+        resolved = (root / path).resolve()
+        if resolved.is_relative_to(root):
+            _refuse_symlinks_out(resolved, where, root, policy)
+            return str(resolved)
+    else:
+        try:
+            resolved = Path(path).expanduser().resolve()
+        except (RuntimeError, OSError):  # ~nosuchuser
+            raise refuse(f"{where}: {path!r} is outside the task repository", "PathNotAllowed") from None
+    allowed = next((d for d in policy.upload_dirs if resolved.is_relative_to(d)), None)
+    if allowed is None:
+        raise refuse(
+            f"{where}: {path!r} is outside the task repository (the worker's operator can allow a "
+            "directory with WORKER_ALLOWED_UPLOAD_DIRS)",
+            "PathNotAllowed",
+        )
+    _refuse_symlinks_out(resolved, where, allowed, policy)
+    return str(resolved)
+
+
+def _refuse_symlinks_out(path: Path, where: str, root: Path, policy: TaskPolicy) -> None:
+    """A symlink under an uploaded directory that points outside it (and outside every allowed
+    directory) would upload what it points at."""
+    if not path.is_dir():
+        return
+    for dirpath, dirnames, filenames in os.walk(path):
+        if ".git" in dirnames:
+            dirnames.remove(".git")
+        for name in dirnames + filenames:
+            entry = Path(dirpath, name)
+            if not entry.is_symlink():
+                continue
+            target = entry.resolve()
+            if not (target.is_relative_to(root) or any(target.is_relative_to(d) for d in policy.upload_dirs)):
+                shown = entry.relative_to(path) if entry.is_relative_to(path) else entry
+                raise refuse(
+                    f"{where}: symlink {str(shown)!r} points outside the task repository", "PathNotAllowed"
+                )
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and bool(urlsplit(path).scheme)
+
+
+def _managed_secret_name(raw: str) -> str:
+    name = raw.removeprefix("secrets:")
+    for scope in ("personal.", "workspace.", "global."):
+        name = name.removeprefix(scope)
+    return name
+
+
+def _first_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] or type(exc).__name__

@@ -1,0 +1,327 @@
+"""What a task author can and cannot make the worker do: host files, secrets, masking, resource
+bombs, git transports, credentials in repository URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities import JobLogSink, SkyPilotActivities, check_repo_url
+from conftest import WORKER_ENVIRON, Pipeline, git
+from fake_sky import FakeSky
+from redaction import Redactor, redact_url_credentials
+from shared import FetchTasksInput, JobProgress, LaunchInput, PipelineInput, TaskSpec, input_problems
+from task_policy import TaskPolicy
+
+PEM = "\n".join(
+    [
+        "-----BEGIN PRIVATE KEY-----",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+        "BKcwggSjAgEAAoIBAQDc8wP0",
+        "-----END PRIVATE KEY-----",
+    ]
+)
+ALIAS_BOMB = "\n".join(
+    ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]" for i in range(8)]
+    + ["run: echo hi"]
+)
+
+
+def make_repo(tmp_path: Path, files: dict[str, str], name: str = "repo") -> Path:
+    repo = tmp_path / name
+    repo.mkdir()
+    git("init", "--quiet", "--initial-branch=main", cwd=repo)
+    for relative, text in files.items():
+        (repo / relative).parent.mkdir(parents=True, exist_ok=True)
+        (repo / relative).write_text(text)
+    git("add", ".", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "tasks", cwd=repo)
+    return repo
+
+
+async def fetch_one(activities: SkyPilotActivities, repo: Path | str, task: str = "task.yaml", **kwargs):
+    return await ActivityEnvironment().run(
+        activities.fetch_tasks,
+        FetchTasksInput(
+            repo_url=str(repo), ref="main", yaml_paths=[task], checkout_name="wf1/run1", **kwargs
+        ),
+    )
+
+
+async def refused(activities, repo, error_type: str, **kwargs) -> str:
+    with pytest.raises(ApplicationError) as err:
+        await fetch_one(activities, repo, **kwargs)
+    assert err.value.type == error_type, err.value.message
+    assert err.value.non_retryable and "\n" not in err.value.message
+    return err.value.message
+
+
+# ---------------------------------------------------------------- 1. host files
+
+
+@pytest.mark.parametrize(
+    "task_yaml,shown",
+    [
+        ("file_mounts:\n  /tmp/x: ~/.ssh\nrun: ls /tmp/x", "~/.ssh"),
+        ("file_mounts:\n  /tmp/y: /root/.sky\nrun: ls", "/root/.sky"),
+        ("workdir: /etc\nrun: ls", "/etc"),
+        ("workdir: ../..\nrun: ls", "../.."),
+        ("file_mounts:\n  /data:\n    name: b\n    source: ../../..\n    mode: COPY\nrun: ls", "../../.."),
+        ("file_mounts:\n  /data:\n    source: [data, /etc/passwd]\nrun: ls", "/etc/passwd"),
+        ("file_mounts:\n  /k: file:///root/.ssh/id_rsa\nrun: ls", "file:///root/.ssh/id_rsa"),
+    ],
+)
+async def test_a_task_cannot_upload_host_files(activities, tmp_path, task_yaml, shown):
+    repo = make_repo(tmp_path, {"task.yaml": task_yaml, "data/x.csv": "1"})
+    message = await refused(activities, repo, "PathNotAllowed")
+    assert "'task.yaml'" in message and shown in message
+
+
+async def test_a_symlink_in_the_checkout_pointing_outside_is_refused(activities, tmp_path):
+    repo = make_repo(tmp_path, {"task.yaml": "workdir: .\nrun: ls", "code/train.py": "print()"})
+    (repo / "code" / "keys").symlink_to(Path.home() / ".ssh")
+    git("add", ".", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "link", cwd=repo)
+    message = await refused(activities, repo, "PathNotAllowed")
+    assert "code/keys" in message
+
+
+async def test_paths_inside_the_checkout_and_cloud_urls_pass(activities, fake_sky: FakeSky, tmp_path):
+    task_yaml = (
+        "workdir: .\nfile_mounts:\n  /data: data\n  /bucket: s3://my-bucket/x\n"
+        "  /store:\n    name: st\n    source: data\n    mode: COPY\nrun: ls"
+    )
+    repo = make_repo(tmp_path, {"task.yaml": task_yaml, "data/x.csv": "1"})
+    result = await fetch_one(activities, repo)
+    assert result.yaml_texts["task.yaml"] == task_yaml
+
+
+async def test_the_operator_can_allow_a_directory_and_only_the_operator(fake_sky, executor, tmp_path):
+    shared_data = tmp_path / "shared-data"
+    shared_data.mkdir()
+    repo = make_repo(tmp_path, {"task.yaml": f"file_mounts:\n  /data: {shared_data}\nrun: ls"})
+    strict = SkyPilotActivities(fake_sky, executor, tmp_path / "c1", environ=WORKER_ENVIRON)
+    await refused(strict, repo, "PathNotAllowed")
+    allowing = SkyPilotActivities(
+        fake_sky,
+        executor,
+        tmp_path / "c2",
+        environ=WORKER_ENVIRON,
+        policy=TaskPolicy(upload_dirs=(shared_data,)),
+    )
+    await fetch_one(allowing, repo)
+
+
+async def test_a_launch_rechecks_the_task_it_is_given(activities, fake_sky: FakeSky):
+    """A task text reaching launch by another path than step 1 is checked again."""
+    spec = TaskSpec(step="train", job_name="wf1-train", yaml_text="workdir: /etc\nrun: ls")
+    with pytest.raises(ApplicationError, match="outside the task repository"):
+        await ActivityEnvironment().run(activities.launch_task, LaunchInput("wf1-train", spec))
+    assert fake_sky.submitted == []
+
+
+async def test_a_pipeline_with_a_host_file_mount_fails_at_step_1_with_no_cluster(pipeline: Pipeline):
+    (pipeline.repo / "train.yaml").write_text("file_mounts:\n  /tmp/x: ~/.ssh\nrun: ls /tmp/x\n")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "evil", cwd=pipeline.repo)
+    error = await pipeline.fail()
+    assert "'train.yaml'" in str(error.message) and "~/.ssh" in str(error.message)
+    assert pipeline.fake.ever_launched == set()
+
+
+# ---------------------------------------------------------------- 2. secrets by name
+
+
+async def test_only_secrets_the_operator_lists_are_handed_out(activities, tmp_path):
+    repo = make_repo(tmp_path, {"task.yaml": "run: echo $TEMPORAL_API_KEY"})
+    message = await refused(activities, repo, "SecretNotAllowed", secret_names=["TEMPORAL_API_KEY"])
+    assert "TEMPORAL_API_KEY" in message and "WORKER_ALLOWED_SECRETS" in message
+    assert WORKER_ENVIRON["TEMPORAL_API_KEY"] not in message
+
+
+async def test_the_default_worker_hands_out_no_secret(fake_sky, executor, tmp_path):
+    repo = make_repo(tmp_path, {"task.yaml": "run: ls"})
+    default = SkyPilotActivities(fake_sky, executor, tmp_path / "c", environ=WORKER_ENVIRON)
+    await refused(default, repo, "SecretNotAllowed", secret_names=["HF_TOKEN"])
+
+
+@pytest.mark.parametrize(
+    "secrets_yaml",
+    [
+        "secrets: [prod-db-password]",
+        "secrets:\n  prod-db-password: null",
+        "managed_secrets: [prod-db-password]",
+    ],
+)
+async def test_a_task_cannot_pull_skypilot_managed_secrets_unless_allowed(activities, tmp_path, secrets_yaml):
+    repo = make_repo(tmp_path, {"task.yaml": f"{secrets_yaml}\nrun: ls"})
+    message = await refused(activities, repo, "SecretNotAllowed")
+    assert "prod-db-password" in message
+
+
+async def test_a_pipeline_asking_for_a_worker_credential_launches_nothing(pipeline: Pipeline):
+    error = await pipeline.fail(secret_names=["TEMPORAL_API_KEY"])
+    assert "not allowed on this worker" in str(error.message)
+    assert pipeline.fake.ever_launched == set()
+
+
+# ---------------------------------------------------------------- 3. masking
+
+
+def test_a_multi_line_secret_is_masked_line_by_line_and_whole():
+    redact = Redactor([PEM, "abc", "abcdef"])
+    assert redact(PEM) == "***"
+    joined = " ".join(PEM.splitlines())  # how an exception message shows it on one line
+    assert "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC" not in redact(joined)
+    assert redact("abcdef abc") == "*** ***"
+
+
+async def test_a_multi_line_secret_never_reaches_the_log_tail_or_the_log(fake_sky, executor, tmp_path):
+    activities = SkyPilotActivities(
+        fake_sky,
+        executor,
+        tmp_path / "c",
+        heartbeat_interval_seconds=0.05,
+        environ={"SA_KEY": PEM},
+        policy=TaskPolicy(secret_names=frozenset({"SA_KEY"})),
+    )
+    fake_sky.plan("train", logs=["key follows:", *PEM.splitlines(), "done"])
+    spec = TaskSpec(step="train", job_name="wf1-train", yaml_text="run: cat key", secret_names=["SA_KEY"])
+    result = await ActivityEnvironment().run(activities.launch_task, LaunchInput("wf1-train", spec))
+    assert "MIIEvQ" not in result.log_tail and "BKcwggSj" not in result.log_tail
+    assert "done" in result.log_tail
+
+
+async def test_failure_messages_are_masked(activities, fake_sky: FakeSky):
+    fake_sky.fail_next("launch", ValueError(f"bad env value s3cr3t-value in {WORKER_ENVIRON['HF_TOKEN']}"))
+    spec = TaskSpec(step="train", job_name="wf1-train", yaml_text="run: ls", secret_names=["HF_TOKEN"])
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.launch_task, LaunchInput("wf1-train", spec))
+    assert "s3cr3t-value" not in err.value.message and "***" in err.value.message
+    assert err.value.__cause__ is None, "the unmasked original must not travel as the cause"
+
+
+def test_the_log_sink_masks_line_spanning_output():
+    logged: list[str] = []
+    sink = JobLogSink(logged.append, [PEM], JobProgress("running", "c"))
+    sink.write(PEM + "\nafter\n")
+    assert all("MIIEvQ" not in line and "BEGIN PRIVATE" not in line for line in [*logged, sink.tail()])
+
+
+# ---------------------------------------------------------------- 4. resource bombs
+
+
+async def test_a_yaml_alias_bomb_is_refused_before_it_expands(activities, tmp_path):
+    repo = make_repo(tmp_path, {"task.yaml": ALIAS_BOMB})
+    started = time.monotonic()
+    message = await refused(activities, repo, "InvalidTaskYaml")
+    assert "alias" in message
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize("text", ["[" * 5000 + "]" * 5000, "run: 2001-13-45\nx: !!timestamp 2001-13-45"])
+async def test_pathological_yaml_is_a_one_line_error(activities, tmp_path, text):
+    repo = make_repo(tmp_path, {"task.yaml": text})
+    await refused(activities, repo, "InvalidTaskYaml")
+
+
+@pytest.mark.parametrize(
+    "overrides,problem",
+    [
+        ({"timeouts": {"train": 10**14}}, "timeouts.train"),
+        ({"timeouts": {"heartbeat": 0}}, "timeouts.heartbeat"),
+        ({"keep_clusters_minutes": 10**12}, "keep_clusters_minutes"),
+        ({"retry_initial_interval_seconds": float("nan")}, "retry_initial_interval_seconds"),
+        ({"env_overrides": {"A B": "1"}}, "not variable names"),
+        ({"env_overrides": {"BIG": "x" * 100_000}}, "larger than"),
+        ({"secret_names": ["$(id)"]}, "secret name"),
+    ],
+)
+def test_numeric_and_named_inputs_are_bounded(overrides, problem):
+    from shared import StepTimeouts
+
+    fields = {"repo_url": "https://example.com/r.git", **overrides}
+    if "timeouts" in fields:
+        fields["timeouts"] = StepTimeouts(**fields["timeouts"])
+    problems = input_problems(PipelineInput(**fields))
+    assert any(problem in p for p in problems), problems
+
+
+async def test_an_overflowing_timeout_fails_the_run_in_one_line_instead_of_retrying_forever(
+    pipeline: Pipeline,
+):
+    from shared import StepTimeouts
+
+    error = await asyncio.wait_for(pipeline.fail(timeouts=StepTimeouts(train=10**14, heartbeat=5)), 60)
+    assert error.type == "InvalidInput" and "timeouts.train" in error.message
+    assert pipeline.fake.ever_launched == set()
+
+
+# ---------------------------------------------------------------- 5. git transports and URL credentials
+
+
+@pytest.mark.parametrize(
+    "url", ["git://example.com/r.git", "http://example.com/r.git", "HTTP://example.com/r"]
+)
+def test_unencrypted_git_needs_the_operator(url):
+    with pytest.raises(ApplicationError, match="WORKER_ALLOW_INSECURE_GIT") as err:
+        check_repo_url(url)
+    assert err.value.non_retryable
+    assert "git" in check_repo_url(url, allow_insecure=True)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://github.com/o/r.git",
+        "ssh://git@github.com/o/r.git",
+        "git@github.com:o/r.git",
+        "/srv/r",
+        "file:///srv/r",
+    ],
+)
+def test_https_ssh_and_local_paths_are_allowed(url):
+    assert check_repo_url(url) == "file:https:ssh"
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/r", "ext::sh -c id", "-uhello", "fd::17"])
+def test_other_transports_are_refused(url):
+    with pytest.raises(ApplicationError):
+        check_repo_url(url)
+
+
+async def test_git_refuses_a_redirect_to_an_insecure_transport_too(activities, tmp_path):
+    """GIT_ALLOW_PROTOCOL is what git itself enforces, e.g. for a submodule or an insteadOf."""
+    with pytest.raises(ApplicationError) as err:
+        await fetch_one(activities, "git://127.0.0.1:1/r.git")
+    assert err.value.type == "InsecureRepositoryUrl"
+
+
+def test_credentials_in_a_url_are_hidden_but_an_ssh_user_is_not():
+    assert redact_url_credentials("cannot clone https://bob:hunter2@git.example.com/r") == (
+        "cannot clone https://***@git.example.com/r"
+    )
+    assert redact_url_credentials("https://ghp_abcdef@github.com/o/r") == "https://***@github.com/o/r"
+    assert redact_url_credentials("ssh://git@github.com/o/r") == "ssh://git@github.com/o/r"
+
+
+async def test_a_repo_url_with_credentials_never_shows_them(pipeline: Pipeline, caplog):
+    url = "https://bob:hunter2pw@127.0.0.1:9/tasks.git"
+    from shared import StepTimeouts
+
+    handle = await pipeline.start(repo_url=url, timeouts=StepTimeouts(fetch_tasks=3, heartbeat=5))
+    with pytest.raises(Exception) as err:
+        await handle.result()
+    progress = await handle.query("progress")
+    shown = [str(err.value.cause), str(progress), caplog.text]
+    async for event in handle.fetch_history_events():
+        for field in ("activity_task_scheduled_event_attributes",):
+            if event.HasField(field):
+                shown.append(str(event.user_metadata))
+    assert not [text for text in shown if "hunter2pw" in text]
+    assert any("https://***@127.0.0.1:9/tasks.git" in text for text in shown)
