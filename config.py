@@ -2,7 +2,9 @@
 
 Temporal connection settings follow Temporal's own tools (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
 TEMPORAL_API_KEY, TEMPORAL_TLS*, or a TOML profile), so the same .env works for a local dev
-server, a self-hosted cluster and Temporal Cloud.
+server, a self-hosted cluster and Temporal Cloud. Payloads are encrypted when a codec key is
+configured (PAYLOAD_CODEC_KEYS, PAYLOAD_CODEC_KEY_FILE or ~/.config/skypilot-temporal/codec.keys;
+see codec.py).
 """
 
 from __future__ import annotations
@@ -78,12 +80,32 @@ def temporal_target() -> tuple[dict, str]:
 
 
 async def connect_temporal(runtime: Runtime | None = None) -> Client:
-    """Connect with the standard settings; `runtime` None is temporalio's default runtime."""
+    """Connect with the standard settings; `runtime` None is temporalio's default runtime.
+
+    The client (and so every worker built on it) encrypts payloads with the configured codec keys.
+    """
+    import codec  # here, not at the top: codec imports this module
+
     connect_config, where = temporal_target()
+    converter = codec.data_converter(codec.load_codec_keys(os.environ))
     try:
-        return await Client.connect(**connect_config, runtime=runtime)
+        return await Client.connect(**connect_config, data_converter=converter, runtime=runtime)
     except Exception as err:
         raise ConfigError(f"cannot reach Temporal at {where}: {one_line(err)}") from None
+
+
+def encryption_status() -> str:
+    """One line for the start banner: whether payloads are encrypted, with which key, from where."""
+    import codec
+
+    keys, source = codec.find_codec_keys(os.environ)
+    if not keys:
+        return (
+            f"payloads NOT encrypted: set {codec.KEY_FILE_SETTING} or {codec.KEYS_SETTING}, or create "
+            f"{codec.DEFAULT_KEY_FILE} (python codec.py new-key)"
+        )
+    count = f"{len(keys)} key{'s' if len(keys) > 1 else ''}"
+    return f"payloads encrypted (key {next(iter(keys))}, {count}, from {source})"
 
 
 def workflow_ui_url(namespace: str, workflow_id: str, run_id: str | None = None) -> str:
