@@ -384,7 +384,10 @@ class SkyPilotWorkflow:
             start_to_close_timeout=timedelta(seconds=timeout),
             schedule_to_close_timeout=timedelta(seconds=timeout),
             heartbeat_timeout=timedelta(seconds=self._input.timeouts.heartbeat),
-            retry_policy=self._retry_policy(maximum_attempts=5),
+            # Attempts end by time (the step's timeout above), not by count: a worker lost
+            # mid-step is not the step's failure, and each attempt re-attaches to the job.
+            # Errors that cannot get better are non-retryable where they are raised.
+            retry_policy=self._retry_policy(maximum_attempts=0),
             # Let the activity cancel the SkyPilot request/job before the run moves on.
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             summary=summary or self._steps[step].summary,

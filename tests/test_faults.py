@@ -226,3 +226,13 @@ async def test_a_cancel_while_preprocess_and_the_overlapped_provision_run_leaves
     assert preprocess_launch.status == "CANCELLED", "the preprocess launch was not cancelled on SkyPilot"
     await asyncio.sleep(2)  # a leaked retry would launch the cluster again about now
     pipeline.assert_no_cluster_left()
+
+
+async def test_a_step_outlives_more_lost_attempts_than_any_fixed_count(pipeline: Pipeline):
+    """Found by the chaos soak: with workers killed every ~40 s, preprocess lost its 5th attempt
+    and the run failed although its job was fine. Attempts end by the step's timeout instead."""
+    flaky = [RuntimeError("connection reset by peer")] * 7
+    pipeline.fake.fail_next("launch", *flaky)
+    result = await pipeline.run()
+    assert [s.job_status for s in result.steps] == ["SUCCEEDED"] * 3
+    pipeline.assert_no_cluster_left()
