@@ -200,6 +200,11 @@ def data_converter(keys: Mapping[str, bytes] | None) -> temporalio.converter.Dat
     )
 
 
+def configured_data_converter(environ: Mapping[str, str] | None = None) -> temporalio.converter.DataConverter:
+    """The converter every client of this project uses: the one the worker and starter use."""
+    return data_converter(load_codec_keys(os.environ if environ is None else environ))
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 

@@ -87,7 +87,7 @@ async def connect_temporal(runtime: Runtime | None = None) -> Client:
     import codec  # here, not at the top: codec imports this module
 
     connect_config, where = temporal_target()
-    converter = codec.data_converter(codec.load_codec_keys(os.environ))
+    converter = codec.configured_data_converter()
     try:
         return await Client.connect(**connect_config, data_converter=converter, runtime=runtime)
     except Exception as err:

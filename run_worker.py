@@ -147,6 +147,7 @@ async def run_worker() -> None:
         config.temporal_target()[1],
         api_server,
     )
+    log.info("Payload codec: %s", config.encryption_status())
     log.info(
         "Task policy: secrets tasks may receive: %s; upload directories beyond the checkout: %s; "
         "git:// and http:// repositories: %s",

@@ -76,7 +76,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
 
 from chaos_observe import Observer  # noqa: E402
 
@@ -306,8 +306,13 @@ class Soak:
         """A connected client; reconnects after Temporal restarts. Raises while it is down."""
         from temporalio.client import Client
 
+        from codec import configured_data_converter
+
         if self.client is None:
-            self.client = await asyncio.wait_for(Client.connect(TEMPORAL_ADDRESS), 10)
+            converter = configured_data_converter()
+            self.client = await asyncio.wait_for(
+                Client.connect(TEMPORAL_ADDRESS, data_converter=converter), 10
+            )
         return self.client
 
     async def temporal_call(self, action: Callable[[Any], Any], timeout: float = 15) -> Any:

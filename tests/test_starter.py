@@ -21,6 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from test_scripts import assert_one_line_error, run_script, starter_env
 
 import run_workflow
+from codec import configured_data_converter
 from conftest import ROOT, TEMPORAL_CLI, Pipeline, running_worker
 from fake_sky import FakeJob, FakeSky
 from shared import PipelineProgress
@@ -68,7 +69,7 @@ class DevServer:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return await Client.connect(self.address)
+                return await Client.connect(self.address, data_converter=configured_data_converter())
             except Exception:
                 if time.monotonic() > deadline:
                     raise

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from temporalio.client import Client
 
+from codec import configured_data_converter
+
 ROOT = Path(__file__).resolve().parents[2]
 TEMPORAL_ADDRESS = os.environ.get("E2E_TEMPORAL_ADDRESS", "127.0.0.1:7233")
 SKY_API = os.environ.get("E2E_SKYPILOT_API", "http://127.0.0.1:46580")
@@ -94,7 +96,7 @@ def start_worker(task_queue: str, log_path: Path, checkout_root: Path, **env: st
 @pytest.fixture(scope="session")
 async def temporal() -> Client:
     try:
-        return await Client.connect(TEMPORAL_ADDRESS)
+        return await Client.connect(TEMPORAL_ADDRESS, data_converter=configured_data_converter())
     except Exception as err:
         pytest.fail(
             f"the local stack is not up (Temporal at {TEMPORAL_ADDRESS}: {err}); "
