@@ -1,6 +1,10 @@
-"""Record the happy-path history that test_recorded_history_replays_deterministically replays.
+"""Record the histories the replay tests replay (tests/histories/).
 
-    .venv/bin/python tests/record_history.py
+    .venv/bin/python tests/record_history.py                   # happy_path.json (plain payloads)
+    .venv/bin/python tests/record_history.py --failed-encrypted  # failed_train_encrypted.json
+
+The second is a run whose train job fails, recorded with payload encryption on (the fixed key
+RECORDING_CODEC_KEYS): it guards replay of encrypted histories and of the failure path.
 
 Run it only when a workflow change is meant to be incompatible with running workflows (and then
 version the change); otherwise the replay test exists to catch exactly that change.
@@ -22,18 +26,28 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities import SkyPilotActivities  # noqa: E402
+from codec import data_converter  # noqa: E402
 from fake_sky import FakeSky  # noqa: E402
 from run_worker import create_worker  # noqa: E402
 from shared import PipelineInput  # noqa: E402
 from workflows import SkyPilotWorkflow  # noqa: E402
 
+# Not a secret: the key of the recorded encrypted history, so the replay test can decode it.
+RECORDING_CODEC_KEYS = {"recorded": bytes(range(32))}
+# In the recorded failed run: an env value, a task line and a log line that must never show in
+# the raw (encrypted) history.
+FAILED_RUN_MARKERS = ("env-marker-7c1e", "Data preprocessing completed", "log-marker-51d0")
 
-async def record() -> None:
+
+async def record(failed_encrypted: bool = False) -> None:
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(ROOT / ".venv" / "bin" / "temporal")
+        dev_server_existing_path=str(ROOT / ".venv" / "bin" / "temporal"),
+        data_converter=data_converter(RECORDING_CODEC_KEYS if failed_encrypted else None),
     )
     fake = FakeSky()
     fake.plan("eval", logs=["eval_accuracy=0.93"])
+    if failed_encrypted:
+        fake.plan("train", status="FAILED", logs=["epoch 1", "log-marker-51d0 loss went NaN"])
     with tempfile.TemporaryDirectory() as scratch, concurrent.futures.ThreadPoolExecutor(8) as pool:
         activities = SkyPilotActivities(
             fake, pool, checkout_root=Path(scratch), heartbeat_interval_seconds=0.1
@@ -47,13 +61,19 @@ async def record() -> None:
                     preprocess_yaml="tasks/data_preprocessing.yaml",
                     train_yaml="tasks/train.yaml",
                     eval_yaml="tasks/eval.yaml",
+                    env_overrides={"MARKER": FAILED_RUN_MARKERS[0]} if failed_encrypted else {},
                 ),
-                id="recorded-happy-path",
+                id="recorded-failed-train" if failed_encrypted else "recorded-happy-path",
                 task_queue="record",
             )
-            await handle.result()
+            try:
+                await handle.result()
+            except Exception:
+                if not failed_encrypted:
+                    raise
             history = await handle.fetch_history()
-    out = ROOT / "tests" / "histories" / "happy_path.json"
+    name = "failed_train_encrypted.json" if failed_encrypted else "happy_path.json"
+    out = ROOT / "tests" / "histories" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"workflow_id": handle.id, "history": history.to_json_dict()}, indent=1) + "\n")
     print(f"wrote {out}")
@@ -61,6 +81,6 @@ async def record() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    asyncio.run(record(failed_encrypted="--failed-encrypted" in sys.argv[1:]))
     sys.stdout.flush()
     os._exit(0)

@@ -25,6 +25,7 @@ from shared import StepTimeouts, cluster_prefix_for, run_token
 from workflows import SkyPilotWorkflow
 
 HISTORY_FILE = ROOT / "tests" / "histories" / "happy_path.json"
+ENCRYPTED_HISTORY_FILE = ROOT / "tests" / "histories" / "failed_train_encrypted.json"
 
 
 def sdk_steps(fake: FakeSky) -> list[tuple[str, str]]:
@@ -296,7 +297,9 @@ async def test_a_fresh_history_replays(pipeline: Pipeline):
     handle = await pipeline.start()
     await handle.result()
     history = await handle.fetch_history()
-    await Replayer(workflows=[SkyPilotWorkflow]).replay_workflow(history)
+    await Replayer(
+        workflows=[SkyPilotWorkflow], data_converter=pipeline.env.client.data_converter
+    ).replay_workflow(history)
 
 
 async def test_overlapped_provisioning_brings_train_up_during_preprocess(pipeline: Pipeline):
@@ -348,3 +351,25 @@ def test_run_tokens_differ_for_runs_started_in_the_same_minute():
     """Run ids are UUIDv7: time-ordered, the leading digits shared by runs a minute apart."""
     run_ids = [f"01a209be-{i:04x}-7dc2-8cf6-52ed43e40177" for i in range(50)]
     assert len({run_token(r) for r in run_ids}) == 50
+
+
+async def test_an_encrypted_history_of_a_failed_run_replays_with_its_key_only():
+    """Recorded with payload encryption on (tests/record_history.py --failed-encrypted): the
+    failure path replays, and without the key the history cannot even be read."""
+    from record_history import FAILED_RUN_MARKERS, RECORDING_CODEC_KEYS
+    from temporalio.client import WorkflowHistory
+
+    from codec import data_converter
+
+    text = ENCRYPTED_HISTORY_FILE.read_text()
+    assert not [m for m in FAILED_RUN_MARKERS if m in text], "the raw history shows a marker"
+    recorded = json.loads(text)
+    history = WorkflowHistory.from_json(recorded["workflow_id"], recorded["history"])
+    replayed = await Replayer(
+        workflows=[SkyPilotWorkflow], data_converter=data_converter(RECORDING_CODEC_KEYS)
+    ).replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None, replayed.replay_failure
+    unreadable = await Replayer(workflows=[SkyPilotWorkflow]).replay_workflow(
+        history, raise_on_replay_failure=False
+    )
+    assert unreadable.replay_failure is not None
