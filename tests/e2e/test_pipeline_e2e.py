@@ -22,7 +22,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 
 from conftest import git
-from e2e.conftest import DATA_DIR, ROOT, SKY_API, Stack, process_env, start_worker
+from e2e.conftest import DATA_DIR, ROOT, SKY_API, TEMPORAL_ADDRESS, Stack, process_env, start_worker
 from shared import cluster_prefix_for
 
 pytestmark = pytest.mark.e2e
@@ -108,6 +108,12 @@ async def test_happy_path_runs_six_real_steps_and_leaves_no_cluster(stack: Stack
     assert_no_cluster_left(stack, prefix)
     attempts = await activity_attempts(stack.temporal, happy_run.workflow_id)
     assert attempts["launch_task"] == [1, 1] and attempts["exec_task"] == [1]
+    # Payloads are encrypted (the local stack's codec key): Temporal's own copy of the history
+    # holds neither the task text nor a job's log line in clear.
+    plain = await Client.connect(TEMPORAL_ADDRESS)
+    raw = (await plain.get_workflow_handle(happy_run.workflow_id).fetch_history()).to_json()
+    assert "binary/encrypted" in raw
+    assert "Data preprocessing completed" not in raw and "eval_accuracy" not in raw
 
 
 async def test_a_failing_train_task_fails_the_run_naming_step_and_exit_code(stack: Stack):

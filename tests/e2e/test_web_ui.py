@@ -8,13 +8,17 @@ the heartbeat details of a running step and the failure message.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+import uuid
 
 import pytest
 from playwright.async_api import Page, expect
+from temporalio.client import Client
 
 from e2e.browser import browser_page, wait_for_user_metadata, workflow_url
-from e2e.conftest import ROOT, Stack
+from e2e.conftest import ROOT, TEMPORAL_ADDRESS, Stack
 from e2e.test_pipeline_e2e import result_of, wait_for_job
 from shared import cluster_prefix_for
 
@@ -119,3 +123,32 @@ async def test_a_failed_run_shows_the_failing_step_and_its_cleanup(stack: Stack)
         await expect(body).to_contain_text('"job_status": "FAILED"')
         await expect(body).to_contain_text(f'"summary": "cleanup: down {prefix}-train"')
     assert time.monotonic() - started < 120
+
+
+async def test_payloads_are_encrypted_and_only_the_codec_server_shows_them(stack: Stack):
+    """The history Temporal stores holds no env value, task text or log line in clear; the Web UI
+    shows the decoded failure through the local stack's codec server, and without it cannot."""
+    marker = f"marker-{uuid.uuid4().hex[:8]}"
+    rc, stdout, stderr, workflow_id = await stack.start_pipeline(
+        "--env", f"SECRETISH={marker}", "--train-yaml", f"tasks/{marker}.yaml"
+    )
+    assert rc == 1 and f"task file 'tasks/{marker}.yaml' not found" in stdout + stderr, stdout + stderr
+    plain = await Client.connect(TEMPORAL_ADDRESS)
+    raw = (await plain.get_workflow_handle(workflow_id).fetch_history()).to_json()
+    assert marker not in raw and "binary/encrypted" in raw
+    async with browser_page() as page:
+        await open_run(page, stack, workflow_id)
+        body = page.locator("body")
+        await expect(body).to_contain_text(f"task file 'tasks/{marker}.yaml' not found", timeout=30_000)
+        codec_pid = int((ROOT / ".state" / "codec.pid").read_text())
+        os.kill(codec_pid, signal.SIGTERM)
+        try:
+            await page.reload()
+            await expect(page.get_by_text(workflow_id).first).to_be_visible()
+            await asyncio.sleep(5)
+            assert marker not in await body.inner_text(), "decoded without the codec server"
+        finally:
+            proc = await asyncio.create_subprocess_exec(
+                "bash", str(ROOT / "scripts" / "local_stack.sh"), "up", stdout=asyncio.subprocess.DEVNULL
+            )
+            assert await proc.wait() == 0, "could not restart the codec server"
