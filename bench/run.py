@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from temporalio.client import Client, WorkflowFailureError  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
@@ -157,6 +157,23 @@ async def row_overhead(bench: Bench, env: WorkflowEnvironment) -> None:
             f"{per_step_ms:.1f} ms",
             goal="<= 15 ms",
             met=per_step_ms <= 15,
+        )
+    )
+
+
+async def row_codec(bench: Bench, env: WorkflowEnvironment) -> None:
+    """Payload encryption: AES-GCM encode + decode of the payloads one step produces."""
+    from codec_bench import measure
+
+    figures = await asyncio.to_thread(measure, 500 if bench.quick else 2000)
+    bench.add(
+        Row(
+            9,
+            f"payload encryption per step ({figures['payloads_per_step']} payloads, "
+            f"{figures['plain_bytes_per_step'] / 1024:.1f} KB; CPU {figures['cpu_ms_per_step']:.2f} ms)",
+            f"{figures['ms_per_step']:.2f} ms",
+            goal="< 1 ms",
+            met=figures["ms_per_step"] < 1,
         )
     )
 
@@ -544,9 +561,11 @@ async def main() -> int:
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(ROOT / ".venv" / "bin" / "temporal"),
             dev_server_extra_args=["--dynamic-config-value", "frontend.rps=10000"],
+            # As the worker runs on this machine: encrypting payloads when a codec key is set.
+            data_converter=configured_data_converter(),
         )
         try:
-            for row in (row_overhead, row_concurrency, row_cleanup, row_cancel):
+            for row in (row_overhead, row_concurrency, row_cleanup, row_cancel, row_codec):
                 await row(bench, env)
         finally:
             await env.shutdown()
