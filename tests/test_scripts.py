@@ -151,9 +151,10 @@ async def test_starter_passes_env_infra_and_secret_names(pipeline: Pipeline):
     handle = pipeline.env.client.get_workflow_handle("starter-env")
     history = await handle.fetch_history()
     [started] = [e for e in history.events if e.HasField("workflow_execution_started_event_attributes")]
-    recorded_input = started.workflow_execution_started_event_attributes.input.payloads[0].data.decode()
-    assert '"EPOCHS":"7"' in recorded_input and '"HF_TOKEN"' in recorded_input
-    assert "s3cr3t-value" not in recorded_input  # the value lives on the worker only
+    payloads = started.workflow_execution_started_event_attributes.input.payloads
+    [recorded_input] = await pipeline.env.client.data_converter.decode(payloads)
+    assert recorded_input["env_overrides"]["EPOCHS"] == "7" and recorded_input["secret_names"] == ["HF_TOKEN"]
+    assert "s3cr3t-value" not in str(recorded_input)  # the value lives on the worker only
     assert all(job.secrets == {"HF_TOKEN": "s3cr3t-value"} for job in pipeline.fake.submitted)
     assert all(job.envs["EPOCHS"] == "7" and job.envs["EMPTY"] == "" for job in pipeline.fake.submitted)
 
@@ -175,7 +176,8 @@ async def test_starter_no_wait_returns_at_once(pipeline: Pipeline):
         (["--env", "NOEQUALS"], ["expected KEY=VALUE", "NOEQUALS"]),
         (["--env", "1BAD=x"], ["expected KEY=VALUE"]),
         (["--timeout", "bogus=10"], ["unknown step 'bogus'"]),
-        (["--timeout", "train=-5"], ["must be positive"]),
+        (["--timeout", "train=-5"], ["between 1 and"]),
+        (["--timeout", "train=100000000000000"], ["timeout for 'train' must be between 1 and 2592000"]),
         (["--secret", "not a name"], ["--secret takes a variable name"]),
     ],
 )
@@ -245,8 +247,32 @@ async def test_worker_exits_in_one_line_when_the_skypilot_api_server_is_unreacha
     assert_one_line_error(rc, stdout, stderr, "SkyPilot API server not reachable at http://127.0.0.1:9")
 
 
-async def test_worker_reports_a_bad_setting_in_one_line():
+@pytest.mark.parametrize(
+    "setting,value,expected",
+    [
+        (
+            "WORKER_MAX_CONCURRENT_ACTIVITIES",
+            "lots",
+            "WORKER_MAX_CONCURRENT_ACTIVITIES must be a whole number",
+        ),
+        ("WORKER_SDK_THREADS", "0", "WORKER_SDK_THREADS must be between 1 and"),
+        (
+            "WORKER_ALLOWED_SECRETS",
+            "HF_TOKEN,not a name",
+            "WORKER_ALLOWED_SECRETS: 'not a name' is not a variable name",
+        ),
+        ("WORKER_ALLOWED_UPLOAD_DIRS", "relative/dir", "is not an absolute path"),
+        ("PAYLOAD_CODEC_KEYS", "k1:not-base64!", "PAYLOAD_CODEC_KEYS"),
+    ],
+)
+async def test_worker_reports_a_bad_setting_in_one_line(setting, value, expected):
+    rc, stdout, stderr = await run_script("run_worker.py", env_overrides={setting: value})
+    assert_one_line_error(rc, stdout, stderr, expected)
+    assert value not in stderr or setting != "PAYLOAD_CODEC_KEYS", "key material echoed"
+
+
+async def test_starter_reports_a_bad_pipeline_env_in_one_line(pipeline: Pipeline):
     rc, stdout, stderr = await run_script(
-        "run_worker.py", env_overrides={"WORKER_MAX_CONCURRENT_ACTIVITIES": "lots"}
+        "run_workflow.py", env_overrides={**starter_env(pipeline), "PIPELINE_ENV": "NOEQUALS"}
     )
-    assert_one_line_error(rc, stdout, stderr, "WORKER_MAX_CONCURRENT_ACTIVITIES must be a whole number")
+    assert_one_line_error(rc, stdout, stderr, "PIPELINE_ENV: expected KEY=VALUE, got 'NOEQUALS'")

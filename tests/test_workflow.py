@@ -69,12 +69,14 @@ async def test_happy_path_runs_the_six_steps_in_order(pipeline: Pipeline, tmp_pa
     assert progress.status == "succeeded" and progress.clusters_up == []
     assert [s.status for s in progress.steps] == ["succeeded"] * 6
 
-    summaries = [
-        e.user_metadata.summary.data.decode()
-        async for e in handle.fetch_history_events()
-        if e.HasField("activity_task_scheduled_event_attributes")
-    ]
-    assert [json.loads(s) for s in summaries[:6]] == [
+    summaries = await pipeline.env.client.data_converter.decode(
+        [
+            e.user_metadata.summary
+            async for e in handle.fetch_history_events()
+            if e.HasField("activity_task_scheduled_event_attributes")
+        ]
+    )
+    assert summaries[:6] == [
         f"fetch tasks from {pipeline.repo}@main",
         f"launch preprocess on {pre}",
         f"down {pre}",
