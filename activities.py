@@ -46,8 +46,10 @@ from shared import (
 )
 from task_policy import (
     TaskPolicy,
+    check_built_task,
     check_managed_secrets,
     check_secret_names,
+    check_task_keys,
     confine_local_paths,
     load_task_yaml,
     refuse,
@@ -344,7 +346,10 @@ def validate_ref(ref: str) -> None:
 
 def resolve_inside(root: Path, relative: str, what: str) -> Path:
     """`root/relative`, refusing absolute paths and anything that escapes `root`."""
-    candidate = (root / relative).resolve()
+    try:
+        candidate = (root / relative).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL, a name too long
+        raise refuse(f"{what} {relative!r}: {clean_message(exc)}", "PathOutsideRepository") from None
     if Path(relative).is_absolute() or not candidate.is_relative_to(root.resolve()):
         raise ApplicationError(
             f"{what} {relative!r} is outside the task repository",
@@ -698,10 +703,16 @@ class SkyPilotActivities:
 
     def _build_task(self, spec: TaskSpec, infra: str) -> Any:
         what = f"task {spec.step!r}"
-        config = load_task_yaml(spec.yaml_text, what)
-        check_managed_secrets(config, what, self._policy)
         checkout_dir = self._checkout_dir(spec.checkout_name) if spec.checkout_name else None
-        confine_local_paths(config, what, checkout_dir, self._policy)
+        try:
+            config = load_task_yaml(spec.yaml_text, what)
+            check_task_keys(config, what, self._policy)
+            check_managed_secrets(config, what, self._policy)
+            confine_local_paths(config, what, checkout_dir, self._policy)
+        except ApplicationError:
+            raise
+        except Exception as exc:  # whatever a hostile task makes the checks trip on: never retried
+            raise refuse(f"{what} is invalid: {clean_message(exc)}", "InvalidTask") from None
         try:
             task = self._sky.Task.from_yaml_config(
                 config,
@@ -711,6 +722,8 @@ class SkyPilotActivities:
             if infra:
                 task.set_resources_override({"infra": infra, "cloud": None, "region": None, "zone": None})
             task.name = spec.job_name
+            # Again on what SkyPilot built: it substitutes $VARS into paths after the checks above.
+            check_built_task(task, what, checkout_dir, self._policy)
         except ApplicationError:
             raise
         except Exception as exc:
@@ -946,7 +959,9 @@ class SkyPilotActivities:
             checkout_dir = self._checkout_dir(spec.checkout_name)
             async with self._checkout_locks[checkout_dir]:
                 if not checkout_dir.is_dir():
-                    await checkout_repo(spec.repo_url, spec.commit_sha, checkout_dir)
+                    await checkout_repo(
+                        spec.repo_url, spec.commit_sha, checkout_dir, allow_insecure=self._allow_insecure_git
+                    )
                 _mark_used(checkout_dir)
 
     def _autodown(self, task: Any) -> dict[str, Any]:

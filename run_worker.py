@@ -177,7 +177,9 @@ def task_policy_from_env() -> TaskPolicy:
     for directory in upload_dirs:
         if not Path(directory).expanduser().is_absolute():
             raise config.ConfigError(f"WORKER_ALLOWED_UPLOAD_DIRS: {directory!r} is not an absolute path")
-    return TaskPolicy.from_settings(upload_dirs, secrets, managed)
+    return TaskPolicy.from_settings(
+        upload_dirs, secrets, managed, allow_task_config=config.env_bool("WORKER_ALLOW_TASK_CONFIG")
+    )
 
 
 async def prune_checkouts_forever(checkout_root: Path, max_age_seconds: float) -> None:

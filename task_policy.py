@@ -35,15 +35,23 @@ class TaskPolicy:
     secret_names: frozenset[str] = field(default_factory=frozenset)
     # SkyPilot-managed secrets (stored on the API server) a task YAML may reference by name.
     managed_secret_names: frozenset[str] = field(default_factory=frozenset)
+    # A task's `config:` block overrides the API server's SkyPilot config for that task (e.g.
+    # kubernetes.remote_identity, the workspace): off unless the operator allows it.
+    allow_task_config: bool = False
 
     @classmethod
     def from_settings(
-        cls, upload_dirs: Iterable[str], secret_names: Iterable[str], managed_secret_names: Iterable[str]
+        cls,
+        upload_dirs: Iterable[str],
+        secret_names: Iterable[str],
+        managed_secret_names: Iterable[str],
+        allow_task_config: bool = False,
     ) -> TaskPolicy:
         return cls(
             upload_dirs=tuple(Path(d).expanduser().resolve() for d in upload_dirs if d),
             secret_names=frozenset(n for n in secret_names if n),
             managed_secret_names=frozenset(n for n in managed_secret_names if n),
+            allow_task_config=allow_task_config,
         )
 
 
@@ -76,6 +84,20 @@ def load_task_yaml(text: str, what: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise refuse(f"{what} must be a YAML mapping", "InvalidTaskYaml")
     return config
+
+
+def check_task_keys(config: Mapping[str, Any], what: str, policy: TaskPolicy) -> None:
+    """Parts of a task YAML this worker does not run: services and pools (their TLS key files are
+    uploaded from the worker host), and per-task SkyPilot config unless the operator allows it."""
+    for key in ("service", "pool"):
+        if key in config:
+            raise refuse(f"{what}: `{key}:` is not supported here (the pipeline runs jobs)", "InvalidTask")
+    if "config" in config and not policy.allow_task_config:
+        raise refuse(
+            f"{what}: a task's `config:` block is not allowed on this worker (its operator can allow it "
+            "with WORKER_ALLOW_TASK_CONFIG=true)",
+            "InvalidTask",
+        )
 
 
 def check_secret_names(names: Iterable[str], policy: TaskPolicy) -> None:
@@ -115,8 +137,8 @@ def confine_local_paths(
     inside the run's checkout, in place; refuse any that leaves it (absolute, `~`, `..`, a
     symlink) unless it is inside a directory the operator allows. Cloud URLs pass unchanged."""
     workdir = config.get("workdir")
-    if isinstance(workdir, str):
-        config["workdir"] = _confined(workdir, f"{what}: workdir", checkout_dir, policy)
+    if isinstance(workdir, str):  # always a local path to SkyPilot, whatever it looks like
+        config["workdir"] = _confined(workdir, f"{what}: workdir", checkout_dir, policy, may_be_url=False)
     elif workdir is not None and not isinstance(workdir, dict):  # {url, ref}: cloned on the cluster
         raise refuse(f"{what}: workdir must be a path or a git {{url, ref}}", "InvalidTask")
     file_mounts = config.get("file_mounts")
@@ -132,26 +154,67 @@ def confine_local_paths(
             sources = source["source"]
             if isinstance(sources, str):
                 source["source"] = _confined(sources, where, checkout_dir, policy)
-            elif isinstance(sources, list):
-                source["source"] = [_confined(str(s), where, checkout_dir, policy) for s in sources]
+            elif isinstance(sources, list):  # every entry of a list is a local path to SkyPilot
+                source["source"] = [
+                    _confined(str(s), where, checkout_dir, policy, may_be_url=False) for s in sources
+                ]
             elif sources is not None:
                 raise refuse(f"{where}: source must be a path, a URL or a list of them", "InvalidTask")
 
 
-def _confined(path: str, where: str, checkout_dir: Path | None, policy: TaskPolicy) -> str:
-    try:
-        return _confined_path(path, where, checkout_dir, policy)
-    except OSError as exc:  # a name too long, a loop of symlinks, an unreadable directory
-        raise refuse(f"{where}: cannot check {path!r}: {exc.strerror or exc}", "PathNotAllowed") from None
-
-
-def _confined_path(path: str, where: str, checkout_dir: Path | None, policy: TaskPolicy) -> str:
-    if _is_url(path):
-        if path.lower().startswith("file:"):
+def check_built_task(task: Any, what: str, checkout_dir: Path | None, policy: TaskPolicy) -> None:
+    """Check the local paths of the task SkyPilot built, as SkyPilot will read them: after it
+    substituted `$VARS` from envs and overrides, made relative paths absolute against the
+    worker's working directory and decided what is a cloud URL (a URL with a host)."""
+    local: list[tuple[str, str]] = []
+    if isinstance(task.workdir, str):
+        local.append(("workdir", task.workdir))
+    for target, source in (task.file_mounts or {}).items():
+        if isinstance(source, str) and not _is_url(source):
+            local.append((f"file mount {target}", source))
+    for target, storage in (getattr(task, "storage_mounts", None) or {}).items():
+        sources = getattr(storage, "source", None)
+        if isinstance(sources, str) and not _is_url(sources):
+            local.append((f"file mount {target}", sources))
+        elif isinstance(sources, list):
+            local += [(f"file mount {target}", str(s)) for s in sources]
+    root = checkout_dir.resolve() if checkout_dir is not None else None
+    for where, path in local:
+        try:
+            resolved = Path(os.path.abspath(os.path.expanduser(path))).resolve()
+            inside = root if root is not None and resolved.is_relative_to(root) else None
+            inside = inside or next((d for d in policy.upload_dirs if resolved.is_relative_to(d)), None)
+            if inside is None:
+                raise refuse(
+                    f"{what}: {where}: {path!r} is outside the task repository (the worker's operator "
+                    "can allow a directory with WORKER_ALLOWED_UPLOAD_DIRS)",
+                    "PathNotAllowed",
+                )
+            _refuse_symlinks_out(resolved, f"{what}: {where}", inside, policy)
+        except (OSError, RuntimeError, ValueError) as exc:
             raise refuse(
-                f"{where}: {path!r}: file:// URLs are not allowed (use a path in the repository)",
-                "PathNotAllowed",
-            )
+                f"{what}: {where}: cannot check {path!r}: {_first_line(exc)}", "PathNotAllowed"
+            ) from None
+
+
+def _confined(
+    path: str, where: str, checkout_dir: Path | None, policy: TaskPolicy, may_be_url: bool = True
+) -> str:
+    try:
+        return _confined_path(path, where, checkout_dir, policy, may_be_url)
+    except (OSError, RuntimeError, ValueError) as exc:  # too long, a symlink loop, unreadable
+        raise refuse(f"{where}: cannot check {path!r}: {_first_line(exc)}", "PathNotAllowed") from None
+
+
+def _confined_path(
+    path: str, where: str, checkout_dir: Path | None, policy: TaskPolicy, may_be_url: bool
+) -> str:
+    if path.lower().startswith("file:"):
+        raise refuse(
+            f"{where}: {path!r}: file:// URLs are not allowed (use a path in the repository)",
+            "PathNotAllowed",
+        )
+    if may_be_url and _is_url(path):
         return path
     if "\0" in path:
         raise refuse(f"{where}: the path contains a NUL character", "PathNotAllowed")
@@ -199,7 +262,12 @@ def _refuse_symlinks_out(path: Path, where: str, root: Path, policy: TaskPolicy)
 
 
 def _is_url(path: str) -> bool:
-    return "://" in path and bool(urlsplit(path).scheme)
+    """SkyPilot's own test (data_utils.is_cloud_store_url): a URL with a host. `x:///../etc` is
+    a local path to SkyPilot, so it is one here too."""
+    try:
+        return bool(urlsplit(path).netloc)
+    except ValueError:  # e.g. an unclosed [ in the host
+        return False
 
 
 def _managed_secret_name(raw: str) -> str:

@@ -390,6 +390,10 @@ codec_healthy() {
 
 start_codec_server() {
   if alive "$CODEC_PID"; then log "codec: server running (pid $(cat "$CODEC_PID"))"; return; fi
+  if codec_healthy; then
+    log "codec: using the codec server already on 127.0.0.1:$CODEC_PORT (not started here, left alone)"
+    return
+  fi
   check_port_free "$CODEC_PORT" "$CODEC_PID" "the codec server"
   log "codec: starting codec_server.py on 127.0.0.1:$CODEC_PORT (the Web UI decodes through it)"
   cd "$REPO"

@@ -435,8 +435,9 @@ async def test_codec_server_requires_the_bearer_token_when_set() -> None:
     body = as_json(plain_payload("x"))
     async with codec_http(token="t0ken") as http:
         assert (await http.post("/decode", json=body)).status == 401
-        wrong = await http.post("/decode", json=body, headers={"Authorization": "Bearer nope"})
-        assert wrong.status == 401
+        for guess in ("Bearer nope", "Bearer ", "Bearer t0k", "Bearer t0ken0", "t0ken"):
+            wrong = await http.post("/decode", json=body, headers={"Authorization": guess})
+            assert wrong.status == 401, guess
         right = await http.post("/decode", json=body, headers={"Authorization": "Bearer t0ken"})
         assert right.status == 200
         # A browser's preflight never carries credentials: it must pass without the token.

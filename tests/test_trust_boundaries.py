@@ -240,6 +240,7 @@ async def test_pathological_yaml_is_a_one_line_error(activities, tmp_path, text)
         ({"env_overrides": {"A B": "1"}}, "not variable names"),
         ({"env_overrides": {"BIG": "x" * 100_000}}, "larger than"),
         ({"secret_names": ["$(id)"]}, "secret name"),
+        ({"timeouts": {"train": True}}, "timeouts.train"),
     ],
 )
 def test_numeric_and_named_inputs_are_bounded(overrides, problem):
@@ -325,3 +326,137 @@ async def test_a_repo_url_with_credentials_never_shows_them(pipeline: Pipeline, 
                 shown.append(str(event.user_metadata))
     assert not [text for text in shown if "hunter2pw" in text]
     assert any("https://***@127.0.0.1:9/tasks.git" in text for text in shown)
+
+
+# ---------------------------------------------------------------- found by review
+
+
+@pytest.mark.parametrize(
+    "task_yaml",
+    [
+        "workdir: 'https://h/../../../../../../../../../../root'\nrun: ls",
+        "file_mounts:\n  /x: 'x:///../../../../../../../../../etc/passwd'\nrun: ls",
+        "file_mounts:\n  /x:\n    name: b\n    mode: COPY\n"
+        "    source: ['x://../../../../../../../../etc/passwd']\nrun: ls",
+    ],
+)
+async def test_what_skypilot_reads_as_a_local_path_is_checked_as_one(activities, tmp_path, task_yaml):
+    """A URL-looking string without a host is a local path to SkyPilot (and a workdir always is)."""
+    repo = make_repo(tmp_path, {"task.yaml": task_yaml})
+    await refused(activities, repo, "PathNotAllowed")
+
+
+async def test_paths_are_checked_after_skypilot_substitutes_env_vars(activities, tmp_path):
+    repo = make_repo(tmp_path, {"task.yaml": "envs:\n  D: ../../../../../../../../etc\nworkdir: $D\nrun: ls"})
+    await refused(activities, repo, "PathNotAllowed")
+    repo2 = make_repo(tmp_path, {"task.yaml": "file_mounts:\n  /x: ./$D\nrun: ls"}, name="repo2")
+    message = await refused(
+        activities, repo2, "PathNotAllowed", env_overrides={"D": "../../../../../../etc/hostname"}
+    )
+    assert "outside the task repository" in message
+
+
+@pytest.mark.parametrize(
+    "files,link",
+    [
+        ({"task.yaml": "managed_secrets: 5\nrun: ls"}, None),
+        ({"task.yaml": "workdir: 'x://['\nrun: ls"}, None),
+        ({"task.yaml": "workdir: loop\nrun: ls"}, ("loop", "loop")),
+        ({"task.yaml": "workdir: .\nrun: ls"}, ("sub/loop", "loop")),
+    ],
+)
+async def test_whatever_a_task_trips_the_checks_on_is_one_non_retryable_error(
+    activities, tmp_path, files, link
+):
+    repo = make_repo(tmp_path, files)
+    if link:
+        (repo / link[0]).parent.mkdir(parents=True, exist_ok=True)
+        (repo / link[0]).symlink_to(link[1])
+        git("add", ".", cwd=repo)
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "loop", cwd=repo)
+    try:
+        await fetch_one(activities, repo)  # a path inside the checkout may well be fine
+    except ApplicationError as err:
+        assert err.non_retryable and "\n" not in err.message
+
+
+async def test_a_task_file_that_is_a_symlink_loop_is_one_error(activities, tmp_path):
+    repo = make_repo(tmp_path, {"other.yaml": "run: ls"})
+    (repo / "task.yaml").symlink_to("task.yaml")
+    git("add", ".", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "loop", cwd=repo)
+    with pytest.raises(ApplicationError) as err:
+        await fetch_one(activities, repo)
+    assert err.value.non_retryable
+
+
+async def test_a_task_config_block_needs_the_operator_and_services_are_refused(fake_sky, executor, tmp_path):
+    config_yaml = "config:\n  kubernetes:\n    remote_identity: LOCAL_CREDENTIALS\nrun: ls"
+    repo = make_repo(tmp_path, {"task.yaml": config_yaml})
+    strict = SkyPilotActivities(fake_sky, executor, tmp_path / "c1", environ=WORKER_ENVIRON)
+    assert "WORKER_ALLOW_TASK_CONFIG" in await refused(strict, repo, "InvalidTask")
+    allowing = SkyPilotActivities(
+        fake_sky, executor, tmp_path / "c2", environ=WORKER_ENVIRON, policy=TaskPolicy(allow_task_config=True)
+    )
+    await fetch_one(allowing, repo)
+    service = make_repo(
+        tmp_path, {"task.yaml": "service:\n  tls:\n    keyfile: /root/.ssh/id_rsa\nrun: ls"}, "svc"
+    )
+    await refused(strict, service, "InvalidTask")
+
+
+async def test_a_symlink_into_a_sibling_runs_checkout_is_refused(activities, tmp_path):
+    sibling = tmp_path / "checkouts" / "wf1" / "run2"
+    sibling.mkdir(parents=True)
+    repo = make_repo(tmp_path, {"task.yaml": "workdir: .\nrun: ls"})
+    (repo / "other-run").symlink_to(sibling)
+    git("add", ".", cwd=repo)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "link", cwd=repo)
+    assert "other-run" in await refused(activities, repo, "PathNotAllowed")
+
+
+async def test_an_allowed_directory_does_not_allow_its_neighbours(fake_sky, executor, tmp_path):
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "private").mkdir(parents=True)
+    repo = make_repo(tmp_path, {"task.yaml": f"file_mounts:\n  /d: {tmp_path}/shared/private\nrun: ls"})
+    allowing = SkyPilotActivities(
+        fake_sky,
+        executor,
+        tmp_path / "c",
+        environ=WORKER_ENVIRON,
+        policy=TaskPolicy(upload_dirs=(tmp_path / "shared" / "data",)),
+    )
+    await refused(allowing, repo, "PathNotAllowed")
+
+
+async def test_step_1_failure_messages_are_masked(activities, tmp_path):
+    repo = make_repo(tmp_path, {"task.yaml": "run: ls"})
+    with pytest.raises(ApplicationError) as err:
+        await fetch_one(
+            activities, repo, task=f"{WORKER_ENVIRON['HF_TOKEN']}.yaml", secret_names=["HF_TOKEN"]
+        )
+    assert WORKER_ENVIRON["HF_TOKEN"] not in err.value.message and "***" in err.value.message
+
+
+def test_an_ssh_password_in_a_url_is_hidden_and_exception_text_is_cleaned():
+    from activities import clean_message
+
+    assert redact_url_credentials("ssh://u:pw@h/r") == "ssh://***@h/r"
+    assert "pw" not in clean_message(RuntimeError("cannot reach https://u:pw@api.example.com"))
+
+
+async def test_yaml_nesting_is_bounded(activities, tmp_path):
+    repo = make_repo(tmp_path, {"task.yaml": "x: " + "[" * 100 + "]" * 100})
+    assert "nested deeper" in await refused(activities, repo, "InvalidTaskYaml")
+
+
+async def test_git_itself_refuses_an_insecure_transport_it_is_redirected_to(
+    activities, tmp_path, monkeypatch
+):
+    """GIT_ALLOW_PROTOCOL: an https URL that git's config rewrites to git:// (insteadOf) stops in git."""
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", "url.git://127.0.0.1:1/.insteadOf")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "https://example.invalid/")
+    with pytest.raises(ApplicationError) as err:
+        await fetch_one(activities, "https://example.invalid/tasks.git")
+    assert "not allowed" in err.value.message, err.value.message
