@@ -15,11 +15,10 @@ import uuid
 
 import pytest
 from playwright.async_api import Page, expect
-from temporalio.client import Client
 
 from e2e.browser import browser_page, wait_for_user_metadata, workflow_url
-from e2e.conftest import ROOT, TEMPORAL_ADDRESS, Stack
-from e2e.test_pipeline_e2e import result_of, wait_for_job
+from e2e.conftest import ROOT, Stack
+from e2e.test_pipeline_e2e import result_of, stored_history_bytes, wait_for_job
 from shared import cluster_prefix_for
 
 pytestmark = pytest.mark.e2e
@@ -133,9 +132,8 @@ async def test_payloads_are_encrypted_and_only_the_codec_server_shows_them(stack
         "--env", f"SECRETISH={marker}", "--train-yaml", f"tasks/{marker}.yaml"
     )
     assert rc == 1 and f"task file 'tasks/{marker}.yaml' not found" in stdout + stderr, stdout + stderr
-    plain = await Client.connect(TEMPORAL_ADDRESS)
-    raw = (await plain.get_workflow_handle(workflow_id).fetch_history()).to_json()
-    assert marker not in raw and "binary/encrypted" in raw
+    raw = await stored_history_bytes(workflow_id)
+    assert marker.encode() not in raw and b"binary/encrypted" in raw
     async with browser_page() as page:
         await open_run(page, stack, workflow_id)
         body = page.locator("body")
