@@ -55,7 +55,13 @@ class TaskPolicy:
         )
 
 
+# A refusal is one line a person reads: a hostile 5000-character path is cut short in it.
+MAX_MESSAGE_CHARS = 1000
+
+
 def refuse(message: str, kind: str) -> ApplicationError:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = f"{message[: MAX_MESSAGE_CHARS - 20]}... ({len(message)} chars)"
     return ApplicationError(message, type=kind, non_retryable=True)
 
 

@@ -195,9 +195,10 @@ async def test_two_pipelines_at_once_share_nothing_and_overlap(stack: Stack, hap
     for *_, workflow_id in runs:
         async for event in stack.temporal.get_workflow_handle(workflow_id).fetch_history_events():
             if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                payload = event.activity_task_scheduled_event_attributes.input.payloads[0].data
-                if b"checkout_name" in payload and b"yaml_paths" in payload:
-                    checkouts.add(json.loads(payload)["checkout_name"])
+                payloads = event.activity_task_scheduled_event_attributes.input.payloads
+                [scheduled] = await stack.temporal.data_converter.decode(payloads[:1])
+                if isinstance(scheduled, dict) and "checkout_name" in scheduled and "yaml_paths" in scheduled:
+                    checkouts.add(scheduled["checkout_name"])
     assert len(checkouts) == 2
     assert both_seconds < 1.6 * happy_run.seconds, (both_seconds, happy_run.seconds)
     for *_, workflow_id in runs:
