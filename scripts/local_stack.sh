@@ -62,6 +62,12 @@ started_by_us() { [ -f "$STARTED" ] && grep -q "^$1 " "$STARTED"; }
 mark_started() { mkdir -p "$STATE"; grep -v "^$1 " "$STARTED" 2>/dev/null > "$STARTED.tmp" || true; echo "$1 $2" >> "$STARTED.tmp"; mv "$STARTED.tmp" "$STARTED"; }
 port_owner() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'users:((.*))' | head -1 || true; }
 port_pid() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true; }
+running_or_reused() {  # running_or_reused NAME PIDFILE PORT HEALTHCHECK: already up (ours or someone's)?
+  local name=$1 pidfile=$2 port=$3 health=$4
+  if alive "$pidfile"; then log "$name: running (pid $(cat "$pidfile"))"; return 0; fi
+  if "$health"; then log "$name: using the one already on 127.0.0.1:$port (not started here, left alone)"; return 0; fi
+  return 1
+}
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   local seconds=$1 what=$2; shift 2
   for _ in $(seq $((seconds * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
@@ -109,11 +115,7 @@ temporal_healthy() {
 }
 
 start_temporal() {
-  if alive "$TEMPORAL_PID"; then log "temporal: running (pid $(cat "$TEMPORAL_PID"))"; return; fi
-  if temporal_healthy; then
-    log "temporal: using the server already on 127.0.0.1:$TEMPORAL_PORT (not started here, left alone)"
-    return
-  fi
+  running_or_reused temporal "$TEMPORAL_PID" "$TEMPORAL_PORT" temporal_healthy && return
   check_port_free "$TEMPORAL_PORT" "$TEMPORAL_PID" "the Temporal server"
   check_port_free "$TEMPORAL_UI_PORT" "$TEMPORAL_PID" "the Temporal Web UI"
   mkdir -p "$STATE"
@@ -389,11 +391,7 @@ codec_healthy() {
 }
 
 start_codec_server() {
-  if alive "$CODEC_PID"; then log "codec: server running (pid $(cat "$CODEC_PID"))"; return; fi
-  if codec_healthy; then
-    log "codec: using the codec server already on 127.0.0.1:$CODEC_PORT (not started here, left alone)"
-    return
-  fi
+  running_or_reused codec "$CODEC_PID" "$CODEC_PORT" codec_healthy && return
   check_port_free "$CODEC_PORT" "$CODEC_PID" "the codec server"
   log "codec: starting codec_server.py on 127.0.0.1:$CODEC_PORT (the Web UI decodes through it)"
   cd "$REPO"
