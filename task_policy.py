@@ -92,9 +92,29 @@ def load_task_yaml(text: str, what: str) -> dict[str, Any]:
     return config
 
 
+# The task YAML keys a task author may use; SkyPilot's internal ones (file_mounts_mapping, which
+# the API server uses to rewrite upload paths, _metadata, ...) are refused.
+TASK_KEYS = frozenset(
+    {"name", "workdir", "num_nodes", "resources", "file_mounts", "setup", "run", "envs", "secrets"}
+    | {"managed_secrets", "volumes", "volume_mounts", "inputs", "outputs", "config", "service", "pool"}
+)
+
+
 def check_task_keys(config: Mapping[str, Any], what: str, policy: TaskPolicy) -> None:
     """Parts of a task YAML this worker does not run: services and pools (their TLS key files are
-    uploaded from the worker host), and per-task SkyPilot config unless the operator allows it."""
+    uploaded from the worker host), SkyPilot's internal keys (`file_mounts_mapping`, `_...` in
+    resources and storage: `_cluster_config_overrides` would bypass the `config:` rule), and
+    per-task SkyPilot config unless the operator allows it."""
+    unknown = sorted(str(k) for k in config if k not in TASK_KEYS)
+    if unknown:
+        raise refuse(
+            f"{what}: key(s) {', '.join(map(repr, unknown))} are not allowed in a task", "InvalidTask"
+        )
+    for section in ("resources", "file_mounts"):
+        if internal := _internal_key(config.get(section)):
+            raise refuse(
+                f"{what}: `{section}` may not set SkyPilot's internal key {internal!r}", "InvalidTask"
+            )
     for key in ("service", "pool"):
         if key in config:
             raise refuse(f"{what}: `{key}:` is not supported here (the pipeline runs jobs)", "InvalidTask")
@@ -159,7 +179,9 @@ def confine_local_paths(
         elif isinstance(source, dict) and "source" in source:
             sources = source["source"]
             if isinstance(sources, str):
-                source["source"] = _confined(sources, where, checkout_dir, policy)
+                source["source"] = _confined(
+                    sources, where, checkout_dir, policy, may_be_url=_is_storage_url(sources)
+                )
             elif isinstance(sources, list):  # every entry of a list is a local path to SkyPilot
                 source["source"] = [
                     _confined(str(s), where, checkout_dir, policy, may_be_url=False) for s in sources
@@ -180,7 +202,7 @@ def check_built_task(task: Any, what: str, checkout_dir: Path | None, policy: Ta
             local.append((f"file mount {target}", source))
     for target, storage in (getattr(task, "storage_mounts", None) or {}).items():
         sources = getattr(storage, "source", None)
-        if isinstance(sources, str) and not _is_url(sources):
+        if isinstance(sources, str) and not _is_storage_url(sources):
             local.append((f"file mount {target}", sources))
         elif isinstance(sources, list):
             local += [(f"file mount {target}", str(s)) for s in sources]
@@ -265,6 +287,30 @@ def _refuse_symlinks_out(path: Path, where: str, root: Path, policy: TaskPolicy)
                 raise refuse(
                     f"{where}: symlink {str(shown)!r} points outside the task repository", "PathNotAllowed"
                 )
+
+
+def _internal_key(value: Any) -> str:
+    """The first mapping key starting with `_` anywhere in `value` ('' if none)."""
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if str(key).startswith("_"):
+                return str(key)
+            if found := _internal_key(item):
+                return found
+    elif isinstance(value, list):
+        for item in value:
+            if found := _internal_key(item):
+                return found
+    return ""
+
+
+def _is_storage_url(source: str) -> bool:
+    """SkyPilot's storage takes a source with no scheme as a local path (`//home/x` is /home/x)."""
+    try:
+        parts = urlsplit(source)
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.netloc)
 
 
 def _is_url(path: str) -> bool:

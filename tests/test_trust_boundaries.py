@@ -460,3 +460,26 @@ async def test_git_itself_refuses_an_insecure_transport_it_is_redirected_to(
     with pytest.raises(ApplicationError) as err:
         await fetch_one(activities, "https://example.invalid/tasks.git")
     assert "not allowed" in err.value.message, err.value.message
+
+
+@pytest.mark.parametrize(
+    "task_yaml,shown",
+    [
+        ("file_mounts:\n  /m:\n    name: b\n    mode: COPY\n    source: //root/.ssh\nrun: ls", "//root/.ssh"),
+        ("workdir: .\nfile_mounts_mapping:\n  /x: ../../../../root\nrun: ls", "file_mounts_mapping"),
+        ("_metadata: {}\nrun: ls", "_metadata"),
+        (
+            "resources:\n  _cluster_config_overrides:\n    kubernetes:\n"
+            "      remote_identity: LOCAL_CREDENTIALS\nrun: ls",
+            "_cluster_config_overrides",
+        ),
+        ("resources:\n  any_of:\n    - _cluster_config_overrides: {}\nrun: ls", "_cluster_config_overrides"),
+    ],
+)
+async def test_second_review_storage_paths_without_a_scheme_and_internal_keys(
+    activities, tmp_path, task_yaml, shown
+):
+    repo = make_repo(tmp_path, {"task.yaml": task_yaml})
+    with pytest.raises(ApplicationError) as err:
+        await fetch_one(activities, repo)
+    assert err.value.non_retryable and shown in err.value.message, err.value.message
