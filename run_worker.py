@@ -32,7 +32,7 @@ from reaper import ClusterReaperWorkflow, ReaperActivities, ensure_reaper_schedu
 from redaction import redact_url_credentials
 from shared import ENV_NAME
 from task_policy import TaskPolicy
-from workflows import SkyPilotWorkflow
+from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
 log = logging.getLogger("skypilot-worker")
 
@@ -69,7 +69,7 @@ def create_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[SkyPilotWorkflow, ClusterReaperWorkflow],
+        workflows=[SkyPilotWorkflow, SweepWorkflow, SweepVariantWorkflow, ClusterReaperWorkflow],
         activities=[
             activities.fetch_tasks,
             activities.launch_task,

@@ -1,7 +1,8 @@
-"""Start a SkyPilotWorkflow run and follow it until it ends.
+"""Start a SkyPilotWorkflow run (or a SweepWorkflow) and follow it until it ends.
 
     python run_workflow.py                      # the example tasks in this repository
     python run_workflow.py --repo URL --ref v1 --env EPOCHS=3 --infra aws
+    python run_workflow.py --sweep LR=0.1,0.01 --sweep EPOCHS=2,4 --max-parallel 2 --select eval_accuracy:max
     python run_workflow.py --follow skypilot-3fa2b1c9   # attach to a run already going (or ended)
     python run_workflow.py --help
 
@@ -17,25 +18,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import os
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
-from datetime import timedelta
-from typing import Any, TextIO, TypeVar
+from collections.abc import Sequence
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import (
-    ApplicationError,
-    CancelledError,
-    TerminatedError,
-    WorkflowAlreadyStartedError,
-)
-from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
-from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 import config
+from following import (
+    Reconnecting,
+    RunHandle,
+    end_message,
+    follow,
+    print_failure,
+    print_success,
+    print_sweep_table,
+    quiet_runtime,
+)
 from redaction import redact_url_credentials
 from shared import (
     CLUSTER_MARKER,
@@ -44,28 +47,18 @@ from shared import (
     MAX_PREFIX_LENGTH,
     MAX_STEP_TIMEOUT_SECONDS,
     PipelineInput,
-    PipelineProgress,
     PipelineResult,
-    StepProgress,
     StepTimeouts,
+    SweepInput,
+    SweepResult,
     cluster_prefix_for,
     input_problems,
+    sweep_problems,
 )
-from workflows import SkyPilotWorkflow
+from workflows import SkyPilotWorkflow, SweepWorkflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
-POLL_SECONDS = 1.0
-RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS = 1.0, 10.0
-# A query waits for a worker to answer it; with no worker running it would wait ~30 s per poll.
-QUERY_TIMEOUT = timedelta(seconds=10)
-# What the server not answering looks like. Besides UNAVAILABLE, tonic reports a connection that
-# dropped mid-call as UNKNOWN (or CANCELLED) "transport error".
-OUTAGE_CODES = frozenset({RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED})
-TRANSPORT_CODES = frozenset({RPCStatusCode.UNKNOWN, RPCStatusCode.CANCELLED})
-TRANSPORT_WORDS = ("transport", "connect", "broken pipe", "h2 protocol")
-
-T = TypeVar("T")
-RunHandle = WorkflowHandle[Any, PipelineResult]
+RUN_TYPES = {SkyPilotWorkflow.__name__: PipelineResult, SweepWorkflow.__name__: SweepResult}
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -73,6 +66,31 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not key.strip() or not key.strip().isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key.strip(), value
+
+
+def sweep_values(text: str) -> tuple[str, list[str]]:
+    key, values = key_value(text)
+    if not ENV_NAME.fullmatch(key):
+        raise argparse.ArgumentTypeError(f"--sweep {text!r}: {key!r} is not a variable name")
+    return key, [v.strip() for v in values.split(",")]
+
+
+def sweep_input(pipeline: PipelineInput, args: argparse.Namespace) -> SweepInput:
+    """The cartesian product of the --sweep values, in the order given."""
+    names = [name for name, _ in args.sweep]
+    combinations = itertools.product(*(values for _, values in args.sweep))
+    metric, _, direction = args.select.partition(":")
+    sweep = SweepInput(
+        pipeline,
+        variants=[dict(zip(names, combo, strict=True)) for combo in combinations],
+        max_parallel=args.max_parallel,
+        select_metric=metric,
+        select_direction=direction or "max",
+        fail_fast=args.fail_fast,
+    )
+    if problems := sweep_problems(sweep):
+        raise config.ConfigError("; ".join(problems))
+    return sweep
 
 
 def step_timeout(text: str) -> tuple[str, int]:
@@ -165,6 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=config.env_bool("PIPELINE_OVERLAP_PROVISIONING"),
         help="bring the train cluster up while preprocess runs (the train job still waits for it)",
     )
+    sweep = parser.add_argument_group("sweep: train + eval once per combination of values")
+    sweep.add_argument(
+        "--sweep",
+        action="append",
+        type=sweep_values,
+        metavar="NAME=V1,V2,...",
+        help="run a sweep over these values of env variable NAME (repeatable: every combination)",
+    )
+    sweep.add_argument(
+        "--max-parallel", type=int, default=4, metavar="N", help="variants at once (default 4)"
+    )
+    sweep.add_argument(
+        "--select",
+        default="eval_accuracy:max",
+        metavar="METRIC:max|min",
+        help="the metric that picks the best variant (a task prints `METRIC name=value`)",
+    )
+    sweep.add_argument("--fail-fast", action="store_true", help="fail the sweep at its first failed variant")
     parser.add_argument("--task-queue", default=config.task_queue(), help="Temporal task queue")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--no-wait", action="store_true", help="start the run and exit")
@@ -208,126 +244,6 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
     return pipeline
 
 
-def status_marks(stream: TextIO) -> dict[str, str]:
-    """Plain-text marks for step lines, in ASCII when the output can't encode the symbols."""
-    try:
-        "▶✓✗".encode(stream.encoding or "ascii")
-        return {"running": "▶", "succeeded": "✓", "other": "✗"}
-    except (UnicodeEncodeError, LookupError):
-        return {"running": ">", "succeeded": "+", "other": "x"}
-
-
-def step_line(step: StepProgress, marks: dict[str, str]) -> str:
-    """`▶ name summary` when a step starts; `✓ name status cluster job duration` when it ends."""
-    if step.status == "running":
-        return f"  {marks['running']} {step.name:<16} {step.summary}"
-    parts = [f"{step.status:<9}"]
-    if step.cluster_name:
-        parts.append(f"cluster {step.cluster_name}")
-    if step.job_id is not None:
-        failed = step.job_status if step.job_status not in ("", "SUCCEEDED") else ""
-        parts.append(f"job {step.job_id} {failed}".rstrip())
-    if step.duration_seconds is not None:
-        parts.append(f"{step.duration_seconds:.0f}s")
-    return f"  {marks.get(step.status, marks['other'])} {step.name:<16} " + "  ".join(parts)
-
-
-def quiet_runtime() -> Runtime:
-    """A Temporal runtime whose core logs errors only.
-
-    The default one logs a WARN line for each retried RPC: a flood while Temporal is down, which
-    the starter reports in one line of its own instead.
-    """
-    quiet = TelemetryFilter(core_level="ERROR", other_level="ERROR")
-    return Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=quiet)))
-
-
-def is_outage(err: RPCError, codes: Collection[RPCStatusCode] = OUTAGE_CODES) -> bool:
-    """Whether `err` means the server did not answer (down, unreachable, connection dropped)."""
-    if err.status in codes:
-        return True
-    message = str(err).lower()
-    return err.status in TRANSPORT_CODES and any(word in message for word in TRANSPORT_WORDS)
-
-
-class Reconnecting:
-    """Calls to Temporal that wait out an outage instead of failing: the run goes on without us."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-    async def call(
-        self, request: Callable[[], Awaitable[T]], outage_codes: Collection[RPCStatusCode] = OUTAGE_CODES
-    ) -> T:
-        """`await request()`, retried with backoff while the server does not answer.
-
-        One line when the connection is lost and one when it is back, never one per retry.
-        """
-        delay, lost = RECONNECT_MIN_SECONDS, False
-        while True:
-            try:
-                answer = await request()
-            except RPCError as err:
-                if not is_outage(err, outage_codes):
-                    raise
-                if not lost:
-                    lost = True
-                    print(
-                        f"Lost connection to Temporal at {self.address}: reconnecting (the run goes on)...",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
-                continue
-            if lost:
-                print("Reconnected to Temporal.", file=sys.stderr, flush=True)
-            return answer
-
-
-async def query_progress(handle: RunHandle, temporal: Reconnecting) -> PipelineProgress | None:
-    """The run's progress query; None when no worker answers it (none running, or not yet)."""
-    try:
-        # Only UNAVAILABLE is an outage here: a query also times out when no worker answers.
-        return await temporal.call(
-            lambda: handle.query(SkyPilotWorkflow.progress, rpc_timeout=QUERY_TIMEOUT),
-            outage_codes={RPCStatusCode.UNAVAILABLE},
-        )
-    except RPCError:
-        return None
-
-
-def print_new_steps(
-    progress: PipelineProgress | None, printed: dict[str, str], marks: dict[str, str]
-) -> None:
-    """Print the step starts and ends not printed yet; `printed` maps summary -> last status."""
-    for step in progress.steps if progress else []:
-        if step.status == "pending" or printed.get(step.summary) == step.status:
-            continue
-        if step.status != "running" and step.summary not in printed:  # started and ended
-            print(step_line(dataclasses.replace(step, status="running"), marks), flush=True)
-        printed[step.summary] = step.status
-        print(step_line(step, marks), flush=True)
-
-
-async def follow(handle: RunHandle, temporal: Reconnecting) -> PipelineProgress | None:
-    """Print one line per step as it starts and ends (cleanup included) until the run ends.
-
-    Plain text only, so the output reads the same in a terminal and in a file. Returns what the
-    ended run's progress query reports (None: no answer).
-    """
-    marks = status_marks(sys.stdout)
-    printed: dict[str, str] = {}  # summaries are unique
-    while True:
-        description = await temporal.call(handle.describe)
-        # Queried after the describe, so the progress of an ended run is its final state.
-        progress = await query_progress(handle, temporal)
-        print_new_steps(progress, printed, marks)
-        if description.status not in (None, WorkflowExecutionStatus.RUNNING):
-            return progress
-        await asyncio.sleep(POLL_SECONDS)
-
-
 def workflow_id_for(args: argparse.Namespace) -> str:
     """The run's workflow id. Its clusters are named after it (shared.cluster_prefix_for), so a
     fixed --cluster-prefix is a fixed workflow id: Temporal refuses a second running one."""
@@ -344,19 +260,31 @@ def workflow_id_for(args: argparse.Namespace) -> str:
     return args.workflow_id or f"{CLUSTER_MARKER}{uuid.uuid4().hex[:8]}"
 
 
-async def start(client: Client, pipeline: PipelineInput, args: argparse.Namespace) -> RunHandle:
+async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.Namespace) -> RunHandle:
     workflow_id = workflow_id_for(args)
+    pipeline = run.pipeline if isinstance(run, SweepInput) else run
+    what = f"{redact_url_credentials(pipeline.repo_url)}@{pipeline.ref}"
+    details = (
+        f"tasks: {pipeline.preprocess_yaml}, {pipeline.train_yaml}, "
+        f"{pipeline.eval_yaml}; infra: {pipeline.infra or 'from the tasks'}"
+    )
     try:
+        if isinstance(run, SweepInput):
+            return await client.start_workflow(
+                SweepWorkflow.run,
+                run,
+                id=workflow_id,
+                task_queue=args.task_queue,
+                static_summary=f"SkyPilot sweep of {len(run.variants)} variants: {what}",
+                static_details=f"{details}; best by {run.select_metric}:{run.select_direction}",
+            )
         return await client.start_workflow(
             SkyPilotWorkflow.run,
-            pipeline,
+            run,
             id=workflow_id,
             task_queue=args.task_queue,
-            static_summary=f"SkyPilot pipeline: {redact_url_credentials(pipeline.repo_url)}@{pipeline.ref}",
-            static_details=(
-                f"tasks: {pipeline.preprocess_yaml}, {pipeline.train_yaml}, "
-                f"{pipeline.eval_yaml}; infra: {pipeline.infra or 'from the tasks'}"
-            ),
+            static_summary=f"SkyPilot pipeline: {what}",
+            static_details=details,
         )
     except WorkflowAlreadyStartedError:
         if args.cluster_prefix:
@@ -378,22 +306,25 @@ async def attach(client: Client, workflow_id: str, temporal: Reconnecting) -> Ru
         if err.status == RPCStatusCode.NOT_FOUND:
             raise config.ConfigError(f"no workflow with id {workflow_id}") from None
         raise
-    if description.workflow_type != SkyPilotWorkflow.__name__:
+    result_type = RUN_TYPES.get(description.workflow_type or "")
+    if result_type is None:
         raise config.ConfigError(
-            f"workflow {workflow_id} is a {description.workflow_type}, not a {SkyPilotWorkflow.__name__} run"
+            f"workflow {workflow_id} is a {description.workflow_type}, not a {' or '.join(RUN_TYPES)} run"
         )
-    return client.get_workflow_handle_for(SkyPilotWorkflow.run, workflow_id, run_id=description.run_id)
+    return client.get_workflow_handle(workflow_id, run_id=description.run_id, result_type=result_type)
 
 
 async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
-    pipeline = None if args.follow else pipeline_input(args)  # bad input fails before connecting
+    # Bad input fails before connecting.
+    pipeline = None if args.follow else pipeline_input(args)
+    run = sweep_input(pipeline, args) if pipeline and args.sweep else pipeline
     client: Client = await config.connect_temporal(runtime=quiet_runtime())
     temporal = Reconnecting(client.service_client.config.target_host)
     if pipeline is None:
         handle = await attach(client, args.follow, temporal)
         run_id, verb = handle.run_id, "Following"
     else:
-        handle = await start(client, pipeline, args)
+        handle = await start(client, run, args)
         run_id, verb = handle.result_run_id, "Started"
     url = config.workflow_ui_url(client.namespace, handle.id, run_id)
     print(f"{verb} workflow {handle.id}\n  Web UI: {url}", flush=True)
@@ -405,59 +336,11 @@ async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
     except WorkflowFailureError as err:
         print_failure(handle.id, end_message(err, progress), url)
         return EXIT_FAILED
-    print_success(handle.id, result, url)
-    return EXIT_OK
-
-
-def print_success(workflow_id: str, result: PipelineResult, url: str) -> None:
-    print(f"Workflow {workflow_id} succeeded (commit {result.commit_sha[:12]})")
-    for step in result.steps:
-        print(
-            f"  {step.step:<10} {step.cluster_name}: job {step.job_id} {step.job_status} "
-            f"in {step.duration_seconds:.0f}s"
-        )
-    last_eval_lines = result.steps[-1].log_tail.splitlines()[-3:] if result.steps else []
-    for line in last_eval_lines:
-        print(f"  eval> {line}")
-    print(f"  Web UI: {url}")
-
-
-def print_failure(workflow_id: str, message: str, url: str) -> None:
-    first_line, *log_lines = message.splitlines()
-    print(f"Workflow {workflow_id} {first_line}", file=sys.stderr)
-    for line in log_lines:  # "last log lines:" and the failing job's log tail
-        print(f"  {line}" if line == "last log lines:" else f"    {line}", file=sys.stderr)
-    print(f"  Web UI: {url}", file=sys.stderr)
-
-
-def end_message(err: WorkflowFailureError, progress: PipelineProgress | None) -> str:
-    """How the run ended, its first line followed by what its progress query says of clusters."""
-    cause = err.cause
-    if isinstance(cause, CancelledError):
-        outcome = "was cancelled"
-    elif isinstance(cause, TerminatedError):
-        outcome = "was terminated"
-    elif isinstance(cause, WorkflowTimeoutError):
-        outcome = "timed out"
-    elif isinstance(cause, ApplicationError):
-        outcome = f"failed: {cause.message}"
+    if isinstance(result, SweepResult):
+        print_sweep_table(handle.id, result, url)
     else:
-        outcome = f"failed: {cause or err}"
-    first_line, *rest = outcome.splitlines()
-    return "\n".join([first_line + clusters_note(cause, progress), *rest])
-
-
-def clusters_note(cause: BaseException | None, progress: PipelineProgress | None) -> str:
-    """Which clusters the ended run reports up: never a cleanup the workflow did not report."""
-    if progress is None:
-        if isinstance(cause, TerminatedError):
-            return ": no cleanup ran; the reaper removes its clusters (check `sky status`)"
-        return "; cleanup state unknown"
-    if progress.clusters_up:
-        return f"; clusters still up: {', '.join(progress.clusters_up)} (check `sky status`)"
-    if isinstance(cause, (CancelledError, TerminatedError, WorkflowTimeoutError)):
-        return "; no cluster left"
-    return ""  # a failed run names its clusters only when some are up
+        print_success(handle.id, result, url)
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

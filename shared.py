@@ -16,7 +16,25 @@ MAX_PREFIX_LENGTH = 24
 # looks at clusters with this marker.
 CLUSTER_MARKER = "skypilot-"
 # Workflow types whose runs own clusters; the reaper keeps clusters of their open runs.
-CLUSTER_OWNER_WORKFLOW_TYPES = ("SkyPilotWorkflow",)
+CLUSTER_OWNER_WORKFLOW_TYPES = ("SkyPilotWorkflow", "SweepWorkflow", "SweepVariantWorkflow")
+# How a step's status shows in the Web UI and the starter's output: plain symbols, not emoji
+# (a browser without an emoji font shows emoji as empty boxes), with an ASCII fallback.
+STATUS_MARKS = {
+    "pending": "○",
+    "running": "▶",
+    "retrying": "↻",
+    "succeeded": "✓",
+    "failed": "✗",
+    "cancelled": "⊘",
+}
+ASCII_STATUS_MARKS = {
+    "pending": ".",
+    "running": ">",
+    "retrying": "~",
+    "succeeded": "+",
+    "failed": "x",
+    "cancelled": "-",
+}
 
 
 @dataclass
@@ -81,11 +99,70 @@ class StepProgress:
 
 
 @dataclass
+class VariantProgress:
+    """One variant of a sweep: its parameters, its child workflow and how it went."""
+
+    variant_id: str
+    params: dict[str, str]
+    status: str = "pending"  # pending | running | succeeded | failed | cancelled
+    workflow_id: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    duration_seconds: float | None = None
+    error: str = ""
+
+
+@dataclass
 class PipelineProgress:
     status: str  # running | cleaning up | succeeded | failed | cancelled
     commit_sha: str
     steps: list[StepProgress]
     clusters_up: list[str]
+    # A sweep's variants (empty for a single pipeline).
+    variants: list[VariantProgress] = field(default_factory=list)
+
+
+@dataclass
+class SweepInput:
+    """Preprocess once, then train + eval each variant (env overrides) on its own cluster."""
+
+    pipeline: PipelineInput
+    variants: list[dict[str, str]]
+    max_parallel: int = 4
+    # The metric that picks the best variant (a task prints `METRIC <name>=<number>`), and
+    # whether the best is its "max" or its "min".
+    select_metric: str = "eval_accuracy"
+    select_direction: str = "max"
+    # Fail the sweep (and cancel the other variants) at the first failed variant.
+    fail_fast: bool = False
+
+
+@dataclass
+class SweepResult:
+    repo_url: str
+    commit_sha: str
+    preprocess: StepResult
+    variants: list[VariantProgress]
+    # The variant with the best `select_metric`; None when no variant reported it.
+    best: VariantProgress | None
+    select: str
+
+
+@dataclass
+class RunTasks:
+    """What step 1 produced, handed to a child workflow so it runs the same tasks."""
+
+    commit_sha: str
+    yaml_texts: dict[str, str]
+    checkout_name: str
+
+
+@dataclass
+class VariantInput:
+    """One sweep variant: a child workflow that trains and evaluates on its own cluster."""
+
+    pipeline: PipelineInput
+    variant_id: str
+    tasks: RunTasks
 
 
 # Bounds of the numeric inputs: anything outside is refused where it enters (the starter, and
@@ -123,6 +200,32 @@ def input_problems(input: PipelineInput) -> list[str]:
     bad_secrets = [n for n in input.secret_names if not (isinstance(n, str) and ENV_NAME.fullmatch(n))]
     if bad_secrets:
         problems.append(f"secret name(s) {', '.join(map(repr, bad_secrets[:5]))} are not variable names")
+    return problems
+
+
+MAX_SWEEP_VARIANTS = 1000
+MAX_SWEEP_PARALLEL = 100
+METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
+
+
+def sweep_problems(input: SweepInput) -> list[str]:
+    """What is wrong with a sweep input, one short phrase per problem (empty: nothing)."""
+    problems = input_problems(input.pipeline)
+    if not input.variants:
+        problems.append("a sweep needs at least one variant")
+    elif len(input.variants) > MAX_SWEEP_VARIANTS:
+        problems.append(f"a sweep has at most {MAX_SWEEP_VARIANTS} variants")
+    for params in input.variants[:MAX_SWEEP_VARIANTS]:
+        bad = [k for k in params if not (isinstance(k, str) and ENV_NAME.fullmatch(k))]
+        if bad or any(not isinstance(v, str) or "\0" in v for v in params.values()):
+            problems.append(f"variant parameters {params!r} are not NAME=value env overrides"[:200])
+            break
+    if not _number_between(input.max_parallel, 1, MAX_SWEEP_PARALLEL):
+        problems.append(f"max_parallel must be between 1 and {MAX_SWEEP_PARALLEL}")
+    if not isinstance(input.select_metric, str) or not METRIC_NAME.fullmatch(input.select_metric):
+        problems.append(f"select metric {input.select_metric!r} is not a metric name"[:200])
+    if input.select_direction not in ("max", "min"):
+        problems.append("select direction must be max or min")
     return problems
 
 
@@ -264,6 +367,7 @@ class StepResult:
     exit_code: int | None = None
     duration_seconds: float = 0.0
     log_tail: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

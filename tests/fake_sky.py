@@ -364,7 +364,8 @@ class FakeSky:
 
     def _submit(self, cluster: FakeCluster, task: sky.Task, ran_setup: bool) -> int:
         step = (task.name or "").rsplit("-", 1)[-1]
-        plan = self.plans.get(step, JobPlan())
+        # A plan for one sweep variant: fake.plan("train@v2", ...).
+        plan = self.plans.get(f"{step}@{task.envs.get('VARIANT_ID')}") or self.plans.get(step, JobPlan())
         with self._lock:
             job = FakeJob(
                 len(cluster.jobs) + 1,

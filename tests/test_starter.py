@@ -242,7 +242,7 @@ async def test_follow_attaches_to_a_running_run_and_reports_its_cancel(pipeline:
     handle, rc, stdout, stderr = await follow_during_train(pipeline, "cancel")
     assert rc == 1, (stdout, stderr)
     assert stdout.startswith(f"Following workflow {handle.id}\n"), stdout
-    assert "  ✓ preprocess " in stdout and "  ✗ train " in stdout, stdout
+    assert "  ✓ preprocess " in stdout and "  ⊘ train " in stdout, stdout
     assert stderr.splitlines()[0] == f"Workflow {handle.id} was cancelled; no cluster left", stderr
     pipeline.assert_no_cluster_left()
 

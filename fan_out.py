@@ -1,0 +1,92 @@
+"""Fan-out: run variants of a pipeline as child workflows, at most `max_parallel` at once.
+
+Each variant is a child workflow with its own id ("<parent id>-<variant id>"), so its own
+clusters and its own page in the Web UI, linked from the parent's history. A cancel of the
+parent cancels every running child, and waits for each to clean up; a terminated parent's
+children get a cancel request too (they never outlive it with clusters up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError, ChildWorkflowError, is_cancelled_exception
+
+with workflow.unsafe.imports_passed_through():
+    from pipeline_blocks import Pipeline
+    from shared import PipelineResult, VariantProgress
+
+
+async def run_variants(
+    pipeline: Pipeline,
+    child_run: Callable[..., Any],
+    inputs: Sequence[tuple[VariantProgress, Any]],
+    max_parallel: int,
+    fail_fast: bool = False,
+) -> None:
+    """Run `child_run` once per (variant, input), bounded; record each in `pipeline.variants`.
+
+    A failed variant does not fail the run unless every variant fails, or `fail_fast` is set
+    (then the first failure cancels the others and fails the run).
+    """
+    slots = asyncio.Semaphore(max_parallel)
+    parent_id = workflow.info().workflow_id
+
+    async def run_one(variant: VariantProgress, input: Any) -> None:
+        async with slots:
+            variant.workflow_id = f"{parent_id}-{variant.variant_id}"
+            variant.status = "running"
+            pipeline.update_details()
+            started = workflow.now()
+            try:
+                result: PipelineResult = await workflow.execute_child_workflow(
+                    child_run,
+                    input,
+                    id=variant.workflow_id,
+                    parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                    static_summary=f"variant {variant.variant_id}: "
+                    + " ".join(f"{k}={v}" for k, v in variant.params.items()),
+                )
+                variant.status = "succeeded"
+                for step in result.steps:
+                    variant.metrics.update(step.metrics)
+            except ChildWorkflowError as err:
+                variant.status = "cancelled" if is_cancelled_exception(err) else "failed"
+                variant.error = " ".join(str(err.cause or err).split())[:500]
+                if fail_fast and variant.status == "failed":
+                    raise ApplicationError(
+                        f"variant {variant.variant_id} failed (fail-fast): {variant.error}",
+                        type="VariantFailed",
+                        non_retryable=True,
+                    ) from None
+            finally:
+                variant.duration_seconds = round((workflow.now() - started).total_seconds(), 3)
+                pipeline.update_details()
+
+    running = [asyncio.create_task(run_one(variant, input)) for variant, input in inputs]
+    try:
+        await asyncio.gather(*running)
+    except BaseException:  # a cancel of the run, or fail-fast: stop the others, wait for them
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        raise
+    failed = [v for v, _ in inputs if v.status == "failed"]
+    if failed and len(failed) == len(inputs):
+        raise ApplicationError(
+            f"all {len(failed)} variants failed; {failed[0].variant_id}: {failed[0].error}",
+            type="AllVariantsFailed",
+            non_retryable=True,
+        )
+
+
+def best_variant(variants: Sequence[VariantProgress], metric: str, direction: str) -> VariantProgress | None:
+    """The succeeded variant with the highest (`max`) or lowest (`min`) `metric`, if any has it."""
+    scored = [v for v in variants if v.status == "succeeded" and metric in v.metrics]
+    if not scored:
+        return None
+    pick = max if direction == "max" else min
+    return pick(scored, key=lambda v: v.metrics[metric])

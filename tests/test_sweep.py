@@ -1,0 +1,157 @@
+"""SweepWorkflow on a real Temporal dev server, activities over the fake SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from conftest import Pipeline
+from shared import SweepInput, SweepResult, cluster_prefix_for
+from workflows import SweepWorkflow
+
+
+async def start_sweep(pipeline: Pipeline, variants: list[dict[str, str]], **options) -> WorkflowHandle:
+    return await pipeline.env.client.start_workflow(
+        SweepWorkflow.run,
+        SweepInput(pipeline.input(), variants, **options),
+        id=f"sweep-{uuid.uuid4().hex[:8]}",
+        task_queue=pipeline.task_queue,
+        execution_timeout=timedelta(minutes=2),
+    )
+
+
+async def run_sweep(pipeline: Pipeline, variants: list[dict[str, str]], **options) -> SweepResult:
+    return await (await start_sweep(pipeline, variants, **options)).result()
+
+
+def lr_grid(*rates: str) -> list[dict[str, str]]:
+    return [{"LR": rate} for rate in rates]
+
+
+async def test_a_sweep_preprocesses_once_and_reports_every_variant_and_the_best(pipeline: Pipeline):
+    for variant, accuracy in [("v1", "0.81"), ("v2", "0.93"), ("v3", "0.87")]:
+        pipeline.fake.plan(f"eval@{variant}", logs=[f"(eval, pid=7) METRIC eval_accuracy={accuracy}"])
+    handle = await start_sweep(pipeline, lr_grid("0.1", "0.01", "0.001"), max_parallel=2)
+    result = await handle.result()
+
+    assert [(v.variant_id, v.params, v.status) for v in result.variants] == [
+        ("v1", {"LR": "0.1"}, "succeeded"),
+        ("v2", {"LR": "0.01"}, "succeeded"),
+        ("v3", {"LR": "0.001"}, "succeeded"),
+    ]
+    assert [v.metrics["eval_accuracy"] for v in result.variants] == [0.81, 0.93, 0.87]
+    assert result.best is not None and result.best.variant_id == "v2"
+    assert result.select == "eval_accuracy:max" and result.preprocess.job_status == "SUCCEEDED"
+
+    sweep_prefix = cluster_prefix_for(handle.id)
+    assert len(pipeline.fake.jobs_named("preprocess")) == 1
+    trains = pipeline.fake.jobs_named("train")
+    assert sorted(j.envs["VARIANT_ID"] for j in trains) == ["v1", "v2", "v3"]
+    # Every variant reads the sweep's data and writes under its own id, on its own cluster.
+    assert all(j.envs["PIPELINE_RUN_ID"] == sweep_prefix for j in trains)
+    assert {j.envs["LR"] for j in trains} == {"0.1", "0.01", "0.001"}
+    launched = {args[1] for args in pipeline.fake.called("launch")}
+    assert launched == {f"{sweep_prefix}-preprocess"} | {
+        f"{cluster_prefix_for(f'{handle.id}-v{n}')}-train" for n in (1, 2, 3)
+    }
+    pipeline.assert_no_cluster_left()
+
+    progress = await handle.query(SweepWorkflow.progress)
+    assert progress.status == "succeeded"
+    assert [v.workflow_id for v in progress.variants] == [f"{handle.id}-v{n}" for n in (1, 2, 3)]
+    child = pipeline.env.client.get_workflow_handle(f"{handle.id}-v2")
+    assert (await child.describe()).status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_a_sweep_never_runs_more_than_max_parallel_variants_at_once(pipeline: Pipeline):
+    pipeline.fake.plan("train", seconds=0.5)
+    sweep = asyncio.ensure_future(run_sweep(pipeline, lr_grid(*"12345"), max_parallel=2))
+    most = 0
+    while not sweep.done():
+        most = max(most, sum(j.status == "RUNNING" for j in pipeline.fake.jobs_named("train")))
+        await asyncio.sleep(0.01)
+    result = sweep.result()
+    assert all(v.status == "succeeded" for v in result.variants)
+    assert most == 2, f"{most} variants trained at once with max_parallel=2"
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_failed_variant_does_not_fail_the_sweep(pipeline: Pipeline):
+    pipeline.fake.plan("train@v2", status="FAILED", logs=["loss went NaN"])
+    pipeline.fake.plan("eval", logs=["METRIC eval_accuracy=0.9"])
+    result = await run_sweep(pipeline, lr_grid("0.1", "10", "0.01"))
+    assert [v.status for v in result.variants] == ["succeeded", "failed", "succeeded"]
+    failed = result.variants[1]
+    assert "step 'train'" in failed.error and "loss went NaN" in failed.error
+    assert result.best is not None and result.best.variant_id in ("v1", "v3")
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_sweep_fails_when_every_variant_fails(pipeline: Pipeline):
+    pipeline.fake.plan("train", status="FAILED")
+    with pytest.raises(WorkflowFailureError) as err:
+        await run_sweep(pipeline, lr_grid("0.1", "0.01"))
+    cause = err.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "AllVariantsFailed"
+    assert "all 2 variants failed" in cause.message
+    pipeline.assert_no_cluster_left()
+
+
+async def test_fail_fast_cancels_the_other_variants_at_the_first_failure(pipeline: Pipeline):
+    pipeline.fake.plan("train@v1", status="FAILED", seconds=0.3)
+    pipeline.fake.plan("train@v2", until_cancelled=True)
+    with pytest.raises(WorkflowFailureError) as err:
+        await run_sweep(pipeline, lr_grid("0.1", "0.01", "0.001"), max_parallel=2, fail_fast=True)
+    cause = err.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "VariantFailed"
+    assert "variant v1 failed" in cause.message
+    trains = {j.envs["VARIANT_ID"]: j.status for j in pipeline.fake.jobs_named("train")}
+    assert trains == {"v1": "FAILED", "v2": "CANCELLED"}
+    assert not [j for j in pipeline.fake.submitted if j.envs.get("VARIANT_ID") == "v3"]
+    pipeline.assert_no_cluster_left()
+
+
+@pytest.mark.parametrize("how", ["cancel", "terminate"])
+async def test_stopping_a_sweep_cancels_every_running_variant_and_tears_down(pipeline: Pipeline, how: str):
+    pipeline.fake.plan("train", until_cancelled=True)
+    handle = await start_sweep(pipeline, lr_grid("0.1", "0.01", "0.001"), max_parallel=2)
+    while len(pipeline.fake.jobs_named("train")) < 2:
+        await asyncio.sleep(0.02)
+    if how == "cancel":
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as err:
+            await handle.result()
+        assert isinstance(err.value.cause, CancelledError)
+    else:  # the parent skips its cleanup; each child still gets a cancel and cleans up
+        await handle.terminate("test")
+    for _ in range(500):
+        if not pipeline.fake.clusters:
+            break
+        await asyncio.sleep(0.02)
+    assert [j.status for j in pipeline.fake.jobs_named("train")] == ["CANCELLED", "CANCELLED"]
+    pipeline.assert_no_cluster_left()
+    for n in (1, 2):
+        child = pipeline.env.client.get_workflow_handle(f"{handle.id}-v{n}")
+        with pytest.raises(WorkflowFailureError):
+            await child.result()
+        assert (await child.describe()).status == WorkflowExecutionStatus.CANCELED
+
+
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        ({"max_parallel": 0}, "max_parallel must be between 1 and"),
+        ({"select_direction": "up"}, "select direction must be max or min"),
+        ({"select_metric": "no spaces"}, "is not a metric name"),
+    ],
+)
+async def test_a_bad_sweep_input_is_refused_before_anything_runs(pipeline: Pipeline, options, problem):
+    with pytest.raises(WorkflowFailureError) as err:
+        await run_sweep(pipeline, lr_grid("0.1"), **options)
+    assert err.value.cause.type == "InvalidInput" and problem in err.value.cause.message
+    assert pipeline.fake.calls == []
