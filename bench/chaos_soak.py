@@ -1,10 +1,11 @@
 """Chaos soak: real pipelines under faults must leak no cluster and run no job twice.
 
-    .venv/bin/python bench/chaos_soak.py              # 8 pipelines, 3 workers, all faults (~20-25 min)
-    .venv/bin/python bench/chaos_soak.py --quick      # 3 pipelines, 2 workers, one kill (~9-11 min)
-    .venv/bin/python bench/chaos_soak.py --ref HEAD   # soak a commit (git archive), not the working tree
-    .venv/bin/python bench/chaos_soak.py --help       # every count and period
+    .venv/bin/python -m bench.chaos_soak              # 8 pipelines, 3 workers, all faults (~20-25 min)
+    .venv/bin/python -m bench.chaos_soak --quick      # 3 pipelines, 2 workers, one kill (~9-11 min)
+    .venv/bin/python -m bench.chaos_soak --ref HEAD   # soak a commit (git archive), not the working tree
+    .venv/bin/python -m bench.chaos_soak --help       # every count and period
 
+Run from the repository root.
 Times are for 2 cores: each SkyPilot launch installs the cluster runtime (uv pip install), and a
 few launches at once keep both cores busy for minutes.
 
@@ -75,20 +76,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
+from bench.chaos_observe import Observer
+from testing import ROOT
+from testing.local_stack import (
+    LOCAL_STACK_SH,
+    SKY_API,
+    SKY_CLI,
+    TEMPORAL_ADDRESS,
+    WORKER_STARTED,
+    point_sdk_at_local_stack,
+    stack_env,
+)
 
-from chaos_observe import Observer  # noqa: E402
-
-TEMPORAL_ADDRESS = "127.0.0.1:7233"
-SKY_API_PORT = 46580
-SKY_API = f"http://127.0.0.1:{SKY_API_PORT}"
+SKY_API_PORT = SKY_API.rsplit(":", 1)[-1]
 STATE = ROOT / ".state"
-LOCAL_STACK = ROOT / "scripts" / "local_stack.sh"
-SKY_CLI = ROOT / ".venv" / "bin" / "sky"
 WORKER_GRACE_SECONDS = 20
 # The soak's own SDK calls: never start a local API server, only ever talk to the stack's.
-os.environ.update(SKYPILOT_API_SERVER_ENDPOINT=SKY_API, SKYPILOT_DISABLE_LOCAL_API_SERVER="1")
+point_sdk_at_local_stack()
 
 ROLES = ("normal", "fail", "terminate", "cancel")
 # Defaults that --quick changes: flag -> (full run, --quick).
@@ -238,23 +242,18 @@ def prepare_code(args: argparse.Namespace, out: Path) -> tuple[Path, list[str]]:
     return code, ["--repo", str(ROOT), "--ref", commit]
 
 
-def load_prefix_function(code: Path) -> Callable[[str], str]:
-    """`shared.cluster_prefix_for` of the code the workers run (it may change: always ask it)."""
-    sys.path.insert(0, str(code))
-    return importlib.import_module("shared").cluster_prefix_for
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """A user's environment: no .env, only the stack's loopback addresses, nothing inherited."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PIPELINE_", "WORKER_"))}
-    env.update(
-        ENV_FILE=os.devnull,
-        TEMPORAL_ADDRESS=TEMPORAL_ADDRESS,
-        SKYPILOT_API_SERVER_ENDPOINT=SKY_API,
-        SKYPILOT_DISABLE_LOCAL_API_SERVER="1",
+def cluster_prefixes(code: Path, workflow_ids: list[str]) -> list[str]:
+    """`shared.cluster_prefix_for` of each workflow id, as the code the workers run computes it (it
+    may change: always ask it). With --ref that is another tree: a Python in that tree asks its own
+    modules, never the ones this process imported."""
+    script = "import sys, shared; print(*map(shared.cluster_prefix_for, sys.argv[1:]), sep='\\n')"
+    answer = subprocess.run(
+        [sys.executable, "-c", script, *workflow_ids], cwd=code, capture_output=True, text=True, check=True
     )
-    env.update(extra)
-    return env
+    prefixes = answer.stdout.split()
+    if len(prefixes) != len(workflow_ids):
+        raise RuntimeError(f"shared.cluster_prefix_for in {code} answered {answer.stdout!r}")
+    return prefixes
 
 
 # ---------------------------------------------------------------------------- the soak
@@ -270,11 +269,10 @@ class Soak:
         self.task_queue = f"chaos-{uuid.uuid4().hex[:8]}"
         self.rng = random.Random(args.seed)
         token = uuid.uuid4().hex[:6]
-        prefix_for = load_prefix_function(code)
-        self.runs: list[Run] = []
-        for i, role in enumerate(roles(args)):
-            workflow_id = f"chaos-{i}-{token}"
-            self.runs.append(Run(i, workflow_id, prefix_for(workflow_id), role))
+        planned = roles(args)
+        workflow_ids = [f"chaos-{i}-{token}" for i in range(len(planned))]
+        prefixes = cluster_prefixes(code, workflow_ids)
+        self.runs = [Run(i, workflow_ids[i], prefixes[i], role) for i, role in enumerate(planned)]
         self.observer = Observer(sky, {r.prefix: r.workflow_id for r in self.runs})
         self.workers = [WorkerSlot(n, out / f"checkouts-{n}") for n in range(args.workers)]
         self.counters = Counters()
@@ -332,7 +330,7 @@ class Soak:
     def start_worker(self, slot: WorkerSlot) -> None:
         slot.incarnation += 1
         slot.log_path = self.out / f"worker-{slot.number}.{slot.incarnation}.log"
-        env = child_env(
+        env = stack_env(
             TEMPORAL_TASK_QUEUE=self.task_queue,
             WORKER_CHECKOUT_ROOT=str(slot.checkout_root),
             REAPER_PERIOD_SECONDS=str(self.args.reaper_period),
@@ -352,7 +350,7 @@ class Soak:
 
     @staticmethod
     def worker_ready(slot: WorkerSlot) -> bool:
-        return bool(slot.log_path and "Worker started" in slot.log_path.read_text(errors="replace"))
+        return bool(slot.log_path and WORKER_STARTED in slot.log_path.read_text(errors="replace"))
 
     async def start_workers(self) -> None:
         for slot in self.workers:
@@ -446,7 +444,7 @@ class Soak:
                 return -1
 
     async def stack_up(self) -> bool:
-        rc = await self.command(["bash", str(LOCAL_STACK), "up"], "stack.log", timeout=600)
+        rc = await self.command(["bash", str(LOCAL_STACK_SH), "up"], "stack.log", timeout=600)
         if rc != 0:
             self.note(f"`local_stack.sh up` failed (rc {rc}); see {self.out / 'stack.log'}")
             return False
@@ -457,7 +455,7 @@ class Soak:
         async with self.stack_lock:
             self.log("SkyPilot API server: `sky api stop`")
             self.stack_dirty = True
-            env = {**os.environ, "SKYPILOT_API_SERVER_LOCAL_PORT": str(SKY_API_PORT)}
+            env = {**os.environ, "SKYPILOT_API_SERVER_LOCAL_PORT": SKY_API_PORT}
             rc = await self.command([str(SKY_CLI), "api", "stop"], "stack.log", timeout=120, env=env)
             if rc != 0:
                 self.note(f"`sky api stop` failed (rc {rc})")
@@ -527,7 +525,7 @@ class Soak:
             *envs,
         ]
         for attempt in range(3):
-            rc = await self.command(argv, f"starter-{run.index}.log", timeout=120, env=child_env())
+            rc = await self.command(argv, f"starter-{run.index}.log", timeout=120, env=stack_env())
             if rc == 0:
                 break
             if await self.exists(run.workflow_id):  # the start went through after all
@@ -857,7 +855,7 @@ class Soak:
             print(f"  cleanup tore down: {', '.join(downed)}")
         for note in self.notes:
             print(f"  note: {note}")
-        print(f"\nbench/chaos_soak.py{' --quick' if self.args.quick else ''} (output {self.out})")
+        print(f"\npython -m bench.chaos_soak{' --quick' if self.args.quick else ''} (output {self.out})")
         print("\n".join(machine_lines()))
         print_table(rows)
         return 0 if ok else 1

@@ -1,6 +1,6 @@
 """What payload encryption costs per pipeline step: encode + decode of one step's payloads.
 
-    .venv/bin/python bench/codec_bench.py
+    .venv/bin/python -m bench.codec_bench     # from the repository root
 
 One step of SkyPilotWorkflow puts about ten payloads through the codec: the activity input
 (LaunchInput with a ~3 KB task YAML and env overrides), its summary, heartbeat details
@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import temporalio.converter
+from temporalio.api.common.v1 import Payload
 
-import temporalio.converter  # noqa: E402
-from temporalio.api.common.v1 import Payload  # noqa: E402
-
-from codec import EncryptionCodec  # noqa: E402
-from shared import (  # noqa: E402
+from codec import EncryptionCodec
+from shared import (
     JobProgress,
     LaunchInput,
     PipelineProgress,

@@ -1,28 +1,26 @@
 """Benchmarks: what durability costs, side by side, printed as one table.
 
-    .venv/bin/python bench/run.py            # everything (~15 min; brings the local stack up)
-    .venv/bin/python bench/run.py --quick    # simulated rows only, fewer repetitions (~2 min)
+    .venv/bin/python -m bench.run            # everything (~15 min; brings the local stack up)
+    .venv/bin/python -m bench.run --quick    # simulated rows only, fewer repetitions (~2 min)
 
-Rows 1-4 run the real workflow and activity code on a real Temporal dev server with a simulated
-SkyPilot SDK (tests/fake_sky.py) whose calls take a fixed time. Rows 5-8 run on the real local
-stack (scripts/local_stack.sh: Temporal dev server, SkyPilot API server, one-node Slurm).
+Run from the repository root. Rows 1-4 run the real workflow and activity code on a real Temporal
+dev server with a simulated SkyPilot SDK (testing/fake_sky.py) whose calls take a fixed time.
+Rows 5-8 run on the real local stack (scripts/local_stack.sh: Temporal dev server, SkyPilot API
+server, one-node Slurm).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import importlib.metadata
 import logging
 import os
 import platform
 import resource
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,18 +30,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.testing import WorkflowEnvironment
 
-from temporalio.client import Client, WorkflowFailureError  # noqa: E402
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
-
-from activities import SkyPilotActivities  # noqa: E402
-from codec import configured_data_converter  # noqa: E402
-from fake_sky import FakeSky  # noqa: E402
-from run_worker import create_worker  # noqa: E402
-from shared import PipelineInput, StepTimeouts, cluster_prefix_for  # noqa: E402
-from workflows import SkyPilotWorkflow  # noqa: E402
+from activities import SkyPilotActivities
+from codec import configured_data_converter
+from shared import PipelineInput, StepTimeouts, cluster_prefix_for
+from testing import ROOT
+from testing.fake_sky import FakeSky
+from testing.in_process import make_task_repo, running_worker, start_dev_server
+from testing.local_stack import (
+    SKY_CLI,
+    TEMPORAL_ADDRESS,
+    local_stack_up,
+    point_sdk_at_local_stack,
+    process_env,
+    run_logged,
+    start_worker_process,
+)
+from workflows import SkyPilotWorkflow
 
 SIMULATED_STEP_SECONDS = 0.2  # row 1: each provisioning and each job takes this long
 REALISTIC_CALL_SECONDS = 1.0  # row 2: every SDK call blocks its caller this long
@@ -99,18 +104,19 @@ async def run_simulated(
 ) -> tuple[float, list]:
     """Run `count` pipelines at once on one in-process worker; return wall seconds and outcomes."""
     task_queue = f"bench-{uuid.uuid4().hex[:8]}"
-    with (
-        tempfile.TemporaryDirectory() as checkouts,
-        concurrent.futures.ThreadPoolExecutor(2 * max(count, 1) * 2 + 8) as pool,
-    ):
-        activities = activities_class(
-            fake, pool, checkout_root=Path(checkouts), heartbeat_interval_seconds=HEARTBEAT_INTERVAL
-        )
-        async with create_worker(
-            env.client,
-            activities,
+    with tempfile.TemporaryDirectory() as checkouts:
+        # A real worker's settings (its own environment, no secret allowed, its heartbeat period).
+        async with running_worker(
+            env,
+            fake,
+            Path(checkouts),
             task_queue,
-            heartbeat_interval=HEARTBEAT_INTERVAL,
+            activities_class=activities_class,
+            threads=2 * max(count, 1) * 2 + 8,
+            heartbeat_seconds=HEARTBEAT_INTERVAL,
+            heartbeat_throttle_seconds=HEARTBEAT_INTERVAL,
+            environ=None,
+            policy=None,
             max_concurrent_activities=max(100, 2 * count),
             max_concurrent_workflow_tasks=max(100, 2 * count),
         ):
@@ -132,8 +138,6 @@ async def run_simulated(
                 await on_started(handles)
             outcomes = await asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
             wall = time.monotonic() - started
-        for job in fake.submitted:
-            job.done.set()
     return wall, list(zip(handles, outcomes, strict=True))
 
 
@@ -163,7 +167,7 @@ async def row_overhead(bench: Bench, env: WorkflowEnvironment) -> None:
 
 async def row_codec(bench: Bench, env: WorkflowEnvironment) -> None:
     """Payload encryption: AES-GCM encode + decode of the payloads one step produces."""
-    from codec_bench import measure
+    from bench.codec_bench import measure
 
     figures = await asyncio.to_thread(measure, 500 if bench.quick else 2000)
     bench.add(
@@ -301,30 +305,17 @@ async def row_cancel(bench: Bench, env: WorkflowEnvironment) -> None:
 # ---------------------------------------------------------------------------- real-stack rows
 
 
-def sh(*command: str, log: Path, env: dict[str, str] | None = None, check: bool = True) -> float:
-    """Run a command, output to `log` (never a pipe: see local_stack.sh), return its seconds."""
-    started = time.monotonic()
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(command)}\n")
-        out.flush()
-        result = subprocess.run(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=ROOT
-        )
-    if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed (rc {result.returncode}); see {log}")
-    return time.monotonic() - started
-
-
 async def real_rows(bench: Bench, scratch: Path) -> None:
-    from e2e.conftest import TEMPORAL_ADDRESS, process_env, start_worker
-
-    sky = str(ROOT / ".venv" / "bin" / "sky")
+    point_sdk_at_local_stack()  # outside_skypilot_seconds asks the API server
+    sky = str(SKY_CLI)
     log = scratch / "real.log"
     print(f"  real stack: bringing it up (log {log})", flush=True)
-    sh("bash", "scripts/local_stack.sh", "up", log=log)
+    local_stack_up(log)
     client = await Client.connect(TEMPORAL_ADDRESS, data_converter=configured_data_converter())
     task_queue = f"bench-real-{uuid.uuid4().hex[:6]}"
-    worker = await asyncio.to_thread(start_worker, task_queue, scratch / "worker1.log", scratch / "checkouts")
+    worker = await asyncio.to_thread(
+        start_worker_process, task_queue, scratch / "worker1.log", scratch / "checkouts"
+    )
     env = process_env()
 
     async def pipeline(*args: str) -> tuple[float, str]:
@@ -358,7 +349,7 @@ async def real_rows(bench: Bench, scratch: Path) -> None:
         while not await _train_job_running(sky, f"{prefix}-train", env, log):
             await asyncio.sleep(2)
         second = await asyncio.to_thread(
-            start_worker, task_queue, scratch / "worker2.log", scratch / "checkouts"
+            start_worker_process, task_queue, scratch / "worker2.log", scratch / "checkouts"
         )
         killed_at = time.monotonic()
         worker.kill(signal.SIGKILL)
@@ -452,14 +443,12 @@ def ratio_row(number: int, measure: str, ours: float, hand: float, goal: float) 
 
 def hand_run(sky: str, scratch: Path, log: Path) -> float:
     """The six operations by hand with the sky CLI, in sequence; returns their seconds."""
-    from e2e.conftest import process_env
-
     env = process_env()
     run_id = f"hand{uuid.uuid4().hex[:4]}"
     pre, train = f"{run_id}-preprocess", f"{run_id}-train"
     envs = ["--env", f"PIPELINE_RUN_ID={run_id}"]
     tasks = scratch / run_id / "tasks"
-    seconds = sh("git", "clone", "--quiet", str(ROOT), str(scratch / run_id), log=log)
+    seconds = run_logged("git", "clone", "--quiet", str(ROOT), str(scratch / run_id), log=log)
     for command in (
         ["launch", "-y", "-c", pre, "--infra", "slurm", *envs, str(tasks / "data_preprocessing.yaml")],
         ["down", "-y", pre],
@@ -467,7 +456,7 @@ def hand_run(sky: str, scratch: Path, log: Path) -> float:
         ["exec", train, *envs, str(tasks / "eval.yaml")],
         ["down", "-y", train],
     ):
-        seconds += sh(sky, *command, log=log, env=env)
+        seconds += run_logged(sky, *command, log=log, env=env)
     return seconds
 
 
@@ -548,22 +537,10 @@ async def main() -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch_dir:
         scratch = Path(scratch_dir)
-        repo = scratch / "tasks-repo"
-        shutil.copytree(ROOT / "tasks", repo)
-        for command in (
-            ["init", "--quiet", "--initial-branch=main"],
-            ["add", "."],
-            ["-c", "user.name=b", "-c", "user.email=b@b", "commit", "--quiet", "-m", "tasks"],
-        ):
-            subprocess.run(["git", *command], cwd=repo, check=True)
-        bench = Bench(quick=args.quick, repo=repo)
+        bench = Bench(quick=args.quick, repo=make_task_repo(scratch / "tasks-repo"))
         print("\n".join(machine_lines()), flush=True)
-        env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(ROOT / ".venv" / "bin" / "temporal"),
-            dev_server_extra_args=["--dynamic-config-value", "frontend.rps=10000"],
-            # As the worker runs on this machine: encrypting payloads when a codec key is set.
-            data_converter=configured_data_converter(),
-        )
+        # As the worker runs on this machine: encrypting payloads when a codec key is set.
+        env = await start_dev_server(extra_args=["--dynamic-config-value", "frontend.rps=10000"])
         try:
             for row in (row_overhead, row_concurrency, row_cleanup, row_cancel, row_codec):
                 await row(bench, env)
@@ -571,7 +548,7 @@ async def main() -> int:
             await env.shutdown()
         if not args.quick:
             await real_rows(bench, scratch)
-    print(f"\nbench/run.py{' --quick' if args.quick else ''} ({time.monotonic() - started:.0f} s)")
+    print(f"\npython -m bench.run{' --quick' if args.quick else ''} ({time.monotonic() - started:.0f} s)")
     print("\n".join(machine_lines()))
     print_table(bench.rows)
     return 0

@@ -1,12 +1,13 @@
 """Regenerate the README's pictures (assets/*.png) from real runs of this pipeline.
 
-    .venv/bin/python scripts/screenshots.py              # writes assets/
-    .venv/bin/python scripts/screenshots.py --out DIR
+    .venv/bin/python -m scripts.screenshots              # writes assets/
+    .venv/bin/python -m scripts.screenshots --out DIR
 
 Brings the local stack up (scripts/local_stack.sh up), starts its own worker on its own task
 queue, runs the pipeline twice at once with run_workflow.py (one succeeds; one fails in train with
 FAIL_TRAINING=1), and photographs the terminal of run_workflow.py and the Temporal Web UI in
-headless Chromium (tests/e2e/browser.py). About three minutes; needs root and Debian's chromium.
+headless Chromium (testing/browser.py). About three minutes; needs root and Debian's chromium.
+Run from the repository root.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import html
-import os
-import subprocess
+import signal
 import sys
 import time
 import uuid
@@ -24,23 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from playwright.async_api import Page, expect
+from temporalio.client import Client
 
-from e2e.browser import (  # noqa: E402
-    browser_page,
-    chromium_path,
-    wait_for_user_metadata,
-    workflow_url,
-    workflows_url,
+from codec import configured_data_converter
+from testing import ROOT
+from testing.browser import browser_page, chromium_path, wait_for_user_metadata, workflow_url, workflows_url
+from testing.local_stack import (
+    TEMPORAL_ADDRESS,
+    WorkerProcess,
+    local_stack_up,
+    process_env,
+    start_worker_process,
 )
-from playwright.async_api import Page, expect  # noqa: E402
-from temporalio.client import Client  # noqa: E402
 
-from codec import configured_data_converter  # noqa: E402
-
-TEMPORAL_ADDRESS = "127.0.0.1:7233"
-SKY_API = "http://127.0.0.1:46580"
 TIMEOUT_SECONDS = 900
 SETTLE_MS = 2000  # the UI long-polls a running workflow's history, so never "network idle"
 
@@ -102,43 +99,21 @@ class Run:
         return (await client.get_workflow_handle(self.workflow_id).describe()).run_id
 
 
-def process_env(task_queue: str) -> dict[str, str]:
-    """The local stack's addresses and nothing from a .env: the pictures show this machine."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "PIPELINE_", "WORKER_"))}
-    env.update(
-        ENV_FILE=os.devnull,
-        TEMPORAL_ADDRESS=TEMPORAL_ADDRESS,
-        TEMPORAL_TASK_QUEUE=task_queue,
-        SKYPILOT_API_SERVER_ENDPOINT=SKY_API,
-        # No reaper schedule left behind for this one-off task queue.
-        REAPER_PERIOD_SECONDS="0",
-        AUTODOWN_IDLE_MINUTES="0",
-    )
-    return env
-
-
 def bring_stack_up(log_dir: Path) -> None:
     log = log_dir / "screenshots-stack.log"
     print(f"[screenshots] local stack up (log: {log})", flush=True)
-    with log.open("w") as out:  # a file, never a pipe: the stack's daemons inherit it
-        if subprocess.run(
-            ["bash", "scripts/local_stack.sh", "up"], cwd=ROOT, stdout=out, stderr=out
-        ).returncode:
-            raise SystemExit(f"screenshots.py: error: scripts/local_stack.sh up failed (see {log})")
+    try:
+        local_stack_up(log)
+    except RuntimeError as err:
+        raise SystemExit(f"screenshots.py: error: {err}") from None
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    log = log_path.open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "run_worker.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    deadline = time.monotonic() + 90
-    while "Worker started" not in log_path.read_text(errors="replace"):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            worker.kill()
-            raise SystemExit(f"screenshots.py: error: the worker did not start (see {log_path})")
-        time.sleep(0.2)
-    return worker
+def start_worker(task_queue: str, log_path: Path) -> WorkerProcess:
+    """Our own worker, on the local stack with nothing from a .env: the pictures show this machine."""
+    try:
+        return start_worker_process(task_queue, log_path)
+    except RuntimeError:
+        raise SystemExit(f"screenshots.py: error: the worker did not start (see {log_path})") from None
 
 
 async def terminal_picture(page: Page, run: Run, path: Path) -> None:
@@ -179,7 +154,7 @@ async def take_pictures(out: Path, task_queue: str) -> None:
     batch = f"skypilot-{uuid.uuid4().hex[:6]}"
     succeeds = Run(batch, ["--env", "EPOCHS=60"], task_queue)
     fails = Run(f"{batch}-fails", ["--env", "FAIL_TRAINING=1"], task_queue)
-    env = process_env(task_queue)
+    env = process_env(TEMPORAL_TASK_QUEUE=task_queue)
     await succeeds.start(env)
     await fails.start(env)
     exits = asyncio.gather(succeeds.read_until_exit(), fails.read_until_exit())
@@ -259,12 +234,11 @@ def main() -> int:
     state = ROOT / ".state"
     state.mkdir(exist_ok=True)
     bring_stack_up(state)
-    worker = start_worker(process_env(args.task_queue), state / "screenshots-worker.log")
+    worker = start_worker(args.task_queue, state / "screenshots-worker.log")
     try:
         asyncio.run(take_pictures(args.out.resolve(), args.task_queue))
     finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+        worker.kill(signal.SIGTERM)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Record the histories the replay tests replay (tests/histories/).
 
-    .venv/bin/python tests/record_history.py                   # happy_path.json (plain payloads)
-    .venv/bin/python tests/record_history.py --failed-encrypted  # failed_train_encrypted.json
+    .venv/bin/python -m tests.record_history                     # happy_path.json (plain payloads)
+    .venv/bin/python -m tests.record_history --failed-encrypted  # failed_train_encrypted.json
 
 The second is a run whose train job fails, recorded with payload encryption on (the fixed key
 RECORDING_CODEC_KEYS): it guards replay of encrypted histories and of the failure path.
@@ -12,25 +12,20 @@ version the change); otherwise the replay test exists to catch exactly that chan
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import concurrent.futures
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from temporalio.testing import WorkflowEnvironment  # noqa: E402
-
-from activities import SkyPilotActivities  # noqa: E402
-from codec import data_converter  # noqa: E402
-from fake_sky import FakeSky  # noqa: E402
-from run_worker import create_worker  # noqa: E402
-from shared import PipelineInput  # noqa: E402
-from workflows import SkyPilotWorkflow  # noqa: E402
+from codec import data_converter
+from shared import PipelineInput
+from testing import ROOT
+from testing.fake_sky import FakeSky
+from testing.in_process import running_worker, start_dev_server
+from workflows import SkyPilotWorkflow
 
 # Not a secret: the key of the recorded encrypted history, so the replay test can decode it.
 RECORDING_CODEC_KEYS = {"recorded": bytes(range(32))}
@@ -40,19 +35,16 @@ FAILED_RUN_MARKERS = ("env-marker-7c1e", "Data preprocessing completed", "log-ma
 
 
 async def record(failed_encrypted: bool = False) -> None:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(ROOT / ".venv" / "bin" / "temporal"),
-        data_converter=data_converter(RECORDING_CODEC_KEYS if failed_encrypted else None),
-    )
+    env = await start_dev_server(data_converter(RECORDING_CODEC_KEYS if failed_encrypted else None))
     fake = FakeSky()
     fake.plan("eval", logs=["eval_accuracy=0.93"])
     if failed_encrypted:
         fake.plan("train", status="FAILED", logs=["epoch 1", "log-marker-51d0 loss went NaN"])
-    with tempfile.TemporaryDirectory() as scratch, concurrent.futures.ThreadPoolExecutor(8) as pool:
-        activities = SkyPilotActivities(
-            fake, pool, checkout_root=Path(scratch), heartbeat_interval_seconds=0.1
-        )
-        async with create_worker(env.client, activities, "record", heartbeat_interval=0.2):
+    with tempfile.TemporaryDirectory() as scratch:
+        # A real worker's settings (its own environment, no secret allowed), quick heartbeats.
+        async with running_worker(
+            env, fake, Path(scratch), "record", threads=8, heartbeat_seconds=0.1, environ=None, policy=None
+        ):
             handle = await env.client.start_workflow(
                 SkyPilotWorkflow.run,
                 PipelineInput(
@@ -81,6 +73,12 @@ async def record(failed_encrypted: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(record(failed_encrypted="--failed-encrypted" in sys.argv[1:]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--failed-encrypted",
+        action="store_true",
+        help="record failed_train_encrypted.json (train fails, payloads encrypted), not happy_path.json",
+    )
+    asyncio.run(record(failed_encrypted=parser.parse_args().failed_encrypted))
     sys.stdout.flush()
     os._exit(0)

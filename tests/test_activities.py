@@ -14,9 +14,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import LOG_TAIL_BYTES, JobLogSink, SkyPilotActivities, is_retryable, prune_checkouts
-from conftest import ROOT, git
-from fake_sky import FakeSky
 from shared import DownInput, ExecInput, JobProgress, LaunchInput, TaskSpec
+from testing import ROOT
+from testing.fake_sky import FakeSky
+from testing.in_process import git
 
 CLUSTER = "wf1-train"
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import config
-from conftest import ROOT
+from testing import ROOT
 
 
 def test_defaults_point_at_a_local_dev_server(monkeypatch):

@@ -18,9 +18,9 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError, WorkflowAlreadyStartedError
 
-from conftest import Pipeline
 from reaper import ClusterReaperWorkflow, ensure_reaper_schedule, reaper_schedule_id
 from shared import ReaperInput, cluster_prefix_for
+from testing.in_process import Pipeline
 from workflows import SkyPilotWorkflow
 
 

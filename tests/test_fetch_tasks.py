@@ -8,8 +8,8 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from conftest import TASK_FILES, git
 from shared import FetchTasksInput
+from testing.in_process import TASK_FILES, git
 
 
 def fetch_input(

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from conftest import ROOT, Pipeline
+from testing import ROOT
+from testing.in_process import Pipeline
 
 PYTHON = sys.executable
 

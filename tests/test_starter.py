@@ -22,9 +22,10 @@ from test_scripts import assert_one_line_error, run_script, starter_env
 
 import run_workflow
 from codec import configured_data_converter
-from conftest import ROOT, TEMPORAL_CLI, Pipeline, running_worker
-from fake_sky import FakeJob, FakeSky
 from shared import PipelineProgress
+from testing import ROOT
+from testing.fake_sky import FakeJob, FakeSky
+from testing.in_process import TEMPORAL_CLI, Pipeline, running_worker
 
 # ------------------------------------------------------------------ a dev server we can kill
 

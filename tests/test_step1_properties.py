@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from temporalio.exceptions import ApplicationError
 
 from activities import SkyPilotActivities, validate_ref
-from conftest import WORKER_ENVIRON, WORKER_POLICY
-from fake_sky import FakeSky
 from shared import PipelineInput, StepTimeouts, TaskSpec, input_problems
 from task_policy import check_secret_names
+from testing.fake_sky import FakeSky
+from testing.in_process import WORKER_ENVIRON, WORKER_POLICY
 
 # Generous: CI machines are loaded; a hang or an alias bomb takes far longer (and has its own test).
 TIME_BOUND_SECONDS = 20.0

@@ -12,11 +12,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import JobLogSink, SkyPilotActivities, check_repo_url
-from conftest import WORKER_ENVIRON, Pipeline, git
-from fake_sky import FakeSky
 from redaction import Redactor, redact_url_credentials
 from shared import FetchTasksInput, JobProgress, LaunchInput, PipelineInput, TaskSpec, input_problems
 from task_policy import TaskPolicy
+from testing.fake_sky import FakeSky
+from testing.in_process import WORKER_ENVIRON, Pipeline, git, make_git_repo
 
 PEM = "\n".join(
     [
@@ -34,15 +34,7 @@ ALIAS_BOMB = "\n".join(
 
 
 def make_repo(tmp_path: Path, files: dict[str, str], name: str = "repo") -> Path:
-    repo = tmp_path / name
-    repo.mkdir()
-    git("init", "--quiet", "--initial-branch=main", cwd=repo)
-    for relative, text in files.items():
-        (repo / relative).parent.mkdir(parents=True, exist_ok=True)
-        (repo / relative).write_text(text)
-    git("add", ".", cwd=repo)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "tasks", cwd=repo)
-    return repo
+    return make_git_repo(tmp_path / name, files)
 
 
 async def fetch_one(activities: SkyPilotActivities, repo: Path | str, task: str = "task.yaml", **kwargs):

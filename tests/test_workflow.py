@@ -19,9 +19,10 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from conftest import ROOT, Pipeline
-from fake_sky import FakeSky
 from shared import StepTimeouts, cluster_prefix_for, run_token
+from testing import ROOT
+from testing.fake_sky import FakeSky
+from testing.in_process import Pipeline
 from workflows import SkyPilotWorkflow
 
 HISTORY_FILE = ROOT / "tests" / "histories" / "happy_path.json"
@@ -244,7 +245,7 @@ def test_cluster_prefix_is_valid_marked_and_unique_per_workflow_id():
 async def test_recorded_history_replays_deterministically():
     """Guards determinism: today's workflow code must replay a history recorded earlier.
 
-    Regenerate with `python tests/record_history.py` only for an intended, versioned change.
+    Regenerate with `python -m tests.record_history` only for an intended, versioned change.
     """
     history = json.loads(HISTORY_FILE.read_text())
     from temporalio.client import WorkflowHistory
@@ -356,7 +357,7 @@ def test_run_tokens_differ_for_runs_started_in_the_same_minute():
 
 
 async def test_an_encrypted_history_of_a_failed_run_replays_with_its_key_only():
-    """Recorded with payload encryption on (tests/record_history.py --failed-encrypted): the
+    """Recorded with payload encryption on (`python -m tests.record_history --failed-encrypted`): the
     failure path replays, and without the key the history cannot even be read."""
     from record_history import FAILED_RUN_MARKERS, RECORDING_CODEC_KEYS
     from temporalio.client import WorkflowHistory

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import ROOT
+from testing import ROOT
 
 pytestmark = pytest.mark.e2e
 SCRIPT = str(ROOT / "scripts" / "local_stack.sh")

@@ -21,11 +21,21 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 
-from conftest import git
-from e2e.conftest import DATA_DIR, ROOT, SKY_API, TEMPORAL_ADDRESS, Stack, process_env, start_worker
 from shared import cluster_prefix_for
+from testing import ROOT
+from testing.in_process import git, make_task_repo
+from testing.local_stack import (
+    SKY_API,
+    SKY_CLI,
+    TEMPORAL_ADDRESS,
+    Stack,
+    process_env,
+    start_worker_process,
+)
 
 pytestmark = pytest.mark.e2e
+
+DATA_DIR = Path("/tmp/skypilot-pipeline-data")  # the example tasks' DATA_DIR
 
 
 @dataclass
@@ -207,13 +217,7 @@ async def test_two_pipelines_at_once_share_nothing_and_overlap(stack: Stack, hap
 
 def task_repo_args(tmp: Path, replaced: dict[str, str]) -> list[str]:
     """A git repo holding the example tasks at its root, some files replaced; its run_workflow.py args."""
-    repo = tmp / "bad-tasks"
-    repo.mkdir()
-    git("init", "--quiet", "--initial-branch=main", cwd=repo)
-    for name in ("data_preprocessing.yaml", "train.yaml", "eval.yaml"):
-        (repo / name).write_text(replaced.get(name) or (ROOT / "tasks" / name).read_text())
-    git("add", ".", cwd=repo)
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "tasks", cwd=repo)
+    repo = make_task_repo(tmp / "bad-tasks", replaced)
     return [
         "--repo",
         str(repo),
@@ -260,7 +264,7 @@ async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_
 ):
     task_queue = f"e2e-failover-{uuid.uuid4().hex[:6]}"
     stack = Stack(temporal, sky_sdk, task_queue, tmp_path)
-    first = start_worker(task_queue, tmp_path / "worker1.log", tmp_path / "checkouts")
+    first = start_worker_process(task_queue, tmp_path / "worker1.log", tmp_path / "checkouts")
     second = None
     try:
         rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=45", wait=False)
@@ -269,7 +273,7 @@ async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_
         await wait_for_job(stack, f"{prefix}-train", "train")
         first.kill(signal.SIGKILL)
         second = await asyncio.to_thread(
-            start_worker, task_queue, tmp_path / "worker2.log", tmp_path / "checkouts"
+            start_worker_process, task_queue, tmp_path / "worker2.log", tmp_path / "checkouts"
         )
         result = await asyncio.wait_for(result_of(temporal, workflow_id), 600)
         steps = {s["step"]: s for s in result["steps"]}
@@ -288,7 +292,10 @@ async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_
 
 async def test_worker_stops_gracefully_on_sigterm(tmp_path: Path, temporal, sky_sdk):
     worker = await asyncio.to_thread(
-        start_worker, f"e2e-term-{uuid.uuid4().hex[:6]}", tmp_path / "worker.log", tmp_path / "checkouts"
+        start_worker_process,
+        f"e2e-term-{uuid.uuid4().hex[:6]}",
+        tmp_path / "worker.log",
+        tmp_path / "checkouts",
     )
     worker.proc.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(worker.proc.wait, 30) == 0
@@ -313,7 +320,7 @@ async def test_a_terminated_runs_cluster_is_torn_down_by_the_reaper_within_one_p
     period = 30
     task_queue = f"e2e-reaper-{uuid.uuid4().hex[:6]}"
     stack = Stack(temporal, sky_sdk, task_queue, tmp_path)
-    worker = start_worker(
+    worker = start_worker_process(
         task_queue,
         tmp_path / "worker.log",
         tmp_path / "checkouts",
@@ -354,10 +361,9 @@ async def test_a_skypilot_api_server_outage_during_train_is_ridden_through(stack
     assert rc == 0, stderr
     prefix = cluster_prefix_for(workflow_id)
     await wait_for_job(stack, f"{prefix}-train", "train")
-    sky_cli = str(ROOT / ".venv" / "bin" / "sky")
     env = {**process_env(), "SKYPILOT_API_SERVER_LOCAL_PORT": SKY_API.rsplit(":", 1)[-1]}
     try:
-        await asyncio.to_thread(subprocess.run, [sky_cli, "api", "stop"], env=env, capture_output=True)
+        await asyncio.to_thread(subprocess.run, [str(SKY_CLI), "api", "stop"], env=env, capture_output=True)
         await asyncio.sleep(100)
     finally:
         up = await asyncio.to_thread(

@@ -1,4 +1,4 @@
-"""scripts/screenshots.py: one command makes every README picture from real runs of the pipeline."""
+"""scripts/screenshots.py (`python -m scripts.screenshots`): one command makes every README picture."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.conftest import ROOT
+from testing import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,8 @@ def test_one_command_regenerates_every_picture(tmp_path: Path):
     result = subprocess.run(
         [
             sys.executable,
-            "scripts/screenshots.py",
+            "-m",
+            "scripts.screenshots",
             "--out",
             str(tmp_path),
             "--task-queue",
