@@ -10,8 +10,8 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 
-from conftest import Pipeline
 from shared import SweepInput, SweepResult, cluster_prefix_for
+from testing.in_process import Pipeline
 from workflows import SweepWorkflow
 
 
