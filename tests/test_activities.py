@@ -13,9 +13,12 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import LOG_TAIL_BYTES, JobLogSink, SkyPilotActivities, is_retryable, prune_checkouts
+from activities import SkyPilotActivities
 from conftest import ROOT, git
+from errors import is_retryable
 from fake_sky import FakeSky
+from git_checkout import prune_checkouts
+from job_log import LOG_TAIL_BYTES, JobLogSink
 from shared import DownInput, ExecInput, JobProgress, LaunchInput, TaskSpec
 
 CLUSTER = "wf1-train"
