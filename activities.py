@@ -224,6 +224,7 @@ class SkyPilotActivities:
             exit_code=exit_code,
             log_tail=sink.tail(),
             duration_seconds=round(time.monotonic() - started, 3),
+            metrics=dict(sink.metrics),
         )
         if status not in ("SUCCEEDED", "UP"):
             raise ApplicationError(

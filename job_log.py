@@ -2,12 +2,17 @@
 
 The SDK writes a job's output into the sink; the sink logs the lines (a bounded share of them),
 keeps a bounded tail for the step's result, shows the last line in the heartbeat, hides
-secrets, and picks up the task's exit code when SkyPilot reports it.
+secrets, and picks up what the job reports: its task's exit code, and its metrics.
+
+A job reports a metric with a line `METRIC <name>=<number>` (anywhere in the line: SkyPilot
+prefixes job output, e.g. `(eval, pid=1234) METRIC eval_accuracy=0.91`); the last value of a
+name wins, at most MAX_METRICS names are kept.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 import re
 import time
 from collections.abc import Callable
@@ -24,9 +29,12 @@ LOG_LINES_BURST, LOG_LINES_PER_SECOND = 200, 5.0
 MAX_LOGGED_LINE_CHARS = 2000
 # A line still being written (no newline yet) is kept up to this size, so the sink stays linear.
 MAX_PARTIAL_LINE_CHARS = 64 * 1024
+MAX_METRICS = 50
 
 # SkyPilot's report of the task's own exit codes, e.g. "Job 1 failed with return code list: [3]".
 _RETURN_CODES = re.compile(r"return code list: \[([-\d, ]+)\]")
+_METRIC = re.compile(r"\bMETRIC ([A-Za-z_][A-Za-z0-9_.-]{0,63})=(\S+)")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
 
 class JobLogSink:
@@ -34,8 +42,8 @@ class JobLogSink:
 
     It must never raise: the SDK treats an exception from its output stream as a transient
     error and retries the stream forever. The worker's log gets a bounded share of a chatty job
-    (a burst, then a few lines a second, with a count of what was skipped); the tail and the
-    heartbeat see every line.
+    (a burst, then a few lines a second, with a count of what was skipped); the tail, the
+    heartbeat and the metrics see every line.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class JobLogSink:
         self._budget_at = clock()
         self.lines_not_logged = 0
         self.task_exit_code: int | None = None
+        self.metrics: dict[str, float] = {}
 
     def write(self, text: str) -> int:
         try:
@@ -81,9 +90,11 @@ class JobLogSink:
             pass
 
     def clear_tail(self) -> None:
+        """Forget the tail and the metrics: the job's log is about to be read from its start."""
         self.flush()
         self._tail.clear()
         self._tail_bytes = 0
+        self.metrics.clear()
 
     def tail(self) -> str:
         self.flush()
@@ -101,6 +112,8 @@ class JobLogSink:
         self._log(line)
         if codes := _RETURN_CODES.search(line):
             self.task_exit_code = next((int(c) for c in codes.group(1).split(",") if int(c)), 0)
+        if "METRIC " in line:
+            add_metrics(self.metrics, line)
         self._progress.last_log_line = line[:200]
         line = line[: self._max_tail_bytes]
         self._tail.append(line)
@@ -126,6 +139,18 @@ class JobLogSink:
         if len(line) > MAX_LOGGED_LINE_CHARS:
             line = f"{line[:MAX_LOGGED_LINE_CHARS]}... ({len(line)} chars)"
         self._log_line(line)
+
+
+def add_metrics(metrics: dict[str, float], line: str) -> None:
+    """Add the `METRIC <name>=<number>` reports in `line` (ANSI codes already stripped) to
+    `metrics`: a finite number only, the last value of a name wins, at most MAX_METRICS names."""
+    for match in _METRIC.finditer(line):
+        name, value = match.groups()
+        if not _NUMBER.fullmatch(value) or (name not in metrics and len(metrics) >= MAX_METRICS):
+            continue
+        number = float(value)
+        if math.isfinite(number):  # 1e999 is a number too large for a float
+            metrics[name] = number
 
 
 def _last_carriage_segment(text: str) -> str:
