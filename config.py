@@ -18,6 +18,8 @@ from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 
+from errors import clean_message
+
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 DEFAULT_TASK_QUEUE = "skypilot-task-queue"
@@ -115,5 +117,4 @@ def workflow_ui_url(namespace: str, workflow_id: str, run_id: str | None = None)
 
 
 def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:500] or type(err).__name__
+    return clean_message(err, limit=500)

@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    from errors import one_line
     from pipeline_blocks import Pipeline
     from shared import PipelineResult, VariantProgress
 
@@ -55,7 +56,7 @@ async def run_variants(
                     variant.metrics.update(step.metrics)
             except ChildWorkflowError as err:
                 variant.status = "cancelled" if is_cancelled_exception(err) else "failed"
-                variant.error = " ".join(str(err.cause or err).split())[:500]
+                variant.error = one_line(str(err.cause or err), 500)
                 if fail_fast and variant.status == "failed":
                     raise ApplicationError(
                         f"variant {variant.variant_id} failed (fail-fast): {variant.error}",

@@ -19,7 +19,7 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from temporalio import activity
 from temporalio.client import Client
@@ -27,17 +27,20 @@ from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 import config
-from activities import SkyPilotActivities, clean_message, prune_checkouts
+from activities import SkyPilotActivities
+from errors import clean_message
+from git_checkout import prune_checkouts
 from reaper import ClusterReaperWorkflow, ReaperActivities, ensure_reaper_schedule
 from redaction import redact_url_credentials
 from shared import ENV_NAME
+from sky_sdk import SkyPilotSDK
 from task_policy import TaskPolicy
 from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
 log = logging.getLogger("skypilot-worker")
 
 
-def check_skypilot_api_server(sky_sdk) -> str:
+def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
     """Return the API server's URL and version, or raise ConfigError naming the problem."""
     from sky.server import common as server_common
 
@@ -106,11 +109,13 @@ async def run_worker() -> None:
 
     import sky  # heavy (seconds): imported only by the worker, never by the starter
 
-    api_server = await asyncio.to_thread(check_skypilot_api_server, sky)
+    # The module itself is the seam (tests/test_sky_sdk.py checks it provides every call).
+    sky_sdk = cast(SkyPilotSDK, sky)
+    api_server = await asyncio.to_thread(check_skypilot_api_server, sky_sdk)
     client = await config.connect_temporal()
     executor = concurrent.futures.ThreadPoolExecutor(sdk_threads, thread_name_prefix="skypilot-sdk")
     activities = SkyPilotActivities(
-        sky,
+        sky_sdk,
         executor,
         checkout_root=checkout_root,
         heartbeat_interval_seconds=heartbeat_interval,

@@ -367,6 +367,8 @@ class StepResult:
     exit_code: int | None = None
     duration_seconds: float = 0.0
     log_tail: str = ""
+    # What the job reported with `METRIC <name>=<number>` lines (see job_log.py). Last, with a
+    # default: histories recorded before it still decode.
     metrics: dict[str, float] = field(default_factory=dict)
 
 

@@ -20,9 +20,13 @@ from urllib.parse import urlsplit
 import yaml
 from temporalio.exceptions import ApplicationError
 
+from errors import clean_message, refuse
+
 # Deeper nesting than this is no task file a person wrote.
 MAX_YAML_DEPTH = 64
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# An exception quoted in a refusal is cut shorter than the refusal itself.
+QUOTED_ERROR_CHARS = 300
 
 
 @dataclass(frozen=True)
@@ -55,16 +59,6 @@ class TaskPolicy:
         )
 
 
-# A refusal is one line a person reads: a hostile 5000-character path is cut short in it.
-MAX_MESSAGE_CHARS = 1000
-
-
-def refuse(message: str, kind: str) -> ApplicationError:
-    if len(message) > MAX_MESSAGE_CHARS:
-        message = f"{message[: MAX_MESSAGE_CHARS - 20]}... ({len(message)} chars)"
-    return ApplicationError(message, type=kind, non_retryable=True)
-
-
 def load_task_yaml(text: str, what: str) -> dict[str, Any]:
     """Parse a task file, refusing YAML aliases (an alias bomb expands exponentially) and absurd
     nesting before anything is built from it."""
@@ -86,7 +80,7 @@ def load_task_yaml(text: str, what: str) -> dict[str, Any]:
     except ApplicationError:
         raise
     except Exception as exc:  # YAMLError, and e.g. ValueError for a timestamp like 2001-13-45
-        raise refuse(f"{what} is not valid YAML: {_first_line(exc)}", "InvalidTaskYaml") from None
+        raise refuse(f"{what} is not valid YAML: {_quoted(exc)}", "InvalidTaskYaml") from None
     if not isinstance(config, dict):
         raise refuse(f"{what} must be a YAML mapping", "InvalidTaskYaml")
     return config
@@ -221,7 +215,7 @@ def check_built_task(task: Any, what: str, checkout_dir: Path | None, policy: Ta
             _refuse_symlinks_out(resolved, f"{what}: {where}", inside, policy)
         except (OSError, RuntimeError, ValueError) as exc:
             raise refuse(
-                f"{what}: {where}: cannot check {path!r}: {_first_line(exc)}", "PathNotAllowed"
+                f"{what}: {where}: cannot check {path!r}: {_quoted(exc)}", "PathNotAllowed"
             ) from None
 
 
@@ -231,7 +225,7 @@ def _confined(
     try:
         return _confined_path(path, where, checkout_dir, policy, may_be_url)
     except (OSError, RuntimeError, ValueError) as exc:  # too long, a symlink loop, unreadable
-        raise refuse(f"{where}: cannot check {path!r}: {_first_line(exc)}", "PathNotAllowed") from None
+        raise refuse(f"{where}: cannot check {path!r}: {_quoted(exc)}", "PathNotAllowed") from None
 
 
 def _confined_path(
@@ -329,6 +323,6 @@ def _managed_secret_name(raw: str) -> str:
     return name
 
 
-def _first_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] or type(exc).__name__
+def _quoted(exc: BaseException) -> str:
+    """An exception's text as quoted in a refusal: one line, cut shorter than the refusal."""
+    return clean_message(exc, limit=QUOTED_ERROR_CHARS)

@@ -13,7 +13,10 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import LOG_TAIL_BYTES, JobLogSink, SkyPilotActivities, is_retryable, prune_checkouts
+from activities import SkyPilotActivities
+from errors import is_retryable
+from git_checkout import prune_checkouts
+from job_log import LOG_TAIL_BYTES, JobLogSink
 from shared import DownInput, ExecInput, JobProgress, LaunchInput, TaskSpec
 from testing import ROOT
 from testing.fake_sky import FakeSky
@@ -53,6 +56,22 @@ async def test_launch_waits_for_the_job_and_returns_its_outcome(activities, fake
     assert fake_sky.clusters[CLUSTER].status == "UP"
     [job] = fake_sky.submitted
     assert job.job_name == "wf1-train"
+
+
+async def test_launch_and_exec_return_the_metrics_the_job_reported(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", logs=["(train, pid=41) METRIC loss=0.5", "(train, pid=41) METRIC loss=0.25"])
+    fake_sky.plan("eval", logs=["(eval, pid=42) METRIC eval_accuracy=0.91", "METRIC bad=nan"])
+    launched = await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert launched.metrics == {"loss": 0.25}
+    evaluated = await ActivityEnvironment().run(activities.exec_task, ExecInput(CLUSTER, spec("eval")))
+    assert evaluated.metrics == {"eval_accuracy": 0.91}
+
+
+async def test_a_failed_jobs_error_carries_the_metrics_it_reported(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", status="FAILED", logs=["METRIC loss=7.5", "diverged"])
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert err.value.details[0].metrics == {"loss": 7.5}
 
 
 async def test_env_overrides_infra_and_secrets_reach_the_task(activities, fake_sky: FakeSky):

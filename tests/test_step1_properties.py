@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from temporalio.exceptions import ApplicationError
 
-from activities import SkyPilotActivities, validate_ref
+from activities import SkyPilotActivities
+from git_checkout import validate_ref
 from shared import PipelineInput, StepTimeouts, TaskSpec, input_problems
 from task_policy import check_secret_names
 from testing.fake_sky import FakeSky

@@ -11,7 +11,9 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import JobLogSink, SkyPilotActivities, check_repo_url
+from activities import SkyPilotActivities
+from git_checkout import check_repo_url
+from job_log import JobLogSink
 from redaction import Redactor, redact_url_credentials
 from shared import FetchTasksInput, JobProgress, LaunchInput, PipelineInput, TaskSpec, input_problems
 from task_policy import TaskPolicy
@@ -431,7 +433,7 @@ async def test_step_1_failure_messages_are_masked(activities, tmp_path):
 
 
 def test_an_ssh_password_in_a_url_is_hidden_and_exception_text_is_cleaned():
-    from activities import clean_message
+    from errors import clean_message
 
     assert redact_url_credentials("ssh://u:pw@h/r") == "ssh://***@h/r"
     assert "pw" not in clean_message(RuntimeError("cannot reach https://u:pw@api.example.com"))

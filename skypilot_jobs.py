@@ -1,0 +1,401 @@
+"""SkyPilot job mechanics inside a Temporal activity: find a step's job or submit it, follow it
+to its end, cancel it, tear clusters down, ride out API server outages.
+
+`SkyPilotJobs` reaches SkyPilot only through the `SkyPilotSDK` seam, and makes every blocking
+SDK call through `blocking` (the worker's bounded thread pool): the event loop only heartbeats
+and waits. Its methods run in an activity's context: they heartbeat, read the attempt and the
+earlier attempt's heartbeat details, and log with the activity's logger. A retry re-attaches to
+the job of the attempt before it instead of submitting a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import yaml
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from errors import clean_message, is_named, is_server_unreachable, masked, to_application_error
+from job_log import JobLogSink
+from redaction import redact_url_credentials
+from shared import JobProgress, TaskSpec
+from sky_sdk import RequestId, SkyPilotSDK, record_field, request_task_names, status_name
+
+T = TypeVar("T")
+# Runs a blocking SDK call in the worker's bounded thread pool and returns its result.
+Blocking = Callable[..., Awaitable[Any]]
+
+DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 5.0
+# How long a cancelled activity waits for SkyPilot to confirm the cancel before giving up.
+CANCEL_CONFIRM_TIMEOUT_SECONDS = 60.0
+# How long a step waits for an unreachable SkyPilot API server before the attempt fails.
+DEFAULT_OUTAGE_BUDGET_SECONDS = 20 * 60.0
+OUTAGE_POLL_MAX_SECONDS = 15.0
+
+# tail_logs exit codes (sky.exceptions.JobExitCode).
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_NOT_FINISHED, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 100, 101, 102, 103
+TERMINAL_JOB_STATUSES = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED"}
+IN_FLIGHT_REQUEST_STATUSES = {"PENDING", "RUNNING"}
+SUBMIT_REQUEST_NAMES = {"sky.launch", "sky.exec"}
+
+# libyaml's parser when PyYAML has it (several times faster than the pure-Python one).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclasses.dataclass
+class JobOutcome:
+    job_id: int | None  # None: the launch submitted no job (a provision without setup)
+    status: str  # the job's final status; "UP" when there is no job
+    exit_code: int | None  # the task's own exit code when SkyPilot printed it, else tail_logs'
+
+
+class SkyPilotJobs:
+    """The SkyPilot side of the pipeline's steps, over the SDK seam."""
+
+    def __init__(
+        self,
+        sky_sdk: SkyPilotSDK,
+        blocking: Blocking,
+        heartbeat_interval_seconds: float = DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+        outage_budget_seconds: float = DEFAULT_OUTAGE_BUDGET_SECONDS,
+    ) -> None:
+        self._sky = sky_sdk
+        self._blocking = blocking
+        self._heartbeat_interval = heartbeat_interval_seconds
+        self._outage_budget = outage_budget_seconds
+
+    @contextlib.asynccontextmanager
+    async def step(
+        self,
+        progress: JobProgress,
+        what: str,
+        cancel_skypilot: bool = True,
+        always_retry: bool = False,
+        redact: Callable[[str], str] = redact_url_credentials,
+    ) -> AsyncIterator[None]:
+        """Around every SkyPilot step: heartbeat `progress`; on a cancel the workflow asked for,
+        cancel the SkyPilot side too; turn SDK exceptions into classified ApplicationErrors with
+        secrets masked (the original exception is not chained: its text could hold them)."""
+
+        async def beat() -> None:
+            while True:
+                activity.heartbeat(dataclasses.asdict(progress))
+                await asyncio.sleep(self._heartbeat_interval)
+
+        heartbeat_task = asyncio.create_task(beat())
+        try:
+            yield
+        except asyncio.CancelledError:
+            if cancel_skypilot:
+                await self._cancel_on_skypilot_if_requested(progress.cluster_name, progress)
+            raise
+        except Exception as exc:
+            raise masked(to_application_error(exc, what, always_retry), redact) from None
+        finally:
+            heartbeat_task.cancel()
+
+    async def run(
+        self,
+        task: Any,
+        cluster: str,
+        spec: TaskSpec,
+        submit: Callable[[Any], RequestId],
+        progress: JobProgress,
+        sink: JobLogSink,
+        submit_phase: str = "submitting",
+        expect_job: bool = True,
+    ) -> JobOutcome:
+        """Find this step's job on `cluster` or submit `task` with `submit`; follow the job to its end."""
+        passes = 0
+
+        async def find_or_submit() -> int | None:
+            # Looked for on every attempt (and after an outage): a retry, a reset or a new run
+            # of the same workflow id never puts a second job for this step on the cluster.
+            nonlocal passes
+            passes += 1
+            job_id = await self._reattach(cluster, spec, progress, first_look=passes == 1)
+            if job_id is None:
+                progress.phase = submit_phase
+                job_id = await self._submit(task, cluster, submit, progress, sink, expect_job)
+            return job_id
+
+        job_id = await self.riding_outages(progress, find_or_submit)
+        if job_id is None:
+            return JobOutcome(job_id=None, status="UP", exit_code=None)
+        progress.job_id = job_id
+        progress.phase = "running"
+        exit_code, status = await self.riding_outages(
+            progress, lambda: self._follow_job(cluster, job_id, sink)
+        )
+        if sink.task_exit_code is not None and exit_code != EXIT_CANCELLED:
+            exit_code = sink.task_exit_code
+        return JobOutcome(job_id=job_id, status=status, exit_code=exit_code)
+
+    async def tear_down(
+        self, cluster: str, job_name_prefix: str, progress: JobProgress, sink: JobLogSink
+    ) -> str:
+        """Tear `cluster` down: "TERMINATED", or "ALREADY_GONE" when there is no such cluster."""
+
+        async def down() -> str:
+            # A launch abandoned by a timed-out or dead attempt of this run could still create
+            # the cluster after we tear it down: cancel the run's in-flight requests on it first.
+            await self._cancel_own_requests(cluster, job_name_prefix)
+            request_id = await self._blocking(self._sky.down, cluster)
+            progress.request_id = str(request_id)
+            try:
+                await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+            except Exception as exc:
+                if not is_named(exc, "ClusterDoesNotExist"):
+                    raise
+                return "ALREADY_GONE"
+            return "TERMINATED"
+
+        try:
+            return await self.riding_outages(progress, down)
+        except Exception as exc:
+            if not is_named(exc, "ClusterDoesNotExist"):
+                raise
+            return "ALREADY_GONE"
+
+    async def cluster_launch_times(self) -> dict[str, float]:
+        """Every cluster SkyPilot knows (all users) -> when it was launched (epoch seconds;
+        0 when SkyPilot has no time for it yet)."""
+        records = await self._blocking(self._sky.get, await self._blocking(self._sky.status, all_users=True))
+        return {
+            str(record_field(r, "name")): float(
+                record_field(r, "launched_at") or record_field(r, "status_updated_at") or 0
+            )
+            for r in records
+        }
+
+    async def riding_outages(self, progress: JobProgress, step: Callable[[], Awaitable[T]]) -> T:
+        """Run `step`; while the SkyPilot API server is unreachable, wait for it (heartbeats go
+        on, a cancel still lands) and run `step` again, for up to the outage budget."""
+        down_since: float | None = None
+        delay = min(1.0, self._outage_budget / 20)
+        while True:
+            try:
+                return await step()
+            except Exception as exc:
+                if not is_server_unreachable(exc):
+                    raise
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    activity.logger.warning(
+                        "SkyPilot API server unreachable (%s); waiting up to %.0f s for it",
+                        clean_message(exc),
+                        self._outage_budget,
+                    )
+                if now - down_since >= self._outage_budget:
+                    raise ApplicationError(
+                        f"SkyPilot API server unreachable for {now - down_since:.0f} s: {clean_message(exc)}",
+                        type="ApiServerUnreachable",
+                    ) from None
+                phase, progress.phase = progress.phase, "waiting for the SkyPilot API server"
+                await asyncio.sleep(min(delay, self._outage_budget - (now - down_since)))
+                progress.phase = phase
+                delay = min(delay * 2, OUTAGE_POLL_MAX_SECONDS)
+
+    # -------------------------------------------------------------- find, submit, follow
+
+    async def _cluster_creator(self, cluster: str) -> str | None:
+        """The name of the task that created `cluster` ("" if unknown), None if there is none."""
+        request_id = await self._blocking(self._sky.status, cluster_names=[cluster])
+        records = [
+            r for r in await self._blocking(self._sky.get, request_id) if record_field(r, "name") == cluster
+        ]
+        if not records:
+            return None
+        try:
+            created_with = yaml.load(
+                record_field(records[0], "last_creation_yaml") or "", Loader=_YAML_LOADER
+            )
+        except yaml.YAMLError:
+            return ""
+        return str(created_with.get("name") or "") if isinstance(created_with, dict) else ""
+
+    async def _reattach(
+        self, cluster: str, spec: TaskSpec, progress: JobProgress, first_look: bool = True
+    ) -> int | None:
+        """The job of this step already on the cluster, if any: submitted by an earlier attempt
+        of this run (found by its name), or still running from an earlier run of this workflow
+        id (a reset, or a new run after a terminated one)."""
+        info = activity.info()
+        previous = info.heartbeat_details[0] if info.attempt > 1 and info.heartbeat_details else {}
+        previous_job_id = previous.get("job_id") if isinstance(previous, dict) else None
+        if previous_job_id is not None:
+            activity.logger.info("Re-attaching to job %s on %s", previous_job_id, cluster)
+            return int(previous_job_id)
+        progress.phase = "looking for an earlier job"
+        if info.attempt == 1 and first_look:
+            # A first attempt can only find a job of an earlier run, and only on a cluster that
+            # run created. Asking who created the cluster is a database read on the API server;
+            # listing its jobs is a round trip to the cluster.
+            creator = await self._cluster_creator(cluster)
+            if creator is None or creator.startswith(spec.job_name.removesuffix(spec.step)):
+                return None
+        # Let a submission of ours still in flight on the API server finish, so its job is visible.
+        await self._wait_for_own_requests(cluster, spec.job_name)
+        try:
+            request_id = await self._blocking(self._sky.queue, cluster, all_users=True)
+            records = await self._blocking(self._sky.get, request_id)
+        except Exception as exc:
+            if is_named(exc, "ClusterDoesNotExist", "ClusterNotUpError"):
+                return None
+            raise
+        mine = [
+            int(record_field(r, "job_id")) for r in records if record_field(r, "job_name") == spec.job_name
+        ]
+        same_step = _same_step_other_runs(spec)
+        unfinished_earlier = [
+            int(record_field(r, "job_id"))
+            for r in records
+            if same_step.fullmatch(str(record_field(r, "job_name")))
+            and status_name(record_field(r, "status")) not in TERMINAL_JOB_STATUSES
+        ]
+        if mine:
+            activity.logger.info("Re-attaching to job %s (%s) on %s", max(mine), spec.job_name, cluster)
+            return max(mine)
+        if unfinished_earlier:
+            activity.logger.warning(
+                "Adopting job %s on %s: an earlier run of this workflow started step %s and it is "
+                "still running",
+                max(unfinished_earlier),
+                cluster,
+                spec.step,
+            )
+            return max(unfinished_earlier)
+        return None
+
+    async def _submit(
+        self,
+        task: Any,
+        cluster: str,
+        submit: Callable[[Any], RequestId],
+        progress: JobProgress,
+        sink: JobLogSink,
+        expect_job: bool,
+    ) -> int | None:
+        request_id = await self._blocking(submit, task)
+        progress.request_id = str(request_id)
+        activity.heartbeat(dataclasses.asdict(progress))
+        job_id, _handle = await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+        if job_id is None and expect_job:
+            raise ApplicationError(
+                f"{task.name} on {cluster}: SkyPilot returned no job id",
+                type="NoJobSubmitted",
+                non_retryable=True,
+            )
+        if job_id is not None:
+            activity.logger.info("Submitted job %s (%s) on %s", job_id, task.name, cluster)
+        return None if job_id is None else int(job_id)
+
+    async def _follow_job(self, cluster: str, job_id: int, sink: JobLogSink) -> tuple[int, str]:
+        """Stream the job's log until it ends; return its exit code and final status."""
+        sink.clear_tail()
+        exit_code = EXIT_NOT_FINISHED
+        while exit_code == EXIT_NOT_FINISHED:
+            exit_code = await self._blocking(
+                self._sky.tail_logs, cluster, job_id, follow=True, output_stream=sink
+            )
+        if exit_code == EXIT_SUCCEEDED:
+            return exit_code, "SUCCEEDED"
+        # A failure could be FAILED, FAILED_SETUP or FAILED_DRIVER: ask for the status.
+        request_id = await self._blocking(self._sky.job_status, cluster, job_ids=[job_id])
+        statuses = await self._blocking(self._sky.get, request_id)
+        status = statuses.get(job_id) or statuses.get(str(job_id))
+        status_text = getattr(status, "value", None) or (str(status) if status else "")
+        if status_text not in TERMINAL_JOB_STATUSES:
+            status_text = {
+                EXIT_SUCCEEDED: "SUCCEEDED",
+                EXIT_CANCELLED: "CANCELLED",
+                EXIT_NOT_FOUND: "NOT_FOUND",
+            }.get(exit_code, "FAILED")
+        return int(exit_code), status_text
+
+    # -------------------------------------------------------------- cancellation
+
+    async def _cancel_on_skypilot_if_requested(self, cluster: str, progress: JobProgress) -> None:
+        """Cancel the SkyPilot side when the workflow asked for it.
+
+        Not on worker shutdown or a heartbeat timeout: then the next attempt re-attaches.
+        """
+        details = activity.cancellation_details()
+        if details is None or not details.cancel_requested:
+            return
+        progress.phase = "cancelling"
+        try:
+            await asyncio.wait_for(
+                self._cancel_on_skypilot(cluster, progress), CANCEL_CONFIRM_TIMEOUT_SECONDS
+            )
+        except Exception as exc:
+            activity.logger.warning("Cancelling %s on SkyPilot failed: %s", cluster, clean_message(exc))
+
+    async def _cancel_on_skypilot(self, cluster: str, progress: JobProgress) -> None:
+        job_id = progress.job_id
+        if job_id is None and progress.request_id:
+            activity.logger.info("Cancelling request %s", progress.request_id)
+            await self._blocking(self._sky.api_cancel, [progress.request_id])
+            # The request may have submitted its job just before the cancel landed.
+            with contextlib.suppress(Exception):
+                job_id, _ = await self._blocking(self._sky.get, progress.request_id)
+        if job_id is not None:
+            activity.logger.info("Cancelling job %s on %s", job_id, cluster)
+            request_id = await self._blocking(self._sky.cancel, cluster, job_ids=[job_id])
+            await self._blocking(self._sky.get, request_id)
+
+    async def _own_requests(self, cluster: str, job_name_prefix: str) -> list[Any]:
+        """In-flight launch/exec requests on `cluster` whose task's name starts with
+        `job_name_prefix`: what this run submitted, never another client's requests."""
+        if not job_name_prefix:
+            return []
+        requests = await self._blocking(self._sky.api_status, cluster_name=cluster)
+        return [
+            r
+            for r in requests
+            if record_field(r, "cluster_name") == cluster  # old API servers ignore the filter
+            and record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES
+            and record_field(r, "name") in SUBMIT_REQUEST_NAMES
+            and _submitted_by(r, job_name_prefix)
+        ]
+
+    async def _wait_for_own_requests(self, cluster: str, job_name: str) -> None:
+        for request in await self._own_requests(cluster, job_name):
+            with contextlib.suppress(Exception):
+                await self._blocking(self._sky.get, record_field(request, "request_id"))
+
+    async def _cancel_own_requests(self, cluster: str, job_name_prefix: str) -> None:
+        request_ids = [
+            record_field(r, "request_id") for r in await self._own_requests(cluster, job_name_prefix)
+        ]
+        if request_ids:
+            activity.logger.info("Cancelling in-flight requests on %s: %s", cluster, request_ids)
+            await self._blocking(self._sky.api_cancel, request_ids)
+
+
+def _same_step_other_runs(spec: TaskSpec) -> re.Pattern[str]:
+    """Job names of `spec.step` in any run of the same workflow id (see shared.job_name_for)."""
+    stem = spec.job_name.removesuffix(f"-{spec.step}")[:-9]
+    return re.compile(re.escape(stem) + r"-[0-9a-f]{8}-" + re.escape(spec.step))
+
+
+def _submitted_by(request: Any, job_name_prefix: str) -> bool:
+    """Whether a launch/exec request on one of the run's clusters is the run's own.
+
+    With authentication on, the API server shows a request's body only to its owner: a body we
+    cannot read is another worker's submission for this run (the cluster name is reserved for
+    the run's workflow id), so it counts as ours.
+    """
+    body = record_field(request, "request_body")
+    if not body:
+        return True
+    names = request_task_names(request)
+    return not names or any(name.startswith(job_name_prefix) for name in names)
