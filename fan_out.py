@@ -40,7 +40,7 @@ async def run_variants(
         async with slots:
             variant.workflow_id = f"{parent_id}-{variant.variant_id}"
             variant.status = "running"
-            pipeline.update_details()
+            pipeline.board.redraw()
             started = workflow.now()
             try:
                 result: PipelineResult = await workflow.execute_child_workflow(
@@ -65,7 +65,7 @@ async def run_variants(
                     ) from None
             finally:
                 variant.duration_seconds = round((workflow.now() - started).total_seconds(), 3)
-                pipeline.update_details()
+                pipeline.board.redraw()
 
     running = [asyncio.create_task(run_one(variant, input)) for variant, input in inputs]
     try:

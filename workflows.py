@@ -76,7 +76,7 @@ class SweepWorkflow(PipelineHandlers):
     @workflow.init
     def __init__(self, input: SweepInput) -> None:
         self.pipeline = Pipeline(input.pipeline, plan=["fetch-tasks", "launch preprocess", "down preprocess"])
-        self.pipeline.variants = [
+        self.pipeline.board.variants = [
             VariantProgress(f"v{number}", params) for number, params in enumerate(input.variants, 1)
         ]
 
@@ -93,7 +93,7 @@ class SweepWorkflow(PipelineHandlers):
                 preprocessed = await preprocess.launch("preprocess", base.preprocess_yaml)
             variant_inputs = [
                 (variant, VariantInput(self._variant_pipeline(base, variant), variant.variant_id, tasks))
-                for variant in pipeline.variants
+                for variant in pipeline.board.variants
             ]
             await run_variants(
                 pipeline, SweepVariantWorkflow.run, variant_inputs, input.max_parallel, input.fail_fast
@@ -102,8 +102,8 @@ class SweepWorkflow(PipelineHandlers):
             repo_url=redact_url_credentials(base.repo_url),
             commit_sha=tasks.commit_sha,
             preprocess=preprocessed,
-            variants=pipeline.variants,
-            best=best_variant(pipeline.variants, input.select_metric, input.select_direction),
+            variants=pipeline.board.variants,
+            best=best_variant(pipeline.board.variants, input.select_metric, input.select_direction),
             select=f"{input.select_metric}:{input.select_direction}",
         )
 

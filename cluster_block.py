@@ -1,0 +1,117 @@
+"""A cluster of a pipeline run, as an async context manager (see pipeline_blocks.py).
+
+    async with pipeline.cluster("train") as train:
+        trained = await train.launch("train", "train.yaml")
+        evaluated = await train.exec("eval", "eval.yaml")
+
+The block tears the cluster down when it ends: as the step "<role>-down" when it succeeded, as
+cleanup (shielded from a cancel) when an error or a cancel ended it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities import SkyPilotActivities
+    from shared import ExecInput, LaunchInput, StepResult
+    from step_board import is_cancellation
+
+if TYPE_CHECKING:
+    from pipeline_blocks import Pipeline
+
+
+class Cluster:
+    """A cluster of the run, as an async context manager: `async with pipeline.cluster("train")
+    as train:` tears it down when the block ends, whatever ends it (shielded from a cancel)."""
+
+    def __init__(self, pipeline: Pipeline, role: str, down_in_background: bool = False) -> None:
+        self.pipeline = pipeline
+        self.role = role
+        self.name = f"{pipeline.prefix}-{role}"
+        self.down_in_background = down_in_background
+        self._provisioning: asyncio.Task[None] | None = None
+
+    async def launch(self, step: str, yaml_path: str) -> StepResult:
+        """Launch the task at `yaml_path` on this cluster (bringing it up): step `step`."""
+        if self._provisioning:
+            await self._provisioning
+        return await self._run_job(
+            step,
+            f"launch {step} on {self.name}",
+            SkyPilotActivities.launch_task,
+            LaunchInput(
+                self.name,
+                self.pipeline.task_spec(step, yaml_path),
+                infra=self.pipeline.input.infra,
+                reuse_provisioned=self._provisioning is not None,
+            ),
+        )
+
+    async def exec(self, step: str, yaml_path: str) -> StepResult:
+        """Run the task at `yaml_path` on this (launched) cluster with `sky exec`: step `step`."""
+        return await self._run_job(
+            step,
+            f"exec {step} on {self.name}",
+            SkyPilotActivities.exec_task,
+            ExecInput(self.name, self.pipeline.task_spec(step, yaml_path)),
+        )
+
+    def provision(self, yaml_path: str) -> None:
+        """Bring this cluster up for the task at `yaml_path` (and run its setup) in the
+        background, while the run goes on; the task's `launch` then reuses the cluster."""
+        self._provisioning = self.pipeline.background(self._provision(yaml_path))
+
+    async def __aenter__(self) -> Cluster:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        pipeline = self.pipeline
+        if exc is not None:
+            failed = not is_cancellation(exc)
+            await pipeline.shielded_from_cancel(lambda: pipeline.clean_up_cluster(self.name, failed))
+        elif self.down_in_background:
+            pipeline.teardown_in_background(self)
+        else:
+            await self.down()
+
+    async def down(self) -> None:
+        """Tear this cluster down now, as the step "<role>-down"."""
+        await self.pipeline.down(self.name, step=f"{self.role}-down")
+
+    async def _provision(self, yaml_path: str) -> None:
+        step = f"{self.role}-provision"
+        self._up()
+        async with self.pipeline.board.step(step, f"provision {self.name}", self.name) as progress:
+            await workflow.execute_activity_method(
+                SkyPilotActivities.launch_task,
+                LaunchInput(
+                    self.name,
+                    self.pipeline.task_spec(step, yaml_path),
+                    self.pipeline.input.infra,
+                    provision_only=True,
+                ),
+                **self.pipeline.job_options(step, progress.summary, timeout_step=self.role),
+            )
+
+    async def _run_job(self, step: str, summary: str, activity: Any, arg: Any) -> StepResult:
+        pipeline = self.pipeline
+        if activity is SkyPilotActivities.launch_task:
+            self._up()  # before launching: a failed launch can leave the cluster INIT
+        async with pipeline.board.step(step, summary, self.name) as progress:
+            result: StepResult = await pipeline.job_step(
+                workflow.execute_activity_method(
+                    activity, arg, **pipeline.job_options(step, progress.summary)
+                ),
+            )
+            progress.job_id, progress.job_status = result.job_id, result.job_status
+        return result
+
+    def _up(self) -> None:
+        if self.name not in self.pipeline.board.clusters_up:
+            self.pipeline.board.clusters_up.append(self.name)
