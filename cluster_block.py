@@ -4,8 +4,9 @@
         trained = await train.launch("train", "train.yaml")
         evaluated = await train.exec("eval", "eval.yaml")
 
-The block tears the cluster down when it ends: as the step "<role>-down" when it succeeded, as
-cleanup (shielded from a cancel) when an error or a cancel ended it.
+The block tears the cluster down when it ends: as the step "<role>-down" when it succeeded. When
+an error or a cancel ends it the run is ending: every cluster the run has up goes down together,
+as cleanup, shielded from a further cancel.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ with workflow.unsafe.imports_passed_through():
     from activities import SkyPilotActivities
     from shared import ExecInput, LaunchInput, StepResult
     from step_board import is_cancellation
+
+STEPS_OVERLAP_TEARDOWNS = "steps-overlap-background-teardowns"
 
 if TYPE_CHECKING:
     from pipeline_blocks import Pipeline
@@ -37,19 +40,25 @@ class Cluster:
 
     async def launch(self, step: str, yaml_path: str) -> StepResult:
         """Launch the task at `yaml_path` on this cluster (bringing it up): step `step`."""
-        if self._provisioning:
-            await self._provisioning
-        return await self._run_job(
-            step,
-            f"launch {step} on {self.name}",
-            SkyPilotActivities.launch_task,
-            LaunchInput(
-                self.name,
-                self.pipeline.task_spec(step, yaml_path),
-                infra=self.pipeline.input.infra,
-                reuse_provisioned=self._provisioning is not None,
-            ),
-        )
+        try:
+            if self._provisioning:
+                await self._provisioning
+            return await self._run_job(
+                step,
+                f"launch {step} on {self.name}",
+                SkyPilotActivities.launch_task,
+                LaunchInput(
+                    self.name,
+                    self.pipeline.task_spec(step, yaml_path),
+                    infra=self.pipeline.input.infra,
+                    reuse_provisioned=self._provisioning is not None,
+                ),
+            )
+        finally:
+            # Runs started before the building blocks waited here for the teardowns going on in
+            # the background (the overlapped preprocess-down): they replay that order.
+            if self._provisioning and not workflow.patched(STEPS_OVERLAP_TEARDOWNS):
+                await self.pipeline.teardowns_done()
 
     async def exec(self, step: str, yaml_path: str) -> StepResult:
         """Run the task at `yaml_path` on this (launched) cluster with `sky exec`: step `step`."""
@@ -74,7 +83,7 @@ class Cluster:
         pipeline = self.pipeline
         if exc is not None:
             failed = not is_cancellation(exc)
-            await pipeline.shielded_from_cancel(lambda: pipeline.clean_up_cluster(self.name, failed))
+            await pipeline.shielded_from_cancel(lambda: pipeline.clean_up_after_error(failed))
         elif self.down_in_background:
             pipeline.teardown_in_background(self)
         else:

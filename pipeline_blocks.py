@@ -13,8 +13,8 @@ UI's current details and activity summaries, retries that re-attach to the step'
 the SkyPilot side cancelled when the run is cancelled, and a failure that names the step, its
 cluster and job, with the job's last log lines.
 
-Teardown: a cluster block tears its cluster down when it ends: as the step "<role>-down" when
-the block succeeded, as cleanup otherwise. `running()` then tears down any cluster still up
+Teardown: a cluster block tears its cluster down when it ends, as the step "<role>-down"; when an
+error or a cancel ends it, every cluster of the run goes down together, as cleanup. `running()` then tears down any cluster still up
 (one launched in the background, a teardown a cancel interrupted), retrying until SkyPilot
 confirms; a cancel that arrives during cleanup does not stop it. (Terminate, reset and an
 execution timeout skip all this: the cluster reaper in reaper.py and SkyPilot's autodown do it.)
@@ -160,6 +160,10 @@ class Pipeline:
         """Tear `cluster` down alongside the next steps (shielded); the run's cleanup waits for it."""
         self._teardowns.append(asyncio.create_task(self.shielded_from_cancel(cluster.down)))
 
+    async def teardowns_done(self) -> None:
+        """Wait for the teardowns going on in the background."""
+        await asyncio.gather(*self._teardowns, return_exceptions=True)
+
     async def job_step(self, work: Awaitable[T]) -> T:
         """Await a step's activity; if background work fails first, stop it and fail with that."""
         watched = [t for t in self._background if not t.done() or _failure(t) is not None]
@@ -280,16 +284,15 @@ class Pipeline:
         if cluster in self.board.clusters_up:
             self.board.clusters_up.remove(cluster)
 
-    async def clean_up_cluster(self, cluster: str, failed: bool) -> None:
-        """A cluster block ended by an error or a cancel: tear its cluster down now (unless the
-        run keeps a failed run's clusters for debugging: its cleanup does that, then this)."""
-        if cluster not in self.board.clusters_up or (failed and self.input.keep_clusters_on_failure):
+    async def clean_up_after_error(self, failed: bool) -> None:
+        """An error or a cancel left a cluster block: the run is ending, so stop its background
+        work and tear down every cluster it has up, together (unless a failed run keeps its
+        clusters for debugging: `running()`'s cleanup then does that first)."""
+        if failed and self.input.keep_clusters_on_failure:
             return
-        self.board.status = "cleaning up"
-        await self.down(cluster)
+        await self._tear_down_everything()
 
-    async def _clean_up(self, outcome: str) -> None:
-        """Tear down every cluster still up, whatever ended the run; then drop the checkout."""
+    async def _tear_down_everything(self, outcome: str = "") -> None:
         self.board.status = "cleaning up"
         self.board.redraw()
         for task in self._background:
@@ -298,6 +301,10 @@ class Pipeline:
         if outcome == "failed" and self.input.keep_clusters_on_failure and self.board.clusters_up:
             await self._keep_clusters_for_debugging()
         await asyncio.gather(*(self.down(cluster) for cluster in list(self.board.clusters_up)))
+
+    async def _clean_up(self, outcome: str) -> None:
+        """Tear down every cluster still up, whatever ended the run; then drop the checkout."""
+        await self._tear_down_everything(outcome)
         if self.owns_checkout:
             try:
                 await workflow.execute_activity_method(

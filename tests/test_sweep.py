@@ -9,10 +9,11 @@ from datetime import timedelta
 import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.worker import Replayer
 
 from shared import SweepInput, SweepResult, cluster_prefix_for
 from testing.in_process import Pipeline
-from workflows import SweepWorkflow
+from workflows import SweepVariantWorkflow, SweepWorkflow
 
 
 async def start_sweep(pipeline: Pipeline, variants: list[dict[str, str]], **options) -> WorkflowHandle:
@@ -155,3 +156,16 @@ async def test_a_bad_sweep_input_is_refused_before_anything_runs(pipeline: Pipel
         await run_sweep(pipeline, lr_grid("0.1"), **options)
     assert err.value.cause.type == "InvalidInput" and problem in err.value.cause.message
     assert pipeline.fake.calls == []
+
+
+async def test_a_sweep_and_its_variants_replay_from_their_histories(pipeline: Pipeline):
+    pipeline.fake.plan("train@v2", status="FAILED")
+    handle = await start_sweep(pipeline, lr_grid("0.1", "0.01", "0.001"), max_parallel=2)
+    await handle.result()
+    replayer = Replayer(
+        workflows=[SweepWorkflow, SweepVariantWorkflow], data_converter=pipeline.env.client.data_converter
+    )
+    for workflow_id in (handle.id, f"{handle.id}-v1", f"{handle.id}-v2"):
+        await replayer.replay_workflow(
+            await pipeline.env.client.get_workflow_handle(workflow_id).fetch_history()
+        )

@@ -242,12 +242,18 @@ def test_cluster_prefix_is_valid_marked_and_unique_per_workflow_id():
         assert prefix.startswith(CLUSTER_MARKER), "the reaper only looks at marked clusters"
 
 
-async def test_recorded_history_replays_deterministically():
-    """Guards determinism: today's workflow code must replay a history recorded earlier.
+@pytest.mark.parametrize(
+    "name", ["happy_path", "overlap_happy", "overlap_failed_provision", "cancel_during_train"]
+)
+async def test_recorded_history_replays_deterministically(name: str):
+    """Guards determinism: today's workflow code must replay histories recorded earlier.
 
-    Regenerate with `python -m tests.record_history` only for an intended, versioned change.
+    happy_path.json is from before run-scoped names; the other three were recorded by the
+    workflow as it was before the building blocks (commit 42b2fa8): the overlap path, a
+    provisioning failure that stops preprocess, and a cancel during train. Regenerate
+    (`python -m tests.record_history`) only for an intended, versioned change.
     """
-    history = json.loads(HISTORY_FILE.read_text())
+    history = json.loads((ROOT / "tests" / "histories" / f"{name}.json").read_text())
     from temporalio.client import WorkflowHistory
 
     await Replayer(workflows=[SkyPilotWorkflow]).replay_workflow(
@@ -296,8 +302,9 @@ async def test_a_run_started_before_run_scoped_names_keeps_its_cluster_and_job_n
     assert recorder.inputs[3][1].task.job_name == "recorded-happy-path-train"
 
 
-async def test_a_fresh_history_replays(pipeline: Pipeline):
-    handle = await pipeline.start()
+@pytest.mark.parametrize("overlap", [False, True])
+async def test_a_fresh_history_replays(pipeline: Pipeline, overlap: bool):
+    handle = await pipeline.start(overlap_provisioning=overlap)
     await handle.result()
     history = await handle.fetch_history()
     await Replayer(
