@@ -3,10 +3,11 @@
     .venv/bin/python -m bench.run            # everything (~15 min; brings the local stack up)
     .venv/bin/python -m bench.run --quick    # simulated rows only, fewer repetitions (~2 min)
 
-Run from the repository root. Rows 1-4 run the real workflow and activity code on a real Temporal
-dev server with a simulated SkyPilot SDK (testing/fake_sky.py) whose calls take a fixed time.
-Rows 5-8 run on the real local stack (scripts/local_stack.sh: Temporal dev server, SkyPilot API
-server, one-node Slurm).
+Run from the repository root. Rows 1-4, 9 and 10 run the real workflow and activity code on a real
+Temporal dev server with a simulated SkyPilot SDK (testing/fake_sky.py) whose calls take a fixed
+time. Rows 5-8 and 11 run on the real local stack (scripts/local_stack.sh: Temporal dev server,
+SkyPilot API server, one-node Slurm). Rows 10 and 11 (sweeps) also run alone:
+`python -m bench.sweep_bench`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from activities import SkyPilotActivities
+from bench.sweep_bench import real_row as sweep_real_row
+from bench.sweep_bench import simulated_row as sweep_simulated_row
 from codec import configured_data_converter
 from shared import PipelineInput, StepTimeouts, cluster_prefix_for
 from testing import ROOT
@@ -424,8 +427,29 @@ async def real_rows(bench: Bench, scratch: Path) -> None:
                 met=both / ours <= 1.3,
             )
         )
+
+        # Row 11: a 3-variant sweep against the same variants one after another.
+        figures = await sweep_real_row(pipeline)
+        bench.add(sweep_row(11, figures, goal=""))
     finally:
         worker.kill(signal.SIGTERM)
+
+
+def sweep_row(number: int, figures: dict[str, Any], goal: str) -> Row:
+    ratio = figures["ours"] / figures["ideal"]
+    return Row(
+        number,
+        figures["measure"],
+        f"{figures['ours']:.1f} s",
+        baseline=f"{figures['ideal']:.1f} s",
+        ratio=f"{ratio:.2f}x",
+        goal=goal,
+        met=(ratio <= float(goal.split()[-1].rstrip("x"))) if goal else None,
+    )
+
+
+async def row_sweep(bench: Bench, env: WorkflowEnvironment) -> None:
+    bench.add(sweep_row(10, await sweep_simulated_row(bench.repo, env), goal="<= 1.2x"))
 
 
 def ratio_row(number: int, measure: str, ours: float, hand: float, goal: float) -> Row:
@@ -542,7 +566,7 @@ async def main() -> int:
         # As the worker runs on this machine: encrypting payloads when a codec key is set.
         env = await start_dev_server(extra_args=["--dynamic-config-value", "frontend.rps=10000"])
         try:
-            for row in (row_overhead, row_concurrency, row_cleanup, row_cancel, row_codec):
+            for row in (row_overhead, row_concurrency, row_cleanup, row_cancel, row_codec, row_sweep):
                 await row(bench, env)
         finally:
             await env.shutdown()
