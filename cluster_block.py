@@ -38,8 +38,10 @@ class Cluster:
         self.down_in_background = down_in_background
         self._provisioning: asyncio.Task[None] | None = None
 
-    async def launch(self, step: str, yaml_path: str) -> StepResult:
-        """Launch the task at `yaml_path` on this cluster (bringing it up): step `step`."""
+    async def launch(self, yaml_path: str, step: str = "") -> StepResult:
+        """Launch the task at `yaml_path` on this cluster (bringing it up), as step `step`
+        (default: the cluster's role)."""
+        step = step or self.role
         try:
             if self._provisioning:
                 await self._provisioning

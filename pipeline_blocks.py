@@ -5,7 +5,7 @@ A pipeline workflow holds one `Pipeline` and composes its steps with it:
     async with self.pipeline.running():                      # on exit: cleanup, failure report
         await self.pipeline.fetch_tasks(train_yaml, eval_yaml)
         async with self.pipeline.cluster("train") as train:  # torn down on exit, whatever happens
-            trained = await train.launch("train", train_yaml)
+            trained = await train.launch(train_yaml)
             evaluated = await train.exec("eval", eval_yaml)
 
 What every step gets without the workflow writing it: the progress query (`progress()`), the Web
@@ -14,10 +14,11 @@ the SkyPilot side cancelled when the run is cancelled, and a failure that names 
 cluster and job, with the job's last log lines.
 
 Teardown: a cluster block tears its cluster down when it ends, as the step "<role>-down"; when an
-error or a cancel ends it, every cluster of the run goes down together, as cleanup. `running()` then tears down any cluster still up
-(one launched in the background, a teardown a cancel interrupted), retrying until SkyPilot
-confirms; a cancel that arrives during cleanup does not stop it. (Terminate, reset and an
-execution timeout skip all this: the cluster reaper in reaper.py and SkyPilot's autodown do it.)
+error or a cancel ends it, every cluster of the run goes down together, as cleanup. `running()`
+then tears down any cluster still up (one launched in the background, a teardown a cancel
+interrupted), retrying until SkyPilot confirms; a cancel that arrives during cleanup does not
+stop it. (Terminate, reset and an execution timeout skip all this: the cluster reaper in
+reaper.py and SkyPilot's autodown do it.)
 """
 
 from __future__ import annotations

@@ -58,9 +58,9 @@ class SkyPilotWorkflow(PipelineHandlers):
             async with pipeline.cluster(
                 "preprocess", down_in_background=input.overlap_provisioning
             ) as preprocess:
-                preprocessed = await preprocess.launch("preprocess", input.preprocess_yaml)
+                preprocessed = await preprocess.launch(input.preprocess_yaml)
             async with train:
-                trained = await train.launch("train", input.train_yaml)
+                trained = await train.launch(input.train_yaml)
                 evaluated = await train.exec("eval", input.eval_yaml)
         return PipelineResult(
             redact_url_credentials(input.repo_url),
@@ -90,7 +90,7 @@ class SweepWorkflow(PipelineHandlers):
         async with pipeline.running():
             tasks = await pipeline.fetch_tasks(base.preprocess_yaml, base.train_yaml, base.eval_yaml)
             async with pipeline.cluster("preprocess") as preprocess:
-                preprocessed = await preprocess.launch("preprocess", base.preprocess_yaml)
+                preprocessed = await preprocess.launch(base.preprocess_yaml)
             variant_inputs = [
                 (variant, VariantInput(self._variant_pipeline(base, variant), variant.variant_id, tasks))
                 for variant in pipeline.board.variants
@@ -127,7 +127,7 @@ class SweepVariantWorkflow(PipelineHandlers):
     @workflow.run
     async def run(self, input: VariantInput) -> PipelineResult:
         async with self.pipeline.running(), self.pipeline.cluster("train") as train:
-            trained = await train.launch("train", input.pipeline.train_yaml)
+            trained = await train.launch(input.pipeline.train_yaml)
             evaluated = await train.exec("eval", input.pipeline.eval_yaml)
         return PipelineResult(
             redact_url_credentials(input.pipeline.repo_url), input.tasks.commit_sha, [trained, evaluated]
