@@ -23,6 +23,7 @@ import os
 import sys
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -268,22 +269,19 @@ async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.
         f"tasks: {pipeline.preprocess_yaml}, {pipeline.train_yaml}, "
         f"{pipeline.eval_yaml}; infra: {pipeline.infra or 'from the tasks'}"
     )
+    if isinstance(run, SweepInput):
+        workflow_run: Any = SweepWorkflow.run
+        summary = f"SkyPilot sweep of {len(run.variants)} variants: {what}"
+        details += f"; best by {run.select_metric}:{run.select_direction}"
+    else:
+        workflow_run, summary = SkyPilotWorkflow.run, f"SkyPilot pipeline: {what}"
     try:
-        if isinstance(run, SweepInput):
-            return await client.start_workflow(
-                SweepWorkflow.run,
-                run,
-                id=workflow_id,
-                task_queue=args.task_queue,
-                static_summary=f"SkyPilot sweep of {len(run.variants)} variants: {what}",
-                static_details=f"{details}; best by {run.select_metric}:{run.select_direction}",
-            )
         return await client.start_workflow(
-            SkyPilotWorkflow.run,
+            workflow_run,
             run,
             id=workflow_id,
             task_queue=args.task_queue,
-            static_summary=f"SkyPilot pipeline: {what}",
+            static_summary=summary,
             static_details=details,
         )
     except WorkflowAlreadyStartedError:

@@ -47,6 +47,9 @@ async def simulated_sweep(
             Path(checkouts),
             task_queue,
             threads=8 * max_parallel + 8,
+            # A real worker's settings: its heartbeat period, its own environment, no secret.
+            heartbeat_seconds=5.0,
+            heartbeat_throttle_seconds=5.0,
             environ=None,
             policy=None,
             max_concurrent_activities=100,
