@@ -1,6 +1,6 @@
 """A cluster of a pipeline run, as an async context manager (see pipeline_blocks.py).
 
-    async with pipeline.cluster("train") as train:
+    async with Cluster(pipeline, "train") as train:
         trained = await train.launch("train", "train.yaml")
         evaluated = await train.exec("eval", "eval.yaml")
 
@@ -12,24 +12,23 @@ as cleanup, shielded from a further cancel.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities import SkyPilotActivities
+    from pipeline_blocks import Pipeline
     from shared import ExecInput, LaunchInput, StepResult
     from step_board import is_cancellation
 
 STEPS_OVERLAP_TEARDOWNS = "steps-overlap-background-teardowns"
 
-if TYPE_CHECKING:
-    from pipeline_blocks import Pipeline
-
 
 class Cluster:
-    """A cluster of the run, as an async context manager: `async with pipeline.cluster("train")
-    as train:` tears it down when the block ends, whatever ends it (shielded from a cancel)."""
+    """The run's cluster "<prefix>-<role>", launched by its first step. `async with` tears it
+    down when the block ends, whatever ends it (shielded from a cancel); `down_in_background`:
+    when the block succeeds, the next steps start while it goes down."""
 
     def __init__(self, pipeline: Pipeline, role: str, down_in_background: bool = False) -> None:
         self.pipeline = pipeline
@@ -87,7 +86,7 @@ class Cluster:
             failed = not is_cancellation(exc)
             await pipeline.shielded_from_cancel(lambda: pipeline.clean_up_after_error(failed))
         elif self.down_in_background:
-            pipeline.teardown_in_background(self)
+            pipeline.teardown_in_background(self.name, f"{self.role}-down")
         else:
             await self.down()
 

@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 
-from config import ConfigError
+from errors import ConfigError
 
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"

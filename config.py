@@ -18,16 +18,12 @@ from temporalio.client import Client
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 
-from errors import clean_message
+from errors import ConfigError, clean_message
 
 PROJECT_DIR = Path(__file__).resolve().parent
 DEFAULT_TEMPORAL_ADDRESS = "localhost:7233"
 DEFAULT_TASK_QUEUE = "skypilot-task-queue"
 DEFAULT_UI_URL = "http://localhost:8233"
-
-
-class ConfigError(Exception):
-    """Bad configuration: reported as one line, never a traceback."""
 
 
 def load_env() -> None:

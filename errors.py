@@ -70,6 +70,10 @@ _UNREACHABLE_ERRORS = frozenset(
 _UNREACHABLE_MESSAGES = ("no skypilot api server endpoint is configured", "could not connect to skypilot")
 
 
+class ConfigError(Exception):
+    """Bad configuration: reported as one line, never a traceback."""
+
+
 # ---------------------------------------------------------------- text
 
 

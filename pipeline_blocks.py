@@ -4,7 +4,7 @@ A pipeline workflow holds one `Pipeline` and composes its steps with it:
 
     async with self.pipeline.running():                      # on exit: cleanup, failure report
         await self.pipeline.fetch_tasks(train_yaml, eval_yaml)
-        async with self.pipeline.cluster("train") as train:  # torn down on exit, whatever happens
+        async with Cluster(self.pipeline, "train") as train:    # torn down on exit, whatever happens
             trained = await train.launch(train_yaml)
             evaluated = await train.exec("eval", eval_yaml)
 
@@ -37,7 +37,6 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from activities import SkyPilotActivities
-    from cluster_block import Cluster
     from redaction import redact_url_credentials
     from shared import (
         DownInput,
@@ -87,11 +86,6 @@ class Pipeline:
         self._teardowns: list[asyncio.Task[Any]] = []
 
     # ------------------------------------------------------------------ what a workflow composes
-
-    def cluster(self, role: str, down_in_background: bool = False) -> Cluster:
-        """The run's cluster for `role`, named "<prefix>-<role>": launched by its first step.
-        `down_in_background`: when its block succeeds, the next steps start while it goes down."""
-        return Cluster(self, role, down_in_background)
 
     async def fetch_tasks(self, *yaml_paths: str) -> RunTasks:
         """Step 1: check out the task repository at the ref, read and check the task YAMLs."""
@@ -157,9 +151,11 @@ class Pipeline:
         self._background.append(task)
         return task
 
-    def teardown_in_background(self, cluster: Cluster) -> None:
-        """Tear `cluster` down alongside the next steps (shielded); the run's cleanup waits for it."""
-        self._teardowns.append(asyncio.create_task(self.shielded_from_cancel(cluster.down)))
+    def teardown_in_background(self, cluster: str, step: str) -> None:
+        """Tear `cluster` down as `step` alongside the next steps (shielded from cancel); the
+        run's cleanup waits for it."""
+        teardown = functools.partial(self.down, cluster, step)
+        self._teardowns.append(asyncio.create_task(self.shielded_from_cancel(teardown)))
 
     async def teardowns_done(self) -> None:
         """Wait for the teardowns going on in the background."""

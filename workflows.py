@@ -25,6 +25,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from cluster_block import Cluster
     from fan_out import best_variant, run_variants
     from pipeline_blocks import Pipeline, PipelineHandlers
     from redaction import redact_url_credentials
@@ -52,12 +53,11 @@ class SkyPilotWorkflow(PipelineHandlers):
         pipeline = self.pipeline
         async with pipeline.running():
             await pipeline.fetch_tasks(input.preprocess_yaml, input.train_yaml, input.eval_yaml)
-            train = pipeline.cluster("train")
-            if input.overlap_provisioning:  # bring the train cluster up while preprocess runs
+            train = Cluster(pipeline, "train")
+            overlap = input.overlap_provisioning
+            if overlap:  # bring the train cluster up while preprocess runs
                 train.provision(input.train_yaml)
-            async with pipeline.cluster(
-                "preprocess", down_in_background=input.overlap_provisioning
-            ) as preprocess:
+            async with Cluster(pipeline, "preprocess", down_in_background=overlap) as preprocess:
                 preprocessed = await preprocess.launch(input.preprocess_yaml)
             async with train:
                 trained = await train.launch(input.train_yaml)
@@ -89,7 +89,7 @@ class SweepWorkflow(PipelineHandlers):
         pipeline, base = self.pipeline, input.pipeline
         async with pipeline.running():
             tasks = await pipeline.fetch_tasks(base.preprocess_yaml, base.train_yaml, base.eval_yaml)
-            async with pipeline.cluster("preprocess") as preprocess:
+            async with Cluster(pipeline, "preprocess") as preprocess:
                 preprocessed = await preprocess.launch(base.preprocess_yaml)
             variant_inputs = [
                 (variant, VariantInput(self._variant_pipeline(base, variant), variant.variant_id, tasks))
@@ -126,7 +126,7 @@ class SweepVariantWorkflow(PipelineHandlers):
 
     @workflow.run
     async def run(self, input: VariantInput) -> PipelineResult:
-        async with self.pipeline.running(), self.pipeline.cluster("train") as train:
+        async with self.pipeline.running(), Cluster(self.pipeline, "train") as train:
             trained = await train.launch(input.pipeline.train_yaml)
             evaluated = await train.exec("eval", input.pipeline.eval_yaml)
         return PipelineResult(
