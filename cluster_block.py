@@ -4,9 +4,9 @@
         trained = await train.launch("train", "train.yaml")
         evaluated = await train.exec("eval", "eval.yaml")
 
-The block tears the cluster down when it ends: as the step "<role>-down" when it succeeded. When
-an error or a cancel ends it the run is ending: every cluster the run has up goes down together,
-as cleanup, shielded from a further cancel.
+The block tears the cluster down when it ends, as the step "<role>-down". An error or a cancel
+that leaves the block ends the run: `Pipeline.running()` then tears down every cluster the run
+has up, together, as cleanup, shielded from a further cancel.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ with workflow.unsafe.imports_passed_through():
     from activities import SkyPilotActivities
     from pipeline_blocks import Pipeline
     from shared import ExecInput, LaunchInput, StepResult
-    from step_board import is_cancellation
 
 STEPS_OVERLAP_TEARDOWNS = "steps-overlap-background-teardowns"
 
@@ -73,6 +72,7 @@ class Cluster:
     def provision(self, yaml_path: str) -> None:
         """Bring this cluster up for the task at `yaml_path` (and run its setup) in the
         background, while the run goes on; the task's `launch` then reuses the cluster."""
+        self._up()  # before the run goes on: the progress lists its clusters in launch order
         self._provisioning = self.pipeline.background(self._provision(yaml_path))
 
     async def __aenter__(self) -> Cluster:
@@ -81,12 +81,10 @@ class Cluster:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
-        pipeline = self.pipeline
         if exc is not None:
-            failed = not is_cancellation(exc)
-            await pipeline.shielded_from_cancel(lambda: pipeline.clean_up_after_error(failed))
-        elif self.down_in_background:
-            pipeline.teardown_in_background(self.name, f"{self.role}-down")
+            return  # the run is ending: `running()` tears down every cluster it has up, together
+        if self.down_in_background:
+            self.pipeline.teardown_in_background(self.name, f"{self.role}-down")
         else:
             await self.down()
 
@@ -96,7 +94,6 @@ class Cluster:
 
     async def _provision(self, yaml_path: str) -> None:
         step = f"{self.role}-provision"
-        self._up()
         async with self.pipeline.board.step(step, f"provision {self.name}", self.name) as progress:
             await workflow.execute_activity_method(
                 SkyPilotActivities.launch_task,

@@ -54,9 +54,13 @@ async def run_variants(
                 variant.status = "succeeded"
                 for step in result.steps:
                     variant.metrics.update(step.metrics)
-            except ChildWorkflowError as err:
+            except asyncio.CancelledError:
+                variant.status = "cancelled"
+                raise
+            except Exception as err:  # the child failed, was cancelled, or could not start
+                cause = err.cause if isinstance(err, ChildWorkflowError) and err.cause else err
                 variant.status = "cancelled" if is_cancelled_exception(err) else "failed"
-                variant.error = one_line(str(err.cause or err), 500)
+                variant.error = one_line(str(cause), 500)
                 if fail_fast and variant.status == "failed":
                     raise ApplicationError(
                         f"variant {variant.variant_id} failed (fail-fast): {variant.error}",
@@ -82,6 +86,14 @@ async def run_variants(
             type="AllVariantsFailed",
             non_retryable=True,
         )
+
+
+async def release_kept_clusters(variants: Sequence[VariantProgress]) -> None:
+    """Pass the `release_clusters` signal on to the variants still running (a failed one may
+    be keeping its clusters for debugging); one that has just ended is no error."""
+    running = [v.workflow_id for v in variants if v.status == "running" and v.workflow_id]
+    signals = (workflow.get_external_workflow_handle(i).signal("release_clusters") for i in running)
+    await asyncio.gather(*signals, return_exceptions=True)
 
 
 def best_variant(variants: Sequence[VariantProgress], metric: str, direction: str) -> VariantProgress | None:

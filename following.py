@@ -262,6 +262,9 @@ def clusters_note(cause: BaseException | None, progress: PipelineProgress | None
         return "; cleanup state unknown"
     if progress.clusters_up:
         return f"; clusters still up: {', '.join(progress.clusters_up)} (check `sky status`)"
+    still_running = [v.variant_id for v in progress.variants if v.status == "running"]
+    if still_running:  # a terminated sweep: each variant gets a cancel and cleans up by itself
+        return f"; variants {', '.join(still_running)} are still cleaning up (check `sky status`)"
     if isinstance(cause, (CancelledError, TerminatedError, WorkflowTimeoutError)):
         return "; no cluster left"
     return ""  # a failed run names its clusters only when some are up

@@ -281,15 +281,7 @@ class Pipeline:
         if cluster in self.board.clusters_up:
             self.board.clusters_up.remove(cluster)
 
-    async def clean_up_after_error(self, failed: bool) -> None:
-        """An error or a cancel left a cluster block: the run is ending, so stop its background
-        work and tear down every cluster it has up, together (unless a failed run keeps its
-        clusters for debugging: `running()`'s cleanup then does that first)."""
-        if failed and self.input.keep_clusters_on_failure:
-            return
-        await self._tear_down_everything()
-
-    async def _tear_down_everything(self, outcome: str = "") -> None:
+    async def _tear_down_everything(self, outcome: str) -> None:
         self.board.status = "cleaning up"
         self.board.redraw()
         for task in self._background:

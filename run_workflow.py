@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import dataclasses
 import itertools
+import math
 import os
 import sys
 import uuid
@@ -47,6 +48,7 @@ from shared import (
     MAX_HEARTBEAT_SECONDS,
     MAX_PREFIX_LENGTH,
     MAX_STEP_TIMEOUT_SECONDS,
+    MAX_SWEEP_VARIANTS,
     PipelineInput,
     PipelineResult,
     StepTimeouts,
@@ -56,10 +58,15 @@ from shared import (
     input_problems,
     sweep_problems,
 )
-from workflows import SkyPilotWorkflow, SweepWorkflow
+from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
-RUN_TYPES = {SkyPilotWorkflow.__name__: PipelineResult, SweepWorkflow.__name__: SweepResult}
+RUN_TYPES = {
+    SkyPilotWorkflow.__name__: PipelineResult,
+    SweepWorkflow.__name__: SweepResult,
+    SweepVariantWorkflow.__name__: PipelineResult,
+}
+DEFAULT_MAX_PARALLEL, DEFAULT_SELECT = 4, "eval_accuracy:max"
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -70,21 +77,32 @@ def key_value(text: str) -> tuple[str, str]:
 
 
 def sweep_values(text: str) -> tuple[str, list[str]]:
-    key, values = key_value(text)
-    if not ENV_NAME.fullmatch(key):
-        raise argparse.ArgumentTypeError(f"--sweep {text!r}: {key!r} is not a variable name")
-    return key, [v.strip() for v in values.split(",")]
+    key, sep, values = text.partition("=")
+    if not sep or not ENV_NAME.fullmatch(key.strip()):
+        raise argparse.ArgumentTypeError(f"expected NAME=V1,V2,... with NAME a variable name, got {text!r}")
+    values_list = [v.strip() for v in values.split(",")]
+    if not all(values_list):
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty value")
+    return key.strip(), values_list
 
 
 def sweep_input(pipeline: PipelineInput, args: argparse.Namespace) -> SweepInput:
     """The cartesian product of the --sweep values, in the order given."""
     names = [name for name, _ in args.sweep]
+    twice = [name for i, name in enumerate(names) if name in names[:i]]
+    if twice:
+        raise config.ConfigError(f"--sweep gives {twice[0]!r} twice: give all its values in one")
+    if args.overlap_provisioning:
+        raise config.ConfigError("--overlap-provisioning does not apply to a sweep")
+    count = math.prod(len(values) for _, values in args.sweep)
+    if count > MAX_SWEEP_VARIANTS:
+        raise config.ConfigError(f"--sweep makes {count} variants: at most {MAX_SWEEP_VARIANTS}")
     combinations = itertools.product(*(values for _, values in args.sweep))
-    metric, _, direction = args.select.partition(":")
+    metric, _, direction = (args.select or DEFAULT_SELECT).partition(":")
     sweep = SweepInput(
         pipeline,
         variants=[dict(zip(names, combo, strict=True)) for combo in combinations],
-        max_parallel=args.max_parallel,
+        max_parallel=DEFAULT_MAX_PARALLEL if args.max_parallel is None else args.max_parallel,
         select_metric=metric,
         select_direction=direction or "max",
         fail_fast=args.fail_fast,
@@ -193,13 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a sweep over these values of env variable NAME (repeatable: every combination)",
     )
     sweep.add_argument(
-        "--max-parallel", type=int, default=4, metavar="N", help="variants at once (default 4)"
+        "--max-parallel", type=int, metavar="N", help=f"variants at once (default {DEFAULT_MAX_PARALLEL})"
     )
     sweep.add_argument(
         "--select",
-        default="eval_accuracy:max",
         metavar="METRIC:max|min",
-        help="the metric that picks the best variant (a task prints `METRIC name=value`)",
+        help=f"the metric that picks the best variant (default {DEFAULT_SELECT}; a task reports "
+        "a metric by printing `METRIC name=value`)",
     )
     sweep.add_argument("--fail-fast", action="store_true", help="fail the sweep at its first failed variant")
     parser.add_argument("--task-queue", default=config.task_queue(), help="Temporal task queue")
@@ -315,6 +333,9 @@ async def attach(client: Client, workflow_id: str, temporal: Reconnecting) -> Ru
 async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
     # Bad input fails before connecting.
     pipeline = None if args.follow else pipeline_input(args)
+    sweep_options = args.max_parallel is not None or args.select or args.fail_fast
+    if pipeline and not args.sweep and sweep_options:
+        raise config.ConfigError("--max-parallel, --select and --fail-fast need --sweep")
     run = sweep_input(pipeline, args) if pipeline and args.sweep else pipeline
     client: Client = await config.connect_temporal(runtime=quiet_runtime())
     temporal = Reconnecting(client.service_client.config.target_host)

@@ -204,6 +204,7 @@ def input_problems(input: PipelineInput) -> list[str]:
 
 
 MAX_SWEEP_VARIANTS = 1000
+SWEEP_ENV = frozenset({"PIPELINE_RUN_ID", "VARIANT_ID"})
 MAX_SWEEP_PARALLEL = 100
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
@@ -220,6 +221,11 @@ def sweep_problems(input: SweepInput) -> list[str]:
         if bad or any(not isinstance(v, str) or "\0" in v for v in params.values()):
             problems.append(f"variant parameters {params!r} are not NAME=value env overrides"[:200])
             break
+    # The sweep sets these for every variant: its data's run id, and the variant's own id.
+    taken = sorted(SWEEP_ENV & {k for params in input.variants[:MAX_SWEEP_VARIANTS] for k in params})
+    taken += sorted(SWEEP_ENV & set(input.pipeline.env_overrides))
+    if taken:
+        problems.append(f"{', '.join(dict.fromkeys(taken))} is set by the sweep for each variant")
     if not _number_between(input.max_parallel, 1, MAX_SWEEP_PARALLEL):
         problems.append(f"max_parallel must be between 1 and {MAX_SWEEP_PARALLEL}")
     if not isinstance(input.select_metric, str) or not METRIC_NAME.fullmatch(input.select_metric):

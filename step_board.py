@@ -57,8 +57,11 @@ class StepBoard:
             yield step
             step.status = "succeeded"
         except BaseException as err:
-            stopped = err is self.stopped_by
-            step.status = "cancelled" if stopped or is_cancellation(err) else "failed"
+            if err is self.stopped_by or is_cancellation(err):
+                # Stopped by a cancel, or by background work that failed (its own step says why).
+                step.status, step.error = "cancelled", "Cancelled"
+                raise
+            step.status = "failed"
             step.error = str(err.cause if isinstance(err, ActivityError) and err.cause else err)
             failed_job = _failed_job(err)
             if failed_job:

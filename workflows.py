@@ -26,7 +26,7 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from cluster_block import Cluster
-    from fan_out import best_variant, run_variants
+    from fan_out import best_variant, release_kept_clusters, run_variants
     from pipeline_blocks import Pipeline, PipelineHandlers
     from redaction import redact_url_credentials
     from shared import (
@@ -106,6 +106,12 @@ class SweepWorkflow(PipelineHandlers):
             best=best_variant(pipeline.board.variants, input.select_metric, input.select_direction),
             select=f"{input.select_metric}:{input.select_direction}",
         )
+
+    @workflow.signal
+    async def release_clusters(self) -> None:
+        """Tear down kept clusters now: the sweep's own and those of its variants."""
+        self.pipeline.release_clusters()
+        await release_kept_clusters(self.pipeline.board.variants)
 
     def _variant_pipeline(self, base: PipelineInput, variant: VariantProgress) -> PipelineInput:
         """The variant's input: its parameters as env overrides, its id, and the sweep's data

@@ -80,12 +80,24 @@ async def test_a_failed_provision_fails_the_run_at_once(pipeline: Pipeline):
     pipeline.fake.plan("preprocess", seconds=30)
     pipeline.fake.launch_errors["provision"] = exceptions.ResourcesUnavailableError("no node fits cpus=512")
     started = time.monotonic()
-    cause = await pipeline.fail(overlap_provisioning=True)
+    handle = await pipeline.start(overlap_provisioning=True)
+    with pytest.raises(WorkflowFailureError) as err:
+        await handle.result()
+    cause = err.value.cause
     assert time.monotonic() - started < 15, "the failed provision waited for preprocess to end"
     assert "step 'train-provision'" in cause.message and "cpus=512" in cause.message
     [preprocess_job] = pipeline.fake.jobs_named("preprocess")
     assert preprocess_job.status == "CANCELLED"
     pipeline.assert_no_cluster_left()
+    # The stopped step shows as cancelled; the provisioning's step carries the failure.
+    steps = {
+        s.name: s
+        for s in (
+            await pipeline.env.client.get_workflow_handle(handle.id).query(SkyPilotWorkflow.progress)
+        ).steps
+    }
+    assert (steps["preprocess"].status, steps["preprocess"].error) == ("cancelled", "Cancelled")
+    assert steps["train-provision"].status == "failed" and "cpus=512" in steps["train-provision"].error
 
 
 async def test_a_cluster_prefix_is_reserved_by_the_workflow_id(pipeline: Pipeline):

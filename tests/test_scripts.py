@@ -180,6 +180,24 @@ async def test_starter_no_wait_returns_at_once(pipeline: Pipeline):
         (["--timeout", "train=-5"], ["between 1 and"]),
         (["--timeout", "train=100000000000000"], ["timeout for 'train' must be between 1 and 2592000"]),
         (["--secret", "not a name"], ["--secret takes a variable name"]),
+        (["--sweep", "LR="], ["'LR=' has an empty value"]),
+        (["--sweep", "1X=2"], ["NAME a variable name", "'1X=2'"]),
+        (["--sweep", "LR=1", "--sweep", "LR=2"], ["--sweep gives 'LR' twice"]),
+        (["--sweep", "LR=1", "--max-parallel", "0"], ["max_parallel must be between 1 and 100"]),
+        (["--sweep", "LR=1", "--select", "acc:up"], ["select direction must be max or min"]),
+        (["--sweep", "VARIANT_ID=1"], ["VARIANT_ID is set by the sweep"]),
+        (["--sweep", "LR=1", "--env", "PIPELINE_RUN_ID=x"], ["PIPELINE_RUN_ID is set by the sweep"]),
+        (
+            [
+                "--sweep",
+                "A=" + ",".join(map(str, range(40))),
+                "--sweep",
+                "B=" + ",".join(map(str, range(40))),
+            ],
+            ["makes 1600 variants: at most 1000"],
+        ),
+        (["--max-parallel", "2"], ["need --sweep"]),
+        (["--sweep", "LR=1", "--overlap-provisioning"], ["does not apply to a sweep"]),
     ],
 )
 async def test_starter_rejects_bad_arguments_in_one_line(pipeline: Pipeline, args, expected):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError
 from temporalio.worker import Replayer
 
-from shared import SweepInput, SweepResult, cluster_prefix_for
+from fan_out import best_variant
+from shared import SweepInput, SweepResult, VariantProgress, cluster_prefix_for
 from testing.in_process import Pipeline
 from workflows import SweepVariantWorkflow, SweepWorkflow
 
@@ -169,3 +172,55 @@ async def test_a_sweep_and_its_variants_replay_from_their_histories(pipeline: Pi
         await replayer.replay_workflow(
             await pipeline.env.client.get_workflow_handle(workflow_id).fetch_history()
         )
+
+
+def test_the_best_variant_is_the_highest_or_lowest_of_the_succeeded_ones():
+    variants = [
+        VariantProgress("v1", {}, "succeeded", metrics={"loss": 0.5}),
+        VariantProgress("v2", {}, "succeeded", metrics={"loss": 0.2}),
+        VariantProgress("v3", {}, "failed", metrics={"loss": 0.1}),
+        VariantProgress("v4", {}, "succeeded"),
+    ]
+    assert best_variant(variants, "loss", "min").variant_id == "v2"
+    assert best_variant(variants, "loss", "max").variant_id == "v1"
+    assert best_variant(variants, "accuracy", "max") is None
+
+
+async def test_variants_run_on_the_sweeps_checkout_and_leave_it_to_the_sweep(pipeline: Pipeline):
+    handle = await start_sweep(pipeline, lr_grid("0.1", "0.01"), max_parallel=1)
+    await handle.result()
+
+    async def activities_of(workflow_id: str) -> list[str]:
+        return [
+            e.activity_task_scheduled_event_attributes.activity_type.name
+            async for e in pipeline.env.client.get_workflow_handle(workflow_id).fetch_history_events()
+            if e.HasField("activity_task_scheduled_event_attributes")
+        ]
+
+    assert (await activities_of(handle.id))[-1] == "remove_checkout"
+    for n in (1, 2):
+        assert await activities_of(f"{handle.id}-v{n}") == ["launch_task", "exec_task", "down_cluster"]
+
+
+async def test_release_clusters_reaches_a_variant_that_keeps_its_clusters(pipeline: Pipeline):
+    pipeline.fake.plan("train@v1", status="FAILED")
+    handle = await pipeline.env.client.start_workflow(
+        SweepWorkflow.run,
+        SweepInput(pipeline.input(keep_clusters_on_failure=True), lr_grid("0.1", "0.01")),
+        id=f"sweep-{uuid.uuid4().hex[:8]}",
+        task_queue=pipeline.task_queue,
+        execution_timeout=timedelta(minutes=2),
+    )
+    variant = pipeline.env.client.get_workflow_handle(f"{handle.id}-v1")
+    for _ in range(500):
+        with contextlib.suppress(RPCError):
+            if (await variant.query(SweepVariantWorkflow.progress)).status.startswith(
+                "failed: clusters kept"
+            ):
+                break
+        await asyncio.sleep(0.02)
+    assert pipeline.fake.clusters, "the failed variant's cluster is kept for debugging"
+    await handle.signal(SweepWorkflow.release_clusters)
+    result = await handle.result()
+    assert [v.status for v in result.variants] == ["failed", "succeeded"]
+    pipeline.assert_no_cluster_left()

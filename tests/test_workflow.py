@@ -243,7 +243,16 @@ def test_cluster_prefix_is_valid_marked_and_unique_per_workflow_id():
 
 
 @pytest.mark.parametrize(
-    "name", ["happy_path", "overlap_happy", "overlap_failed_provision", "cancel_during_train"]
+    "name",
+    [
+        "happy_path",
+        "overlap_happy",
+        "overlap_failed_provision",
+        "overlap_failed_preprocess",
+        "overlap_cancel_during_preprocess",
+        "cancel_during_train",
+        "keep_clusters_then_release",
+    ],
 )
 async def test_recorded_history_replays_deterministically(name: str):
     """Guards determinism: today's workflow code must replay histories recorded earlier.
