@@ -35,9 +35,13 @@ async def run_variants(
     """
     slots = asyncio.Semaphore(max_parallel)
     parent_id = workflow.info().workflow_id
+    failed_fast = False
 
     async def run_one(variant: VariantProgress, input: Any) -> None:
+        nonlocal failed_fast
         async with slots:
+            if failed_fast:  # a slot freed by the failure that stops the sweep: start nothing
+                return
             variant.workflow_id = f"{parent_id}-{variant.variant_id}"
             variant.status = "running"
             pipeline.board.redraw()
@@ -62,6 +66,7 @@ async def run_variants(
                 variant.status = "cancelled" if is_cancelled_exception(err) else "failed"
                 variant.error = one_line(str(cause), 500)
                 if fail_fast and variant.status == "failed":
+                    failed_fast = True
                     raise ApplicationError(
                         f"variant {variant.variant_id} failed (fail-fast): {variant.error}",
                         type="VariantFailed",
