@@ -41,7 +41,7 @@ from codec import configured_data_converter
 from shared import PipelineInput, StepTimeouts, cluster_prefix_for
 from testing import ROOT
 from testing.fake_sky import FakeSky
-from testing.in_process import make_task_repo, running_worker, start_dev_server
+from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
 from testing.local_stack import (
     SKY_CLI,
     TEMPORAL_ADDRESS,
@@ -108,7 +108,6 @@ async def run_simulated(
     """Run `count` pipelines at once on one in-process worker; return wall seconds and outcomes."""
     task_queue = f"bench-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as checkouts:
-        # A real worker's settings (its own environment, no secret allowed, its heartbeat period).
         async with running_worker(
             env,
             fake,
@@ -116,10 +115,7 @@ async def run_simulated(
             task_queue,
             activities_class=activities_class,
             threads=2 * max(count, 1) * 2 + 8,
-            heartbeat_seconds=HEARTBEAT_INTERVAL,
-            heartbeat_throttle_seconds=HEARTBEAT_INTERVAL,
-            environ=None,
-            policy=None,
+            **REAL_WORKER_SETTINGS,
             max_concurrent_activities=max(100, 2 * count),
             max_concurrent_workflow_tasks=max(100, 2 * count),
         ):

@@ -25,7 +25,7 @@ from typing import Any
 
 from shared import PipelineInput, SweepInput, SweepResult
 from testing.fake_sky import FakeSky
-from testing.in_process import make_task_repo, running_worker, start_dev_server
+from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
 from workflows import SweepWorkflow
 
 SIMULATED_STEP_SECONDS = 0.3  # each provisioning and each job
@@ -47,11 +47,7 @@ async def simulated_sweep(
             Path(checkouts),
             task_queue,
             threads=8 * max_parallel + 8,
-            # A real worker's settings: its heartbeat period, its own environment, no secret.
-            heartbeat_seconds=5.0,
-            heartbeat_throttle_seconds=5.0,
-            environ=None,
-            policy=None,
+            **REAL_WORKER_SETTINGS,
             max_concurrent_activities=100,
             max_concurrent_workflow_tasks=100,
         ):

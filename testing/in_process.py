@@ -79,6 +79,13 @@ async def start_dev_server(
     )
 
 
+# A real worker's settings for benchmarks: its heartbeat period, its own environment (not
+# WORKER_ENVIRON), no secret allowed.
+REAL_WORKER_SETTINGS: dict[str, Any] = dict(
+    heartbeat_seconds=5.0, heartbeat_throttle_seconds=5.0, environ=None, policy=None
+)
+
+
 @asynccontextmanager
 async def running_worker(
     env: WorkflowEnvironment,
