@@ -219,9 +219,10 @@ def print_sweep_table(workflow_id: str, result: SweepResult, url: str) -> None:
 def print_success(workflow_id: str, result: PipelineResult, url: str) -> None:
     print(f"Workflow {workflow_id} succeeded (commit {result.commit_sha[:12]})")
     for step in result.steps:
+        metrics = "".join(f"  {k}={v:g}" for k, v in step.metrics.items())
         print(
             f"  {step.step:<10} {step.cluster_name}: job {step.job_id} {step.job_status} "
-            f"in {step.duration_seconds:.0f}s"
+            f"in {step.duration_seconds:.0f}s{metrics}"
         )
     last_eval_lines = result.steps[-1].log_tail.splitlines()[-3:] if result.steps else []
     for line in last_eval_lines:

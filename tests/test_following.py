@@ -5,8 +5,15 @@ from __future__ import annotations
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import TerminatedError
 
-from following import end_message, print_new_steps, print_sweep_table
-from shared import ASCII_STATUS_MARKS, PipelineProgress, StepResult, SweepResult, VariantProgress
+from following import end_message, print_new_steps, print_success, print_sweep_table
+from shared import (
+    ASCII_STATUS_MARKS,
+    PipelineProgress,
+    PipelineResult,
+    StepResult,
+    SweepResult,
+    VariantProgress,
+)
 
 
 def variants() -> list[VariantProgress]:
@@ -52,3 +59,24 @@ def test_a_terminated_sweep_says_its_variants_are_still_cleaning_up():
     ended = WorkflowFailureError(cause=TerminatedError("x"))
     message = end_message(ended, PipelineProgress("running", "", [], [], running))
     assert message == "was terminated; variants v1 are still cleaning up (check `sky status`)"
+
+
+def test_a_pipeline_result_shows_each_steps_metrics(capsys):
+    steps = [
+        StepResult("train", "p-train", 1, "SUCCEEDED", 0, 36.2, metrics={"train_loss": 0.25}),
+        StepResult(
+            "eval",
+            "p-train",
+            2,
+            "SUCCEEDED",
+            0,
+            11.0,
+            "METRIC eval_accuracy=0.864",
+            metrics={"eval_accuracy": 0.864},
+        ),
+    ]
+    print_success("w", PipelineResult("repo", "b" * 40, steps), "http://ui")
+    assert capsys.readouterr().out.splitlines()[1:3] == [
+        "  train      p-train: job 1 SUCCEEDED in 36s  train_loss=0.25",
+        "  eval       p-train: job 2 SUCCEEDED in 11s  eval_accuracy=0.864",
+    ]
