@@ -1,7 +1,7 @@
 """The one seam to SkyPilot: the client SDK calls the worker makes, as a typed Protocol.
 
 In production the seam is the `sky` module itself; in the fast tests it is
-`tests/fake_sky.FakeSky`. `SkyPilotSDK` lists exactly the calls the code makes, with the
+`testing/fake_sky.FakeSky`. `SkyPilotSDK` lists exactly the calls the code makes, with the
 parameters it passes (positional where the code passes them by position, keyword-only where it
 names them), and tests/test_sky_sdk.py checks that both the installed SDK and the fake provide
 every member, so the fake cannot drift from the real SDK.

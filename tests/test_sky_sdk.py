@@ -18,7 +18,7 @@ from testing.fake_sky import FakeSky
 
 P = inspect.Parameter
 POSITIONAL = (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)
-IMPLEMENTATIONS = {"the installed sky module": sky, "tests/fake_sky.FakeSky": FakeSky()}
+IMPLEMENTATIONS = {"the installed sky module": sky, "testing/fake_sky.FakeSky": FakeSky()}
 
 
 def protocol_members(protocol: type) -> set[str]:
