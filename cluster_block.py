@@ -26,8 +26,8 @@ STEPS_OVERLAP_TEARDOWNS = "steps-overlap-background-teardowns"
 
 class Cluster:
     """The run's cluster "<prefix>-<role>", launched by its first step. `async with` tears it
-    down when the block ends, whatever ends it (shielded from a cancel); `down_in_background`:
-    when the block succeeds, the next steps start while it goes down."""
+    down (as "<role>-down") when the block succeeds; `down_in_background`: the next steps start
+    while it goes down. After an error or a cancel, `Pipeline.running()` tears it down."""
 
     def __init__(self, pipeline: Pipeline, role: str, down_in_background: bool = False) -> None:
         self.pipeline = pipeline
@@ -40,6 +40,7 @@ class Cluster:
         """Launch the task at `yaml_path` on this cluster (bringing it up), as step `step`
         (default: the cluster's role)."""
         step = step or self.role
+        self._up()  # before launching: a failed launch can leave the cluster INIT
         try:
             if self._provisioning:
                 await self._provisioning
@@ -108,8 +109,6 @@ class Cluster:
 
     async def _run_job(self, step: str, summary: str, activity: Any, arg: Any) -> StepResult:
         pipeline = self.pipeline
-        if activity is SkyPilotActivities.launch_task:
-            self._up()  # before launching: a failed launch can leave the cluster INIT
         async with pipeline.board.step(step, summary, self.name) as progress:
             result: StepResult = await pipeline.job_step(
                 workflow.execute_activity_method(
