@@ -28,7 +28,7 @@ async def run_variants(
     max_parallel: int,
     fail_fast: bool = False,
 ) -> None:
-    """Run `child_run` once per (variant, input), bounded; record each in `pipeline.variants`.
+    """Run `child_run` once per (variant, input), bounded; record how each went in its variant.
 
     A failed variant does not fail the run unless every variant fails, or `fail_fast` is set
     (then the first failure cancels the others and fails the run).
