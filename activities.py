@@ -10,6 +10,8 @@ heartbeats and waits.
 - launch_task and exec_task build the task and hand it to the job layer (skypilot_jobs.py),
   which finds or submits its job and follows it; a failed job becomes a non-retryable
   `ApplicationError` carrying the step's `StepResult`;
+- submit_managed_job / follow_managed_job / cancel_managed_job run a step as a SkyPilot managed
+  job (managed_jobs.py): the jobs controller relaunches it when its cluster is lost;
 - down_cluster tears a cluster down; remove_checkout removes a run's checkout.
 """
 
@@ -34,20 +36,29 @@ from temporalio.exceptions import ApplicationError
 from errors import clean_message, masked, refuse
 from git_checkout import checkout_repo, mark_used, read_task_file, resolve_inside
 from job_log import JobLogSink
+from managed_jobs import DEFAULT_STATUS_POLL_SECONDS, ManagedJobs
 from redaction import Redactor, redact_url_credentials
 from shared import (
+    CancelManagedJobInput,
     DownInput,
     ExecInput,
     FetchTasksInput,
     FetchTasksResult,
+    FollowManagedJobInput,
     JobProgress,
     LaunchInput,
+    ManagedJobInput,
     RemoveCheckoutInput,
     StepResult,
     TaskSpec,
 )
 from sky_sdk import RequestId, SkyPilotSDK
-from skypilot_jobs import DEFAULT_HEARTBEAT_INTERVAL_SECONDS, DEFAULT_OUTAGE_BUDGET_SECONDS, SkyPilotJobs
+from skypilot_jobs import (
+    DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
+    DEFAULT_OUTAGE_BUDGET_SECONDS,
+    JobOutcome,
+    SkyPilotJobs,
+)
 from task_policy import (
     TaskPolicy,
     check_built_task,
@@ -75,6 +86,7 @@ class SkyPilotActivities:
         autodown_idle_minutes: int | None = None,
         policy: TaskPolicy | None = None,
         allow_insecure_git: bool = False,
+        managed_status_poll_seconds: float = DEFAULT_STATUS_POLL_SECONDS,
     ) -> None:
         self._sky = sky_sdk
         self._executor = executor
@@ -94,6 +106,7 @@ class SkyPilotActivities:
             heartbeat_interval_seconds=heartbeat_interval_seconds,
             outage_budget_seconds=outage_budget_seconds,
         )
+        self._managed = ManagedJobs(sky_sdk, self._blocking, self._jobs, managed_status_poll_seconds)
 
     # -------------------------------------------------------------- step 1: fetch the tasks
 
@@ -187,6 +200,67 @@ class SkyPilotActivities:
             duration_seconds=round(time.monotonic() - started, 3),
         )
 
+    # -------------------------------------------------------------- a step as a managed job
+
+    @activity.defn
+    async def submit_managed_job(self, input: ManagedJobInput) -> int:
+        """Submit the step as a SkyPilot managed job, or find the one already submitted: its id."""
+        spec = input.task
+        progress = JobProgress(phase="preparing", cluster_name="", job_name=spec.job_name)
+        sink = self._sink(f"[{spec.step} managed]", self._secret_values(spec.secret_names), progress)
+        what = f"{spec.step} (managed job {spec.job_name})"
+        async with self._jobs.step(
+            progress, what, redact=sink.redact, cancel_with=self._managed.cancel_submission
+        ):
+            await self._ensure_checkout(spec)
+            task = await self._blocking(self._build_task, spec, input.infra)
+            return await self._managed.find_or_submit(task, spec, progress, sink)
+
+    @activity.defn
+    async def follow_managed_job(self, input: FollowManagedJobInput) -> StepResult:
+        """Follow managed job `job_id` to its end, through any recoveries. A cancel stops
+        following only: the workflow's cleanup cancels the job (cancel_managed_job)."""
+        started = time.monotonic()
+        spec = input.task
+        progress = JobProgress(phase="running", cluster_name="", job_name=spec.job_name, job_id=input.job_id)
+        info = activity.info()
+        previous = info.heartbeat_details[0] if info.attempt > 1 and info.heartbeat_details else {}
+        if isinstance(previous, dict):  # a retry goes on counting where the attempt before was
+            progress.job_status = str(previous.get("job_status") or "")
+            progress.recoveries = int(previous.get("recoveries") or 0)
+        sink = self._sink(
+            f"[{spec.step} managed {input.job_id}]", self._secret_values(spec.secret_names), progress
+        )
+        what = f"{spec.step} (managed job {input.job_id})"
+        async with self._jobs.step(progress, what, cancel_skypilot=False, redact=sink.redact):
+            state, exit_code = await self._managed.follow(input.job_id, progress, sink)
+        reason = f" ({state.failure_reason})" if state.failure_reason else ""
+        return self._step_result(
+            spec,
+            "",
+            f"{what}: {state.status}{reason}",
+            JobOutcome(
+                input.job_id,
+                state.status,
+                sink.task_exit_code if sink.task_exit_code is not None else exit_code,
+            ),
+            sink,
+            started,
+            recoveries=progress.recoveries,
+        )
+
+    @activity.defn
+    async def cancel_managed_job(self, input: CancelManagedJobInput) -> str:
+        """Cancel the managed job and wait until it ended: its final status."""
+        progress = JobProgress(
+            phase="cancelling", cluster_name="", job_name=input.job_name, job_id=input.job_id
+        )
+        what = f"cancelling managed job {input.job_id}"
+        async with self._jobs.step(progress, what, cancel_skypilot=False, always_retry=True):
+            status = await self._managed.cancel(input.job_id, progress)
+        activity.logger.info("Managed job %s (%s): %s", input.job_id, input.job_name, status)
+        return status
+
     async def cluster_launch_times(self) -> dict[str, float]:
         """Every cluster SkyPilot knows (all users) -> when it was launched (epoch seconds;
         0 when SkyPilot has no time for it yet). Used by the reaper's activity."""
@@ -215,22 +289,37 @@ class SkyPilotActivities:
             outcome = await self._jobs.run(
                 task, cluster, spec, submit, progress, sink, submit_phase, expect_job
             )
-        job_id, status, exit_code = outcome.job_id, outcome.status, outcome.exit_code
+        failed = f"{what}: job {outcome.job_id} ({spec.job_name}) {outcome.status}"
+        return self._step_result(spec, cluster, failed, outcome, sink, started)
+
+    @staticmethod
+    def _step_result(
+        spec: TaskSpec,
+        cluster: str,
+        failed: str,
+        outcome: JobOutcome,
+        sink: JobLogSink,
+        started: float,
+        recoveries: int = 0,
+    ) -> StepResult:
+        """The step's result; a job that did not succeed raises it as a non-retryable error
+        whose message starts with `failed`."""
         result = StepResult(
             step=spec.step,
             cluster_name=cluster,
-            job_id=job_id,
-            job_status=status,
-            exit_code=exit_code,
+            job_id=outcome.job_id,
+            job_status=outcome.status,
+            exit_code=outcome.exit_code,
             log_tail=sink.tail(),
             duration_seconds=round(time.monotonic() - started, 3),
             metrics=dict(sink.metrics),
+            recoveries=recoveries,
         )
-        if status not in ("SUCCEEDED", "UP"):
+        if outcome.status not in ("SUCCEEDED", "UP"):
             raise ApplicationError(
-                f"{what}: job {job_id} ({spec.job_name}) {status}, exit code {exit_code}",
+                f"{failed}, exit code {outcome.exit_code}",
                 result,
-                type=f"Job{status.title().replace('_', '')}",
+                type=f"Job{outcome.status.title().replace('_', '')}",
                 non_retryable=True,
             )
         return result

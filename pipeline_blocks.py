@@ -65,7 +65,8 @@ class Pipeline:
     """One run's clusters, steps and progress. Create it in the workflow's `@workflow.init`.
 
     `plan` lists the steps the progress query shows as pending from the start, in order:
-    "fetch-tasks", "launch STEP [on ROLE]", "exec STEP on ROLE", "provision ROLE", "down ROLE".
+    "fetch-tasks", "launch STEP [on ROLE]", "exec STEP on ROLE", "managed STEP", "provision ROLE",
+    "down ROLE".
     A step not in the plan shows once it starts.
     """
 
@@ -82,6 +83,9 @@ class Pipeline:
         self.owns_checkout = True
         self.board = StepBoard(self.prefix, self._fetch_summary(), list(plan))
         self.release_requested = False
+        # What the run's cleanup must still do besides tearing down clusters (e.g. cancel a
+        # managed job that has not ended), by key; a block removes its entry once done.
+        self.pending_cleanups: dict[str, Callable[[], Awaitable[Any]]] = {}
         self._background: list[asyncio.Task[Any]] = []
         self._teardowns: list[asyncio.Task[Any]] = []
 
@@ -289,7 +293,10 @@ class Pipeline:
         await asyncio.gather(*self._background, *self._teardowns, return_exceptions=True)
         if outcome == "failed" and self.input.keep_clusters_on_failure and self.board.clusters_up:
             await self._keep_clusters_for_debugging()
-        await asyncio.gather(*(self.down(cluster) for cluster in list(self.board.clusters_up)))
+        await asyncio.gather(
+            *(cleanup() for cleanup in list(self.pending_cleanups.values())),
+            *(self.down(cluster) for cluster in list(self.board.clusters_up)),
+        )
 
     async def _clean_up(self, outcome: str) -> None:
         """Tear down every cluster still up, whatever ended the run; then drop the checkout."""

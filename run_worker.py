@@ -79,6 +79,9 @@ def create_worker(
             activities.exec_task,
             activities.down_cluster,
             activities.remove_checkout,
+            activities.submit_managed_job,
+            activities.follow_managed_job,
+            activities.cancel_managed_job,
             reaper.find_orphan_clusters,
         ],
         # Heartbeats reach Temporal this often, so a cancel reaches the activity this fast.

@@ -202,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=config.env_bool("PIPELINE_OVERLAP_PROVISIONING"),
         help="bring the train cluster up while preprocess runs (the train job still waits for it)",
     )
+    parser.add_argument(
+        "--managed-train",
+        action="store_true",
+        default=config.env_bool("PIPELINE_MANAGED_TRAIN"),
+        help="run train as a SkyPilot managed job: relaunched if its cluster is preempted or lost "
+        "(eval then runs on a cluster of its own)",
+    )
     sweep = parser.add_argument_group("sweep: train + eval once per combination of values")
     sweep.add_argument(
         "--sweep",
@@ -256,6 +263,7 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
         infra=args.infra,
         keep_clusters_on_failure=args.keep_clusters_on_failure,
         overlap_provisioning=args.overlap_provisioning,
+        managed_train=args.managed_train,
         timeouts=StepTimeouts(**dict(args.timeout or [])),
     )
     if problems := input_problems(pipeline):

@@ -75,6 +75,9 @@ class PipelineInput:
     # Bring the train cluster up while preprocess runs. The train job still starts only after
     # preprocess succeeded; the early cluster is torn down with the rest if the run fails.
     overlap_provisioning: bool = False
+    # Run train as a SkyPilot managed job: the jobs controller relaunches it when its cluster
+    # is preempted or lost. Eval then runs on a cluster of its own (see README "Managed train").
+    managed_train: bool = False
     timeouts: StepTimeouts = field(default_factory=StepTimeouts)
     retry_initial_interval_seconds: float = 5.0
 
@@ -96,6 +99,8 @@ class StepProgress:
     job_status: str = ""
     duration_seconds: float | None = None
     error: str = ""
+    # A managed job step: how many times SkyPilot relaunched the job after losing its cluster.
+    recoveries: int = 0
 
 
 @dataclass
@@ -200,6 +205,11 @@ def input_problems(input: PipelineInput) -> list[str]:
     bad_secrets = [n for n in input.secret_names if not (isinstance(n, str) and ENV_NAME.fullmatch(n))]
     if bad_secrets:
         problems.append(f"secret name(s) {', '.join(map(repr, bad_secrets[:5]))} are not variable names")
+    if input.managed_train and input.overlap_provisioning:
+        problems.append(
+            "overlap provisioning and a managed train do not go together "
+            "(a managed train has no cluster to bring up early)"
+        )
     return problems
 
 
@@ -376,6 +386,30 @@ class StepResult:
     # What the job reported with `METRIC <name>=<number>` lines (see job_log.py). Last, with a
     # default: histories recorded before it still decode.
     metrics: dict[str, float] = field(default_factory=dict)
+    # A managed job: times SkyPilot relaunched it after losing its cluster.
+    recoveries: int = 0
+
+
+@dataclass
+class ManagedJobInput:
+    """Submit `task` as a SkyPilot managed job named `task.job_name` (or find the one submitted)."""
+
+    task: TaskSpec
+    infra: str = ""
+
+
+@dataclass
+class FollowManagedJobInput:
+    """Follow managed job `job_id` (the step `task`) to its end."""
+
+    job_id: int
+    task: TaskSpec
+
+
+@dataclass
+class CancelManagedJobInput:
+    job_id: int
+    job_name: str
 
 
 @dataclass
@@ -388,3 +422,6 @@ class JobProgress:
     request_id: str = ""
     job_id: int | None = None
     last_log_line: str = ""
+    # Managed jobs: the job's status on the jobs controller, and its recoveries so far.
+    job_status: str = ""
+    recoveries: int = 0

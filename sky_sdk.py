@@ -19,7 +19,7 @@ activities, and SkyPilot takes seconds to import.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import yaml
@@ -52,6 +52,30 @@ class TaskFactory(Protocol):
     ) -> sky.Task: ...
 
 
+class ManagedJobsSDK(Protocol):
+    """`sky.jobs`, SkyPilot's managed jobs, as far as the worker uses them. A managed job runs on
+    a cluster the jobs controller launches, relaunches it when the cluster is lost, and tears it
+    down when the job ends."""
+
+    def launch(self, task: sky.Task, *, name: str | None = None) -> RequestId: ...
+
+    def queue_v2(
+        self,
+        *,
+        refresh: bool,
+        all_users: bool = False,
+        job_ids: list[int] | None = None,
+        fields: Sequence[str] | None = None,
+        name_match: str | None = None,
+    ) -> RequestId: ...
+
+    def tail_logs(
+        self, *, job_id: int | None = None, follow: bool = True, output_stream: OutputStream | None = None
+    ) -> int | None: ...
+
+    def cancel(self, *, job_ids: Sequence[int] | None = None) -> RequestId: ...
+
+
 @runtime_checkable
 class SkyPilotSDK(Protocol):
     """The SkyPilot client SDK calls the worker makes. A call that starts a request on the API
@@ -59,6 +83,9 @@ class SkyPilotSDK(Protocol):
 
     @property
     def Task(self) -> TaskFactory: ...  # read-only: `sky.Task` is a class
+
+    @property
+    def jobs(self) -> ManagedJobsSDK: ...  # read-only: `sky.jobs` is a module
 
     def launch(
         self,

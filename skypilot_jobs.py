@@ -79,10 +79,12 @@ class SkyPilotJobs:
         cancel_skypilot: bool = True,
         always_retry: bool = False,
         redact: Callable[[str], str] = redact_url_credentials,
+        cancel_with: Callable[[JobProgress], Awaitable[None]] | None = None,
     ) -> AsyncIterator[None]:
         """Around every SkyPilot step: heartbeat `progress`; on a cancel the workflow asked for,
-        cancel the SkyPilot side too; turn SDK exceptions into classified ApplicationErrors with
-        secrets masked (the original exception is not chained: its text could hold them)."""
+        cancel the SkyPilot side too (the cluster's request and job, or `cancel_with`); turn SDK
+        exceptions into classified ApplicationErrors with secrets masked (the original exception
+        is not chained: its text could hold them)."""
 
         async def beat() -> None:
             while True:
@@ -94,7 +96,7 @@ class SkyPilotJobs:
             yield
         except asyncio.CancelledError:
             if cancel_skypilot:
-                await self._cancel_on_skypilot_if_requested(progress.cluster_name, progress)
+                await self._cancel_on_skypilot_if_requested(progress, cancel_with or self._cancel_cluster_job)
             raise
         except Exception as exc:
             raise masked(to_application_error(exc, what, always_retry), redact) from None
@@ -254,7 +256,7 @@ class SkyPilotJobs:
         mine = [
             int(record_field(r, "job_id")) for r in records if record_field(r, "job_name") == spec.job_name
         ]
-        same_step = _same_step_other_runs(spec)
+        same_step = same_step_other_runs(spec)
         unfinished_earlier = [
             int(record_field(r, "job_id"))
             for r in records
@@ -323,7 +325,9 @@ class SkyPilotJobs:
 
     # -------------------------------------------------------------- cancellation
 
-    async def _cancel_on_skypilot_if_requested(self, cluster: str, progress: JobProgress) -> None:
+    async def _cancel_on_skypilot_if_requested(
+        self, progress: JobProgress, cancel: Callable[[JobProgress], Awaitable[None]]
+    ) -> None:
         """Cancel the SkyPilot side when the workflow asked for it.
 
         Not on worker shutdown or a heartbeat timeout: then the next attempt re-attaches.
@@ -333,14 +337,13 @@ class SkyPilotJobs:
             return
         progress.phase = "cancelling"
         try:
-            await asyncio.wait_for(
-                self._cancel_on_skypilot(cluster, progress), CANCEL_CONFIRM_TIMEOUT_SECONDS
-            )
+            await asyncio.wait_for(cancel(progress), CANCEL_CONFIRM_TIMEOUT_SECONDS)
         except Exception as exc:
-            activity.logger.warning("Cancelling %s on SkyPilot failed: %s", cluster, clean_message(exc))
+            what = progress.cluster_name or progress.job_name
+            activity.logger.warning("Cancelling %s on SkyPilot failed: %s", what, clean_message(exc))
 
-    async def _cancel_on_skypilot(self, cluster: str, progress: JobProgress) -> None:
-        job_id = progress.job_id
+    async def _cancel_cluster_job(self, progress: JobProgress) -> None:
+        cluster, job_id = progress.cluster_name, progress.job_id
         if job_id is None and progress.request_id:
             activity.logger.info("Cancelling request %s", progress.request_id)
             await self._blocking(self._sky.api_cancel, [progress.request_id])
@@ -381,7 +384,7 @@ class SkyPilotJobs:
             await self._blocking(self._sky.api_cancel, request_ids)
 
 
-def _same_step_other_runs(spec: TaskSpec) -> re.Pattern[str]:
+def same_step_other_runs(spec: TaskSpec) -> re.Pattern[str]:
     """Job names of `spec.step` in any run of the same workflow id (see shared.job_name_for)."""
     stem = spec.job_name.removesuffix(f"-{spec.step}")[:-9]
     return re.compile(re.escape(stem) + r"-[0-9a-f]{8}-" + re.escape(spec.step))

@@ -22,7 +22,8 @@ FETCH_TASKS = "fetch-tasks"
 
 class StepBoard:
     """A run's visible state. `plan` entries: "fetch-tasks", "launch STEP [on ROLE]",
-    "exec STEP on ROLE", "provision ROLE", "down ROLE"; clusters are "<prefix>-<role>"."""
+    "exec STEP on ROLE", "managed STEP", "provision ROLE", "down ROLE"; clusters are
+    "<prefix>-<role>"."""
 
     def __init__(self, prefix: str, fetch_summary: str, plan: list[str]) -> None:
         self.prefix = prefix
@@ -63,9 +64,9 @@ class StepBoard:
                 raise
             step.status = "failed"
             step.error = str(err.cause if isinstance(err, ActivityError) and err.cause else err)
-            failed_job = _failed_job(err)
-            if failed_job:
-                step.job_id, step.job_status = failed_job
+            job = failed_job(err)
+            if job:
+                step.job_id, step.job_status = job
             raise
         finally:
             step.duration_seconds = round((workflow.now() - started).total_seconds(), 3)
@@ -103,6 +104,9 @@ class StepBoard:
         lines = [f"**{self.status}** — commit `{self.commit_sha[:12] or '?'}`", ""]
         for step in self._steps.values():
             job = f" — job {step.job_id}" if step.job_id is not None else ""
+            if step.job_id is not None and step.summary.startswith("managed"):
+                recoveries = f", {step.recoveries} recover{'y' if step.recoveries == 1 else 'ies'}"
+                job += f" {step.job_status}{recoveries if step.recoveries else ''}"
             took = f" ({step.duration_seconds:.0f}s)" if step.duration_seconds is not None else ""
             lines.append(f"{STATUS_MARKS.get(step.status, '')} {step.summary}{job}{took}")
             if step.status == "retrying":
@@ -125,11 +129,15 @@ class StepBoard:
             case ["launch" | "exec" as verb, step] | ["launch" | "exec" as verb, step, "on", _]:
                 cluster = f"{self.prefix}-{entry.split()[-1]}"
                 self.add(step, f"{verb} {step} on {cluster}", cluster)
+            case ["managed", step]:
+                self.add(step, f"managed job {step}")
             case ["provision" | "down" as verb, role]:
                 cluster = f"{self.prefix}-{role}"
                 self.add(f"{role}-{verb}", f"{verb} {cluster}", cluster)
             case _:
-                raise ValueError(f"plan entry {entry!r}: use fetch-tasks, launch, exec, provision or down")
+                raise ValueError(
+                    f"plan entry {entry!r}: use fetch-tasks, launch, exec, managed, provision or down"
+                )
 
 
 def is_cancellation(err: BaseException) -> bool:
@@ -138,7 +146,7 @@ def is_cancellation(err: BaseException) -> bool:
     )
 
 
-def _failed_job(err: BaseException) -> tuple[int, str] | None:
+def failed_job(err: BaseException) -> tuple[int, str] | None:
     """The job id and status a failed job step's error carries (its StepResult), if any."""
     cause = err.cause if isinstance(err, ActivityError) else None
     details = list(cause.details) if isinstance(cause, ApplicationError) else []

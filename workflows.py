@@ -9,6 +9,9 @@ SkyPilotWorkflow, the six steps of the seed:
     5. eval                 run eval.yaml on the train cluster with exec
     6. train-down           tear the train cluster down
 
+With `managed_train`, step 4 runs as a SkyPilot managed job (relaunched when its cluster is
+preempted or lost) and steps 5-6 launch eval on a cluster of its own and tear that down.
+
 SweepWorkflow: steps 1-3 once, then steps 4-6 for each variant (its own env overrides) as a
 SweepVariantWorkflow child, at most `max_parallel` at once; the result is a table of the
 variants' metrics and the best of them.
@@ -27,11 +30,13 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from cluster_block import Cluster
     from fan_out import best_variant, release_kept_clusters, run_variants
+    from managed_block import managed_job
     from pipeline_blocks import Pipeline, PipelineHandlers
     from redaction import redact_url_credentials
     from shared import (
         PipelineInput,
         PipelineResult,
+        StepResult,
         SweepInput,
         SweepResult,
         VariantInput,
@@ -46,7 +51,7 @@ class SkyPilotWorkflow(PipelineHandlers):
     def __init__(self, input: PipelineInput) -> None:
         provision_early = ["provision train"] if input.overlap_provisioning else []
         steps = ["fetch-tasks", "launch preprocess", "down preprocess", *provision_early]
-        self.pipeline = Pipeline(input, plan=[*steps, "launch train", "exec eval on train", "down train"])
+        self.pipeline = Pipeline(input, plan=[*steps, *train_and_eval_plan(input)])
 
     @workflow.run
     async def run(self, input: PipelineInput) -> PipelineResult:
@@ -59,9 +64,12 @@ class SkyPilotWorkflow(PipelineHandlers):
                 train.provision(input.train_yaml)
             async with Cluster(pipeline, "preprocess", down_in_background=overlap) as preprocess:
                 preprocessed = await preprocess.launch(input.preprocess_yaml)
-            async with train:
-                trained = await train.launch(input.train_yaml)
-                evaluated = await train.exec("eval", input.eval_yaml)
+            if input.managed_train:
+                trained, evaluated = await managed_train_then_eval(pipeline, input)
+            else:
+                async with train:
+                    trained = await train.launch(input.train_yaml)
+                    evaluated = await train.exec("eval", input.eval_yaml)
         return PipelineResult(
             redact_url_credentials(input.repo_url),
             pipeline.tasks.commit_sha,
@@ -127,14 +135,33 @@ class SweepVariantWorkflow(PipelineHandlers):
 
     @workflow.init
     def __init__(self, input: VariantInput) -> None:
-        self.pipeline = Pipeline(input.pipeline, plan=["launch train", "exec eval on train", "down train"])
+        self.pipeline = Pipeline(input.pipeline, plan=train_and_eval_plan(input.pipeline))
         self.pipeline.use_tasks(input.tasks)
 
     @workflow.run
     async def run(self, input: VariantInput) -> PipelineResult:
-        async with self.pipeline.running(), Cluster(self.pipeline, "train") as train:
-            trained = await train.launch(input.pipeline.train_yaml)
-            evaluated = await train.exec("eval", input.pipeline.eval_yaml)
+        async with self.pipeline.running():
+            if input.pipeline.managed_train:
+                trained, evaluated = await managed_train_then_eval(self.pipeline, input.pipeline)
+            else:
+                async with Cluster(self.pipeline, "train") as train:
+                    trained = await train.launch(input.pipeline.train_yaml)
+                    evaluated = await train.exec("eval", input.pipeline.eval_yaml)
         return PipelineResult(
             redact_url_credentials(input.pipeline.repo_url), input.tasks.commit_sha, [trained, evaluated]
         )
+
+
+async def managed_train_then_eval(pipeline: Pipeline, input: PipelineInput) -> tuple[StepResult, StepResult]:
+    """Train as a SkyPilot managed job (relaunched if its cluster is lost), then eval on a cluster
+    of its own: the job's cluster is gone once the job ends. Train's outputs must be where eval
+    can read them (a bucket or volume on a cloud; the shared disk on the local stack)."""
+    trained = await managed_job(pipeline, "train", input.train_yaml)
+    async with Cluster(pipeline, "eval") as evaluator:
+        return trained, await evaluator.launch(input.eval_yaml)
+
+
+def train_and_eval_plan(input: PipelineInput) -> list[str]:
+    if input.managed_train:
+        return ["managed train", "launch eval", "down eval"]
+    return ["launch train", "exec eval on train", "down train"]

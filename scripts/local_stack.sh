@@ -12,7 +12,8 @@
 #              database .state/temporal.db (runs survive restarts)
 #   slurm      one-node Slurm (munged, slurmctld, slurmd) whose node is this machine
 #   sshd       sshd on 127.0.0.1:2222 for user skyslurm: SkyPilot reaches Slurm over SSH
-#   skypilot   SkyPilot API server on 127.0.0.1:46580 with the Slurm infra enabled
+#   skypilot   SkyPilot API server on 127.0.0.1:46580 with the Slurm infra enabled, and the
+#              managed-jobs controller inside it (config: .state/skypilot-server-config.yaml)
 #   codec      codec_server.py on 127.0.0.1:8081: decrypts payloads for the Web UI (the dev
 #              server's --ui-codec-endpoint); the key is ~/.config/skypilot-temporal/codec.keys,
 #              created here if no key is configured, and found there by the worker and starter
@@ -50,6 +51,7 @@ CTLD_PID=/run/slurmctld.pid
 SLURMD_PID=/run/slurmd.pid
 TEMPORAL_PID=$STATE/temporal.pid
 SKY_API_PID=$STATE/skypilot-api.pid
+SKY_SERVER_CONFIG=$STATE/skypilot-server-config.yaml
 WORKER_PID=$STATE/worker.pid
 CODEC_PID=$STATE/codec.pid
 # One line per daemon this script started: "<name> <pidfile>". `down` stops exactly these.
@@ -349,6 +351,15 @@ EOF
 # ------------------------------------------------------------------------------ skypilot
 sky_api_healthy() { curl -fsS -m 5 "http://127.0.0.1:$SKY_API_PORT/api/health" >/dev/null 2>&1; }
 
+write_skypilot_server_config() {
+  cat > "$SKY_SERVER_CONFIG" <<'EOF2'
+# Written by scripts/local_stack.sh for the API server it starts (SKYPILOT_GLOBAL_CONFIG).
+jobs:
+  controller:
+    consolidation_mode: true
+EOF2
+}
+
 start_skypilot() {
   if alive "$SKY_API_PID" && sky_api_healthy; then
     log "skypilot: API server running (pid $(cat "$SKY_API_PID"))"
@@ -358,7 +369,14 @@ start_skypilot() {
     check_port_free "$SKY_API_PORT" "$SKY_API_PID" "the SkyPilot API server"
     log "skypilot: starting API server on 127.0.0.1:$SKY_API_PORT"
     # A caller's SKYPILOT_DISABLE_LOCAL_API_SERVER / remote endpoint must not stop this start.
+    write_skypilot_server_config
+    # Managed jobs: the jobs controller runs inside this API server (Slurm cannot host a
+    # controller cluster), and its network check asks this server instead of public IPs
+    # (scripts/skypilot_server/sitecustomize.py; only this server's processes load it).
     env -u SKYPILOT_DISABLE_LOCAL_API_SERVER -u SKYPILOT_API_SERVER_ENDPOINT \
+      SKYPILOT_GLOBAL_CONFIG="$SKY_SERVER_CONFIG" \
+      PYTHONPATH="$REPO/scripts/skypilot_server${PYTHONPATH:+:$PYTHONPATH}" \
+      SKYPILOT_STACK_NETWORK_CHECK_URL="http://127.0.0.1:$SKY_API_PORT/api/health" \
       SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api start --host 127.0.0.1 \
       >"$STATE/skypilot-api-start.log" 2>&1 || { cat "$STATE/skypilot-api-start.log" >&2; die "sky api start failed"; }
     port_pid "$SKY_API_PORT" > "$SKY_API_PID"

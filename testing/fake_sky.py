@@ -9,7 +9,8 @@ It models what the activities rely on, as measured against a real API server:
 - a launch whose task has no `run` submits a job for its `setup` alone (no job without one);
   `launch(fast=True)` on an UP cluster skips provisioning and setup (the job runs `run` only);
 - `api_cancel` cancels an in-flight request (a provisioning launch leaves the cluster INIT),
-  `cancel` cancels a running job, `down` of a missing cluster raises ClusterDoesNotExist.
+  `cancel` cancels a running job, `down` of a missing cluster raises ClusterDoesNotExist;
+- `jobs` is the fake of `sky.jobs`, managed jobs (testing/fake_managed_jobs.py).
 Task parsing is the real `sky.Task`: it is local, deterministic and part of what we test.
 """
 
@@ -26,6 +27,8 @@ from typing import Any
 
 import sky
 from sky import exceptions
+
+from testing.fake_managed_jobs import FakeManagedJobs
 
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 100, "FAILED_SETUP": 100, "FAILED_DRIVER": 100, "CANCELLED": 103}
 SAFETY_TIMEOUT = 60.0  # nothing in a test should wait this long: fail instead of hanging
@@ -102,6 +105,7 @@ class FakeSky:
         self.ever_launched: set[str] = set()
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
+        self.jobs = FakeManagedJobs(self)  # sky.jobs
 
     # ------------------------------------------------------------------ helpers for tests
 
@@ -362,10 +366,14 @@ class FakeSky:
             for j in self._cluster_up(cluster_name).jobs
         ]
 
-    def _submit(self, cluster: FakeCluster, task: sky.Task, ran_setup: bool) -> int:
+    def plan_for(self, task: sky.Task) -> JobPlan:
+        """How the job of `task` (named "<prefix>-<step>") behaves: the plan of its step, or of
+        its step in one sweep variant (fake.plan("train@v2", ...))."""
         step = (task.name or "").rsplit("-", 1)[-1]
-        # A plan for one sweep variant: fake.plan("train@v2", ...).
-        plan = self.plans.get(f"{step}@{task.envs.get('VARIANT_ID')}") or self.plans.get(step, JobPlan())
+        return self.plans.get(f"{step}@{task.envs.get('VARIANT_ID')}") or self.plans.get(step, JobPlan())
+
+    def _submit(self, cluster: FakeCluster, task: sky.Task, ran_setup: bool) -> int:
+        plan = self.plan_for(task)
         with self._lock:
             job = FakeJob(
                 len(cluster.jobs) + 1,

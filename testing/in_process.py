@@ -97,6 +97,7 @@ async def running_worker(
     threads: int = 32,
     heartbeat_seconds: float = 0.05,
     heartbeat_throttle_seconds: float = 0.2,
+    managed_status_poll_seconds: float = 0.05,
     environ: Mapping[str, str] | None = WORKER_ENVIRON,
     policy: TaskPolicy | None = WORKER_POLICY,
     **worker_options: Any,
@@ -114,6 +115,7 @@ async def running_worker(
             heartbeat_interval_seconds=heartbeat_seconds,
             environ=environ,
             policy=policy,
+            managed_status_poll_seconds=managed_status_poll_seconds,
         )
         async with create_worker(
             env.client,
@@ -123,7 +125,7 @@ async def running_worker(
             **worker_options,
         ):
             yield
-        for job in fake.submitted:  # release fake jobs still waiting, so threads end
+        for job in [*fake.submitted, *fake.jobs.managed]:  # release fake jobs still waiting
             job.done.set()
 
 

@@ -198,6 +198,7 @@ async def test_starter_no_wait_returns_at_once(pipeline: Pipeline):
         ),
         (["--max-parallel", "2"], ["need --sweep"]),
         (["--sweep", "LR=1", "--overlap-provisioning"], ["does not apply to a sweep"]),
+        (["--managed-train", "--overlap-provisioning"], ["a managed train do not go together"]),
     ],
 )
 async def test_starter_rejects_bad_arguments_in_one_line(pipeline: Pipeline, args, expected):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import sky
 
-from sky_sdk import SkyPilotSDK, TaskFactory
+from sky_sdk import ManagedJobsSDK, SkyPilotSDK, TaskFactory
 from testing import ROOT
 from testing.fake_sky import FakeSky
 
@@ -58,26 +58,34 @@ def incompatibilities(expected: Callable[..., Any], actual: Callable[..., Any]) 
     return problems
 
 
-def sdk_members_used(source: str) -> set[str]:
-    """The members of `self._sky.X` and `sky_sdk.X` in Python source."""
+def is_sdk(node: ast.expr) -> bool:
+    """`sky_sdk` or `self._sky`."""
+    return (isinstance(node, ast.Name) and node.id == "sky_sdk") or (
+        isinstance(node, ast.Attribute)
+        and node.attr == "_sky"
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "self"
+    )
+
+
+def sdk_members_used(source: str, jobs: bool = False) -> set[str]:
+    """The members of `self._sky.X` and `sky_sdk.X` in Python source (with `jobs`: of
+    `self._sky.jobs.X`, the managed-jobs calls)."""
     used = set()
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Attribute):
             continue
         base = node.value
-        if (isinstance(base, ast.Name) and base.id == "sky_sdk") or (
-            isinstance(base, ast.Attribute)
-            and base.attr == "_sky"
-            and isinstance(base.value, ast.Name)
-            and base.value.id == "self"
-        ):
+        of_jobs = isinstance(base, ast.Attribute) and base.attr == "jobs" and is_sdk(base.value)
+        if of_jobs if jobs else is_sdk(base):
             used.add(node.attr)
     return used
 
 
 def test_the_protocol_lists_exactly_the_sdk_calls_the_code_makes():
-    used = set().union(*(sdk_members_used(path.read_text()) for path in ROOT.glob("*.py")))
-    assert used == protocol_members(SkyPilotSDK)
+    sources = [path.read_text() for path in ROOT.glob("*.py")]
+    assert set().union(*(sdk_members_used(source) for source in sources)) == protocol_members(SkyPilotSDK)
+    assert set().union(*(sdk_members_used(s, jobs=True) for s in sources)) == protocol_members(ManagedJobsSDK)
     assert protocol_members(TaskFactory) == {"from_yaml_config"}
 
 
@@ -87,7 +95,11 @@ def test_every_protocol_call_exists_with_the_parameters_the_code_passes(where):
     assert isinstance(implementation, SkyPilotSDK), f"{where} lacks a call of SkyPilotSDK"
     problems = {
         name: incompatibilities(getattr(SkyPilotSDK, name), getattr(implementation, name))
-        for name in protocol_members(SkyPilotSDK) - {"Task"}
+        for name in protocol_members(SkyPilotSDK) - {"Task", "jobs"}
+    }
+    problems |= {
+        f"jobs.{name}": incompatibilities(getattr(ManagedJobsSDK, name), getattr(implementation.jobs, name))
+        for name in protocol_members(ManagedJobsSDK)
     }
     problems["Task.from_yaml_config"] = incompatibilities(
         TaskFactory.from_yaml_config, implementation.Task.from_yaml_config

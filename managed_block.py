@@ -1,0 +1,72 @@
+"""A pipeline step run as a SkyPilot managed job (see pipeline_blocks.py, managed_jobs.py).
+
+    trained = await managed_job(pipeline, "train", "train.yaml")
+
+SkyPilot's jobs controller launches the job's cluster, relaunches the job on a new one when that
+cluster is preempted or lost, and tears it down when the job ends: the run owns the job, not a
+cluster. Two activities, so the progress shows the job's id while it runs: one submits the job (or
+finds the one an earlier attempt submitted, by its name), one follows it to its end. Until the job
+has ended, the run's cleanup owes it a cancel: a cancelled or failed run cancels it (and waits
+until the controller confirms), like it tears down the clusters it has up.
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities import SkyPilotActivities
+    from pipeline_blocks import Pipeline
+    from shared import CancelManagedJobInput, FollowManagedJobInput, ManagedJobInput, StepResult
+    from step_board import failed_job
+
+
+async def managed_job(pipeline: Pipeline, step: str, yaml_path: str) -> StepResult:
+    """Run the task at `yaml_path` as a managed job, as step `step`; its result once it ended."""
+    spec = pipeline.task_spec(step, yaml_path)
+    async with pipeline.board.step(step, f"managed job {step}") as progress:
+        options = pipeline.job_options(step, progress.summary)
+        job_id: int = await pipeline.job_step(
+            workflow.execute_activity_method(
+                SkyPilotActivities.submit_managed_job, ManagedJobInput(spec, pipeline.input.infra), **options
+            )
+        )
+        progress.job_id, progress.job_status = job_id, "SUBMITTED"
+        pipeline.board.redraw()
+        owed = f"cancel managed job {job_id}"
+        pipeline.pending_cleanups[owed] = functools.partial(_cancel, pipeline, job_id, spec.job_name)
+        try:
+            result: StepResult = await pipeline.job_step(
+                workflow.execute_activity_method(
+                    SkyPilotActivities.follow_managed_job, FollowManagedJobInput(job_id, spec), **options
+                )
+            )
+        except ActivityError as err:
+            if failed_job(err) is not None:  # the job ended (it failed): nothing left to cancel
+                pipeline.pending_cleanups.pop(owed)
+            raise
+        pipeline.pending_cleanups.pop(owed)
+        progress.job_status, progress.recoveries = result.job_status, result.recoveries
+    return result
+
+
+async def _cancel(pipeline: Pipeline, job_id: int, job_name: str) -> None:
+    """Cleanup: cancel the job until the controller confirms it ended (retried, never given up)."""
+    step = f"cleanup managed job {job_id}"
+    pipeline.board.add(step, f"cleanup: cancel managed job {job_id}").name = "cleanup"
+    async with pipeline.board.step(step) as progress:
+        timeouts = pipeline.input.timeouts
+        await workflow.execute_activity_method(
+            SkyPilotActivities.cancel_managed_job,
+            CancelManagedJobInput(job_id, job_name),
+            start_to_close_timeout=timedelta(seconds=timeouts.teardown),
+            heartbeat_timeout=timedelta(seconds=timeouts.heartbeat),
+            retry_policy=pipeline.retry_policy(maximum_attempts=0),
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=progress.summary,
+        )
+    pipeline.pending_cleanups.pop(f"cancel managed job {job_id}", None)

@@ -1,0 +1,242 @@
+"""SkyPilot managed jobs inside a Temporal activity: submit a step as a managed job (or find the
+one already submitted), follow it to its end across recoveries, cancel it.
+
+A managed job runs on a cluster SkyPilot's jobs controller launches for it; when that cluster is
+preempted or lost, the controller relaunches the job on a new one ("recovery") and tears the
+cluster down when the job ends. The worker never owns that cluster: it owns the job, found by its
+name (unique per run and step), so a retry or a new worker re-attaches instead of submitting a
+second job. Calls go through the `SkyPilotSDK` seam (`sky.jobs`) in the worker's thread pool, and
+ride out API server outages like every other step (`SkyPilotJobs.riding_outages`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from job_log import JobLogSink
+from shared import JobProgress, TaskSpec
+from sky_sdk import SkyPilotSDK, record_field, status_name
+from skypilot_jobs import Blocking, SkyPilotJobs, same_step_other_runs
+
+TERMINAL_STATUSES = frozenset(
+    {
+        "SUCCEEDED",
+        "CANCELLED",
+        "FAILED",
+        "FAILED_SETUP",
+        "FAILED_PRECHECKS",
+        "FAILED_NO_RESOURCE",
+        "FAILED_CONTROLLER",
+    }
+)
+RECORD_FIELDS = ["job_id", "job_name", "status", "recovery_count", "failure_reason"]
+# How often the job's status is read while its log streams (recoveries, the Web UI's status).
+DEFAULT_STATUS_POLL_SECONDS = 10.0
+
+
+@dataclasses.dataclass
+class ManagedJobState:
+    job_id: int
+    job_name: str
+    status: str
+    recovery_count: int
+    failure_reason: str
+
+
+class ManagedJobs:
+    """The managed-job side of a pipeline step, over the SDK seam."""
+
+    def __init__(
+        self,
+        sky_sdk: SkyPilotSDK,
+        blocking: Blocking,
+        jobs: SkyPilotJobs,
+        status_poll_seconds: float = DEFAULT_STATUS_POLL_SECONDS,
+    ) -> None:
+        self._sky = sky_sdk
+        self._blocking = blocking
+        self._jobs = jobs
+        self._poll = status_poll_seconds
+
+    async def find_or_submit(self, task: Any, spec: TaskSpec, progress: JobProgress, sink: JobLogSink) -> int:
+        """The id of this step's managed job: the one an earlier attempt submitted, or a new one."""
+
+        async def once() -> int:
+            job_id = await self._find(spec, progress)
+            if job_id is None:
+                progress.phase = "submitting to the jobs controller"
+                job_id = await self._submit(task, spec, progress, sink)
+            return job_id
+
+        return await self._jobs.riding_outages(progress, once)
+
+    async def follow(
+        self, job_id: int, progress: JobProgress, sink: JobLogSink
+    ) -> tuple[ManagedJobState, int | None]:
+        """Stream the job's log until the job ends, keeping `progress` (its status and recoveries)
+        current meanwhile; return its final state and the log stream's exit code."""
+        progress.job_id, progress.phase = job_id, "running"
+        watcher = asyncio.create_task(self._watch(job_id, progress))
+        try:
+            while True:
+                sink.clear_tail()
+                exit_code = await self._jobs.riding_outages(
+                    progress,
+                    lambda: self._blocking(
+                        self._sky.jobs.tail_logs, job_id=job_id, follow=True, output_stream=sink
+                    ),
+                )
+                state = await self._jobs.riding_outages(progress, lambda: self.state(job_id))
+                note(state, progress)
+                if state.status in TERMINAL_STATUSES:
+                    return state, exit_code
+                # The log stream can end while the job goes on (during a recovery): follow again.
+                await asyncio.sleep(self._poll)
+        finally:
+            watcher.cancel()
+
+    async def cancel(self, job_id: int, progress: JobProgress) -> str:
+        """Cancel the job and wait until the controller says it ended; its final status
+        ("GONE" when the controller does not know the job)."""
+
+        async def once() -> str:
+            state = await self.state(job_id, missing_ok=True)
+            if state is None:
+                return "GONE"
+            if state.status not in TERMINAL_STATUSES:
+                activity.logger.info("Cancelling managed job %s (%s)", job_id, state.job_name)
+                await self._blocking(
+                    self._sky.get, await self._blocking(self._sky.jobs.cancel, job_ids=[job_id])
+                )
+            while state is not None and state.status not in TERMINAL_STATUSES:
+                note(state, progress)
+                await asyncio.sleep(min(self._poll, 5.0))
+                state = await self.state(job_id, missing_ok=True)
+            return state.status if state else "GONE"
+
+        return await self._jobs.riding_outages(progress, once)
+
+    async def cancel_submission(self, progress: JobProgress) -> None:
+        """On a cancelled submit: cancel the launch request, and the job if it was created."""
+        job_id = progress.job_id
+        if job_id is None and progress.request_id:
+            await self._blocking(self._sky.api_cancel, [progress.request_id])
+            with contextlib.suppress(Exception):  # the job may exist already
+                job_ids, _ = await self._blocking(self._sky.get, progress.request_id)
+                job_id = int(job_ids[0]) if job_ids else None
+        if job_id is not None:
+            await self._blocking(self._sky.get, await self._blocking(self._sky.jobs.cancel, job_ids=[job_id]))
+
+    async def state(self, job_id: int, missing_ok: bool = False) -> Any:
+        """The job's `ManagedJobState` (None if the controller does not know it and `missing_ok`)."""
+        records = await self._records(job_ids=[job_id])
+        found = [r for r in records if r.job_id == job_id]
+        if found:
+            return found[0]
+        if missing_ok:
+            return None
+        raise ApplicationError(
+            f"managed job {job_id} is not known to the jobs controller",
+            type="ManagedJobNotFound",
+            non_retryable=True,
+        )
+
+    # ------------------------------------------------------------------ find, submit, watch
+
+    async def _records(self, **filters: Any) -> list[ManagedJobState]:
+        request_id = await self._blocking(
+            self._sky.jobs.queue_v2, refresh=False, all_users=True, fields=RECORD_FIELDS, **filters
+        )
+        response = await self._blocking(self._sky.get, request_id)
+        records = response[0] if isinstance(response, tuple) else response
+        return [
+            ManagedJobState(
+                job_id=int(record_field(r, "job_id")),
+                job_name=str(record_field(r, "job_name") or ""),
+                status=status_name(record_field(r, "status")),
+                recovery_count=int(record_field(r, "recovery_count") or 0),
+                failure_reason=str(record_field(r, "failure_reason") or ""),
+            )
+            for r in records
+        ]
+
+    async def _find(self, spec: TaskSpec, progress: JobProgress) -> int | None:
+        """This step's job if one was submitted: by the attempt before (its heartbeat), by any
+        attempt of this run (by name), or still running from an earlier run of this workflow id."""
+        info = activity.info()
+        previous = info.heartbeat_details[0] if info.attempt > 1 and info.heartbeat_details else {}
+        previous = previous if isinstance(previous, dict) else {}
+        if previous.get("job_id") is not None:
+            return int(previous["job_id"])
+        if previous.get("request_id"):
+            # The attempt before submitted and died before it saw the job id: its request has it.
+            with contextlib.suppress(Exception):
+                job_ids, _ = await self._blocking(self._sky.get, previous["request_id"])
+                if job_ids:
+                    return int(job_ids[0])
+        progress.phase = "looking for an earlier job"
+        same_step = same_step_other_runs(spec)
+        run_prefix = spec.job_name.removesuffix(f"-{spec.step}")[:-9]
+        records = await self._records(name_match=run_prefix)
+        mine = [r.job_id for r in records if r.job_name == spec.job_name]
+        if mine:
+            activity.logger.info("Re-attaching to managed job %s (%s)", max(mine), spec.job_name)
+            return max(mine)
+        unfinished_earlier = [
+            r.job_id for r in records if same_step.fullmatch(r.job_name) and r.status not in TERMINAL_STATUSES
+        ]
+        if unfinished_earlier:
+            activity.logger.warning(
+                "Adopting managed job %s: an earlier run of this workflow started step %s and it "
+                "is still running",
+                max(unfinished_earlier),
+                spec.step,
+            )
+            return max(unfinished_earlier)
+        return None
+
+    async def _submit(self, task: Any, spec: TaskSpec, progress: JobProgress, sink: JobLogSink) -> int:
+        request_id = await self._blocking(self._sky.jobs.launch, task, name=spec.job_name)
+        progress.request_id = str(request_id)
+        activity.heartbeat(dataclasses.asdict(progress))
+        job_ids, _handle = await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+        if not job_ids:
+            raise ApplicationError(
+                f"{spec.step}: the jobs controller returned no job id",
+                type="NoJobSubmitted",
+                non_retryable=True,
+            )
+        activity.logger.info("Submitted managed job %s (%s)", job_ids[0], spec.job_name)
+        return int(job_ids[0])
+
+    async def _watch(self, job_id: int, progress: JobProgress) -> None:
+        """Read the job's status every poll while its log streams; a failed read is retried at
+        the next poll (the log stream itself rides out outages)."""
+        while True:
+            await asyncio.sleep(self._poll)
+            try:
+                state = await self.state(job_id, missing_ok=True)
+                if state is not None:
+                    note(state, progress)
+            except Exception as exc:
+                activity.logger.debug("Reading managed job %s's status failed: %s", job_id, exc)
+
+
+def note(state: ManagedJobState, progress: JobProgress) -> None:
+    """Record the job's status in `progress`, counting each recovery once.
+
+    SkyPilot's own `recovery_count` stays 0 after some real recoveries (a lost cluster recovered
+    through the controller's emergency path), so a move from RUNNING into RECOVERING counts too
+    (from STARTING it is a launch retry, not a recovery).
+    """
+    if state.status == "RECOVERING" and progress.job_status == "RUNNING":
+        progress.recoveries += 1
+        activity.logger.warning("Managed job %s lost its cluster: SkyPilot is relaunching it", state.job_id)
+    progress.recoveries = max(progress.recoveries, state.recovery_count)
+    progress.job_status = state.status

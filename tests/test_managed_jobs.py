@@ -1,0 +1,219 @@
+"""Train as a SkyPilot managed job: the workflow on a real Temporal dev server, and the activities
+alone, over the fake SDK (testing/fake_managed_jobs.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.testing import ActivityEnvironment
+from temporalio.worker import Replayer
+
+from managed_jobs import ManagedJobState, note
+from shared import (
+    CancelManagedJobInput,
+    FollowManagedJobInput,
+    JobProgress,
+    ManagedJobInput,
+    StepTimeouts,
+    SweepInput,
+    TaskSpec,
+    cluster_prefix_for,
+)
+from testing import ROOT
+from testing.fake_sky import FakeSky
+from testing.in_process import Pipeline
+from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
+
+# ---------------------------------------------------------------- the pipeline with a managed train
+
+
+async def test_a_managed_train_runs_as_one_managed_job_and_eval_on_its_own_cluster(pipeline: Pipeline):
+    pipeline.fake.plan("train", logs=["epoch 1", "METRIC train_loss=0.25"])
+    handle = await pipeline.start(managed_train=True)
+    result = await handle.result()
+
+    _, trained, evaluated = result.steps
+    [job] = pipeline.fake.jobs.named("train")
+    assert (trained.job_id, trained.job_status, trained.recoveries) == (job.job_id, "SUCCEEDED", 0)
+    assert trained.metrics == {"train_loss": 0.25} and "epoch 1" in trained.log_tail
+    prefix = cluster_prefix_for(handle.id)
+    assert job.job_name.startswith(f"{prefix}-") and job.envs["PIPELINE_RUN_ID"] == prefix
+    # No cluster of the run's own for train; eval ran on a fresh cluster, torn down after.
+    assert [args[1] for args in pipeline.fake.called("launch")] == [f"{prefix}-preprocess", f"{prefix}-eval"]
+    assert evaluated.cluster_name == f"{prefix}-eval" and evaluated.job_status == "SUCCEEDED"
+    assert pipeline.fake.called("exec") == [] and pipeline.fake.called("jobs.cancel") == []
+    pipeline.assert_no_cluster_left()
+
+    progress = await handle.query(SkyPilotWorkflow.progress)
+    steps = {s.name: s for s in progress.steps}
+    assert list(steps) == ["fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "eval-down"]
+    assert (steps["train"].job_id, steps["train"].job_status, steps["train"].summary) == (
+        job.job_id,
+        "SUCCEEDED",
+        "managed job train",
+    )
+    history = await handle.fetch_history()
+    await Replayer(
+        workflows=[SkyPilotWorkflow], data_converter=pipeline.env.client.data_converter
+    ).replay_workflow(history)
+
+
+async def test_a_preempted_managed_train_recovers_and_the_run_counts_the_recovery(pipeline: Pipeline):
+    pipeline.fake.plan("train", seconds=1.0)
+    handle = await pipeline.start(managed_train=True)
+    job = await asyncio.to_thread(pipeline.fake.jobs.wait_for, "train", "RUNNING")
+    await asyncio.sleep(0.2)  # let the follow activity see it RUNNING first
+    pipeline.fake.jobs.preempt(job, recovery_seconds=0.5)
+    result = await handle.result()
+
+    assert result.steps[1].recoveries == 1 and result.steps[1].job_status == "SUCCEEDED"
+    assert len(pipeline.fake.jobs.managed) == 1, "the recovery must not submit a second job"
+    progress = await handle.query(SkyPilotWorkflow.progress)
+    assert next(s for s in progress.steps if s.name == "train").recoveries == 1
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_failed_managed_train_fails_the_run_with_its_log_tail(pipeline: Pipeline):
+    pipeline.fake.plan("train", status="FAILED", logs=["epoch 1", "loss is nan: diverged"])
+    handle = await pipeline.start(managed_train=True)
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+
+    error = failure.value.cause
+    assert isinstance(error, ApplicationError) and error.type == "JobFailed"
+    assert "step 'train' failed" in error.message and "FAILED" in error.message
+    assert "loss is nan: diverged" in error.message
+    assert pipeline.fake.called("jobs.cancel") == [], "an ended job needs no cancel"
+    assert [args[1] for args in pipeline.fake.called("launch")] == [
+        f"{cluster_prefix_for(handle.id)}-preprocess"
+    ]
+    pipeline.assert_no_cluster_left()
+
+
+async def test_cancelling_the_run_cancels_the_managed_job(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    handle = await pipeline.start(managed_train=True)
+    job = await asyncio.to_thread(pipeline.fake.jobs.wait_for, "train", "RUNNING")
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+
+    assert isinstance(failure.value.cause, CancelledError)
+    assert pipeline.fake.called("jobs.cancel") == [[job.job_id]]
+    assert job.status == "CANCELLED", "the run ended before the controller confirmed the cancel"
+    progress = await handle.query(SkyPilotWorkflow.progress)
+    assert progress.status == "cancelled"
+    assert any(s.summary == f"cleanup: cancel managed job {job.job_id}" for s in progress.steps)
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_run_that_fails_while_its_managed_job_runs_cancels_the_job(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    handle = await pipeline.start(managed_train=True, timeouts=StepTimeouts(train=3, heartbeat=5))
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+
+    assert failure.value.cause.type == "StepTimedOut"
+    [job] = pipeline.fake.jobs.named("train")
+    assert pipeline.fake.called("jobs.cancel") == [[job.job_id]] and job.status == "CANCELLED"
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_sweep_runs_each_variants_train_as_a_managed_job(pipeline: Pipeline):
+    handle = await pipeline.env.client.start_workflow(
+        SweepWorkflow.run,
+        SweepInput(pipeline.input(managed_train=True), [{"LR": "0.1"}, {"LR": "0.01"}]),
+        id=f"sweep-{uuid.uuid4().hex[:8]}",
+        task_queue=pipeline.task_queue,
+        execution_timeout=timedelta(minutes=2),
+    )
+    result = await handle.result()
+
+    assert [v.status for v in result.variants] == ["succeeded", "succeeded"]
+    jobs = pipeline.fake.jobs.named("train")
+    assert sorted((j.envs["VARIANT_ID"], j.envs["LR"]) for j in jobs) == [("v1", "0.1"), ("v2", "0.01")]
+    assert pipeline.fake.called("exec") == [] and pipeline.fake.jobs_named("train") == []
+    child = pipeline.env.client.get_workflow_handle(f"{handle.id}-v1")
+    assert (await child.describe()).status == WorkflowExecutionStatus.COMPLETED
+    replayer = Replayer(workflows=[SweepVariantWorkflow], data_converter=pipeline.env.client.data_converter)
+    await replayer.replay_workflow(await child.fetch_history())
+    pipeline.assert_no_cluster_left()
+
+
+# ---------------------------------------------------------------- the activities alone
+
+
+def managed_spec() -> TaskSpec:
+    return TaskSpec(
+        step="train", job_name="wf1-0123abcd-train", yaml_text=(ROOT / "tasks" / "train.yaml").read_text()
+    )
+
+
+def retry_env(details: dict) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[details])
+    return env
+
+
+async def test_a_retried_submit_reattaches_to_the_job_by_name(activities, fake_sky: FakeSky):
+    task = fake_sky.Task.from_yaml_config({"name": "x", "run": "true"})
+    fake_sky.get(fake_sky.jobs.launch(task, name="wf1-0123abcd-train-extra"))  # a LIKE match only
+    earlier = fake_sky.get(fake_sky.jobs.launch(task, name="wf1-0123abcd-train"))[0][0]
+    job_id = await retry_env({}).run(activities.submit_managed_job, ManagedJobInput(managed_spec()))
+    assert job_id == earlier and len(fake_sky.called("jobs.launch")) == 2
+
+
+async def test_a_retried_submit_takes_the_job_from_the_request_the_dead_attempt_made(activities, fake_sky):
+    task = fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"})
+    request_id = fake_sky.jobs.launch(task, name="wf1-0123abcd-train")
+    details = dataclasses.asdict(JobProgress("submitting", "", "wf1-0123abcd-train", request_id))
+    job_id = await retry_env(details).run(activities.submit_managed_job, ManagedJobInput(managed_spec()))
+    assert job_id == 1 and len(fake_sky.called("jobs.launch")) == 1
+
+
+async def test_a_first_submit_adopts_an_earlier_runs_unfinished_job_of_the_step(activities, fake_sky):
+    fake_sky.plan("train", until_cancelled=True)
+    task = fake_sky.Task.from_yaml_config({"name": "wf1-99999999-train", "run": "true"})
+    fake_sky.get(fake_sky.jobs.launch(task, name=task.name))  # the run before a reset, still going
+    job_id = await ActivityEnvironment().run(activities.submit_managed_job, ManagedJobInput(managed_spec()))
+    assert job_id == 1 and len(fake_sky.called("jobs.launch")) == 1
+    fake_sky.jobs.managed[0].done.set()
+
+
+async def test_a_retried_follow_keeps_counting_recoveries(activities, fake_sky: FakeSky):
+    task = fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"})
+    [job_id], _ = fake_sky.get(fake_sky.jobs.launch(task, name="wf1-0123abcd-train"))
+    details = {"job_id": job_id, "job_status": "RUNNING", "recoveries": 2}
+    result = await retry_env(details).run(
+        activities.follow_managed_job, FollowManagedJobInput(job_id, managed_spec())
+    )
+    assert (result.job_status, result.recoveries) == ("SUCCEEDED", 2)
+
+
+async def test_cancel_waits_until_the_controller_confirms(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", until_cancelled=True)
+    task = fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"})
+    [job_id], _ = fake_sky.get(fake_sky.jobs.launch(task, name="wf1-0123abcd-train"))
+    status = await ActivityEnvironment().run(
+        activities.cancel_managed_job, CancelManagedJobInput(job_id, "wf1-0123abcd-train")
+    )
+    assert status == "CANCELLED" and fake_sky.jobs.managed[0].status == "CANCELLED"
+    again = await ActivityEnvironment().run(
+        activities.cancel_managed_job, CancelManagedJobInput(job_id, "wf1-0123abcd-train")
+    )
+    assert again == "CANCELLED" and fake_sky.called("jobs.cancel") == [[job_id]]
+
+
+def test_a_recovery_counts_once_from_running_and_never_from_a_launch_retry():
+    progress = JobProgress("running", "", "j")
+    for status in ["STARTING", "RECOVERING", "RUNNING", "RECOVERING", "RECOVERING", "RUNNING", "SUCCEEDED"]:
+        note(ManagedJobState(1, "j", status, 0, ""), progress)
+    assert progress.recoveries == 1
+    note(ManagedJobState(1, "j", "SUCCEEDED", 3, ""), progress)  # SkyPilot's own count, when it has one
+    assert progress.recoveries == 3
