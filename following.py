@@ -61,10 +61,17 @@ def step_line(step: StepProgress, marks: dict[str, str]) -> str:
         parts.append(f"cluster {step.cluster_name}")
     if step.job_id is not None:
         failed = step.job_status if step.job_status not in ("", "SUCCEEDED") else ""
-        parts.append(f"job {step.job_id} {failed}".rstrip())
+        managed = "managed " if step.summary.startswith("managed") else ""
+        parts.append(f"{managed}job {step.job_id} {failed}".rstrip())
+    if step.recoveries:
+        parts.append(recoveries_text(step.recoveries))
     if step.duration_seconds is not None:
         parts.append(f"{step.duration_seconds:.0f}s")
     return f"  {marks.get(step.status, marks['failed'])} {step.name:<16} " + "  ".join(parts)
+
+
+def recoveries_text(count: int) -> str:
+    return f"{count} recovery" if count == 1 else f"{count} recoveries"
 
 
 def variant_line(variant: VariantProgress, marks: dict[str, str]) -> str:
@@ -220,8 +227,10 @@ def print_success(workflow_id: str, result: PipelineResult, url: str) -> None:
     print(f"Workflow {workflow_id} succeeded (commit {result.commit_sha[:12]})")
     for step in result.steps:
         metrics = "".join(f"  {k}={v:g}" for k, v in step.metrics.items())
+        where = step.cluster_name or "managed"
+        recovered = f" after {recoveries_text(step.recoveries)}" if step.recoveries else ""
         print(
-            f"  {step.step:<10} {step.cluster_name}: job {step.job_id} {step.job_status} "
+            f"  {step.step:<10} {where}: job {step.job_id} {step.job_status}{recovered} "
             f"in {step.duration_seconds:.0f}s{metrics}"
         )
     last_eval_lines = result.steps[-1].log_tail.splitlines()[-3:] if result.steps else []

@@ -35,7 +35,9 @@ async def managed_job(pipeline: Pipeline, step: str, yaml_path: str) -> StepResu
                 SkyPilotActivities.submit_managed_job, ManagedJobInput(spec, pipeline.input.infra), **options
             )
         )
-        progress.job_id, progress.job_status = job_id, "SUBMITTED"
+        # Its live status and recoveries are in the follow activity's heartbeat details (the Web
+        # UI's pending activity); the step shows them once the job ended.
+        progress.job_id = job_id
         pipeline.board.redraw()
         owed = f"cancel managed job {job_id}"
         pipeline.pending_cleanups[owed] = functools.partial(_cancel, pipeline, job_id, spec.job_name)

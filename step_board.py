@@ -106,7 +106,7 @@ class StepBoard:
             job = f" — job {step.job_id}" if step.job_id is not None else ""
             if step.job_id is not None and step.summary.startswith("managed"):
                 recoveries = f", {step.recoveries} recover{'y' if step.recoveries == 1 else 'ies'}"
-                job += f" {step.job_status}{recoveries if step.recoveries else ''}"
+                job = f" — managed job {step.job_id} {step.job_status}{recoveries if step.recoveries else ''}"
             took = f" ({step.duration_seconds:.0f}s)" if step.duration_seconds is not None else ""
             lines.append(f"{STATUS_MARKS.get(step.status, '')} {step.summary}{job}{took}")
             if step.status == "retrying":

@@ -1,0 +1,91 @@
+"""A managed train on the real stack, preempted: the test kills the job's Slurm allocation
+mid-train (`scancel`), SkyPilot's jobs controller relaunches it, and the run completes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from e2e.test_pipeline_e2e import DATA_DIR, result_of, status_of
+from shared import cluster_prefix_for
+from testing.local_stack import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+def slurm_jobs(name_prefix: str) -> dict[str, str]:
+    """Slurm job id -> state of the allocations whose name starts with `name_prefix`."""
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, check=True
+    ).stdout
+    return {
+        i: state
+        for i, name, state in (line.split() for line in out.splitlines())
+        if name.startswith(name_prefix)
+    }
+
+
+def managed_jobs(sky, prefix: str) -> list:
+    records, *_ = sky.get(sky.jobs.queue_v2(refresh=False, all_users=True, name_match=prefix))
+    return records
+
+
+async def wait_until(condition, timeout: float, what: str, poll: float = 2.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := await asyncio.to_thread(condition):
+            return found
+        await asyncio.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: Stack):
+    workflow_id = f"e2e-managed-{uuid.uuid4().hex[:6]}"
+    prefix = cluster_prefix_for(workflow_id)
+    run = asyncio.ensure_future(
+        stack.start_pipeline("--managed-train", "--env", "EPOCHS=40", workflow_id=workflow_id)
+    )
+
+    def train_running():
+        jobs = [r for r in managed_jobs(stack.sky, prefix) if r.status.value == "RUNNING"]
+        allocations = slurm_jobs(jobs[0].job_name) if jobs else {}
+        return (jobs[0], allocations) if allocations else None
+
+    job, first_allocations = await wait_until(train_running, 600, "the managed train job to run")
+    await asyncio.sleep(8)  # a few epochs in
+    subprocess.run(["scancel", *first_allocations], check=True)
+    preempted_at = time.monotonic()
+
+    def relaunched():
+        again = slurm_jobs(job.job_name)
+        running = [r for r in managed_jobs(stack.sky, prefix) if r.job_id == job.job_id]
+        return (
+            again
+            if again and set(again).isdisjoint(first_allocations) and running[0].status.value == "RUNNING"
+            else None
+        )
+
+    await wait_until(relaunched, 600, "SkyPilot to relaunch the train job on a new allocation")
+    recovery_seconds = time.monotonic() - preempted_at
+    rc, stdout, stderr, _ = await run
+
+    assert rc == 0, stderr
+    assert await status_of(stack.temporal, workflow_id) == "COMPLETED"
+    result = await result_of(stack.temporal, workflow_id)
+    steps = {s["step"]: s for s in result["steps"]}
+    assert (steps["train"]["job_id"], steps["train"]["job_status"]) == (job.job_id, "SUCCEEDED")
+    assert steps["train"]["recoveries"] == 1, steps["train"]
+    assert steps["eval"]["job_status"] == "SUCCEEDED" and steps["eval"]["cluster_name"] == f"{prefix}-eval"
+    assert "eval_accuracy" in steps["eval"]["metrics"]  # eval found the model the recovered job wrote
+    assert (DATA_DIR / prefix / "model" / "weights.txt").exists()
+    assert "1 recovery" in stdout, stdout
+    print(f"train relaunched and RUNNING again {recovery_seconds:.0f} s after its allocation was cancelled")
+
+    # Nothing left: no cluster, no Slurm allocation, no managed job still going.
+    assert stack.clusters(prefix) == []
+    assert slurm_jobs(prefix) == {}
+    assert [r.status.value for r in managed_jobs(stack.sky, prefix)] == ["SUCCEEDED"]
