@@ -255,11 +255,16 @@ class SkyPilotActivities:
         progress = JobProgress(
             phase="cancelling", cluster_name="", job_name=input.job_name, job_id=input.job_id
         )
-        what = f"cancelling managed job {input.job_id}"
+        what = f"cancelling managed job {input.job_id or input.job_name}"
         async with self._jobs.step(progress, what, cancel_skypilot=False, always_retry=True):
-            status = await self._managed.cancel(input.job_id, progress)
-        activity.logger.info("Managed job %s (%s): %s", input.job_id, input.job_name, status)
+            status = await self._managed.cancel(input.job_id, input.job_name, progress)
+        activity.logger.info("Managed job %s (%s): %s", input.job_id or "", input.job_name, status)
         return status
+
+    async def unfinished_managed_jobs(self, name_part: str) -> list[tuple[int, str, float]]:
+        """Managed jobs not ended yet whose name contains `name_part`: (id, name, submitted at,
+        epoch seconds). Used by the reaper's activity."""
+        return [(j.job_id, j.job_name, j.submitted_at) for j in await self._managed.unfinished(name_part)]
 
     async def cluster_launch_times(self) -> dict[str, float]:
         """Every cluster SkyPilot knows (all users) -> when it was launched (epoch seconds;

@@ -35,7 +35,7 @@ TERMINAL_STATUSES = frozenset(
         "FAILED_CONTROLLER",
     }
 )
-RECORD_FIELDS = ["job_id", "job_name", "status", "recovery_count", "failure_reason"]
+RECORD_FIELDS = ["job_id", "job_name", "status", "recovery_count", "failure_reason", "submitted_at"]
 # How often the job's status is read while its log streams (recoveries, the Web UI's status).
 DEFAULT_STATUS_POLL_SECONDS = 10.0
 
@@ -47,6 +47,7 @@ class ManagedJobState:
     status: str
     recovery_count: int
     failure_reason: str
+    submitted_at: float = 0.0  # epoch seconds
 
 
 class ManagedJobs:
@@ -101,26 +102,32 @@ class ManagedJobs:
         finally:
             watcher.cancel()
 
-    async def cancel(self, job_id: int, progress: JobProgress) -> str:
-        """Cancel the job and wait until the controller says it ended; its final status
-        ("GONE" when the controller does not know the job)."""
+    async def cancel(self, job_id: int | None, job_name: str, progress: JobProgress) -> str:
+        """Cancel managed job `job_id` (None: every job named `job_name`) and wait until the
+        controller says it ended; its final status ("GONE": the controller knows no such job)."""
 
         async def once() -> str:
-            state = await self.state(job_id, missing_ok=True)
-            if state is None:
-                return "GONE"
-            if state.status not in TERMINAL_STATUSES:
-                activity.logger.info("Cancelling managed job %s (%s)", job_id, state.job_name)
-                await self._blocking(
-                    self._sky.get, await self._blocking(self._sky.jobs.cancel, job_ids=[job_id])
-                )
-            while state is not None and state.status not in TERMINAL_STATUSES:
-                note(state, progress)
-                await asyncio.sleep(min(self._poll, 5.0))
-                state = await self.state(job_id, missing_ok=True)
-            return state.status if state else "GONE"
+            if job_id is not None:
+                ids = [job_id]
+            else:  # submitted, but the run never learned the id (cancelled as the submit ended)
+                ids = [r.job_id for r in await self._records(name_match=job_name) if r.job_name == job_name]
+            status = "GONE"
+            for one in ids:
+                status = await self._cancel_one(one, progress)
+            return status
 
         return await self._jobs.riding_outages(progress, once)
+
+    async def _cancel_one(self, job_id: int, progress: JobProgress) -> str:
+        state = await self.state(job_id, missing_ok=True)
+        if state is not None and state.status not in {*TERMINAL_STATUSES, "CANCELLING"}:
+            activity.logger.info("Cancelling managed job %s (%s)", job_id, state.job_name)
+            await self._blocking(self._sky.get, await self._blocking(self._sky.jobs.cancel, job_ids=[job_id]))
+        while state is not None and state.status not in TERMINAL_STATUSES:
+            note(state, progress)
+            await asyncio.sleep(min(self._poll, 5.0))
+            state = await self.state(job_id, missing_ok=True)
+        return state.status if state else "GONE"
 
     async def cancel_submission(self, progress: JobProgress) -> None:
         """On a cancelled submit: cancel the launch request, and the job if it was created."""
@@ -147,6 +154,10 @@ class ManagedJobs:
             non_retryable=True,
         )
 
+    async def unfinished(self, name_part: str) -> list[ManagedJobState]:
+        """Every managed job (all users) not ended yet whose name contains `name_part`."""
+        return [r for r in await self._records(name_match=name_part) if r.status not in TERMINAL_STATUSES]
+
     # ------------------------------------------------------------------ find, submit, watch
 
     async def _records(self, **filters: Any) -> list[ManagedJobState]:
@@ -162,6 +173,7 @@ class ManagedJobs:
                 status=status_name(record_field(r, "status")),
                 recovery_count=int(record_field(r, "recovery_count") or 0),
                 failure_reason=str(record_field(r, "failure_reason") or ""),
+                submitted_at=float(record_field(r, "submitted_at") or 0),
             )
             for r in records
         ]

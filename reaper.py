@@ -5,6 +5,8 @@ reset and a workflow execution timeout skip it. `ClusterReaperWorkflow`, started
 REAPER_PERIOD_SECONDS by a Temporal Schedule that each worker sets up (idempotently), finds
 clusters this project launched (named "skypilot-...", see shared.CLUSTER_MARKER) whose owning
 workflow is not running, and tears them down with the pipeline's own `down_cluster` activity.
+Managed jobs ("skypilot-..." too) whose run is gone are cancelled (`cancel_managed_job`): the
+jobs controller then removes their clusters.
 It needs no running pipeline workflow and no state of its own: SkyPilot and Temporal's
 visibility are the state.
 """
@@ -34,11 +36,16 @@ with workflow.unsafe.imports_passed_through():
     from shared import (
         CLUSTER_MARKER,
         CLUSTER_OWNER_WORKFLOW_TYPES,
+        CancelManagedJobInput,
         DownInput,
         ReaperInput,
         ReaperResult,
         cluster_prefix_for,
     )
+
+
+# Reaper runs started before it also cancelled orphaned managed jobs replay without doing so.
+REAPER_CANCELS_MANAGED_JOBS = "reaper-cancels-managed-jobs"
 
 
 def reaper_schedule_id(task_queue: str) -> str:
@@ -76,12 +83,20 @@ class ReaperActivities:
             for name, launched_at in (await self._skypilot.cluster_launch_times()).items()
             if name.startswith(CLUSTER_MARKER)
         }
-        if not clusters:
+        # Managed jobs (their clusters belong to SkyPilot's jobs controller, not to `sky status`):
+        # cancelled when their run is gone, the controller then removes their clusters.
+        jobs = await self._skypilot.unfinished_managed_jobs(CLUSTER_MARKER)
+        job_ages = {
+            name: now - submitted_at for _, name, submitted_at in jobs if name.startswith(CLUSTER_MARKER)
+        }
+        if not clusters and not job_ages:
             return ReaperResult(reaped=[], kept=[])
         # Listed after the clusters: a run that starts in between is covered by the grace period.
         running = [w.id async for w in self._client.list_workflows(running_owners_query())]
         reap, keep = orphans(clusters, running, input.grace_seconds)
-        return ReaperResult(reaped=reap, kept=keep)
+        orphan_jobs, _ = orphans(job_ages, running, input.grace_seconds)
+        cancel = sorted(job_id for job_id, name, _ in jobs if name in orphan_jobs)
+        return ReaperResult(reaped=reap, kept=keep, cancelled_jobs=cancel)
 
 
 @workflow.defn
@@ -95,6 +110,18 @@ class ClusterReaperWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=3),
             summary="find clusters whose run is gone",
         )
+        if found.cancelled_jobs and workflow.patched(REAPER_CANCELS_MANAGED_JOBS):
+            cancels = await asyncio.gather(
+                *(self._cancel_job(job_id) for job_id in found.cancelled_jobs), return_exceptions=True
+            )
+            found.cancelled_jobs = [
+                job_id for job_id, error in zip(found.cancelled_jobs, cancels, strict=True) if error is None
+            ]
+            workflow.logger.warning(
+                "Reaper cancelled managed jobs whose run is gone: %s", found.cancelled_jobs
+            )
+        else:
+            found.cancelled_jobs = []
         results = await asyncio.gather(*(self._down(name) for name in found.reaped), return_exceptions=True)
         reaped = [name for name, result in zip(found.reaped, results, strict=True) if result is None]
         for name, result in zip(found.reaped, results, strict=True):
@@ -104,7 +131,17 @@ class ClusterReaperWorkflow:
                 )
         if reaped:
             workflow.logger.warning("Reaper tore down clusters whose run is gone: %s", ", ".join(reaped))
-        return ReaperResult(reaped=reaped, kept=found.kept)
+        return ReaperResult(reaped=reaped, kept=found.kept, cancelled_jobs=found.cancelled_jobs)
+
+    async def _cancel_job(self, job_id: int) -> None:
+        await workflow.execute_activity_method(
+            SkyPilotActivities.cancel_managed_job,
+            CancelManagedJobInput(job_id, job_name=""),
+            start_to_close_timeout=timedelta(minutes=15),
+            heartbeat_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+            summary=f"reaper: cancel managed job {job_id}",
+        )
 
     async def _down(self, cluster: str) -> None:
         await workflow.execute_activity_method(

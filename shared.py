@@ -371,6 +371,8 @@ class ReaperInput:
 class ReaperResult:
     reaped: list[str]
     kept: list[str]
+    # Ids of managed jobs whose run is gone: to cancel (found), cancelled (the result).
+    cancelled_jobs: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -408,7 +410,8 @@ class FollowManagedJobInput:
 
 @dataclass
 class CancelManagedJobInput:
-    job_id: int
+    # None: cancel every job named `job_name` (the run never learned the id).
+    job_id: int | None
     job_name: str
 
 

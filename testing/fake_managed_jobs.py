@@ -41,6 +41,7 @@ class FakeManagedJob:
     recovery_count: int = 0
     recoveries: int = 0  # what really happened (the fake's own count)
     failure_reason: str = ""
+    submitted_at: float = field(default_factory=time.time)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -108,6 +109,7 @@ class FakeManagedJobs:
                     status=ManagedJobStatus(j.status),
                     recovery_count=j.recovery_count,
                     failure_reason=j.failure_reason or None,
+                    submitted_at=j.submitted_at,
                 )
                 for j in list(self.managed)
                 if (job_ids is None or j.job_id in job_ids)

@@ -188,3 +188,27 @@ class Stack:
         return [
             r for r in self.sky.api_status(all_status=True, cluster_name=cluster) if r.cluster_name == cluster
         ]
+
+
+def slurm_allocations(name_prefix: str) -> dict[str, str]:
+    """The local Slurm's allocations whose job name starts with `name_prefix`: id -> state.
+    (A SkyPilot cluster on Slurm is one allocation named after the cluster.)"""
+    out = subprocess.run(
+        ["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, check=True
+    ).stdout
+    rows = (line.split() for line in out.splitlines())
+    return {job_id: state for job_id, name, state in rows if name.startswith(name_prefix)}
+
+
+def managed_job_allocations(job: Any) -> dict[str, str]:
+    """The Slurm allocations of managed job `job` (a queue record): its cluster is named from a
+    shortened job name and the job id (sky.jobs.utils.generate_managed_job_cluster_name)."""
+    from sky.jobs.utils import generate_managed_job_cluster_name
+
+    return slurm_allocations(generate_managed_job_cluster_name(job.job_name, job.job_id) + "-")
+
+
+def managed_jobs(sky: Any, name_part: str) -> list[Any]:
+    """SkyPilot's managed jobs (all users) whose name contains `name_part`."""
+    records, *_ = sky.get(sky.jobs.queue_v2(refresh=False, all_users=True, name_match=name_part))
+    return records

@@ -15,11 +15,13 @@ from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer
 
 from managed_jobs import ManagedJobState, note
+from reaper import ClusterReaperWorkflow
 from shared import (
     CancelManagedJobInput,
     FollowManagedJobInput,
     JobProgress,
     ManagedJobInput,
+    ReaperInput,
     StepTimeouts,
     SweepInput,
     TaskSpec,
@@ -109,7 +111,9 @@ async def test_cancelling_the_run_cancels_the_managed_job(pipeline: Pipeline):
     assert job.status == "CANCELLED", "the run ended before the controller confirmed the cancel"
     progress = await handle.query(SkyPilotWorkflow.progress)
     assert progress.status == "cancelled"
-    assert any(s.summary == f"cleanup: cancel managed job {job.job_id}" for s in progress.steps)
+    # By id; by name when the cancel landed as the submit ended (the run never saw the id).
+    cleanups = {f"cleanup: cancel managed job {which}" for which in (job.job_id, job.job_name)}
+    assert any(s.summary in cleanups for s in progress.steps), progress.steps
     pipeline.assert_no_cluster_left()
 
 
@@ -217,3 +221,40 @@ def test_a_recovery_counts_once_from_running_and_never_from_a_launch_retry():
     assert progress.recoveries == 1
     note(ManagedJobState(1, "j", "SUCCEEDED", 3, ""), progress)  # SkyPilot's own count, when it has one
     assert progress.recoveries == 3
+
+
+async def test_the_reaper_cancels_managed_jobs_whose_run_is_gone_and_only_those(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    live = await pipeline.start(managed_train=True)
+    live_job = await asyncio.to_thread(pipeline.fake.jobs.wait_for, "train", "RUNNING")
+    for name in ["skypilot-terminated1-0123abcd-train", "skypilot-young-0123abcd-train", "teammates-train"]:
+        task = pipeline.fake.Task.from_yaml_config({"name": name, "run": "true"})
+        pipeline.fake.get(pipeline.fake.jobs.launch(task, name=name))
+    orphan, young, teammates = pipeline.fake.jobs.managed[-3:]
+    orphan.submitted_at -= 3600
+    teammates.submitted_at -= 3600
+
+    result = await pipeline.env.client.execute_workflow(
+        ClusterReaperWorkflow.run,
+        ReaperInput(grace_seconds=60),
+        id=f"reaper-{live.id}",
+        task_queue=pipeline.task_queue,
+    )
+    assert result.cancelled_jobs == [orphan.job_id]
+    assert pipeline.fake.called("jobs.cancel") == [[orphan.job_id]] and orphan.status == "CANCELLED"
+    assert (live_job.status, young.status, teammates.status) == ("RUNNING", "RUNNING", "RUNNING")
+    await live.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await live.result()
+    for job in (young, teammates):
+        job.done.set()
+
+
+async def test_a_cancel_as_the_submit_ends_still_cancels_the_job_by_name(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", until_cancelled=True)
+    task = fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"})
+    [job_id], _ = fake_sky.get(fake_sky.jobs.launch(task, name="wf1-0123abcd-train"))
+    status = await ActivityEnvironment().run(
+        activities.cancel_managed_job, CancelManagedJobInput(None, "wf1-0123abcd-train")
+    )
+    assert status == "CANCELLED" and fake_sky.called("jobs.cancel") == [[job_id]]

@@ -12,26 +12,9 @@ import pytest
 
 from e2e.test_pipeline_e2e import DATA_DIR, result_of, status_of
 from shared import cluster_prefix_for
-from testing.local_stack import Stack
+from testing.local_stack import Stack, managed_job_allocations, managed_jobs, slurm_allocations
 
 pytestmark = pytest.mark.e2e
-
-
-def slurm_jobs(name_prefix: str) -> dict[str, str]:
-    """Slurm job id -> state of the allocations whose name starts with `name_prefix`."""
-    out = subprocess.run(
-        ["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True, check=True
-    ).stdout
-    return {
-        i: state
-        for i, name, state in (line.split() for line in out.splitlines())
-        if name.startswith(name_prefix)
-    }
-
-
-def managed_jobs(sky, prefix: str) -> list:
-    records, *_ = sky.get(sky.jobs.queue_v2(refresh=False, all_users=True, name_match=prefix))
-    return records
 
 
 async def wait_until(condition, timeout: float, what: str, poll: float = 2.0):
@@ -52,7 +35,7 @@ async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: S
 
     def train_running():
         jobs = [r for r in managed_jobs(stack.sky, prefix) if r.status.value == "RUNNING"]
-        allocations = slurm_jobs(jobs[0].job_name) if jobs else {}
+        allocations = managed_job_allocations(jobs[0]) if jobs else {}
         return (jobs[0], allocations) if allocations else None
 
     job, first_allocations = await wait_until(train_running, 600, "the managed train job to run")
@@ -61,7 +44,7 @@ async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: S
     preempted_at = time.monotonic()
 
     def relaunched():
-        again = slurm_jobs(job.job_name)
+        again = managed_job_allocations(job)
         running = [r for r in managed_jobs(stack.sky, prefix) if r.job_id == job.job_id]
         return (
             again
@@ -87,5 +70,5 @@ async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: S
 
     # Nothing left: no cluster, no Slurm allocation, no managed job still going.
     assert stack.clusters(prefix) == []
-    assert slurm_jobs(prefix) == {}
+    assert managed_job_allocations(job) == {} and slurm_allocations(prefix) == {}
     assert [r.status.value for r in managed_jobs(stack.sky, prefix)] == ["SUCCEEDED"]
