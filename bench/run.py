@@ -5,9 +5,9 @@
 
 Run from the repository root. Rows 1-4, 9 and 10 run the real workflow and activity code on a real
 Temporal dev server with a simulated SkyPilot SDK (testing/fake_sky.py) whose calls take a fixed
-time. Rows 5-8 and 11 run on the real local stack (scripts/local_stack.sh: Temporal dev server,
+time. Rows 5-8, 11 and 12 run on the real local stack (scripts/local_stack.sh: Temporal dev server,
 SkyPilot API server, one-node Slurm). Rows 10 and 11 (sweeps) also run alone:
-`python -m bench.sweep_bench`.
+`python -m bench.sweep_bench`; row 12 (managed train preempted) `python -m bench.managed_bench`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from activities import SkyPilotActivities
+from bench.managed_bench import real_row as managed_real_row
 from bench.sweep_bench import real_row as sweep_real_row
 from bench.sweep_bench import simulated_row as sweep_simulated_row
 from codec import configured_data_converter
@@ -427,6 +428,20 @@ async def real_rows(bench: Bench, scratch: Path) -> None:
         # Row 11: a 3-variant sweep against the same variants one after another.
         figures = await sweep_real_row(pipeline)
         bench.add(sweep_row(11, figures, goal=""))
+
+        # Row 12: a managed train whose Slurm allocation is cancelled mid-train.
+        import sky as sky_sdk
+
+        managed = await managed_real_row(pipeline, client, sky_sdk)
+        bench.add(
+            Row(
+                12,
+                managed["measure"],
+                f"{managed['recovery_seconds']:.0f} s",
+                baseline=f"first start {managed['first_running_seconds']:.0f} s",
+                ratio=f"{managed['recoveries']} recovery, train {managed['status']}",
+            )
+        )
     finally:
         worker.kill(signal.SIGTERM)
 

@@ -10,6 +10,7 @@ from shared import (
     ASCII_STATUS_MARKS,
     PipelineProgress,
     PipelineResult,
+    StepProgress,
     StepResult,
     SweepResult,
     VariantProgress,
@@ -79,4 +80,18 @@ def test_a_pipeline_result_shows_each_steps_metrics(capsys):
     assert capsys.readouterr().out.splitlines()[1:3] == [
         "  train      p-train: job 1 SUCCEEDED in 36s  train_loss=0.25",
         "  eval       p-train: job 2 SUCCEEDED in 11s  eval_accuracy=0.864",
+    ]
+
+
+def test_a_managed_step_says_managed_and_counts_its_recoveries(capsys):
+    train = StepProgress("train", "managed job train", "succeeded", job_id=3, job_status="SUCCEEDED")
+    train.duration_seconds, train.recoveries = 212.0, 1
+    print_new_steps(PipelineProgress("running", "", [train], []), {}, ASCII_STATUS_MARKS)
+    result = StepResult("train", "", 3, "SUCCEEDED", 0, 212.0, recoveries=1)
+    print_success("w", PipelineResult("repo", "b" * 40, [result]), "http://ui")
+    assert capsys.readouterr().out.splitlines()[:4] == [
+        "  > train            managed job train",
+        "  + train            succeeded  managed job 3  1 recovery  212s",
+        "Workflow w succeeded (commit bbbbbbbbbbbb)",
+        "  train      managed: job 3 SUCCEEDED after 1 recovery in 212s",
     ]

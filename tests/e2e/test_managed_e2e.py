@@ -11,7 +11,9 @@ import uuid
 import pytest
 
 from e2e.test_pipeline_e2e import DATA_DIR, result_of, status_of
+from e2e.test_web_ui import open_run
 from shared import cluster_prefix_for
+from testing.browser import browser_page, wait_for_user_metadata
 from testing.local_stack import Stack, managed_job_allocations, managed_jobs, slurm_allocations
 
 pytestmark = pytest.mark.e2e
@@ -67,6 +69,13 @@ async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: S
     assert (DATA_DIR / prefix / "model" / "weights.txt").exists()
     assert "1 recovery" in stdout, stdout
     print(f"train relaunched and RUNNING again {recovery_seconds:.0f} s after its allocation was cancelled")
+
+    # The Web UI's current details show the managed job, its status and its recovery.
+    async with browser_page() as page:
+        await open_run(page, stack, workflow_id, tab="user-metadata")
+        await wait_for_user_metadata(
+            page, f"managed job train — managed job {job.job_id} SUCCEEDED, 1 recovery"
+        )
 
     # Nothing left: no cluster, no Slurm allocation, no managed job still going.
     assert stack.clusters(prefix) == []
