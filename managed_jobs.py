@@ -19,10 +19,11 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from errors import is_named, is_server_unreachable
 from job_log import JobLogSink
 from shared import JobProgress, TaskSpec
-from sky_sdk import SkyPilotSDK, record_field, status_name
-from skypilot_jobs import Blocking, SkyPilotJobs, same_step_other_runs
+from sky_sdk import SkyPilotSDK, record_field, request_task_names, status_name
+from skypilot_jobs import IN_FLIGHT_REQUEST_STATUSES, Blocking, SkyPilotJobs, same_step_other_runs
 
 TERMINAL_STATUSES = frozenset(
     {
@@ -69,7 +70,9 @@ class ManagedJobs:
         """The id of this step's managed job: the one an earlier attempt submitted, or a new one."""
 
         async def once() -> int:
-            job_id = await self._find(spec, progress)
+            # This attempt's own launch request, when an outage interrupted it after submitting.
+            job_id = await self._job_of_request(progress.request_id) if progress.request_id else None
+            job_id = job_id if job_id is not None else await self._find(spec, progress)
             if job_id is None:
                 progress.phase = "submitting to the jobs controller"
                 job_id = await self._submit(task, spec, progress, sink)
@@ -109,8 +112,13 @@ class ManagedJobs:
         async def once() -> str:
             if job_id is not None:
                 ids = [job_id]
-            else:  # submitted, but the run never learned the id (cancelled as the submit ended)
-                ids = [r.job_id for r in await self._records(name_match=job_name) if r.job_name == job_name]
+            else:  # the run never learned the id (cancelled during or as the submit ended)
+                launches = await self._launch_requests(job_name)
+                if launches:
+                    await self._blocking(self._sky.api_cancel, launches)
+                launched = [await self._job_of_request(request_id) for request_id in launches]
+                named = [r.job_id for r in await self._records(name_match=job_name) if r.job_name == job_name]
+                ids = sorted({*named, *(i for i in launched if i is not None)})
             status = "GONE"
             for one in ids:
                 status = await self._cancel_one(one, progress)
@@ -119,14 +127,14 @@ class ManagedJobs:
         return await self._jobs.riding_outages(progress, once)
 
     async def _cancel_one(self, job_id: int, progress: JobProgress) -> str:
-        state = await self.state(job_id, missing_ok=True)
+        state = await self._state_if_known(job_id)
         if state is not None and state.status not in {*TERMINAL_STATUSES, "CANCELLING"}:
             activity.logger.info("Cancelling managed job %s (%s)", job_id, state.job_name)
             await self._blocking(self._sky.get, await self._blocking(self._sky.jobs.cancel, job_ids=[job_id]))
         while state is not None and state.status not in TERMINAL_STATUSES:
             note(state, progress)
             await asyncio.sleep(min(self._poll, 5.0))
-            state = await self.state(job_id, missing_ok=True)
+            state = await self._state_if_known(job_id)
         return state.status if state else "GONE"
 
     async def cancel_submission(self, progress: JobProgress) -> None:
@@ -135,24 +143,23 @@ class ManagedJobs:
         if job_id is None and progress.request_id:
             await self._blocking(self._sky.api_cancel, [progress.request_id])
             with contextlib.suppress(Exception):  # the job may exist already
-                job_ids, _ = await self._blocking(self._sky.get, progress.request_id)
-                job_id = int(job_ids[0]) if job_ids else None
+                job_id = await self._job_of_request(progress.request_id)
         if job_id is not None:
             await self._blocking(self._sky.get, await self._blocking(self._sky.jobs.cancel, job_ids=[job_id]))
 
-    async def state(self, job_id: int, missing_ok: bool = False) -> Any:
-        """The job's `ManagedJobState` (None if the controller does not know it and `missing_ok`)."""
-        records = await self._records(job_ids=[job_id])
-        found = [r for r in records if r.job_id == job_id]
-        if found:
-            return found[0]
-        if missing_ok:
-            return None
+    async def state(self, job_id: int) -> ManagedJobState:
+        """The job's state; a job the controller does not know fails the step."""
+        found = await self._state_if_known(job_id)
+        if found is not None:
+            return found
         raise ApplicationError(
             f"managed job {job_id} is not known to the jobs controller",
             type="ManagedJobNotFound",
             non_retryable=True,
         )
+
+    async def _state_if_known(self, job_id: int) -> ManagedJobState | None:
+        return next((r for r in await self._records(job_ids=[job_id]) if r.job_id == job_id), None)
 
     async def unfinished(self, name_part: str) -> list[ManagedJobState]:
         """Every managed job (all users) not ended yet whose name contains `name_part`."""
@@ -164,7 +171,12 @@ class ManagedJobs:
         request_id = await self._blocking(
             self._sky.jobs.queue_v2, refresh=False, all_users=True, fields=RECORD_FIELDS, **filters
         )
-        response = await self._blocking(self._sky.get, request_id)
+        try:
+            response = await self._blocking(self._sky.get, request_id)
+        except Exception as exc:
+            if is_named(exc, "ClusterNotUpError"):  # no jobs controller up (it stops when idle)
+                return []
+            raise
         records = response[0] if isinstance(response, tuple) else response
         return [
             ManagedJobState(
@@ -188,11 +200,19 @@ class ManagedJobs:
             return int(previous["job_id"])
         if previous.get("request_id"):
             # The attempt before submitted and died before it saw the job id: its request has it.
-            with contextlib.suppress(Exception):
-                job_ids, _ = await self._blocking(self._sky.get, previous["request_id"])
-                if job_ids:
-                    return int(job_ids[0])
+            job_id = await self._job_of_request(str(previous["request_id"]))
+            if job_id is not None:
+                return job_id
         progress.phase = "looking for an earlier job"
+        # A launch of this step still in flight (its heartbeat never reached Temporal): its job
+        # has no row yet, so wait for the request rather than submit a second job.
+        for request_id in await self._launch_requests(spec.job_name):
+            job_id = await self._job_of_request(request_id)
+            if job_id is not None:
+                activity.logger.info(
+                    "Re-attaching to managed job %s (%s) from its launch", job_id, spec.job_name
+                )
+                return job_id
         same_step = same_step_other_runs(spec)
         run_prefix = spec.job_name.removesuffix(f"-{spec.step}")[:-9]
         records = await self._records(name_match=run_prefix)
@@ -212,6 +232,29 @@ class ManagedJobs:
             )
             return max(unfinished_earlier)
         return None
+
+    async def _launch_requests(self, job_name: str) -> list[str]:
+        """In-flight `jobs.launch` requests whose task is `job_name` (a body hidden from us, by
+        an API server with auth, is another user's)."""
+        requests = await self._blocking(self._sky.api_status)
+        return [
+            str(record_field(r, "request_id"))
+            for r in requests
+            if record_field(r, "name") == "jobs.launch"
+            and record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES
+            and job_name in request_task_names(r)
+        ]
+
+    async def _job_of_request(self, request_id: str) -> int | None:
+        """The job id a `jobs.launch` request returned (waiting for it); None if it failed or
+        was cancelled before submitting."""
+        try:
+            job_ids, _ = await self._blocking(self._sky.get, request_id)
+        except Exception as exc:
+            if is_server_unreachable(exc):
+                raise
+            return None
+        return int(job_ids[0]) if job_ids else None
 
     async def _submit(self, task: Any, spec: TaskSpec, progress: JobProgress, sink: JobLogSink) -> int:
         request_id = await self._blocking(self._sky.jobs.launch, task, name=spec.job_name)
@@ -233,7 +276,7 @@ class ManagedJobs:
         while True:
             await asyncio.sleep(self._poll)
             try:
-                state = await self.state(job_id, missing_ok=True)
+                state = await self._state_if_known(job_id)
                 if state is not None:
                     note(state, progress)
             except Exception as exc:
@@ -249,6 +292,6 @@ def note(state: ManagedJobState, progress: JobProgress) -> None:
     """
     if state.status == "RECOVERING" and progress.job_status == "RUNNING":
         progress.recoveries += 1
-        activity.logger.warning("Managed job %s lost its cluster: SkyPilot is relaunching it", state.job_id)
+        activity.logger.warning("Managed job %s is recovering: SkyPilot is relaunching it", state.job_id)
     progress.recoveries = max(progress.recoveries, state.recovery_count)
     progress.job_status = state.status

@@ -110,19 +110,20 @@ class ClusterReaperWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=3),
             summary="find clusters whose run is gone",
         )
-        if found.cancelled_jobs and workflow.patched(REAPER_CANCELS_MANAGED_JOBS):
-            cancels = await asyncio.gather(
-                *(self._cancel_job(job_id) for job_id in found.cancelled_jobs), return_exceptions=True
-            )
-            found.cancelled_jobs = [
-                job_id for job_id, error in zip(found.cancelled_jobs, cancels, strict=True) if error is None
-            ]
+        patched = bool(found.cancelled_jobs) and workflow.patched(REAPER_CANCELS_MANAGED_JOBS)
+        to_cancel = found.cancelled_jobs if patched else []
+        *results, cancels = await asyncio.gather(
+            *(self._down(name) for name in found.reaped),
+            asyncio.gather(*(self._cancel_job(job_id) for job_id in to_cancel), return_exceptions=True),
+            return_exceptions=True,
+        )
+        found.cancelled_jobs = [
+            job_id for job_id, error in zip(to_cancel, cancels, strict=True) if error is None
+        ]
+        if found.cancelled_jobs:
             workflow.logger.warning(
                 "Reaper cancelled managed jobs whose run is gone: %s", found.cancelled_jobs
             )
-        else:
-            found.cancelled_jobs = []
-        results = await asyncio.gather(*(self._down(name) for name in found.reaped), return_exceptions=True)
         reaped = [name for name, result in zip(found.reaped, results, strict=True) if result is None]
         for name, result in zip(found.reaped, results, strict=True):
             if result is not None:

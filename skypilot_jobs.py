@@ -167,14 +167,17 @@ class SkyPilotJobs:
             return "ALREADY_GONE"
 
     async def cluster_launch_times(self) -> dict[str, float]:
-        """Every cluster SkyPilot knows (all users) -> when it was launched (epoch seconds;
-        0 when SkyPilot has no time for it yet)."""
+        """Every cluster SkyPilot knows (all users), managed jobs' aside -> when it was launched
+        (epoch seconds; 0 when SkyPilot has no time for it yet)."""
         records = await self._blocking(self._sky.get, await self._blocking(self._sky.status, all_users=True))
         return {
             str(record_field(r, "name")): float(
                 record_field(r, "launched_at") or record_field(r, "status_updated_at") or 0
             )
             for r in records
+            # A managed job's cluster is its jobs controller's (listed when the controller runs
+            # inside the API server): the reaper cancels the job instead.
+            if not record_field(r, "is_managed")
         }
 
     async def riding_outages(self, progress: JobProgress, step: Callable[[], Awaitable[T]]) -> T:

@@ -1,7 +1,8 @@
 """The fake of `sky.jobs` (SkyPilot managed jobs) that `FakeSky.jobs` serves, as measured against
 a real API server with the jobs controller consolidated into it:
-- `launch(task, name=...)` returns a request id; its result is `([job_id], None)` once the
-  controller has the job (PENDING); the job then starts (STARTING) and runs (RUNNING);
+- `launch(task, name=...)` returns a request id at once; the job has no row until the request
+  is done (`launch_seconds`); its result is `([job_id], None)` once the controller has the job
+  (PENDING); the job then starts (STARTING) and runs (RUNNING);
 - `queue_v2` returns `(records, total, status_counts, total_no_filter)`; `name_match` is a
   substring match, as the real SQL LIKE '%...%';
 - `tail_logs(job_id=, follow=True)` streams the job's lines (again from the start after a
@@ -48,6 +49,7 @@ class FakeManagedJob:
 class FakeManagedJobs:
     def __init__(self, server: FakeSky) -> None:
         self._server = server
+        self.launch_seconds = 0.0  # the launch request in flight before the job has a row
         self.start_seconds = 0.0  # PENDING/STARTING before RUNNING
         self.managed: list[FakeManagedJob] = []
         self._ids = itertools.count(1)
@@ -85,7 +87,7 @@ class FakeManagedJobs:
         return self._server._start(
             "jobs.launch",
             None,
-            lambda req: self._do_launch(task, name or task.name or ""),
+            lambda req: self._do_launch(req, task, name or task.name or ""),
             task_name=task.name or "",
         )
 
@@ -132,7 +134,7 @@ class FakeManagedJobs:
         self._server._maybe_raise("jobs.tail_logs")
         job = next((j for j in self.managed if j.job_id == job_id), None)
         if job is None:
-            raise ValueError(f"Job {job_id} not found")
+            return 102  # JobExitCode.NOT_FOUND
         for line in job.plan.logs:
             if output_stream is not None:
                 output_stream.write(f"({job.job_name}, pid=1) {line}\n")
@@ -161,7 +163,9 @@ class FakeManagedJobs:
 
     # ------------------------------------------------------------------ the "controller"
 
-    def _do_launch(self, task: sky.Task, name: str) -> tuple[list[int], None]:
+    def _do_launch(self, request: FakeRequest, task: sky.Task, name: str) -> tuple[list[int], None]:
+        if request.cancelled.wait(self.launch_seconds):
+            raise sky.exceptions.RequestCancelled(f"Request {request.request_id} cancelled")
         plan = self._server.plan_for(task)
         job = FakeManagedJob(
             next(self._ids),

@@ -181,6 +181,7 @@ class FakeSky:
                         status=c.status,
                         launched_at=c.launched_at,
                         last_creation_yaml=f"name: {c.created_by}\n" if c.created_by else None,
+                        is_managed=False,
                     )
                     for c in self.clusters.values()
                     if cluster_names is None or c.name in cluster_names

@@ -258,3 +258,32 @@ async def test_a_cancel_as_the_submit_ends_still_cancels_the_job_by_name(activit
         activities.cancel_managed_job, CancelManagedJobInput(None, "wf1-0123abcd-train")
     )
     assert status == "CANCELLED" and fake_sky.called("jobs.cancel") == [[job_id]]
+
+
+async def test_a_retried_submit_waits_for_a_launch_still_in_flight_instead_of_submitting_again(
+    activities, fake_sky: FakeSky
+):
+    fake_sky.jobs.launch_seconds = 0.5
+    task = fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"})
+    fake_sky.jobs.launch(task, name="wf1-0123abcd-train")  # the dead attempt's, heartbeat never sent
+    job_id = await retry_env({}).run(activities.submit_managed_job, ManagedJobInput(managed_spec()))
+    assert job_id == 1 and len(fake_sky.called("jobs.launch")) == 1 and len(fake_sky.jobs.managed) == 1
+
+
+async def test_a_cancel_by_name_during_the_launch_cancels_the_launch(activities, fake_sky: FakeSky):
+    fake_sky.plan("train", until_cancelled=True)
+    fake_sky.jobs.launch_seconds = 5
+    task = fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"})
+    request_id = fake_sky.jobs.launch(task, name="wf1-0123abcd-train")
+    status = await ActivityEnvironment().run(
+        activities.cancel_managed_job, CancelManagedJobInput(None, "wf1-0123abcd-train")
+    )
+    assert status == "GONE" and fake_sky.called("api_cancel") == [[request_id]]
+    assert fake_sky.jobs.managed == [], "the launch went on and submitted a job"
+
+
+async def test_a_first_submit_works_while_no_jobs_controller_is_up(activities, fake_sky: FakeSky):
+    down = fake_sky.exceptions.ClusterNotUpError("sky-jobs-controller is STOPPED", cluster_status=None)
+    fake_sky.fail_next("jobs.queue_v2", down)
+    job_id = await ActivityEnvironment().run(activities.submit_managed_job, ManagedJobInput(managed_spec()))
+    assert job_id == 1 and len(fake_sky.called("jobs.launch")) == 1
