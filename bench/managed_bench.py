@@ -37,14 +37,25 @@ from testing.local_stack import (
 
 TRAIN_EPOCHS = "40"
 POLL_SECONDS = 1.0
+DEADLINE_SECONDS = 20 * 60
 # Starts `run_workflow.py` with these arguments; returns (seconds, workflow id).
 StartPipeline = Callable[..., Awaitable[tuple[float, str]]]
 
 
 async def real_row(start_pipeline: StartPipeline, client: Client, sky: Any) -> dict[str, Any]:
-    """Preempt a managed train once; the figures of row 12."""
-    started = time.monotonic()
+    """Preempt a managed train once; the figures of row 12. A run that does not get there within
+    DEADLINE_SECONDS is cancelled (its cleanup cancels the managed job)."""
     _, workflow_id = await start_pipeline("--managed-train", "--env", f"EPOCHS={TRAIN_EPOCHS}", "--no-wait")
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        return await asyncio.wait_for(_preempt_once(workflow_id, client, sky), DEADLINE_SECONDS)
+    except BaseException:
+        await handle.cancel()
+        raise
+
+
+async def _preempt_once(workflow_id: str, client: Client, sky: Any) -> dict[str, Any]:
+    started = time.monotonic()
     prefix = cluster_prefix_for(workflow_id)
 
     def running_job() -> Any:

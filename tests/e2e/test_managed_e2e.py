@@ -7,6 +7,8 @@ import asyncio
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -17,9 +19,10 @@ from testing.browser import browser_page, wait_for_user_metadata
 from testing.local_stack import Stack, managed_job_allocations, managed_jobs, slurm_allocations
 
 pytestmark = pytest.mark.e2e
+T = TypeVar("T")
 
 
-async def wait_until(condition, timeout: float, what: str, poll: float = 2.0):
+async def wait_until(condition: Callable[[], T | None], timeout: float, what: str, poll: float = 2.0) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if found := await asyncio.to_thread(condition):
