@@ -23,7 +23,7 @@ from typing import Any
 from temporalio.client import Client
 
 from codec import configured_data_converter
-from shared import cluster_prefix_for
+from shared import PipelineResult, cluster_prefix_for
 from testing import ROOT
 from testing.local_stack import (
     TEMPORAL_ADDRESS,
@@ -82,7 +82,7 @@ async def _preempt_once(workflow_id: str, client: Client, sky: Any) -> dict[str,
     while not await asyncio.to_thread(running_again):
         await asyncio.sleep(POLL_SECONDS)
     recovered = time.monotonic() - preempted_at
-    result = await client.get_workflow_handle(workflow_id).result()
+    result = await client.get_workflow_handle(workflow_id, result_type=PipelineResult).result()
     train = next(s for s in result.steps if s.step == "train")
     return {
         "measure": "real stack: managed train, Slurm allocation cancelled mid-train -> job RUNNING again",
