@@ -130,7 +130,7 @@ class ManagedJobs:
         state = await self._state_if_known(job_id)
         if state is not None and state.status not in {*TERMINAL_STATUSES, "CANCELLING"}:
             activity.logger.info("Cancelling managed job %s (%s)", job_id, state.job_name)
-            await self._blocking(self._sky.get, await self._blocking(self._sky.jobs.cancel, job_ids=[job_id]))
+            await self._send_cancel(job_id)
         while state is not None and state.status not in TERMINAL_STATUSES:
             note(state, progress)
             await asyncio.sleep(min(self._poll, 5.0))
@@ -145,7 +145,10 @@ class ManagedJobs:
             with contextlib.suppress(Exception):  # the job may exist already
                 job_id = await self._job_of_request(progress.request_id)
         if job_id is not None:
-            await self._blocking(self._sky.get, await self._blocking(self._sky.jobs.cancel, job_ids=[job_id]))
+            await self._send_cancel(job_id)
+
+    async def _send_cancel(self, job_id: int) -> None:
+        await self._blocking(self._sky.get, await self._blocking(self._sky.jobs.cancel, job_ids=[job_id]))
 
     async def state(self, job_id: int) -> ManagedJobState:
         """The job's state; a job the controller does not know fails the step."""

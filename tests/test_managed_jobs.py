@@ -159,6 +159,13 @@ def managed_spec() -> TaskSpec:
     )
 
 
+def submitted_earlier(fake_sky: FakeSky, name: str = "wf1-0123abcd-train") -> int:
+    """A managed job named `name`, as an earlier attempt or run submitted it: its id."""
+    task = fake_sky.Task.from_yaml_config({"name": name, "run": "true"})
+    [job_id], _ = fake_sky.get(fake_sky.jobs.launch(task, name=name))
+    return job_id
+
+
 def retry_env(details: dict) -> ActivityEnvironment:
     env = ActivityEnvironment()
     env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=[details])
@@ -191,8 +198,7 @@ async def test_a_first_submit_adopts_an_earlier_runs_unfinished_job_of_the_step(
 
 
 async def test_a_retried_follow_keeps_counting_recoveries(activities, fake_sky: FakeSky):
-    task = fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"})
-    [job_id], _ = fake_sky.get(fake_sky.jobs.launch(task, name="wf1-0123abcd-train"))
+    job_id = submitted_earlier(fake_sky)
     details = {"job_id": job_id, "job_status": "RUNNING", "recoveries": 2}
     result = await retry_env(details).run(
         activities.follow_managed_job, FollowManagedJobInput(job_id, managed_spec())
@@ -202,8 +208,7 @@ async def test_a_retried_follow_keeps_counting_recoveries(activities, fake_sky: 
 
 async def test_cancel_waits_until_the_controller_confirms(activities, fake_sky: FakeSky):
     fake_sky.plan("train", until_cancelled=True)
-    task = fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"})
-    [job_id], _ = fake_sky.get(fake_sky.jobs.launch(task, name="wf1-0123abcd-train"))
+    job_id = submitted_earlier(fake_sky)
     status = await ActivityEnvironment().run(
         activities.cancel_managed_job, CancelManagedJobInput(job_id, "wf1-0123abcd-train")
     )
@@ -252,8 +257,7 @@ async def test_the_reaper_cancels_managed_jobs_whose_run_is_gone_and_only_those(
 
 async def test_a_cancel_as_the_submit_ends_still_cancels_the_job_by_name(activities, fake_sky: FakeSky):
     fake_sky.plan("train", until_cancelled=True)
-    task = fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"})
-    [job_id], _ = fake_sky.get(fake_sky.jobs.launch(task, name="wf1-0123abcd-train"))
+    job_id = submitted_earlier(fake_sky)
     status = await ActivityEnvironment().run(
         activities.cancel_managed_job, CancelManagedJobInput(None, "wf1-0123abcd-train")
     )
