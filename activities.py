@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+import metrics
 from errors import clean_message, masked, refuse
 from git_checkout import checkout_repo, mark_used, read_task_file, resolve_inside
 from job_log import JobLogSink
@@ -190,8 +191,14 @@ class SkyPilotActivities:
         sink = self._sink(f"[down {input.cluster_name}]", [], progress)
         what = f"tearing down {input.cluster_name}"
         # A cancelled teardown is not undone on SkyPilot: the workflow's cleanup runs it again.
-        async with self._jobs.step(progress, what, cancel_skypilot=False, always_retry=True):
-            outcome = await self._jobs.tear_down(input.cluster_name, input.job_name_prefix, progress, sink)
+        try:
+            async with self._jobs.step(progress, what, cancel_skypilot=False, always_retry=True):
+                outcome = await self._jobs.tear_down(
+                    input.cluster_name, input.job_name_prefix, progress, sink
+                )
+        except Exception:
+            metrics.teardown_failed()
+            raise
         activity.logger.info("Cluster %s: %s", input.cluster_name, outcome)
         return StepResult(
             step="down",

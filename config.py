@@ -10,11 +10,12 @@ see codec.py).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 from dotenv import load_dotenv
-from temporalio.client import Client
+from temporalio.client import Client, Interceptor
 from temporalio.envconfig import ClientConfig
 from temporalio.runtime import Runtime
 
@@ -77,17 +78,22 @@ def temporal_target() -> tuple[dict, str]:
     return connect_config, f"{connect_config['target_host']} (namespace {connect_config['namespace']})"
 
 
-async def connect_temporal(runtime: Runtime | None = None) -> Client:
+async def connect_temporal(
+    runtime: Runtime | None = None, interceptors: Sequence[Interceptor] = ()
+) -> Client:
     """Connect with the standard settings; `runtime` None is temporalio's default runtime.
 
-    The client (and so every worker built on it) encrypts payloads with the configured codec keys.
+    The client (and so every worker built on it) encrypts payloads with the configured codec keys,
+    and runs `interceptors` (e.g. tracing).
     """
     import codec  # here, not at the top: codec imports this module
 
     connect_config, where = temporal_target()
     converter = codec.configured_data_converter()
     try:
-        return await Client.connect(**connect_config, data_converter=converter, runtime=runtime)
+        return await Client.connect(
+            **connect_config, data_converter=converter, runtime=runtime, interceptors=interceptors
+        )
     except Exception as err:
         raise ConfigError(f"cannot reach Temporal at {where}: {one_line(err)}") from None
 
@@ -110,6 +116,11 @@ def workflow_ui_url(namespace: str, workflow_id: str, run_id: str | None = None)
     base = env_str("TEMPORAL_UI_URL", DEFAULT_UI_URL).rstrip("/")
     url = f"{base}/namespaces/{quote(namespace, safe='')}/workflows/{quote(workflow_id, safe='')}"
     return f"{url}/{run_id}/history" if run_id else url
+
+
+def schedule_ui_url(namespace: str, schedule_id: str) -> str:
+    base = env_str("TEMPORAL_UI_URL", DEFAULT_UI_URL).rstrip("/")
+    return f"{base}/namespaces/{quote(namespace, safe='')}/schedules/{quote(schedule_id, safe='')}"
 
 
 def one_line(err: BaseException) -> str:

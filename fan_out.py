@@ -34,6 +34,7 @@ async def run_variants(
     (then the first failure cancels the others and fails the run).
     """
     slots = asyncio.Semaphore(max_parallel)
+    pipeline.board.search.step("variants")
     parent_id = workflow.info().workflow_id
     failed_fast = False
 
@@ -52,6 +53,7 @@ async def run_variants(
                     input,
                     id=variant.workflow_id,
                     parent_close_policy=workflow.ParentClosePolicy.REQUEST_CANCEL,
+                    search_attributes=pipeline.board.search.for_child(),
                     static_summary=f"variant {variant.variant_id}: "
                     + " ".join(f"{k}={v}" for k, v in variant.params.items()),
                 )

@@ -19,6 +19,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+import metrics
 from errors import is_named, is_server_unreachable
 from job_log import JobLogSink
 from shared import JobProgress, TaskSpec
@@ -72,7 +73,8 @@ class ManagedJobs:
         async def once() -> int:
             # This attempt's own launch request, when an outage interrupted it after submitting.
             job_id = await self._job_of_request(progress.request_id) if progress.request_id else None
-            job_id = job_id if job_id is not None else await self._find(spec, progress)
+            if job_id is None and (job_id := await self._find(spec, progress)) is not None:
+                metrics.job_reattached("managed")
             if job_id is None:
                 progress.phase = "submitting to the jobs controller"
                 job_id = await self._submit(task, spec, progress, sink)

@@ -111,13 +111,13 @@ class Pipeline:
                 summary=progress.summary,
             )
         self.tasks.commit_sha, self.tasks.yaml_texts = tasks.commit_sha, tasks.yaml_texts
-        self.board.commit_sha = tasks.commit_sha
+        self.board.set_commit(tasks.commit_sha)
         return self.tasks
 
     def use_tasks(self, tasks: RunTasks) -> None:
         """Run the tasks another run fetched (a sweep's variants): its checkout stays its own."""
         self.tasks, self.owns_checkout = tasks, False
-        self.board.commit_sha = tasks.commit_sha
+        self.board.set_commit(tasks.commit_sha)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -312,8 +312,7 @@ class Pipeline:
                 )
             except ActivityError as err:
                 workflow.logger.warning("Could not remove checkout %s: %s", self.tasks.checkout_name, err)
-        self.board.status = outcome
-        self.board.redraw()
+        self.board.ended(outcome)
 
     async def _keep_clusters_for_debugging(self) -> None:
         """Leave a failed run's clusters up for a while, the run still open (so the reaper

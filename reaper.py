@@ -32,6 +32,7 @@ from temporalio.client import (
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
+    import metrics
     from activities import SkyPilotActivities
     from shared import (
         CLUSTER_MARKER,
@@ -132,6 +133,7 @@ class ClusterReaperWorkflow:
                 )
         if reaped:
             workflow.logger.warning("Reaper tore down clusters whose run is gone: %s", ", ".join(reaped))
+        metrics.reaped(len(reaped), len(found.cancelled_jobs))
         return ReaperResult(reaped=reaped, kept=found.kept, cancelled_jobs=found.cancelled_jobs)
 
     async def _cancel_job(self, job_id: int) -> None:

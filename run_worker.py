@@ -23,13 +23,17 @@ from typing import Any, cast
 
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError
 from temporalio.worker import Worker
 
 import config
+import search_attributes
+import tracing
 from activities import SkyPilotActivities
 from errors import clean_message
 from git_checkout import prune_checkouts
+from metrics import prometheus_runtime
 from reaper import ClusterReaperWorkflow, ReaperActivities, ensure_reaper_schedule
 from redaction import redact_url_credentials
 from shared import ENV_NAME
@@ -38,6 +42,7 @@ from task_policy import TaskPolicy
 from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
 log = logging.getLogger("skypilot-worker")
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
 
 
 def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
@@ -115,7 +120,9 @@ async def run_worker() -> None:
     # The module itself is the seam (tests/test_sky_sdk.py checks it provides every call).
     sky_sdk = cast(SkyPilotSDK, sky)
     api_server = await asyncio.to_thread(check_skypilot_api_server, sky_sdk)
-    client = await config.connect_temporal()
+    runtime, metrics_status = metrics_runtime_from_env()
+    traced = tracing.otlp_tracing(os.environ)
+    client = await config.connect_temporal(runtime, interceptors=[traced[0]] if traced else [])
     executor = concurrent.futures.ThreadPoolExecutor(sdk_threads, thread_name_prefix="skypilot-sdk")
     activities = SkyPilotActivities(
         sky_sdk,
@@ -156,6 +163,9 @@ async def run_worker() -> None:
         api_server,
     )
     log.info("Payload codec: %s", config.encryption_status())
+    log.info("Metrics: %s", metrics_status)
+    log.info("Tracing: %s", f"OTLP to {tracing.otlp_endpoint(os.environ)}" if traced else "off")
+    await report_search_attributes(client)
     log.info(
         "Task policy: secrets tasks may receive: %s; upload directories beyond the checkout: %s; "
         "git:// and http:// repositories: %s",
@@ -171,6 +181,42 @@ async def run_worker() -> None:
     # Threads still following jobs must not keep the process alive: the jobs keep running on
     # SkyPilot and the next attempt re-attaches to them.
     executor.shutdown(wait=False, cancel_futures=True)
+    if traced:
+        traced[1].shutdown()  # sends the last spans
+
+
+def metrics_runtime_from_env() -> tuple[Runtime | None, str]:
+    """A runtime serving Prometheus metrics at WORKER_METRICS_ADDRESS (empty: none), and a line
+    saying where. An address in use costs the metrics, not the worker (a warning says so)."""
+    address = config.env_str("WORKER_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS)
+    if address.lower() in ("off", "none", "0"):
+        return None, "off (WORKER_METRICS_ADDRESS=off)"
+    try:
+        return prometheus_runtime(address), f"Prometheus at http://{address}/metrics"
+    except ValueError as err:
+        if "in use" not in str(err):
+            raise config.ConfigError(f"WORKER_METRICS_ADDRESS {address!r}: {err}") from None
+        log.warning("Metrics NOT served: %s is in use (set WORKER_METRICS_ADDRESS to another port)", address)
+        return None, f"off ({address} in use)"
+
+
+async def report_search_attributes(client: Client) -> None:
+    """One line if the namespace lacks the search attributes (runs still work, unsearchable)."""
+    try:
+        missing = await search_attributes.missing(client)
+    except RPCError as err:
+        log.warning("Search attributes: could not check (%s)", err.message)
+        return
+    if missing:
+        log.warning(
+            "Search attributes NOT registered in namespace %s: %s; runs work but cannot be found by "
+            "them (register each: %s; README 'Operating it')",
+            client.namespace,
+            ", ".join(missing),
+            search_attributes.registration_commands(missing)[0].replace(missing[0], "NAME"),
+        )
+    else:
+        log.info("Search attributes: %s", ", ".join(key.name for key in search_attributes.ALL_KEYS))
 
 
 def task_policy_from_env() -> TaskPolicy:

@@ -4,6 +4,7 @@
     python run_workflow.py --repo URL --ref v1 --env EPOCHS=3 --infra aws
     python run_workflow.py --sweep LR=0.1,0.01 --sweep EPOCHS=2,4 --max-parallel 2 --select eval_accuracy:max
     python run_workflow.py --follow skypilot-3fa2b1c9   # attach to a run already going (or ended)
+    python run_workflow.py --schedule "0 3 * * *" --schedule-id nightly   # a run every night
     python run_workflow.py --help
 
 Every option defaults to a PIPELINE_* variable from .env. Exit status: 0 when the workflow
@@ -11,6 +12,7 @@ succeeded, 1 when it failed, was cancelled, terminated or timed out, 2 on bad in
 workflow id too) or a server unreachable before the run is started or found, 3 when you stop
 waiting (the run goes on; --no-wait starts it and returns at once). Once it follows a run, a
 Temporal outage is waited out: one line when the connection drops, one when it is back.
+With --schedule or --every it starts no run: it creates or updates a Temporal Schedule (exit 0).
 """
 
 from __future__ import annotations
@@ -23,14 +25,16 @@ import math
 import os
 import sys
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowFailureError
+from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 import config
+import search_attributes
 from following import (
     Reconnecting,
     RunHandle,
@@ -42,6 +46,7 @@ from following import (
     quiet_runtime,
 )
 from redaction import redact_url_credentials
+from schedules import OVERLAP_POLICIES, ScheduleRequest, create_or_update, parse_every
 from shared import (
     CLUSTER_MARKER,
     ENV_NAME,
@@ -67,6 +72,7 @@ RUN_TYPES = {
     SweepVariantWorkflow.__name__: PipelineResult,
 }
 DEFAULT_MAX_PARALLEL, DEFAULT_SELECT = 4, "eval_accuracy:max"
+T = TypeVar("T")
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -227,6 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
         "a metric by printing `METRIC name=value`)",
     )
     sweep.add_argument("--fail-fast", action="store_true", help="fail the sweep at its first failed variant")
+    recurring = parser.add_argument_group(
+        "recurring runs: create or update a Temporal Schedule instead of starting one run "
+        "(manage it with `temporal schedule ...` or the Web UI's Schedules page)"
+    )
+    when = recurring.add_mutually_exclusive_group()
+    when.add_argument("--schedule", metavar="CRON", default="", help='cron in UTC, e.g. "0 3 * * *"')
+    when.add_argument("--every", metavar="DURATION", default="", help="an interval, e.g. 6h, 30m, 1d")
+    recurring.add_argument(
+        "--schedule-id", metavar="ID", default="", help="the schedule's id; its runs are ID-<start time>"
+    )
+    recurring.add_argument(
+        "--overlap",
+        choices=list(OVERLAP_POLICIES),
+        default=None,
+        help="when a run is due while the last one is still going: skip it (default), run it "
+        "after (buffer-one), or run both (allow-all)",
+    )
     parser.add_argument("--task-queue", default=config.task_queue(), help="Temporal task queue")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--no-wait", action="store_true", help="start the run and exit")
@@ -287,8 +310,8 @@ def workflow_id_for(args: argparse.Namespace) -> str:
     return args.workflow_id or f"{CLUSTER_MARKER}{uuid.uuid4().hex[:8]}"
 
 
-async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.Namespace) -> RunHandle:
-    workflow_id = workflow_id_for(args)
+def describe_run(run: PipelineInput | SweepInput) -> tuple[type, str, str]:
+    """The workflow that runs `run`, and its summary and details for the Web UI."""
     pipeline = run.pipeline if isinstance(run, SweepInput) else run
     what = f"{redact_url_credentials(pipeline.repo_url)}@{pipeline.ref}"
     details = (
@@ -296,19 +319,49 @@ async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.
         f"{pipeline.eval_yaml}; infra: {pipeline.infra or 'from the tasks'}"
     )
     if isinstance(run, SweepInput):
-        workflow_run: Any = SweepWorkflow.run
-        summary = f"SkyPilot sweep of {len(run.variants)} variants: {what}"
         details += f"; best by {run.select_metric}:{run.select_direction}"
-    else:
-        workflow_run, summary = SkyPilotWorkflow.run, f"SkyPilot pipeline: {what}"
+        return SweepWorkflow, f"SkyPilot sweep of {len(run.variants)} variants: {what}", details
+    return SkyPilotWorkflow, f"SkyPilot pipeline: {what}", details
+
+
+async def searchable(
+    run: PipelineInput | SweepInput, start: Callable[[TypedSearchAttributes], Awaitable[T]]
+) -> T:
+    """`start` the run (or schedule) with its search attributes; without them, and a one-line
+    note, if the namespace has not registered them."""
+    workflow_class, _, _ = describe_run(run)
+    pipeline = run.pipeline if isinstance(run, SweepInput) else run
+    attributes = search_attributes.at_start(
+        workflow_class.__name__, redact_url_credentials(pipeline.repo_url)
+    )
     try:
-        return await client.start_workflow(
-            workflow_run,
+        return await start(attributes)
+    except RPCError as err:
+        if not search_attributes.is_unregistered_error(err.message):
+            raise
+    print(
+        "run_workflow.py: note: this namespace has not registered the search attributes "
+        "(README: Operating it); the run is not searchable by them",
+        file=sys.stderr,
+    )
+    return await start(TypedSearchAttributes.empty)
+
+
+async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.Namespace) -> RunHandle:
+    workflow_id = workflow_id_for(args)
+    workflow_class, summary, details = describe_run(run)
+    try:
+        return await searchable(
             run,
-            id=workflow_id,
-            task_queue=args.task_queue,
-            static_summary=summary,
-            static_details=details,
+            lambda attributes: client.start_workflow(
+                workflow_class.run,
+                run,
+                id=workflow_id,
+                task_queue=args.task_queue,
+                static_summary=summary,
+                static_details=details,
+                search_attributes=attributes,
+            ),
         )
     except WorkflowAlreadyStartedError:
         if args.cluster_prefix:
@@ -320,6 +373,64 @@ async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.
         ) from None
     except RPCError as err:
         raise config.ConfigError(f"cannot start workflow {workflow_id!r}: {config.one_line(err)}") from None
+
+
+def schedule_request(args: argparse.Namespace) -> ScheduleRequest | None:
+    """What --schedule / --every ask for (None: start one run); ConfigError on a bad combination."""
+    if not (args.schedule or args.every):
+        if args.schedule_id or args.overlap:
+            raise config.ConfigError("--schedule-id and --overlap need --schedule CRON or --every DURATION")
+        return None
+    flag = "--schedule" if args.schedule else "--every"
+    for other, given in (("--follow", args.follow), ("--workflow-id", args.workflow_id)):
+        if given:
+            raise config.ConfigError(f"{flag} starts a new workflow id per run: it does not take {other}")
+    if args.cluster_prefix:
+        raise config.ConfigError(f"{flag}: a fixed --cluster-prefix would refuse every run after the first")
+    if not args.schedule_id:
+        raise config.ConfigError(f"{flag} needs --schedule-id ID (the same id again updates the schedule)")
+    request = ScheduleRequest(
+        args.schedule_id,
+        cron=args.schedule.strip(),
+        every=parse_every(args.every) if args.every else None,
+        overlap=args.overlap or "skip",
+    )
+    request.check()
+    return request
+
+
+async def create_schedule(
+    client: Client, run: PipelineInput | SweepInput, request: ScheduleRequest, task_queue: str
+) -> int:
+    workflow_class, summary, details = describe_run(run)
+
+    def upsert(attributes: TypedSearchAttributes) -> Awaitable[str]:
+        action = ScheduleActionStartWorkflow(
+            workflow_class.run,
+            run,
+            id=request.schedule_id,  # Temporal appends each run's start time
+            task_queue=task_queue,
+            static_summary=summary,
+            static_details=details,
+            typed_search_attributes=attributes,
+        )
+        return create_or_update(client, request, action)
+
+    try:
+        verb = await searchable(run, upsert)
+    except RPCError as err:
+        raise config.ConfigError(
+            f"cannot create schedule {request.schedule_id!r}: {config.one_line(err)}"
+        ) from None
+    print(
+        f"{verb.capitalize()} schedule {request.schedule_id}: {request.when()}, overlap {request.overlap}; "
+        f"each run is a new workflow {request.schedule_id}-<start time>\n"
+        f"  Web UI: {config.schedule_ui_url(client.namespace, request.schedule_id)}\n"
+        f"  Manage: temporal schedule describe|trigger|toggle --pause|backfill|delete "
+        f"--schedule-id {request.schedule_id}",
+        flush=True,
+    )
+    return EXIT_OK
 
 
 async def attach(client: Client, workflow_id: str, temporal: Reconnecting) -> RunHandle:
@@ -345,7 +456,10 @@ async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
     if pipeline and not args.sweep and sweep_options:
         raise config.ConfigError("--max-parallel, --select and --fail-fast need --sweep")
     run = sweep_input(pipeline, args) if pipeline and args.sweep else pipeline
+    recurring = schedule_request(args)
     client: Client = await config.connect_temporal(runtime=quiet_runtime())
+    if run is not None and recurring is not None:
+        return await create_schedule(client, run, recurring, args.task_queue)
     temporal = Reconnecting(client.service_client.config.target_host)
     if pipeline is None:
         handle = await attach(client, args.follow, temporal)

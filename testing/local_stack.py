@@ -55,9 +55,10 @@ def process_env(**extra: str) -> dict[str, str]:
 
     A worker started with it leaves no reaper schedule behind on the shared dev server (the
     reaper's own test turns it on), and asks for no autodown: as on the local stack, autodown adds
-    ~20 s to every launch here, and the reaper covers leaks."""
+    ~20 s to every launch here, and the reaper covers leaks. Nor does it serve metrics (several
+    workers run at once; a test that reads them gives its worker an address of its own)."""
     env = {k: v for k, v in stack_env().items() if not k.startswith(("REAPER_", "AUTODOWN_"))}
-    env.update(REAPER_PERIOD_SECONDS="0", AUTODOWN_IDLE_MINUTES="0")
+    env.update(REAPER_PERIOD_SECONDS="0", AUTODOWN_IDLE_MINUTES="0", WORKER_METRICS_ADDRESS="off")
     env.update(extra)
     return env
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,17 +22,11 @@ from test_scripts import assert_one_line_error, run_script, starter_env
 import run_workflow
 from codec import configured_data_converter
 from shared import PipelineProgress
-from testing import ROOT
+from testing import ROOT, free_port
 from testing.fake_sky import FakeJob, FakeSky
 from testing.in_process import TEMPORAL_CLI, Pipeline, running_worker
 
 # ------------------------------------------------------------------ a dev server we can kill
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class DevServer:

@@ -1,0 +1,358 @@
+"""Operating it: schedules, search attributes, metrics and tracing, on a real dev server with the
+fake SkyPilot SDK (tests/e2e/test_operating_e2e.py does the same on the real stack)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from temporalio.client import Client, ScheduleIntervalSpec, ScheduleOverlapPolicy, WorkflowExecutionStatus
+from temporalio.common import TypedSearchAttributes
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from test_scripts import assert_one_line_error, run_script, starter_env
+
+import run_worker
+import run_workflow
+import search_attributes
+from metrics import prometheus_runtime
+from reaper import ClusterReaperWorkflow
+from search_attributes import COMMIT_SHA, PIPELINE_KIND, PIPELINE_OUTCOME, PIPELINE_STEP, TASK_REPO
+from shared import LaunchInput, ManagedJobInput, ReaperInput, SweepInput, TaskSpec
+from testing import ROOT, free_port
+from testing.fake_sky import FakeSky
+from testing.in_process import Pipeline, git, running_worker, start_dev_server
+from testing.prometheus import scrape, value
+from tracing import tracing
+from workflows import SkyPilotWorkflow, SweepWorkflow
+
+SIX_STEPS = ["fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down"]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
+        await asyncio.sleep(0.2)
+
+
+async def workflow_ids(client: Client, query: str) -> list[str]:
+    return sorted([w.id async for w in client.list_workflows(query)])
+
+
+# ------------------------------------------------------------------ schedules
+
+
+async def test_a_schedule_fires_runs_and_skips_one_that_would_overlap(pipeline: Pipeline):
+    pipeline.fake.plan("train", seconds=4)
+    schedule_id = f"sched-{uuid.uuid4().hex[:6]}"
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--every", "1s", "--schedule-id", schedule_id, env_overrides=starter_env(pipeline)
+    )
+    assert rc == 0 and stderr == "", (stdout, stderr)
+    assert stdout.startswith(f"Created schedule {schedule_id}: every 0:00:01, overlap skip;"), stdout
+    assert f"/namespaces/default/schedules/{schedule_id}" in stdout
+    client = pipeline.env.client
+    handle = client.get_schedule_handle(schedule_id)
+
+    async def two_runs_and_a_skip() -> bool:
+        info = (await handle.describe()).info
+        return len(info.recent_actions) >= 2 and info.num_actions_skipped_overlap >= 1
+
+    try:
+        await eventually(two_runs_and_a_skip, "two scheduled runs, one skipped for overlap", timeout=60)
+    finally:
+        await handle.delete()
+    runs = [w async for w in client.list_workflows(f"TemporalScheduledById='{schedule_id}'")]
+    for run in runs:
+        await client.get_workflow_handle(run.id, run_id=run.run_id).result()
+    runs = [w async for w in client.list_workflows(f"TemporalScheduledById='{schedule_id}'")]
+    assert len(runs) >= 2 and len({run.id for run in runs}) == len(runs)  # each its own id
+    assert all(run.id.startswith(f"{schedule_id}-") for run in runs)
+    assert all(run.status == WorkflowExecutionStatus.COMPLETED for run in runs)
+    spans = sorted((run.start_time, run.close_time) for run in runs)
+    for (_, closed), (next_start, _) in itertools.pairwise(spans):
+        assert closed is not None and closed <= next_start, "a scheduled run started while one was going"
+    pipeline.assert_no_cluster_left()
+
+
+async def test_the_same_schedule_id_updates_it_and_keeps_it_paused(pipeline: Pipeline):
+    schedule_id = f"sched-{uuid.uuid4().hex[:6]}"
+    env = starter_env(pipeline)
+    rc, stdout, _ = await run_script(
+        "run_workflow.py", "--schedule", "0 3 * * *", "--schedule-id", schedule_id, env_overrides=env
+    )
+    assert rc == 0 and stdout.startswith(f"Created schedule {schedule_id}: cron '0 3 * * *' (UTC)"), stdout
+    handle = pipeline.env.client.get_schedule_handle(schedule_id)
+    try:
+        await handle.pause(note="maintenance")
+        rc, stdout, _ = await run_script(
+            "run_workflow.py",
+            "--sweep",
+            "LR=0.1,0.01",
+            "--every",
+            "6h",
+            "--overlap",
+            "buffer-one",
+            "--schedule-id",
+            schedule_id,
+            env_overrides=env,
+        )
+        assert rc == 0 and stdout.startswith(
+            f"Updated schedule {schedule_id}: every 6:00:00, overlap buffer-one"
+        ), stdout
+        schedule = (await handle.describe()).schedule
+        assert schedule.state.paused and schedule.state.note == "maintenance"
+        assert schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(hours=6))]
+        assert schedule.spec.cron_expressions == [] and schedule.spec.calendars == []
+        assert schedule.policy.overlap == ScheduleOverlapPolicy.BUFFER_ONE
+        assert schedule.action.workflow == SweepWorkflow.__name__
+        kind = schedule.action.typed_search_attributes.get(PIPELINE_KIND)
+        assert kind == "sweep"
+    finally:
+        await handle.delete()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--every", "5x", "--schedule-id", "s"], "--every '5x': use a duration such as 30m"),
+        (["--schedule", "0 3 * * *"], "--schedule needs --schedule-id ID"),
+        (["--every", "1h", "--schedule-id", "s", "--workflow-id", "w"], "does not take --workflow-id"),
+        (["--every", "1h", "--schedule-id", "s", "--cluster-prefix", "c"], "a fixed --cluster-prefix"),
+        (["--every", "1h", "--schedule-id", "bad id!"], "--schedule-id 'bad id!': use letters"),
+        (["--overlap", "skip"], "--schedule-id and --overlap need --schedule CRON or --every DURATION"),
+        (["--schedule", "not a cron", "--schedule-id", "s"], "cannot create schedule 's': "),
+        (["--schedule", "0 3 * * *", "--every", "1h", "--schedule-id", "s"], "not allowed with argument"),
+    ],
+)
+async def test_bad_schedule_input_is_a_one_line_error(pipeline: Pipeline, args, message):
+    rc, stdout, stderr = await run_script("run_workflow.py", *args, env_overrides=starter_env(pipeline))
+    assert_one_line_error(rc, stdout, stderr, message)
+
+
+# ------------------------------------------------------------------ search attributes
+
+
+async def test_search_attributes_find_the_run_training_now_then_its_outcome(pipeline: Pipeline):
+    pipeline.fake.plan("train", until_cancelled=True)
+    workflow_id = f"wf-{uuid.uuid4().hex[:8]}"
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--no-wait", "--workflow-id", workflow_id, env_overrides=starter_env(pipeline)
+    )
+    assert rc == 0 and stderr == "", (stdout, stderr)
+    client = pipeline.env.client
+    sha = git("rev-parse", "main", cwd=pipeline.repo)
+    training_now = f"PipelineStep='train' AND CommitSha='{sha}'"
+    job = await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+
+    async def found(query: str) -> bool:
+        return await workflow_ids(client, query) == [workflow_id]
+
+    await eventually(lambda: found(training_now), training_now)
+    repo = str(pipeline.repo)
+    await eventually(
+        lambda: found(f"PipelineKind='pipeline' AND TaskRepo='{repo}' AND PipelineOutcome='running'"),
+        "the run",
+    )
+    job.status, job.finished_at = "SUCCEEDED", time.monotonic()
+    job.done.set()
+    await client.get_workflow_handle(workflow_id).result()
+    await eventually(lambda: found(f"PipelineOutcome='succeeded' AND CommitSha='{sha}'"), "its outcome")
+    attributes = (await client.get_workflow_handle(workflow_id).describe()).typed_search_attributes
+    assert attributes.get(PIPELINE_STEP) is None  # no step runs any more
+    assert await workflow_ids(client, training_now) == []
+
+
+async def test_the_current_step_follows_every_step_of_the_run(pipeline: Pipeline):
+    """Each step shows while it runs (polled from visibility as the run goes)."""
+    for step in ("preprocess", "train", "eval"):
+        pipeline.fake.plan(step, seconds=1.5)
+    handle = await pipeline.env.client.start_workflow(
+        SkyPilotWorkflow.run,
+        pipeline.input(),
+        id=f"wf-{uuid.uuid4().hex[:8]}",
+        task_queue=pipeline.task_queue,
+        search_attributes=search_attributes.at_start("SkyPilotWorkflow", str(pipeline.repo)),
+    )
+    seen: list[str] = []
+    while (description := await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+        step = description.typed_search_attributes.get(PIPELINE_STEP)
+        if step and (not seen or seen[-1] != step):
+            seen.append(step)
+        await asyncio.sleep(0.1)
+    assert [s for s in ("preprocess", "train", "eval") if s in seen] == ["preprocess", "train", "eval"], seen
+    assert description.typed_search_attributes.get(PIPELINE_OUTCOME) == "succeeded"
+
+
+async def test_sweep_variants_are_searchable_by_kind_and_commit(pipeline: Pipeline):
+    client = pipeline.env.client
+    sweep_id = f"sweep-{uuid.uuid4().hex[:6]}"
+    result = await client.execute_workflow(
+        SweepWorkflow.run,
+        SweepInput(pipeline.input(), variants=[{"LR": "0.1"}, {"LR": "0.01"}]),
+        id=sweep_id,
+        task_queue=pipeline.task_queue,
+        search_attributes=search_attributes.at_start("SweepWorkflow", str(pipeline.repo)),
+    )
+    query = (
+        f"PipelineKind='sweep-variant' AND CommitSha='{result.commit_sha}' AND PipelineOutcome='succeeded'"
+    )
+    expected = [f"{sweep_id}-v1", f"{sweep_id}-v2"]
+
+    async def variants_found() -> bool:
+        return await workflow_ids(client, query) == expected
+
+    await eventually(variants_found, query)
+    parent = (await client.get_workflow_handle(sweep_id).describe()).typed_search_attributes
+    assert (parent.get(PIPELINE_KIND), parent.get(PIPELINE_OUTCOME)) == ("sweep", "succeeded")
+    child = (await client.get_workflow_handle(expected[0]).describe()).typed_search_attributes
+    assert child.get(TASK_REPO) == str(pipeline.repo) and child.get(COMMIT_SHA) == result.commit_sha
+
+
+async def test_without_registered_attributes_runs_work_and_the_worker_says_so(
+    fake_sky: FakeSky, task_repo: Path, tmp_path: Path, caplog
+):
+    env = await start_dev_server(register_search_attributes=False)
+    try:
+        task_queue = f"test-{uuid.uuid4().hex[:8]}"
+        async with running_worker(env, fake_sky, tmp_path / "checkouts", task_queue):
+            pipeline = Pipeline(env, fake_sky, task_repo, task_queue)
+            rc, stdout, stderr = await run_script("run_workflow.py", env_overrides=starter_env(pipeline))
+        assert rc == 0, (stdout, stderr)
+        assert stderr.splitlines() == [
+            "run_workflow.py: note: this namespace has not registered the search attributes "
+            "(README: Operating it); the run is not searchable by them"
+        ]
+        with caplog.at_level(logging.INFO, logger=run_worker.log.name):
+            await run_worker.report_search_attributes(env.client)
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+        assert warnings[0].startswith("Search attributes NOT registered in namespace default: PipelineStep, ")
+        assert "temporal operator search-attribute create --name NAME --type Keyword" in warnings[0]
+    finally:
+        await env.shutdown()
+
+
+async def test_the_worker_reports_registered_attributes_in_one_line(env: WorkflowEnvironment, caplog):
+    with caplog.at_level(logging.INFO, logger=run_worker.log.name):
+        await run_worker.report_search_attributes(env.client)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Search attributes: PipelineStep, TaskRepo, CommitSha, PipelineKind, PipelineOutcome"
+    ]
+
+
+async def test_search_attributes_never_carry_repository_credentials():
+    args = run_workflow.build_parser().parse_args(["--repo", "https://user:tok3n@git.example.com/tasks.git"])
+    captured: list[TypedSearchAttributes] = []
+
+    async def start(given: TypedSearchAttributes) -> None:
+        captured.append(given)
+
+    await run_workflow.searchable(run_workflow.pipeline_input(args), start)
+    repo = captured[0].get(TASK_REPO)
+    assert repo is not None and repo.endswith("git.example.com/tasks.git") and "tok3n" not in repo, repo
+
+
+# ------------------------------------------------------------------ metrics and tracing
+
+
+async def test_the_worker_serves_sdk_and_pipeline_metrics(
+    env: WorkflowEnvironment, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
+):
+    address = f"127.0.0.1:{free_port()}"
+    client = await Client.connect(
+        env.client.service_client.config.target_host,
+        runtime=prometheus_runtime(address),
+        data_converter=env.client.data_converter,
+    )
+    measured = WorkflowEnvironment.from_client(client)
+    task_queue = f"test-{uuid.uuid4().hex[:8]}"
+    fake_sky.plan("train", seconds=0.3)
+    fake_sky.fail_next("down", RuntimeError("teardown hiccup"))  # one teardown retry
+    old = "skypilot-gone1-train"  # a leaked cluster whose run is gone
+    fake_sky.add_job(old, "x")
+    fake_sky.clusters[old].launched_at = time.time() - 3600
+    async with running_worker(measured, fake_sky, tmp_path / "checkouts", task_queue):
+        pipeline = Pipeline(measured, fake_sky, task_repo, task_queue)
+        await pipeline.run()
+        reaped = await client.execute_workflow(
+            ClusterReaperWorkflow.run,
+            ReaperInput(grace_seconds=60),
+            id=f"reaper-{task_queue}",
+            task_queue=task_queue,
+        )
+        assert reaped.reaped == [old]
+        samples = scrape(address)
+    for step in SIX_STEPS:
+        labels = dict(step=step, outcome="succeeded", workflow_type="SkyPilotWorkflow")
+        assert value(samples, "skypilot_step_duration_seconds_count", **labels) == 1, step
+        assert 0 < value(samples, "skypilot_step_duration_seconds_sum", **labels) < 60, step
+    assert value(samples, "skypilot_step_duration_seconds_sum", step="train") >= 0.3
+    # Buckets fit steps of seconds to a day (not the SDK's default milliseconds).
+    train_buckets = [
+        (labels["le"], count)
+        for labels, count in samples["skypilot_step_duration_seconds_bucket"]
+        if labels["step"] == "train"
+    ]
+    assert [le for le, _ in train_buckets][:4] == ["0.5", "1", "5", "15"], train_buckets
+    assert dict(train_buckets)["30"] == 1 and dict(train_buckets)["86400"] == 1
+    assert value(samples, "skypilot_runs_total", outcome="succeeded", task_queue=task_queue) == 1
+    assert value(samples, "skypilot_teardown_retries_total") == 1
+    assert (
+        value(samples, "skypilot_reaper_clusters_removed_total", workflow_type="ClusterReaperWorkflow") == 1
+    )
+    # The SDK's own: workflow task latencies, slots, pollers.
+    assert value(samples, "temporal_workflow_task_execution_latency_count", task_queue=task_queue) > 0
+    assert value(samples, "temporal_activity_execution_latency_count", activity_type="launch_task") == 2
+    assert value(samples, "temporal_num_pollers", poller_type="activity_task", task_queue=task_queue) > 0
+    assert "temporal_worker_task_slots_available" in samples
+
+
+async def test_retries_that_find_their_job_count_as_reattached(activities, fake_sky: FakeSky):
+    """A retried step that finds the job an earlier attempt submitted (on a cluster, or as a
+    managed job) counts once, with its kind."""
+    address = f"127.0.0.1:{free_port()}"
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(retry.info, attempt=2, heartbeat_details=[])
+    runtime = prometheus_runtime(address)  # serves while referenced
+    retry.metric_meter = runtime.metric_meter
+    yaml_text = (ROOT / "tasks" / "train.yaml").read_text()
+    train = TaskSpec(step="train", job_name="wf1-0123abcd-train", yaml_text=yaml_text)
+    fake_sky.add_job("wf1-train", train.job_name, status="SUCCEEDED")
+    await retry.run(activities.launch_task, LaunchInput(cluster_name="wf1-train", task=train))
+    task = fake_sky.Task.from_yaml_config({"name": train.job_name, "run": "true"})
+    fake_sky.get(fake_sky.jobs.launch(task, name=train.job_name))
+    await retry.run(activities.submit_managed_job, ManagedJobInput(train))
+    assert fake_sky.called("launch") == [] and len(fake_sky.called("jobs.launch")) == 1  # nothing resubmitted
+    samples = scrape(address)
+    assert value(samples, "skypilot_jobs_reattached_total", kind="cluster") == 1
+    assert value(samples, "skypilot_jobs_reattached_total", kind="managed") == 1
+
+
+async def test_tracing_exports_a_span_per_workflow_and_activity(pipeline: Pipeline, tmp_path: Path):
+    exporter = InMemorySpanExporter()
+    interceptor, provider = tracing(exporter)
+    task_queue = f"test-{uuid.uuid4().hex[:8]}"
+    async with running_worker(
+        pipeline.env, pipeline.fake, tmp_path / "traced", task_queue, interceptors=[interceptor]
+    ):
+        traced = Pipeline(pipeline.env, pipeline.fake, pipeline.repo, task_queue)
+        handle = await traced.start()
+        await handle.result()
+    provider.shutdown()
+    names = [span.name for span in exporter.get_finished_spans()]
+    assert "RunWorkflow:SkyPilotWorkflow" in names, names
+    for activity_name in ("fetch_tasks", "launch_task", "exec_task", "down_cluster"):
+        assert f"RunActivity:{activity_name}" in names, names
+    workflow_span = next(s for s in exporter.get_finished_spans() if s.name == "RunWorkflow:SkyPilotWorkflow")
+    assert workflow_span.resource.attributes["service.name"] == "skypilot-temporal-worker"
+    assert workflow_span.attributes.get("temporalWorkflowID") == handle.id

@@ -1,0 +1,44 @@
+"""Optional tracing: a span for each workflow run and each activity, with Temporal's own
+`temporalio.contrib.opentelemetry.TracingInterceptor`, exported over OTLP/HTTP.
+
+Off unless OTEL_EXPORTER_OTLP_ENDPOINT (or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) is set; the
+exporter reads the standard OTEL_EXPORTER_OTLP_* settings itself (headers, timeout, ...), and
+OTEL_SERVICE_NAME names the worker (default skypilot-temporal-worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from temporalio.contrib.opentelemetry import TracingInterceptor
+
+ENDPOINT_SETTINGS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+DEFAULT_SERVICE_NAME = "skypilot-temporal-worker"
+
+
+def otlp_endpoint(environ: Mapping[str, str]) -> str:
+    """The configured OTLP endpoint, or "" when tracing is off."""
+    return next((environ[name].strip() for name in ENDPOINT_SETTINGS if environ.get(name, "").strip()), "")
+
+
+def tracing(
+    exporter: SpanExporter, service_name: str = DEFAULT_SERVICE_NAME
+) -> tuple[TracingInterceptor, TracerProvider]:
+    """An interceptor (for the client, so its workers too) whose spans go to `exporter`, and the
+    provider behind it (shut it down to flush the last spans)."""
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    # Runs started by an untraced client (the starter, a schedule) get a workflow span too.
+    return TracingInterceptor(provider.get_tracer(__name__), always_create_workflow_spans=True), provider
+
+
+def otlp_tracing(environ: Mapping[str, str]) -> tuple[TracingInterceptor, TracerProvider] | None:
+    """Tracing to the configured OTLP endpoint, or None when none is configured."""
+    if not otlp_endpoint(environ):
+        return None
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return tracing(OTLPSpanExporter(), environ.get("OTEL_SERVICE_NAME", "").strip() or DEFAULT_SERVICE_NAME)
