@@ -123,6 +123,7 @@ async def run_worker() -> None:
     runtime, metrics_status = metrics_runtime_from_env()
     traced = tracing.otlp_tracing(os.environ)
     client = await config.connect_temporal(runtime, interceptors=[traced[0]] if traced else [])
+    await report_search_attributes(client)
     executor = concurrent.futures.ThreadPoolExecutor(sdk_threads, thread_name_prefix="skypilot-sdk")
     activities = SkyPilotActivities(
         sky_sdk,
@@ -165,7 +166,6 @@ async def run_worker() -> None:
     log.info("Payload codec: %s", config.encryption_status())
     log.info("Metrics: %s", metrics_status)
     log.info("Tracing: %s", f"OTLP to {tracing.otlp_endpoint(os.environ)}" if traced else "off")
-    await report_search_attributes(client)
     log.info(
         "Task policy: secrets tasks may receive: %s; upload directories beyond the checkout: %s; "
         "git:// and http:// repositories: %s",

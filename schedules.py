@@ -64,7 +64,10 @@ class ScheduleRequest:
         return ScheduleSpec(intervals=[ScheduleIntervalSpec(every=self.every)])
 
     def when(self) -> str:
-        return f"cron '{self.cron}' (UTC)" if self.cron else f"every {self.every}"
+        if not self.cron:
+            return f"every {self.every}"
+        zoned = self.cron.startswith(("CRON_TZ=", "TZ="))  # Temporal's own time zone prefix
+        return f"cron '{self.cron}'" + ("" if zoned else " (UTC)")
 
     def check(self) -> None:
         if not SCHEDULE_ID.fullmatch(self.schedule_id):

@@ -18,11 +18,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client, ScheduleIntervalSpec, ScheduleOverlapPolicy, WorkflowExecutionStatus
 from temporalio.common import TypedSearchAttributes
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+from temporalio.worker import Replayer
 from test_scripts import assert_one_line_error, run_script, starter_env
 
 import run_worker
 import run_workflow
 import search_attributes
+from errors import ConfigError
 from metrics import prometheus_runtime
 from reaper import ClusterReaperWorkflow
 from search_attributes import COMMIT_SHA, PIPELINE_KIND, PIPELINE_OUTCOME, PIPELINE_STEP, TASK_REPO
@@ -31,8 +33,8 @@ from testing import ROOT, free_port
 from testing.fake_sky import FakeSky
 from testing.in_process import Pipeline, git, running_worker, start_dev_server
 from testing.prometheus import scrape, value
-from tracing import tracing
-from workflows import SkyPilotWorkflow, SweepWorkflow
+from tracing import otlp_tracing, tracing
+from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
 SIX_STEPS = ["fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down"]
 
@@ -191,6 +193,9 @@ async def test_the_current_step_follows_every_step_of_the_run(pipeline: Pipeline
         await asyncio.sleep(0.1)
     assert [s for s in ("preprocess", "train", "eval") if s in seen] == ["preprocess", "train", "eval"], seen
     assert description.typed_search_attributes.get(PIPELINE_OUTCOME) == "succeeded"
+    await Replayer(
+        workflows=[SkyPilotWorkflow], data_converter=pipeline.env.client.data_converter
+    ).replay_workflow(await handle.fetch_history())
 
 
 async def test_sweep_variants_are_searchable_by_kind_and_commit(pipeline: Pipeline):
@@ -216,6 +221,9 @@ async def test_sweep_variants_are_searchable_by_kind_and_commit(pipeline: Pipeli
     assert (parent.get(PIPELINE_KIND), parent.get(PIPELINE_OUTCOME)) == ("sweep", "succeeded")
     child = (await client.get_workflow_handle(expected[0]).describe()).typed_search_attributes
     assert child.get(TASK_REPO) == str(pipeline.repo) and child.get(COMMIT_SHA) == result.commit_sha
+    replayer = Replayer(workflows=[SweepWorkflow, SweepVariantWorkflow], data_converter=client.data_converter)
+    for workflow_id in (sweep_id, *expected):
+        await replayer.replay_workflow(await client.get_workflow_handle(workflow_id).fetch_history())
 
 
 async def test_without_registered_attributes_runs_work_and_the_worker_says_so(
@@ -284,13 +292,18 @@ async def test_the_worker_serves_sdk_and_pipeline_metrics(
     async with running_worker(measured, fake_sky, tmp_path / "checkouts", task_queue):
         pipeline = Pipeline(measured, fake_sky, task_repo, task_queue)
         await pipeline.run()
+        fake_sky.plan("train", until_cancelled=True)  # a managed job whose run is gone
+        orphan_job = "skypilot-gone2-0123abcd-train"
+        task = fake_sky.Task.from_yaml_config({"name": orphan_job, "run": "true"})
+        fake_sky.get(fake_sky.jobs.launch(task, name=orphan_job))
+        fake_sky.jobs.managed[-1].submitted_at -= 3600
         reaped = await client.execute_workflow(
             ClusterReaperWorkflow.run,
             ReaperInput(grace_seconds=60),
             id=f"reaper-{task_queue}",
             task_queue=task_queue,
         )
-        assert reaped.reaped == [old]
+        assert reaped.reaped == [old] and reaped.cancelled_jobs == [fake_sky.jobs.managed[-1].job_id]
         samples = scrape(address)
     for step in SIX_STEPS:
         labels = dict(step=step, outcome="succeeded", workflow_type="SkyPilotWorkflow")
@@ -356,3 +369,29 @@ async def test_tracing_exports_a_span_per_workflow_and_activity(pipeline: Pipeli
     workflow_span = next(s for s in exporter.get_finished_spans() if s.name == "RunWorkflow:SkyPilotWorkflow")
     assert workflow_span.resource.attributes["service.name"] == "skypilot-temporal-worker"
     assert workflow_span.attributes.get("temporalWorkflowID") == handle.id
+
+
+def test_the_metrics_address_setting(monkeypatch, caplog):
+    monkeypatch.setenv("WORKER_METRICS_ADDRESS", "off")
+    assert run_worker.metrics_runtime_from_env() == (None, "off (WORKER_METRICS_ADDRESS=off)")
+    monkeypatch.setenv("WORKER_METRICS_ADDRESS", "localhost:http")
+    with pytest.raises(
+        ConfigError, match=r"^WORKER_METRICS_ADDRESS 'localhost:http': Invalid Prometheus address"
+    ):
+        run_worker.metrics_runtime_from_env()
+    address = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("WORKER_METRICS_ADDRESS", address)
+    runtime, status = run_worker.metrics_runtime_from_env()
+    assert runtime is not None and status == f"Prometheus at http://{address}/metrics"
+    with caplog.at_level(logging.WARNING, logger=run_worker.log.name):  # a second worker on the host
+        assert run_worker.metrics_runtime_from_env() == (None, f"off ({address} in use)")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Metrics NOT served: {address} is in use (set WORKER_METRICS_ADDRESS to another port)"
+    ]
+
+
+def test_tracing_is_off_unless_an_otlp_endpoint_is_set():
+    assert otlp_tracing({}) is None and otlp_tracing({"OTEL_EXPORTER_OTLP_ENDPOINT": " "}) is None
+    traced = otlp_tracing({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:1/v1/traces"})
+    assert traced is not None
+    traced[1].shutdown()

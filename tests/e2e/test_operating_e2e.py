@@ -17,7 +17,7 @@ from urllib.parse import quote
 import pytest
 from playwright.async_api import expect
 
-from shared import cluster_prefix_for
+from shared import PipelineResult, cluster_prefix_for
 from testing import ROOT, free_port
 from testing.browser import browser_page, workflows_url
 from testing.in_process import TEMPORAL_CLI, git
@@ -109,7 +109,8 @@ async def test_a_triggered_schedule_runs_the_real_pipeline_findable_and_measured
             await page.goto(f"{workflows_url()}?query={quote(training_now)}")
             await expect(page.get_by_text(workflow_id).first).to_be_visible(timeout=30_000)
 
-        result = await asyncio.wait_for(temporal.get_workflow_handle(workflow_id).result(), 900)
+        run = temporal.get_workflow_handle(workflow_id, result_type=PipelineResult)
+        result = await asyncio.wait_for(run.result(), 900)
         assert [step.job_status for step in result.steps] == ["SUCCEEDED"] * 3
         assert listed(f"PipelineOutcome='succeeded' AND CommitSha='{sha}' AND {scheduled}") == [workflow_id]
         assert listed(training_now) == [] or workflow_id not in listed(training_now)
