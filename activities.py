@@ -191,14 +191,9 @@ class SkyPilotActivities:
         sink = self._sink(f"[down {input.cluster_name}]", [], progress)
         what = f"tearing down {input.cluster_name}"
         # A cancelled teardown is not undone on SkyPilot: the workflow's cleanup runs it again.
-        try:
-            async with self._jobs.step(progress, what, cancel_skypilot=False, always_retry=True):
-                outcome = await self._jobs.tear_down(
-                    input.cluster_name, input.job_name_prefix, progress, sink
-                )
-        except Exception:
-            metrics.teardown_failed()
-            raise
+        metrics.teardown_attempt_started()
+        async with self._jobs.step(progress, what, cancel_skypilot=False, always_retry=True):
+            outcome = await self._jobs.tear_down(input.cluster_name, input.job_name_prefix, progress, sink)
         activity.logger.info("Cluster %s: %s", input.cluster_name, outcome)
         return StepResult(
             step="down",

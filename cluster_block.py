@@ -95,7 +95,8 @@ class Cluster:
 
     async def _provision(self, yaml_path: str) -> None:
         step = f"{self.role}-provision"
-        async with self.pipeline.board.step(step, f"provision {self.name}", self.name) as progress:
+        board = self.pipeline.board
+        async with board.step(step, f"provision {self.name}", self.name, background=True) as progress:
             await workflow.execute_activity_method(
                 SkyPilotActivities.launch_task,
                 LaunchInput(

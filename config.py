@@ -113,14 +113,17 @@ def encryption_status() -> str:
 
 
 def workflow_ui_url(namespace: str, workflow_id: str, run_id: str | None = None) -> str:
-    base = env_str("TEMPORAL_UI_URL", DEFAULT_UI_URL).rstrip("/")
-    url = f"{base}/namespaces/{quote(namespace, safe='')}/workflows/{quote(workflow_id, safe='')}"
+    url = _ui_url(namespace, "workflows", workflow_id)
     return f"{url}/{run_id}/history" if run_id else url
 
 
 def schedule_ui_url(namespace: str, schedule_id: str) -> str:
+    return _ui_url(namespace, "schedules", schedule_id)
+
+
+def _ui_url(namespace: str, kind: str, name: str) -> str:
     base = env_str("TEMPORAL_UI_URL", DEFAULT_UI_URL).rstrip("/")
-    return f"{base}/namespaces/{quote(namespace, safe='')}/schedules/{quote(schedule_id, safe='')}"
+    return f"{base}/namespaces/{quote(namespace, safe='')}/{kind}/{quote(name, safe='')}"
 
 
 def one_line(err: BaseException) -> str:

@@ -72,9 +72,12 @@ class ManagedJobs:
 
         async def once() -> int:
             # This attempt's own launch request, when an outage interrupted it after submitting.
-            job_id = await self._job_of_request(progress.request_id) if progress.request_id else None
-            if job_id is None and (job_id := await self._find(spec, progress)) is not None:
-                metrics.job_reattached("managed")
+            submitted_here = bool(progress.request_id)
+            job_id = await self._job_of_request(progress.request_id) if submitted_here else None
+            if job_id is None:
+                job_id = await self._find(spec, progress)
+                if job_id is not None and not submitted_here:
+                    metrics.job_reattached("managed")
             if job_id is None:
                 progress.phase = "submitting to the jobs controller"
                 job_id = await self._submit(task, spec, progress, sink)

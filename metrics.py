@@ -5,9 +5,10 @@ same labels (namespace, task_queue, workflow_type or activity_type), and workflo
 never recorded twice when a workflow replays. With no metrics configured the meters do nothing.
 
     skypilot_step_duration_seconds{step, outcome}   histogram: a pipeline step, from start to end
-    skypilot_runs_total{outcome}                     runs ended: succeeded, failed, cancelled
-    skypilot_jobs_reattached_total{kind}             retried steps that found their SkyPilot job
-    skypilot_teardown_retries_total                  teardown attempts that failed (and are retried)
+    skypilot_runs_total{outcome}                     runs ended: succeeded, failed, cancelled (a
+                                                     sweep's variants count too: workflow_type says)
+    skypilot_jobs_reattached_total{kind}             step attempts that found their SkyPilot job
+    skypilot_teardown_retries_total                  teardown attempts after the first
     skypilot_reaper_clusters_removed_total           clusters the leak safety net tore down
     skypilot_reaper_jobs_cancelled_total             managed jobs the leak safety net cancelled
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from temporalio import activity, workflow
+from temporalio.common import MetricMeter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 STEP_DURATION = "skypilot_step_duration_seconds"
@@ -65,6 +67,11 @@ def reaped(clusters: int, managed_jobs: int) -> None:
         meter.create_counter(REAPER_JOBS_CANCELLED, "Managed jobs cancelled by the reaper").add(managed_jobs)
 
 
+def teardown_round_retried() -> None:
+    """A teardown whose attempts all failed starts a new round (its first attempt is a retry)."""
+    _teardown_retries(workflow.metric_meter())
+
+
 # ------------------------------------------------------------------ activity side
 
 
@@ -75,5 +82,12 @@ def job_reattached(kind: str) -> None:
     ).add(1, {"kind": kind})
 
 
-def teardown_failed() -> None:
-    activity.metric_meter().create_counter(TEARDOWN_RETRIES, "Failed teardown attempts (retried)").add(1)
+def teardown_attempt_started() -> None:
+    """Counts attempts after the first, whatever ended the one before (an error, a timeout, a
+    lost worker)."""
+    if activity.info().attempt > 1:
+        _teardown_retries(activity.metric_meter())
+
+
+def _teardown_retries(meter: MetricMeter) -> None:
+    meter.create_counter(TEARDOWN_RETRIES, "Teardown attempts after the first").add(1)

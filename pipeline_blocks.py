@@ -36,6 +36,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    import metrics
     from activities import SkyPilotActivities
     from redaction import redact_url_credentials
     from shared import (
@@ -158,7 +159,7 @@ class Pipeline:
     def teardown_in_background(self, cluster: str, step: str) -> None:
         """Tear `cluster` down as `step` alongside the next steps (shielded from cancel); the
         run's cleanup waits for it."""
-        teardown = functools.partial(self.down, cluster, step)
+        teardown = functools.partial(self.down, cluster, step, background=True)
         self._teardowns.append(asyncio.create_task(self.shielded_from_cancel(teardown)))
 
     async def teardowns_done(self) -> None:
@@ -247,8 +248,9 @@ class Pipeline:
 
     # ------------------------------------------------------------------ teardown and cleanup
 
-    async def down(self, cluster: str, step: str | None = None) -> None:
-        """Tear `cluster` down: as pipeline step `step`, or as cleanup when `step` is None.
+    async def down(self, cluster: str, step: str | None = None, background: bool = False) -> None:
+        """Tear `cluster` down: as pipeline step `step`, or as cleanup when `step` is None
+        (`background`: alongside the pipeline's main line).
 
         Never gives up (a leaked cluster costs more than a stuck workflow): after each round of
         attempts the step shows as `retrying` with the error, and a warning is logged.
@@ -256,8 +258,10 @@ class Pipeline:
         if step is None:  # shown in the progress query and the Web UI after the pipeline's steps
             step = f"cleanup {cluster}"
             self.board.add(step, f"cleanup: down {cluster}", cluster).name = "cleanup"
-        async with self.board.step(step, f"down {cluster}", cluster) as progress:
+        async with self.board.step(step, f"down {cluster}", cluster, background) as progress:
             for attempt_round in itertools.count(1):
+                if attempt_round > 1:
+                    metrics.teardown_round_retried()
                 try:
                     await workflow.execute_activity_method(
                         SkyPilotActivities.down_cluster,
@@ -287,6 +291,7 @@ class Pipeline:
 
     async def _tear_down_everything(self, outcome: str) -> None:
         self.board.status = "cleaning up"
+        self.board.search.step("cleanup")
         self.board.redraw()
         for task in self._background:
             task.cancel()  # e.g. a provisioning still going: cancelled on SkyPilot too
@@ -320,6 +325,7 @@ class Pipeline:
         minutes = self.input.keep_clusters_minutes
         until = workflow.now() + timedelta(minutes=minutes)
         self.board.status = f"failed: clusters kept for debugging until {until:%Y-%m-%d %H:%M} UTC"
+        self.board.search.step("clusters-kept")
         workflow.logger.warning(
             "keep_clusters_on_failure: %s stay up for %d min (signal release_clusters to tear down now)",
             ", ".join(self.board.clusters_up),
@@ -330,6 +336,14 @@ class Pipeline:
             await workflow.wait_condition(lambda: self.release_requested, timeout=timedelta(minutes=minutes))
         self.board.status = "cleaning up"
 
+    def refuse(self, problems: Sequence[str], what: str = "pipeline") -> None:
+        """Fail the run before any step if its input has `problems` (it ends as failed)."""
+        if problems:
+            self.board.ended("failed")
+            raise ApplicationError(
+                f"invalid {what} input: " + "; ".join(problems), type="InvalidInput", non_retryable=True
+            )
+
     def _refuse_bad_input(self) -> None:
         problems = input_problems(self.input)
         if self.input.cluster_prefix and self._run_scoped_names:
@@ -337,10 +351,7 @@ class Pipeline:
                 "cluster_prefix is not an input any more: the prefix comes from the workflow id "
                 "(run_workflow.py --cluster-prefix NAME starts workflow skypilot-NAME)"
             )
-        if problems:
-            raise ApplicationError(
-                "invalid pipeline input: " + "; ".join(problems), type="InvalidInput", non_retryable=True
-            )
+        self.refuse(problems)
 
     def _fetch_summary(self) -> str:
         return f"fetch tasks from {redact_url_credentials(self.input.repo_url)}@{self.input.ref}"

@@ -164,7 +164,7 @@ async def run_worker() -> None:
         api_server,
     )
     log.info("Payload codec: %s", config.encryption_status())
-    log.info("Metrics: %s", metrics_status)
+    log.log(logging.INFO if runtime else logging.WARNING, "Metrics: %s", metrics_status)
     log.info("Tracing: %s", f"OTLP to {tracing.otlp_endpoint(os.environ)}" if traced else "off")
     log.info(
         "Task policy: secrets tasks may receive: %s; upload directories beyond the checkout: %s; "
@@ -186,8 +186,8 @@ async def run_worker() -> None:
 
 
 def metrics_runtime_from_env() -> tuple[Runtime | None, str]:
-    """A runtime serving Prometheus metrics at WORKER_METRICS_ADDRESS (empty: none), and a line
-    saying where. An address in use costs the metrics, not the worker (a warning says so)."""
+    """A runtime serving Prometheus metrics at WORKER_METRICS_ADDRESS (off: none), and a line
+    saying where. An address in use costs the metrics, not the worker (the start banner warns)."""
     address = config.env_str("WORKER_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS)
     if address.lower() in ("off", "none", "0"):
         return None, "off (WORKER_METRICS_ADDRESS=off)"
@@ -196,8 +196,7 @@ def metrics_runtime_from_env() -> tuple[Runtime | None, str]:
     except ValueError as err:
         if "in use" not in str(err):
             raise config.ConfigError(f"WORKER_METRICS_ADDRESS {address!r}: {err}") from None
-        log.warning("Metrics NOT served: %s is in use (set WORKER_METRICS_ADDRESS to another port)", address)
-        return None, f"off ({address} in use)"
+        return None, f"NOT served: {address} is in use (set WORKER_METRICS_ADDRESS to another port)"
 
 
 async def report_search_attributes(client: Client) -> None:
@@ -213,7 +212,7 @@ async def report_search_attributes(client: Client) -> None:
             "them (register each: %s; README 'Operating it')",
             client.namespace,
             ", ".join(missing),
-            search_attributes.registration_commands(missing)[0].replace(missing[0], "NAME"),
+            search_attributes.registration_command("NAME"),
         )
     else:
         log.info("Search attributes: %s", ", ".join(key.name for key in search_attributes.ALL_KEYS))

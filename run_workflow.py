@@ -238,7 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(manage it with `temporal schedule ...` or the Web UI's Schedules page)"
     )
     when = recurring.add_mutually_exclusive_group()
-    when.add_argument("--schedule", metavar="CRON", default="", help='cron in UTC, e.g. "0 3 * * *"')
+    when.add_argument(
+        "--schedule",
+        metavar="CRON",
+        default=None,
+        help='cron in UTC, e.g. "0 3 * * *" (CRON_TZ=... for a zone)',
+    )
     when.add_argument("--every", metavar="DURATION", default="", help="an interval, e.g. 6h, 30m, 1d")
     recurring.add_argument(
         "--schedule-id", metavar="ID", default="", help="the schedule's id; its runs are ID-<start time>"
@@ -310,9 +315,11 @@ def workflow_id_for(args: argparse.Namespace) -> str:
     return args.workflow_id or f"{CLUSTER_MARKER}{uuid.uuid4().hex[:8]}"
 
 
-def describe_run(run: PipelineInput | SweepInput) -> tuple[type, str, str]:
+def describe_run(
+    run: PipelineInput | SweepInput,
+) -> tuple[type[SkyPilotWorkflow] | type[SweepWorkflow], str, str]:
     """The workflow that runs `run`, and its summary and details for the Web UI."""
-    pipeline = run.pipeline if isinstance(run, SweepInput) else run
+    pipeline = pipeline_of(run)
     what = f"{redact_url_credentials(pipeline.repo_url)}@{pipeline.ref}"
     details = (
         f"tasks: {pipeline.preprocess_yaml}, {pipeline.train_yaml}, "
@@ -324,24 +331,26 @@ def describe_run(run: PipelineInput | SweepInput) -> tuple[type, str, str]:
     return SkyPilotWorkflow, f"SkyPilot pipeline: {what}", details
 
 
+def pipeline_of(run: PipelineInput | SweepInput) -> PipelineInput:
+    return run.pipeline if isinstance(run, SweepInput) else run
+
+
 async def searchable(
     run: PipelineInput | SweepInput, start: Callable[[TypedSearchAttributes], Awaitable[T]]
 ) -> T:
     """`start` the run (or schedule) with its search attributes; without them, and a one-line
-    note, if the namespace has not registered them."""
+    note, if the namespace has not registered them (as Keyword)."""
     workflow_class, _, _ = describe_run(run)
-    pipeline = run.pipeline if isinstance(run, SweepInput) else run
-    attributes = search_attributes.at_start(
-        workflow_class.__name__, redact_url_credentials(pipeline.repo_url)
-    )
+    attributes = search_attributes.at_start(workflow_class.__name__, pipeline_of(run).repo_url)
     try:
         return await start(attributes)
     except RPCError as err:
         if not search_attributes.is_unregistered_error(err.message):
             raise
+        refused = config.one_line(err)
     print(
-        "run_workflow.py: note: this namespace has not registered the search attributes "
-        "(README: Operating it); the run is not searchable by them",
+        "run_workflow.py: note: the namespace refused the search attributes "
+        f"({refused}); started without them, so not searchable (README: Operating it)",
         file=sys.stderr,
     )
     return await start(TypedSearchAttributes.empty)
@@ -377,6 +386,8 @@ async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.
 
 def schedule_request(args: argparse.Namespace) -> ScheduleRequest | None:
     """What --schedule / --every ask for (None: start one run); ConfigError on a bad combination."""
+    if args.schedule is not None and not args.schedule.strip():
+        raise config.ConfigError('--schedule needs a cron expression, e.g. "0 3 * * *"')
     if not (args.schedule or args.every):
         if args.schedule_id or args.overlap:
             raise config.ConfigError("--schedule-id and --overlap need --schedule CRON or --every DURATION")
@@ -391,7 +402,7 @@ def schedule_request(args: argparse.Namespace) -> ScheduleRequest | None:
         raise config.ConfigError(f"{flag} needs --schedule-id ID (the same id again updates the schedule)")
     request = ScheduleRequest(
         args.schedule_id,
-        cron=args.schedule.strip(),
+        cron=(args.schedule or "").strip(),
         every=parse_every(args.every) if args.every else None,
         overlap=args.overlap or "skip",
     )

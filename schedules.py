@@ -9,6 +9,7 @@ page.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import timedelta
@@ -36,6 +37,11 @@ OVERLAP_POLICIES = {
 _DURATION_PART = re.compile(r"(\d+)([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 SCHEDULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_EVERY = timedelta(days=366)
+# Runs missed while Temporal was down are started afterwards only if due this recently: at most
+# about one per outage, never a burst of clusters after a long one.
+MAX_CATCHUP = timedelta(days=1)
+MIN_CATCHUP = timedelta(minutes=1)
 
 
 def parse_every(text: str) -> timedelta:
@@ -45,8 +51,8 @@ def parse_every(text: str) -> timedelta:
     if not parts or "".join(n + u for n, u in parts) != compact:
         raise ConfigError(f"--every {text!r}: use a duration such as 30m, 6h, 1d or 1h30m")
     seconds = sum(int(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-    if seconds < 1:
-        raise ConfigError(f"--every {text!r}: must be at least 1s")
+    if not 1 <= seconds <= MAX_EVERY.total_seconds():
+        raise ConfigError(f"--every {text!r}: must be between 1s and {MAX_EVERY.days}d")
     return timedelta(seconds=seconds)
 
 
@@ -58,13 +64,15 @@ class ScheduleRequest:
     overlap: str = "skip"
 
     def spec(self) -> ScheduleSpec:
-        if self.cron:
-            return ScheduleSpec(cron_expressions=[self.cron])
-        assert self.every is not None
-        return ScheduleSpec(intervals=[ScheduleIntervalSpec(every=self.every)])
+        if self.every is not None:
+            return ScheduleSpec(intervals=[ScheduleIntervalSpec(every=self.every)])
+        return ScheduleSpec(cron_expressions=[self.cron])
+
+    def catchup_window(self) -> timedelta:
+        return min(max(self.every or MAX_CATCHUP, MIN_CATCHUP), MAX_CATCHUP)
 
     def when(self) -> str:
-        if not self.cron:
+        if self.every is not None:
             return f"every {self.every}"
         zoned = self.cron.startswith(("CRON_TZ=", "TZ="))  # Temporal's own time zone prefix
         return f"cron '{self.cron}'" + ("" if zoned else " (UTC)")
@@ -81,11 +89,14 @@ class ScheduleRequest:
 async def create_or_update(
     client: Client, request: ScheduleRequest, action: ScheduleActionStartWorkflow
 ) -> str:
-    """Create the schedule, or replace the existing one's spec and action: "created" or "updated"."""
+    """Create the schedule, or replace the existing one's spec, action and overlap policy
+    (keeping its state, e.g. paused, and the rest of its policy): "created" or "updated"."""
     schedule = Schedule(
         action=action,
         spec=request.spec(),
-        policy=SchedulePolicy(overlap=OVERLAP_POLICIES[request.overlap]),
+        policy=SchedulePolicy(
+            overlap=OVERLAP_POLICIES[request.overlap], catchup_window=request.catchup_window()
+        ),
     )
     try:
         await client.create_schedule(request.schedule_id, schedule)
@@ -94,7 +105,11 @@ async def create_or_update(
         pass
 
     def keep_its_state(existing: ScheduleUpdateInput) -> ScheduleUpdate:
-        schedule.state = existing.description.schedule.state  # a paused schedule stays paused
+        current = existing.description.schedule
+        schedule.state = current.state
+        schedule.policy = dataclasses.replace(
+            current.policy, overlap=schedule.policy.overlap, catchup_window=schedule.policy.catchup_window
+        )
         return ScheduleUpdate(schedule=schedule)
 
     await client.get_schedule_handle(request.schedule_id).update(keep_its_state)

@@ -2,17 +2,21 @@
 
     temporal workflow list --query "PipelineStep='train' AND CommitSha='4e1f...'"
 
-The starter gives a run its kind, repository and outcome "running" when it starts it; the
-workflow then keeps PipelineStep (the step running now, cleared at the end), CommitSha and
-PipelineOutcome current. A namespace must register them once (`registration_commands()`); a
-run started without them (unregistered, or started by another client) never upserts any, so
-it works the same, only unsearchable. Whether a run upserts depends only on its start event,
-so replay is deterministic whatever the namespace's registrations are now.
+The starter gives a run all five when it starts it (so Temporal checks every registration
+then, and a namespace lacking one refuses the start, which the starter retries without them);
+the workflow then keeps PipelineStep (the step running now, cleared at the end), CommitSha and
+PipelineOutcome current. A run started without all five (unregistered, another client, or an
+older starter's run) never upserts any: it works the same, only unsearchable. Whether a run
+upserts depends only on its start event, so replay is deterministic whatever the namespace's
+registrations are now. Upgrade workers before starters: a run started with the attributes but
+first run by a worker older than this module would not replay on a newer one. (No patch marker
+gates this: a second `patched()` in a run's first workflow task made replay of a history whose
+first task was retried fail in sdk-core.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from temporalio import workflow
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
@@ -30,6 +34,7 @@ COMMIT_SHA = SearchAttributeKey.for_keyword("CommitSha")
 PIPELINE_KIND = SearchAttributeKey.for_keyword("PipelineKind")
 PIPELINE_OUTCOME = SearchAttributeKey.for_keyword("PipelineOutcome")
 ALL_KEYS = (PIPELINE_STEP, TASK_REPO, COMMIT_SHA, PIPELINE_KIND, PIPELINE_OUTCOME)
+STARTING = "starting"  # PipelineStep before the first step
 
 KIND_OF_WORKFLOW = {
     "SkyPilotWorkflow": "pipeline",
@@ -39,18 +44,31 @@ KIND_OF_WORKFLOW = {
 
 
 def at_start(workflow_type: str, repo_url: str) -> TypedSearchAttributes:
-    """What a run starts with (`repo_url` already without credentials)."""
+    """What a run starts with: all five, so that starting it checks that each is registered."""
     return TypedSearchAttributes(
         [
+            SearchAttributePair(PIPELINE_STEP, STARTING),
+            SearchAttributePair(TASK_REPO, searchable_repo(repo_url)),
+            SearchAttributePair(COMMIT_SHA, ""),
             SearchAttributePair(PIPELINE_KIND, KIND_OF_WORKFLOW.get(workflow_type, workflow_type)),
-            SearchAttributePair(TASK_REPO, repo_url),
             SearchAttributePair(PIPELINE_OUTCOME, "running"),
         ]
     )
 
 
+def searchable_repo(repo_url: str) -> str:
+    """The repository as stored in the (unencrypted) visibility index: scheme, host and path
+    only, never user info, a query or a fragment (where tokens hide)."""
+    if "://" not in repo_url:
+        return repo_url.rsplit("@", 1)[-1] if repo_url.count(":") == 1 else repo_url  # user@host:path
+    parts = urlsplit(repo_url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
 def is_unregistered_error(message: str) -> bool:
-    """Whether Temporal refused a start because the namespace lacks one of these attributes."""
+    """Whether Temporal refused a start over one of these attributes (missing, or another type)."""
     return "search attribute" in message.lower() and any(key.name in message for key in ALL_KEYS)
 
 
@@ -62,13 +80,9 @@ async def missing(client: Client) -> list[str]:
     return [key.name for key in ALL_KEYS if key.name not in response.custom_attributes]
 
 
-def registration_commands(names: Sequence[str] = ()) -> list[str]:
-    """The Temporal CLI command that registers each attribute (self-hosted or dev server)."""
-    return [
-        f"temporal operator search-attribute create --name {key.name} --type Keyword"
-        for key in ALL_KEYS
-        if not names or key.name in names
-    ]
+def registration_command(name: str) -> str:
+    """The Temporal CLI command that registers attribute `name` (self-hosted or dev server)."""
+    return f"temporal operator search-attribute create --name {name} --type Keyword"
 
 
 def dev_server_args() -> list[str]:
@@ -81,8 +95,8 @@ class RunAttributes:
 
     def __init__(self) -> None:
         started_with = workflow.info().typed_search_attributes
-        self.enabled = started_with.get(PIPELINE_KIND) is not None
-        self._step = ""
+        self.enabled = all(started_with.get(key) is not None for key in ALL_KEYS)
+        self._step = started_with.get(PIPELINE_STEP) or ""
         self._commit = started_with.get(COMMIT_SHA) or ""
 
     def step(self, name: str) -> None:
@@ -104,15 +118,15 @@ class RunAttributes:
         if not self.enabled:
             return None
         info = workflow.info().typed_search_attributes
-        child = [
-            SearchAttributePair(PIPELINE_KIND, KIND_OF_WORKFLOW["SweepVariantWorkflow"]),
-            SearchAttributePair(PIPELINE_OUTCOME, "running"),
-        ]
-        if (repo := info.get(TASK_REPO)) is not None:
-            child.append(SearchAttributePair(TASK_REPO, repo))
-        if self._commit:
-            child.append(SearchAttributePair(COMMIT_SHA, self._commit))
-        return TypedSearchAttributes(child)
+        return TypedSearchAttributes(
+            [
+                SearchAttributePair(PIPELINE_STEP, STARTING),
+                SearchAttributePair(TASK_REPO, info.get(TASK_REPO) or ""),
+                SearchAttributePair(COMMIT_SHA, self._commit),
+                SearchAttributePair(PIPELINE_KIND, KIND_OF_WORKFLOW["SweepVariantWorkflow"]),
+                SearchAttributePair(PIPELINE_OUTCOME, "running"),
+            ]
+        )
 
     def _upsert(self, *updates: SearchAttributeUpdate) -> None:
         if self.enabled:

@@ -125,7 +125,8 @@ class SkyPilotJobs:
             passes += 1
             job_id = await self._reattach(cluster, spec, progress, first_look=passes == 1)
             if job_id is not None:
-                metrics.job_reattached("cluster")
+                if passes == 1:  # not this attempt finding its own job again after an outage
+                    metrics.job_reattached("cluster")
                 return job_id
             progress.phase = submit_phase
             return await self._submit(task, cluster, submit, progress, sink, expect_job)

@@ -38,7 +38,7 @@ class StepBoard:
         # The error of background work that stopped the step running then (shown as cancelled).
         self.stopped_by: BaseException | None = None
         self._steps: dict[str, StepProgress] = {}
-        self._running: list[str] = []  # names of the steps running now, in the order they started
+        self._running: list[tuple[str, bool]] = []  # (name, background) of the steps running now
         for entry in plan:
             self._plan(entry)
 
@@ -52,12 +52,17 @@ class StepBoard:
         )
 
     @contextlib.asynccontextmanager
-    async def step(self, name: str, summary: str = "", cluster: str = "") -> AsyncIterator[StepProgress]:
-        """Keep the progress query and the Web UI's current details in step with step `name`."""
+    async def step(
+        self, name: str, summary: str = "", cluster: str = "", background: bool = False
+    ) -> AsyncIterator[StepProgress]:
+        """Keep the progress query and the Web UI's current details in step with step `name`.
+
+        The run's current step (PipelineStep) is the latest step started of those running, a
+        `background` one (alongside the pipeline's main line) only while no other runs."""
         step = self._steps.get(name) or self.add(name, summary or name, cluster)
         step.status = "running"
-        self._running.append(step.name)
-        self.search.step(step.name)
+        self._running.append((step.name, background))
+        self._show_current_step()
         self.redraw()
         started = workflow.now()
         try:
@@ -78,10 +83,15 @@ class StepBoard:
             took = workflow.now() - started
             step.duration_seconds = round(took.total_seconds(), 3)
             metrics.step_ended(step.name, step.status, took)
-            self._running.remove(step.name)
-            if self._running:  # steps overlap (provisioning in the background): the latest shows
-                self.search.step(self._running[-1])
+            self._running.remove((step.name, background))
+            self._show_current_step()
             self.redraw()
+
+    def _show_current_step(self) -> None:
+        main_line = [name for name, background in self._running if not background]
+        running = main_line or [name for name, _ in self._running]
+        if running:  # none: the step that just ended shows until the next starts
+            self.search.step(running[-1])
 
     def set_commit(self, sha: str) -> None:
         self.commit_sha = sha
@@ -136,10 +146,10 @@ class StepBoard:
         if self.variants:
             lines += ["", "variants:"]
             for variant in self.variants:
-                metrics = ", ".join(f"{k}={v:g}" for k, v in variant.metrics.items())
+                reported = ", ".join(f"{k}={v:g}" for k, v in variant.metrics.items())
                 params = " ".join(f"{k}={v}" for k, v in variant.params.items())
                 mark = STATUS_MARKS.get(variant.status, "")
-                lines.append(f"{mark} {variant.variant_id} {params} {metrics}".rstrip())
+                lines.append(f"{mark} {variant.variant_id} {params} {reported}".rstrip())
         if self.clusters_up:
             lines += ["", "clusters up: " + ", ".join(self.clusters_up)]
         workflow.set_current_details("\n".join(lines))

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from cluster_block import Cluster
@@ -90,11 +89,8 @@ class SweepWorkflow(PipelineHandlers):
 
     @workflow.run
     async def run(self, input: SweepInput) -> SweepResult:
-        if problems := sweep_problems(input):
-            raise ApplicationError(
-                "invalid sweep input: " + "; ".join(problems), type="InvalidInput", non_retryable=True
-            )
         pipeline, base = self.pipeline, input.pipeline
+        pipeline.refuse(sweep_problems(input), "sweep")
         async with pipeline.running():
             tasks = await pipeline.fetch_tasks(base.preprocess_yaml, base.train_yaml, base.eval_yaml)
             async with Cluster(pipeline, "preprocess") as preprocess:

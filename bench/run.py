@@ -40,6 +40,7 @@ from bench.sweep_bench import real_row as sweep_real_row
 from bench.sweep_bench import simulated_row as sweep_simulated_row
 from codec import configured_data_converter
 from metrics import prometheus_runtime
+from search_attributes import at_start
 from shared import PipelineInput, StepTimeouts, cluster_prefix_for
 from testing import ROOT, free_port
 from testing.fake_sky import FakeSky
@@ -132,6 +133,7 @@ async def run_simulated(
                         PipelineInput(**fields),
                         id=f"bench-{uuid.uuid4().hex[:10]}",
                         task_queue=task_queue,
+                        search_attributes=at_start(SkyPilotWorkflow.__name__, str(repo)),  # as real runs
                     )
                     for _ in range(count)
                 )
@@ -183,7 +185,7 @@ async def row_overhead(bench: Bench, env: WorkflowEnvironment) -> None:
             "  the same, worker serving Prometheus metrics (SDK + skypilot_*)",
             f"{per_step['on']:.1f} ms",
             baseline=f"{per_step['off']:.1f} ms",
-            ratio=f"{cost:+.1f} ms/step (run-to-run spread {spread:.1f})",
+            ratio=f"{cost:+.1f} ms/step (run-to-run spread {spread:.1f} ms)",
             goal="within the spread",
             met=abs(cost) <= spread,
         )

@@ -143,7 +143,10 @@ register_search_attributes() {
     grep -qw "$name" <<<"$listed" && continue
     log "temporal: registering search attribute $name (Keyword)"
     "$VENV/bin/temporal" operator search-attribute create --name "$name" --type Keyword \
-      --address "127.0.0.1:$TEMPORAL_PORT" >/dev/null
+      --address "127.0.0.1:$TEMPORAL_PORT" >/dev/null 2>&1 \
+      || "$VENV/bin/temporal" operator search-attribute list --address "127.0.0.1:$TEMPORAL_PORT" \
+        | grep -qw "$name" \
+      || { log "temporal: could not register search attribute $name"; exit 1; }
   done
 }
 

@@ -154,12 +154,15 @@ class Pipeline:
         return PipelineInput(**fields)
 
     async def start(self, **overrides: Any) -> WorkflowHandle:
+        """Start a run as run_workflow.py does: with its search attributes (the dev server of
+        `start_dev_server` registers them)."""
         return await self.env.client.start_workflow(
             SkyPilotWorkflow.run,
             self.input(**overrides),
             id=f"wf-{uuid.uuid4().hex[:8]}",
             task_queue=self.task_queue,
             execution_timeout=timedelta(minutes=2),
+            search_attributes=search_attributes.at_start(SkyPilotWorkflow.__name__, str(self.repo)),
         )
 
     async def run(self, **overrides: Any) -> Any:

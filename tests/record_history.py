@@ -2,9 +2,12 @@
 
     .venv/bin/python -m tests.record_history                     # happy_path.json (plain payloads)
     .venv/bin/python -m tests.record_history --failed-encrypted  # failed_train_encrypted.json
+    .venv/bin/python -m tests.record_history --searchable        # searchable_happy_path.json
 
 The second is a run whose train job fails, recorded with payload encryption on (the fixed key
-RECORDING_CODEC_KEYS): it guards replay of encrypted histories and of the failure path.
+RECORDING_CODEC_KEYS): it guards replay of encrypted histories and of the failure path. The
+third is a happy path started with its search attributes, as run_workflow.py starts runs: it
+guards the upserts that keep them current.
 
 Run it only when a workflow change is meant to be incompatible with running workflows (and then
 version the change); otherwise the replay test exists to catch exactly that change.
@@ -21,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from codec import data_converter
+from search_attributes import at_start
 from shared import PipelineInput
 from testing import ROOT
 from testing.fake_sky import FakeSky
@@ -34,7 +38,7 @@ RECORDING_CODEC_KEYS = {"recorded": bytes(range(32))}
 FAILED_RUN_MARKERS = ("env-marker-7c1e", "Data preprocessing completed", "log-marker-51d0")
 
 
-async def record(failed_encrypted: bool = False) -> None:
+async def record(failed_encrypted: bool = False, searchable: bool = False) -> None:
     env = await start_dev_server(data_converter(RECORDING_CODEC_KEYS if failed_encrypted else None))
     fake = FakeSky()
     fake.plan("eval", logs=["eval_accuracy=0.93"])
@@ -57,6 +61,7 @@ async def record(failed_encrypted: bool = False) -> None:
                 ),
                 id="recorded-failed-train" if failed_encrypted else "recorded-happy-path",
                 task_queue="record",
+                search_attributes=at_start(SkyPilotWorkflow.__name__, str(ROOT)) if searchable else None,
             )
             try:
                 await handle.result()
@@ -65,6 +70,7 @@ async def record(failed_encrypted: bool = False) -> None:
                     raise
             history = await handle.fetch_history()
     name = "failed_train_encrypted.json" if failed_encrypted else "happy_path.json"
+    name = f"searchable_{name}" if searchable else name
     out = ROOT / "tests" / "histories" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"workflow_id": handle.id, "history": history.to_json_dict()}, indent=1) + "\n")
@@ -79,6 +85,8 @@ if __name__ == "__main__":
         action="store_true",
         help="record failed_train_encrypted.json (train fails, payloads encrypted), not happy_path.json",
     )
-    asyncio.run(record(failed_encrypted=parser.parse_args().failed_encrypted))
+    parser.add_argument("--searchable", action="store_true", help="start the run with its search attributes")
+    args = parser.parse_args()
+    asyncio.run(record(failed_encrypted=args.failed_encrypted, searchable=args.searchable))
     sys.stdout.flush()
     os._exit(0)

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from temporalio.client import Client, ScheduleIntervalSpec, ScheduleOverlapPolicy, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
 from temporalio.common import TypedSearchAttributes
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Replayer
@@ -89,10 +95,11 @@ async def test_a_schedule_fires_runs_and_skips_one_that_would_overlap(pipeline: 
 async def test_the_same_schedule_id_updates_it_and_keeps_it_paused(pipeline: Pipeline):
     schedule_id = f"sched-{uuid.uuid4().hex[:6]}"
     env = starter_env(pipeline)
+    cron = "CRON_TZ=Europe/Paris 0 3 * * *"
     rc, stdout, _ = await run_script(
-        "run_workflow.py", "--schedule", "0 3 * * *", "--schedule-id", schedule_id, env_overrides=env
+        "run_workflow.py", "--schedule", cron, "--schedule-id", schedule_id, env_overrides=env
     )
-    assert rc == 0 and stdout.startswith(f"Created schedule {schedule_id}: cron '0 3 * * *' (UTC)"), stdout
+    assert rc == 0 and stdout.startswith(f"Created schedule {schedule_id}: cron '{cron}', overlap"), stdout
     handle = pipeline.env.client.get_schedule_handle(schedule_id)
     try:
         await handle.pause(note="maintenance")
@@ -116,6 +123,7 @@ async def test_the_same_schedule_id_updates_it_and_keeps_it_paused(pipeline: Pip
         assert schedule.spec.intervals == [ScheduleIntervalSpec(every=timedelta(hours=6))]
         assert schedule.spec.cron_expressions == [] and schedule.spec.calendars == []
         assert schedule.policy.overlap == ScheduleOverlapPolicy.BUFFER_ONE
+        assert schedule.policy.catchup_window == timedelta(hours=6)
         assert schedule.action.workflow == SweepWorkflow.__name__
         kind = schedule.action.typed_search_attributes.get(PIPELINE_KIND)
         assert kind == "sweep"
@@ -134,6 +142,8 @@ async def test_the_same_schedule_id_updates_it_and_keeps_it_paused(pipeline: Pip
         (["--overlap", "skip"], "--schedule-id and --overlap need --schedule CRON or --every DURATION"),
         (["--schedule", "not a cron", "--schedule-id", "s"], "cannot create schedule 's': "),
         (["--schedule", "0 3 * * *", "--every", "1h", "--schedule-id", "s"], "not allowed with argument"),
+        (["--schedule", "  ", "--schedule-id", "s"], "--schedule needs a cron expression"),
+        (["--every", "99999999999d", "--schedule-id", "s"], "must be between 1s and 366d"),
     ],
 )
 async def test_bad_schedule_input_is_a_one_line_error(pipeline: Pipeline, args, message):
@@ -198,6 +208,24 @@ async def test_the_current_step_follows_every_step_of_the_run(pipeline: Pipeline
     ).replay_workflow(await handle.fetch_history())
 
 
+async def test_with_overlapping_steps_the_step_still_running_shows(pipeline: Pipeline):
+    """Overlapped provisioning: preprocess shows while the train cluster is provisioned beside
+    it; once preprocess (and its teardown) ended, that provisioning, still going, shows."""
+    pipeline.fake.plan("preprocess", seconds=0.3)
+    pipeline.fake.plan("provision", seconds=3)  # the train task's setup on the early cluster
+    pipeline.fake.plan("train", seconds=1)
+    handle = await pipeline.start(overlap_provisioning=True)
+    seen: list[str] = []
+    while (description := await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+        step = description.typed_search_attributes.get(PIPELINE_STEP)
+        if step and (not seen or seen[-1] != step):
+            seen.append(step)
+        await asyncio.sleep(0.1)
+    assert "preprocess" in seen and "train" in seen, seen
+    between = seen[seen.index("preprocess") + 1 : seen.index("train")]
+    assert between and between[-1] == "train-provision", seen
+
+
 async def test_sweep_variants_are_searchable_by_kind_and_commit(pipeline: Pipeline):
     client = pipeline.env.client
     sweep_id = f"sweep-{uuid.uuid4().hex[:6]}"
@@ -236,10 +264,16 @@ async def test_without_registered_attributes_runs_work_and_the_worker_says_so(
             pipeline = Pipeline(env, fake_sky, task_repo, task_queue)
             rc, stdout, stderr = await run_script("run_workflow.py", env_overrides=starter_env(pipeline))
         assert rc == 0, (stdout, stderr)
-        assert stderr.splitlines() == [
-            "run_workflow.py: note: this namespace has not registered the search attributes "
-            "(README: Operating it); the run is not searchable by them"
-        ]
+        note = stderr.splitlines()
+        assert len(note) == 1 and note[0].startswith("run_workflow.py: note: the namespace refused"), stderr
+        assert note[0].endswith("started without them, so not searchable (README: Operating it)"), stderr
+        rc, stdout, stderr = await run_script(
+            "run_workflow.py", "--every", "1h", "--schedule-id", "hourly", env_overrides=starter_env(pipeline)
+        )
+        assert rc == 0 and stdout.startswith("Created schedule hourly: every 1:00:00"), (stdout, stderr)
+        assert len(stderr.splitlines()) == 1 and "note: the namespace refused" in stderr, stderr
+        schedule = (await env.client.get_schedule_handle("hourly").describe()).schedule
+        assert schedule.action.typed_search_attributes == TypedSearchAttributes.empty
         with caplog.at_level(logging.INFO, logger=run_worker.log.name):
             await run_worker.report_search_attributes(env.client)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -259,7 +293,8 @@ async def test_the_worker_reports_registered_attributes_in_one_line(env: Workflo
 
 
 async def test_search_attributes_never_carry_repository_credentials():
-    args = run_workflow.build_parser().parse_args(["--repo", "https://user:tok3n@git.example.com/tasks.git"])
+    url = "https://user:tok3n@git.example.com/tasks.git?private_token=tok4n#frag"
+    args = run_workflow.build_parser().parse_args(["--repo", url])
     captured: list[TypedSearchAttributes] = []
 
     async def start(given: TypedSearchAttributes) -> None:
@@ -267,7 +302,12 @@ async def test_search_attributes_never_carry_repository_credentials():
 
     await run_workflow.searchable(run_workflow.pipeline_input(args), start)
     repo = captured[0].get(TASK_REPO)
-    assert repo is not None and repo.endswith("git.example.com/tasks.git") and "tok3n" not in repo, repo
+    assert repo == "https://git.example.com/tasks.git", repo
+    assert (
+        search_attributes.searchable_repo("deploy@git.example.com:org/tasks.git")
+        == "git.example.com:org/tasks.git"
+    )
+    assert search_attributes.searchable_repo("/srv/tasks") == "/srv/tasks"
 
 
 # ------------------------------------------------------------------ metrics and tracing
@@ -292,6 +332,10 @@ async def test_the_worker_serves_sdk_and_pipeline_metrics(
     async with running_worker(measured, fake_sky, tmp_path / "checkouts", task_queue):
         pipeline = Pipeline(measured, fake_sky, task_repo, task_queue)
         await pipeline.run()
+        fake_sky.plan("train", status="FAILED")
+        failed = await pipeline.start()
+        with pytest.raises(WorkflowFailureError):
+            await failed.result()
         fake_sky.plan("train", until_cancelled=True)  # a managed job whose run is gone
         orphan_job = "skypilot-gone2-0123abcd-train"
         task = fake_sky.Task.from_yaml_config({"name": orphan_job, "run": "true"})
@@ -305,27 +349,35 @@ async def test_the_worker_serves_sdk_and_pipeline_metrics(
         )
         assert reaped.reaped == [old] and reaped.cancelled_jobs == [fake_sky.jobs.managed[-1].job_id]
         samples = scrape(address)
-    for step in SIX_STEPS:
+    for step in SIX_STEPS:  # two runs: one succeeded, one failed at train
         labels = dict(step=step, outcome="succeeded", workflow_type="SkyPilotWorkflow")
-        assert value(samples, "skypilot_step_duration_seconds_count", **labels) == 1, step
+        runs = 2 if step in ("fetch-tasks", "preprocess", "preprocess-down") else 1
+        assert value(samples, "skypilot_step_duration_seconds_count", **labels) == runs, step
         assert 0 < value(samples, "skypilot_step_duration_seconds_sum", **labels) < 60, step
     assert value(samples, "skypilot_step_duration_seconds_sum", step="train") >= 0.3
     # Buckets fit steps of seconds to a day (not the SDK's default milliseconds).
     train_buckets = [
         (labels["le"], count)
         for labels, count in samples["skypilot_step_duration_seconds_bucket"]
-        if labels["step"] == "train"
+        if labels["step"] == "train" and labels["outcome"] == "succeeded"
     ]
     assert [le for le, _ in train_buckets][:4] == ["0.5", "1", "5", "15"], train_buckets
     assert dict(train_buckets)["30"] == 1 and dict(train_buckets)["86400"] == 1
     assert value(samples, "skypilot_runs_total", outcome="succeeded", task_queue=task_queue) == 1
+    assert value(samples, "skypilot_runs_total", outcome="failed", task_queue=task_queue) == 1
+    assert value(samples, "skypilot_step_duration_seconds_count", step="train", outcome="failed") == 1
+    assert value(samples, "skypilot_step_duration_seconds_count", step="cleanup", outcome="succeeded") == 1
     assert value(samples, "skypilot_teardown_retries_total") == 1
-    assert (
-        value(samples, "skypilot_reaper_clusters_removed_total", workflow_type="ClusterReaperWorkflow") == 1
-    )
-    # The SDK's own: workflow task latencies, slots, pollers.
+    assert value(samples, "skypilot_jobs_reattached_total") == 0  # nothing was re-attached
+    reaper = dict(workflow_type="ClusterReaperWorkflow")
+    assert value(samples, "skypilot_reaper_clusters_removed_total", **reaper) == 1
+    assert value(samples, "skypilot_reaper_jobs_cancelled_total", **reaper) == 1
+    # The SDK's own: workflow task latencies, slots, pollers; durations in seconds.
     assert value(samples, "temporal_workflow_task_execution_latency_count", task_queue=task_queue) > 0
-    assert value(samples, "temporal_activity_execution_latency_count", activity_type="launch_task") == 2
+    assert value(samples, "temporal_activity_execution_latency_count", activity_type="launch_task") == 4
+    assert 0.3 < value(samples, "temporal_activity_execution_latency_sum", activity_type="launch_task") < 60
+    outcome = (await failed.describe()).typed_search_attributes
+    assert (outcome.get(PIPELINE_OUTCOME), outcome.get(PIPELINE_STEP)) == ("failed", None)
     assert value(samples, "temporal_num_pollers", poller_type="activity_task", task_queue=task_queue) > 0
     assert "temporal_worker_task_slots_available" in samples
 
@@ -371,7 +423,7 @@ async def test_tracing_exports_a_span_per_workflow_and_activity(pipeline: Pipeli
     assert workflow_span.attributes.get("temporalWorkflowID") == handle.id
 
 
-def test_the_metrics_address_setting(monkeypatch, caplog):
+def test_the_metrics_address_setting(monkeypatch):
     monkeypatch.setenv("WORKER_METRICS_ADDRESS", "off")
     assert run_worker.metrics_runtime_from_env() == (None, "off (WORKER_METRICS_ADDRESS=off)")
     monkeypatch.setenv("WORKER_METRICS_ADDRESS", "localhost:http")
@@ -383,11 +435,8 @@ def test_the_metrics_address_setting(monkeypatch, caplog):
     monkeypatch.setenv("WORKER_METRICS_ADDRESS", address)
     runtime, status = run_worker.metrics_runtime_from_env()
     assert runtime is not None and status == f"Prometheus at http://{address}/metrics"
-    with caplog.at_level(logging.WARNING, logger=run_worker.log.name):  # a second worker on the host
-        assert run_worker.metrics_runtime_from_env() == (None, f"off ({address} in use)")
-    assert [r.getMessage() for r in caplog.records] == [
-        f"Metrics NOT served: {address} is in use (set WORKER_METRICS_ADDRESS to another port)"
-    ]
+    in_use = run_worker.metrics_runtime_from_env()  # a second worker on the same host
+    assert in_use == (None, f"NOT served: {address} is in use (set WORKER_METRICS_ADDRESS to another port)")
 
 
 def test_tracing_is_off_unless_an_otlp_endpoint_is_set():
@@ -395,3 +444,8 @@ def test_tracing_is_off_unless_an_otlp_endpoint_is_set():
     traced = otlp_tracing({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:1/v1/traces"})
     assert traced is not None
     traced[1].shutdown()
+    grpc = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    with pytest.raises(
+        ConfigError, match=r"^OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the worker exports traces over http"
+    ):
+        otlp_tracing(grpc)

@@ -252,6 +252,7 @@ def test_cluster_prefix_is_valid_marked_and_unique_per_workflow_id():
         "overlap_cancel_during_preprocess",
         "cancel_during_train",
         "keep_clusters_then_release",
+        "searchable_happy_path",
     ],
 )
 async def test_recorded_history_replays_deterministically(name: str):
@@ -259,7 +260,8 @@ async def test_recorded_history_replays_deterministically(name: str):
 
     happy_path.json is from before run-scoped names; the other three were recorded by the
     workflow as it was before the building blocks (commit 42b2fa8): the overlap path, a
-    provisioning failure that stops preprocess, and a cancel during train. Regenerate
+    provisioning failure that stops preprocess, and a cancel during train; searchable_happy_path
+    is a run started with its search attributes (the upserts that keep them current). Regenerate
     (`python -m tests.record_history`) only for an intended, versioned change.
     """
     history = json.loads((ROOT / "tests" / "histories" / f"{name}.json").read_text())

@@ -1,20 +1,23 @@
 """Operating it on the real stack: a schedule triggered once runs the real pipeline; the run is
 found by its search attributes (CLI and Web UI) while it trains; the worker's metrics endpoint
-shows the run."""
+shows the run, and its spans reach an OTLP/HTTP collector."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from aiohttp import web
 from playwright.async_api import expect
 
 from shared import PipelineResult, cluster_prefix_for
@@ -61,17 +64,51 @@ async def poll(check, what: str, timeout: float) -> object:
     return found
 
 
+@contextlib.asynccontextmanager
+async def otlp_collector() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """An OTLP/HTTP endpoint that keeps the bodies POSTed to /v1/traces."""
+    received: list[bytes] = []
+
+    async def traces(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=200, content_type="application/x-protobuf")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}", received
+    finally:
+        await runner.cleanup()
+
+
 async def test_a_triggered_schedule_runs_the_real_pipeline_findable_and_measured(
     temporal, sky_sdk, tmp_path: Path
 ):
+    async with otlp_collector() as (endpoint, spans):
+        await scheduled_run_found_measured_traced(temporal, sky_sdk, tmp_path, endpoint, spans)
+
+
+async def scheduled_run_found_measured_traced(
+    temporal, sky_sdk, tmp_path: Path, otlp_endpoint: str, spans: list[bytes]
+) -> None:
     task_queue = f"e2e-ops-{uuid.uuid4().hex[:6]}"
     metrics_address = f"127.0.0.1:{free_port()}"
     worker = start_worker_process(
-        task_queue, tmp_path / "worker.log", tmp_path / "checkouts", WORKER_METRICS_ADDRESS=metrics_address
+        task_queue,
+        tmp_path / "worker.log",
+        tmp_path / "checkouts",
+        WORKER_METRICS_ADDRESS=metrics_address,
+        OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint,
+        OTEL_BSP_SCHEDULE_DELAY="1000",  # export spans every second
     )
     schedule_id = f"e2e-nightly-{uuid.uuid4().hex[:6]}"
     try:
         assert f"Metrics: Prometheus at http://{metrics_address}/metrics" in worker.log()
+        assert f"Tracing: OTLP to {otlp_endpoint}" in worker.log()
         assert (
             "Search attributes: PipelineStep, TaskRepo, CommitSha, PipelineKind, PipelineOutcome"
             in worker.log()
@@ -123,6 +160,13 @@ async def test_a_triggered_schedule_runs_the_real_pipeline_findable_and_measured
         assert value(samples, "skypilot_runs_total", outcome="succeeded", task_queue=task_queue) == 1
         assert value(samples, "temporal_workflow_task_execution_latency_count", task_queue=task_queue) > 0
         assert value(samples, "temporal_activity_execution_latency_count", activity_type="launch_task") == 2
+
+        def traced() -> bool:
+            sent = b"".join(spans)
+            names = (b"RunWorkflow:SkyPilotWorkflow", b"RunActivity:launch_task", b"RunActivity:down_cluster")
+            return all(name in sent for name in names) and workflow_id.encode() in sent
+
+        await poll(traced, "the run's spans at the OTLP collector", timeout=60)
 
         prefix = cluster_prefix_for(workflow_id)
         assert Stack(temporal, sky_sdk, task_queue, tmp_path).clusters(prefix) == []
