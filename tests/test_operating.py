@@ -32,7 +32,9 @@ import run_workflow
 import search_attributes
 from errors import ConfigError
 from metrics import prometheus_runtime
+from pipeline_blocks import TEARDOWN_ATTEMPTS_PER_ROUND
 from reaper import ClusterReaperWorkflow
+from schedules import ScheduleRequest
 from search_attributes import COMMIT_SHA, PIPELINE_KIND, PIPELINE_OUTCOME, PIPELINE_STEP, TASK_REPO
 from shared import LaunchInput, ManagedJobInput, ReaperInput, SweepInput, TaskSpec
 from testing import ROOT, free_port
@@ -144,11 +146,20 @@ async def test_the_same_schedule_id_updates_it_and_keeps_it_paused(pipeline: Pip
         (["--schedule", "0 3 * * *", "--every", "1h", "--schedule-id", "s"], "not allowed with argument"),
         (["--schedule", "  ", "--schedule-id", "s"], "--schedule needs a cron expression"),
         (["--every", "99999999999d", "--schedule-id", "s"], "must be between 1s and 366d"),
+        (["--every", "0s", "--schedule-id", "s"], "must be between 1s and 366d"),
     ],
 )
 async def test_bad_schedule_input_is_a_one_line_error(pipeline: Pipeline, args, message):
     rc, stdout, stderr = await run_script("run_workflow.py", *args, env_overrides=starter_env(pipeline))
     assert_one_line_error(rc, stdout, stderr, message)
+
+
+def test_a_schedule_says_when_it_fires():
+    assert ScheduleRequest("s", cron="0 3 * * *").when() == "cron '0 3 * * *' (UTC)"
+    assert ScheduleRequest("s", cron="CRON_TZ=Europe/Paris 0 3 * * *").when() == (
+        "cron 'CRON_TZ=Europe/Paris 0 3 * * *'"
+    )
+    assert ScheduleRequest("s", every=timedelta(minutes=90)).when() == "every 1:30:00"
 
 
 # ------------------------------------------------------------------ search attributes
@@ -226,6 +237,31 @@ async def test_with_overlapping_steps_the_step_still_running_shows(pipeline: Pip
     assert between and between[-1] == "train-provision", seen
 
 
+async def test_a_failed_run_keeping_its_clusters_shows_it_then_ends_failed(pipeline: Pipeline):
+    pipeline.fake.plan("train", status="FAILED")
+    handle = await pipeline.start(keep_clusters_on_failure=True, keep_clusters_minutes=30)
+
+    async def kept() -> bool:
+        attributes = (await handle.describe()).typed_search_attributes
+        return attributes.get(PIPELINE_STEP) == "clusters-kept"
+
+    await eventually(kept, "PipelineStep 'clusters-kept'")
+    await handle.signal(SkyPilotWorkflow.release_clusters)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    attributes = (await handle.describe()).typed_search_attributes
+    assert (attributes.get(PIPELINE_OUTCOME), attributes.get(PIPELINE_STEP)) == ("failed", None)
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_run_refused_for_bad_input_ends_failed(pipeline: Pipeline):
+    handle = await pipeline.start(repo_url="")
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    attributes = (await handle.describe()).typed_search_attributes
+    assert (attributes.get(PIPELINE_OUTCOME), attributes.get(PIPELINE_STEP)) == ("failed", None)
+
+
 async def test_sweep_variants_are_searchable_by_kind_and_commit(pipeline: Pipeline):
     client = pipeline.env.client
     sweep_id = f"sweep-{uuid.uuid4().hex[:6]}"
@@ -249,6 +285,15 @@ async def test_sweep_variants_are_searchable_by_kind_and_commit(pipeline: Pipeli
     assert (parent.get(PIPELINE_KIND), parent.get(PIPELINE_OUTCOME)) == ("sweep", "succeeded")
     child = (await client.get_workflow_handle(expected[0]).describe()).typed_search_attributes
     assert child.get(TASK_REPO) == str(pipeline.repo) and child.get(COMMIT_SHA) == result.commit_sha
+    child_history = await client.get_workflow_handle(expected[0]).fetch_history()
+    started = child_history.events[0].workflow_execution_started_event_attributes.search_attributes
+    assert started.indexed_fields["CommitSha"].data == f'"{result.commit_sha}"'.encode()  # from the start
+    assert not [
+        e
+        for e in child_history.events
+        if "CommitSha"
+        in e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+    ]
     replayer = Replayer(workflows=[SweepWorkflow, SweepVariantWorkflow], data_converter=client.data_converter)
     for workflow_id in (sweep_id, *expected):
         await replayer.replay_workflow(await client.get_workflow_handle(workflow_id).fetch_history())
@@ -325,7 +370,9 @@ async def test_the_worker_serves_sdk_and_pipeline_metrics(
     measured = WorkflowEnvironment.from_client(client)
     task_queue = f"test-{uuid.uuid4().hex[:8]}"
     fake_sky.plan("train", seconds=0.3)
-    fake_sky.fail_next("down", RuntimeError("teardown hiccup"))  # one teardown retry
+    # A whole round of teardown attempts fails, then the next round's first attempt succeeds:
+    # three retries inside the round (the activity counts them) and one new round (the workflow).
+    fake_sky.fail_next("down", *[RuntimeError("teardown hiccup")] * TEARDOWN_ATTEMPTS_PER_ROUND)
     old = "skypilot-gone1-train"  # a leaked cluster whose run is gone
     fake_sky.add_job(old, "x")
     fake_sky.clusters[old].launched_at = time.time() - 3600
@@ -367,7 +414,7 @@ async def test_the_worker_serves_sdk_and_pipeline_metrics(
     assert value(samples, "skypilot_runs_total", outcome="failed", task_queue=task_queue) == 1
     assert value(samples, "skypilot_step_duration_seconds_count", step="train", outcome="failed") == 1
     assert value(samples, "skypilot_step_duration_seconds_count", step="cleanup", outcome="succeeded") == 1
-    assert value(samples, "skypilot_teardown_retries_total") == 1
+    assert value(samples, "skypilot_teardown_retries_total") == TEARDOWN_ATTEMPTS_PER_ROUND
     assert value(samples, "skypilot_jobs_reattached_total") == 0  # nothing was re-attached
     reaper = dict(workflow_type="ClusterReaperWorkflow")
     assert value(samples, "skypilot_reaper_clusters_removed_total", **reaper) == 1
