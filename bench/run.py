@@ -40,10 +40,9 @@ from bench.managed_bench import real_row as managed_real_row
 from bench.sweep_bench import real_row as sweep_real_row
 from bench.sweep_bench import simulated_row as sweep_simulated_row
 from codec import configured_data_converter
-from metrics import prometheus_runtime
 from search_attributes import at_start
 from shared import PipelineInput, StepTimeouts, cluster_prefix_for
-from testing import ROOT, free_port
+from testing import ROOT
 from testing.fake_sky import FakeSky
 from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
 from testing.local_stack import (
@@ -55,7 +54,7 @@ from testing.local_stack import (
     run_logged,
     start_worker_process,
 )
-from testing.prometheus import scrape, value
+from testing.prometheus import scrape, serving_metrics, value
 from workflows import SkyPilotWorkflow
 
 SIMULATED_STEP_SECONDS = 0.2  # row 1: each provisioning and each job takes this long
@@ -151,16 +150,11 @@ async def row_overhead(bench: Bench, env: WorkflowEnvironment) -> None:
     """Row 1, and beside it the same with the worker serving Prometheus metrics (run_worker.py's
     default): runs alternate between the two, so both see the same machine."""
     runs = 3 if bench.quick else 7
-    address = f"127.0.0.1:{free_port()}"
-    measured = await Client.connect(
-        env.client.service_client.config.target_host,
-        runtime=prometheus_runtime(address),
-        data_converter=env.client.data_converter,
-    )
+    measured, address = await serving_metrics(env)
     simulated = 5 * SIMULATED_STEP_SECONDS  # 2 provisionings + 3 jobs
     walls: dict[str, list[float]] = {"off": [], "on": [], "floor": []}
     for _ in range(runs):
-        for metrics, run_env in (("off", env), ("on", WorkflowEnvironment.from_client(measured))):
+        for metrics, run_env in (("off", env), ("on", measured)):
             fake = FakeSky(provision_seconds=SIMULATED_STEP_SECONDS)
             for step in ("preprocess", "train", "eval"):
                 fake.plan(step, seconds=SIMULATED_STEP_SECONDS)
@@ -251,14 +245,9 @@ async def row_concurrency(bench: Bench, env: WorkflowEnvironment) -> None:
     # Realistic: a real SkyPilot SDK call blocks for a second or more (API round trips; launch
     # and tail_logs for minutes). Here every call blocks for REALISTIC_CALL_SECONDS.
     counts = [1, 10, 50] if bench.quick else [1, 10, 50, 200]
-    address = f"127.0.0.1:{free_port()}"
-    measured = await Client.connect(
-        env.client.service_client.config.target_host,
-        runtime=prometheus_runtime(address),
-        data_converter=env.client.data_converter,
-    )
+    measured, address = await serving_metrics(env)
     ours, slow = await concurrency_ratios(
-        WorkflowEnvironment.from_client(measured),
+        measured,
         bench.repo,
         REALISTIC_CALL_SECONDS,
         counts,

@@ -7,6 +7,23 @@ import urllib.error
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from metrics import prometheus_runtime
+from testing import free_port
+
+
+async def serving_metrics(env: WorkflowEnvironment) -> tuple[WorkflowEnvironment, str]:
+    """`env`'s server through a client whose runtime serves Prometheus metrics, as run_worker.py's
+    does (workers on it record there), and the address to scrape."""
+    address = f"127.0.0.1:{free_port()}"
+    client = await Client.connect(
+        env.client.service_client.config.target_host,
+        runtime=prometheus_runtime(address),
+        data_converter=env.client.data_converter,
+    )
+    return WorkflowEnvironment.from_client(client), address
 
 
 def scrape(address: str) -> dict[str, list[tuple[dict[str, str], float]]]:

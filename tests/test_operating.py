@@ -19,8 +19,10 @@ from temporalio.client import (
     Client,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
+    WorkflowHandle,
 )
 from temporalio.common import TypedSearchAttributes
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
@@ -40,7 +42,7 @@ from shared import LaunchInput, ManagedJobInput, ReaperInput, SweepInput, TaskSp
 from testing import ROOT, free_port
 from testing.fake_sky import FakeSky
 from testing.in_process import Pipeline, git, running_worker, start_dev_server
-from testing.prometheus import scrape, value
+from testing.prometheus import scrape, serving_metrics, value
 from tracing import otlp_tracing, tracing
 from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
@@ -56,6 +58,17 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: f
 
 async def workflow_ids(client: Client, query: str) -> list[str]:
     return sorted([w.id async for w in client.list_workflows(query)])
+
+
+async def steps_seen(handle: WorkflowHandle) -> tuple[list[str], WorkflowExecutionDescription]:
+    """The run's PipelineStep values as they change, polled until it ends; its last description."""
+    seen: list[str] = []
+    while (description := await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+        step = description.typed_search_attributes.get(PIPELINE_STEP)
+        if step and (not seen or seen[-1] != step):
+            seen.append(step)
+        await asyncio.sleep(0.1)
+    return seen, description
 
 
 # ------------------------------------------------------------------ schedules
@@ -206,12 +219,7 @@ async def test_the_current_step_follows_every_step_of_the_run(pipeline: Pipeline
         task_queue=pipeline.task_queue,
         search_attributes=search_attributes.at_start("SkyPilotWorkflow", str(pipeline.repo)),
     )
-    seen: list[str] = []
-    while (description := await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-        step = description.typed_search_attributes.get(PIPELINE_STEP)
-        if step and (not seen or seen[-1] != step):
-            seen.append(step)
-        await asyncio.sleep(0.1)
+    seen, description = await steps_seen(handle)
     assert [s for s in ("preprocess", "train", "eval") if s in seen] == ["preprocess", "train", "eval"], seen
     assert description.typed_search_attributes.get(PIPELINE_OUTCOME) == "succeeded"
     await Replayer(
@@ -226,12 +234,7 @@ async def test_with_overlapping_steps_the_step_still_running_shows(pipeline: Pip
     pipeline.fake.plan("provision", seconds=3)  # the train task's setup on the early cluster
     pipeline.fake.plan("train", seconds=1)
     handle = await pipeline.start(overlap_provisioning=True)
-    seen: list[str] = []
-    while (description := await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-        step = description.typed_search_attributes.get(PIPELINE_STEP)
-        if step and (not seen or seen[-1] != step):
-            seen.append(step)
-        await asyncio.sleep(0.1)
+    seen, _ = await steps_seen(handle)
     assert "preprocess" in seen and "train" in seen, seen
     between = seen[seen.index("preprocess") + 1 : seen.index("train")]
     assert between and between[-1] == "train-provision", seen
@@ -361,13 +364,8 @@ async def test_search_attributes_never_carry_repository_credentials():
 async def test_the_worker_serves_sdk_and_pipeline_metrics(
     env: WorkflowEnvironment, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
 ):
-    address = f"127.0.0.1:{free_port()}"
-    client = await Client.connect(
-        env.client.service_client.config.target_host,
-        runtime=prometheus_runtime(address),
-        data_converter=env.client.data_converter,
-    )
-    measured = WorkflowEnvironment.from_client(client)
+    measured, address = await serving_metrics(env)
+    client = measured.client
     task_queue = f"test-{uuid.uuid4().hex[:8]}"
     fake_sky.plan("train", seconds=0.3)
     # A whole round of teardown attempts fails, then the next round's first attempt succeeds:
