@@ -192,10 +192,8 @@ async def test_overlapped_provisioning_sets_train_up_during_preprocess(stack: St
     assert_no_cluster_left(stack, prefix)
 
 
-async def test_two_pipelines_at_once_share_nothing_and_overlap(stack: Stack, happy_run: Run):
-    started = time.monotonic()
+async def test_two_pipelines_at_once_share_nothing_and_overlap(stack: Stack):
     runs = await asyncio.gather(stack.start_pipeline(), stack.start_pipeline())
-    both_seconds = time.monotonic() - started
     for rc, _, stderr, _ in runs:
         assert rc == 0, stderr
     results = [await result_of(stack.temporal, workflow_id) for *_, workflow_id in runs]
@@ -210,9 +208,24 @@ async def test_two_pipelines_at_once_share_nothing_and_overlap(stack: Stack, hap
                 if isinstance(scheduled, dict) and "checkout_name" in scheduled and "yaml_paths" in scheduled:
                     checkouts.add(scheduled["checkout_name"])
     assert len(checkouts) == 2
-    assert both_seconds < 1.6 * happy_run.seconds, (both_seconds, happy_run.seconds)
+    # Ran at once, not one after the other: their steps overlapped for most of the runs. (How
+    # much slower two at once are than one is the benchmark's business: bench.real_concurrency.)
+    spans = [await steps_span(stack.temporal, workflow_id) for *_, workflow_id in runs]
+    overlap = min(end for _, end in spans) - max(start for start, _ in spans)
+    assert overlap > 0.5 * min(end - start for start, end in spans), spans
     for *_, workflow_id in runs:
         assert_no_cluster_left(stack, cluster_prefix_for(workflow_id))
+
+
+async def steps_span(client: Client, workflow_id: str) -> tuple[float, float]:
+    """From the first activity's start to the last one's end (epoch seconds, from the history)."""
+    times = [
+        event.event_time.ToDatetime().timestamp()
+        async for event in client.get_workflow_handle(workflow_id).fetch_history_events()
+        if event.event_type
+        in (EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED)
+    ]
+    return min(times), max(times)
 
 
 def task_repo_args(tmp: Path, replaced: dict[str, str]) -> list[str]:
