@@ -22,16 +22,15 @@ from typing import Any
 
 from temporalio.client import Client
 
+from bench.real_stack import Starter
 from codec import configured_data_converter
 from shared import PipelineResult, cluster_prefix_for
-from testing import ROOT
 from testing.local_stack import (
     TEMPORAL_ADDRESS,
     local_stack_up,
     managed_job_allocations,
     managed_jobs,
     point_sdk_at_local_stack,
-    process_env,
     start_worker_process,
 )
 
@@ -105,14 +104,7 @@ async def main() -> int:
         task_queue = f"bench-managed-{uuid.uuid4().hex[:6]}"
         worker = start_worker_process(task_queue, scratch / "worker.log", scratch / "checkouts")
 
-        async def start_pipeline(*args: str) -> tuple[float, str]:
-            workflow_id = f"bench-{uuid.uuid4().hex[:8]}"
-            started = time.monotonic()
-            command = [sys.executable, str(ROOT / "run_workflow.py"), "--infra", "slurm"]
-            command += ["--task-queue", task_queue, "--workflow-id", workflow_id, *args]
-            proc = await asyncio.create_subprocess_exec(*command, env=process_env(), cwd=str(scratch))
-            await proc.wait()
-            return time.monotonic() - started, workflow_id
+        start_pipeline = Starter(task_queue, scratch)
 
         try:
             figures = await real_row(start_pipeline, client, sky)

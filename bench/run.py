@@ -1,7 +1,9 @@
 """Benchmarks: what durability costs, side by side, printed as one table.
 
-    .venv/bin/python -m bench.run            # everything (~15 min; brings the local stack up)
-    .venv/bin/python -m bench.run --quick    # simulated rows only, fewer repetitions (~2 min)
+    .venv/bin/python -m bench.run               # simulated rows (~8 min)
+    .venv/bin/python -m bench.run --quick       # simulated rows, fewer repetitions (~3 min)
+    .venv/bin/python -m bench.run --real-only   # real-stack rows, 3 repetitions (~50 min)
+    .venv/bin/python -m bench.run --all         # both
 
 Run from the repository root. Rows 1-4, 9 and 10 run the real workflow and activity code on a real
 Temporal dev server with a simulated SkyPilot SDK (testing/fake_sky.py) whose calls take a fixed
@@ -37,21 +39,21 @@ from temporalio.testing import WorkflowEnvironment
 from activities import SkyPilotActivities
 from bench.floor import no_op_chain_seconds
 from bench.managed_bench import real_row as managed_real_row
+from bench.real_stack import Starter, hand_run, in_skypilot_requests
 from bench.sweep_bench import real_row as sweep_real_row
 from bench.sweep_bench import simulated_row as sweep_simulated_row
 from codec import configured_data_converter
 from search_attributes import at_start
 from shared import PipelineInput, StepTimeouts, cluster_prefix_for
-from testing import ROOT
 from testing.fake_sky import FakeSky
 from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
 from testing.local_stack import (
     SKY_CLI,
     TEMPORAL_ADDRESS,
+    WorkerProcess,
     local_stack_up,
     point_sdk_at_local_stack,
     process_env,
-    run_logged,
     start_worker_process,
 )
 from testing.prometheus import scrape, serving_metrics, value
@@ -363,10 +365,30 @@ async def row_cancel(bench: Bench, env: WorkflowEnvironment) -> None:
 
 # ---------------------------------------------------------------------------- real-stack rows
 
+REAL_REPEATS = 3
 
-async def real_rows(bench: Bench, scratch: Path) -> None:
-    point_sdk_at_local_stack()  # outside_skypilot_seconds asks the API server
-    sky = str(SKY_CLI)
+
+def median_range(values: list[float], unit: str = "", digits: int = 0) -> str:
+    """`median (min-max)` of `values`, e.g. "93 s (90-101)"."""
+    low, high = min(values), max(values)
+    return f"{statistics.median(values):.{digits}f}{unit} ({low:.{digits}f}-{high:.{digits}f})"
+
+
+@dataclass
+class RealSamples:
+    """Rows 5-8's samples, one per repetition."""
+
+    failover: list[float] = field(default_factory=list)
+    hand: list[float] = field(default_factory=list)
+    ours: list[float] = field(default_factory=list)
+    in_requests: list[float] = field(default_factory=list)  # of `ours`: covered by SkyPilot requests
+    overlapped: list[float] = field(default_factory=list)
+    both: list[float] = field(default_factory=list)
+    both_by_hand: list[float] = field(default_factory=list)
+
+
+async def real_rows(bench: Bench, scratch: Path, repeats: int = REAL_REPEATS) -> None:
+    point_sdk_at_local_stack()  # in_skypilot_requests asks the API server
     log = scratch / "real.log"
     print(f"  real stack: bringing it up (log {log})", flush=True)
     local_stack_up(log)
@@ -375,120 +397,32 @@ async def real_rows(bench: Bench, scratch: Path) -> None:
     worker = await asyncio.to_thread(
         start_worker_process, task_queue, scratch / "worker1.log", scratch / "checkouts"
     )
-    env = process_env()
-
-    async def pipeline(*args: str) -> tuple[float, str]:
-        workflow_id = f"bench-{uuid.uuid4().hex[:8]}"
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(ROOT / "run_workflow.py"),
-            "--infra",
-            "slurm",
-            "--task-queue",
-            task_queue,
-            "--workflow-id",
-            workflow_id,
-            *args,
-            env=env,
-            cwd=str(scratch),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await proc.communicate()
-        if proc.returncode != 0 and "--no-wait" not in args:
-            raise RuntimeError(f"pipeline {workflow_id} failed: {stderr.decode()[-500:]}")
-        return time.monotonic() - started, workflow_id
-
+    pipeline = Starter(task_queue, scratch)
+    samples = RealSamples()
     try:
-        # Row 5: failover. Start a long train on worker 1, start worker 2, SIGKILL worker 1.
-        _, workflow_id = await pipeline("--env", "EPOCHS=600", "--no-wait")
-        handle = client.get_workflow_handle(workflow_id)
-        prefix = cluster_prefix_for(workflow_id)
-        while not await _train_job_running(sky, f"{prefix}-train", env, log):
-            await asyncio.sleep(2)
-        second = await asyncio.to_thread(
-            start_worker_process, task_queue, scratch / "worker2.log", scratch / "checkouts"
-        )
-        killed_at = time.monotonic()
-        worker.kill(signal.SIGKILL)
-        while True:
-            description = await handle.describe()
-            pending = [
-                p
-                for p in description.raw_description.pending_activities
-                if p.attempt >= 2 and p.last_started_time.seconds and p.activity_type.name == "launch_task"
-            ]
-            if pending:
-                break
-            await asyncio.sleep(0.5)
-        resumed = time.monotonic() - killed_at
-        await handle.cancel()
-        with contextlib.suppress(WorkflowFailureError):
-            await handle.result()
-        worker = second
-        bench.add(
-            Row(
-                5,
-                "failover: worker SIGKILLed mid-train -> step resumes on the second worker",
-                f"{resumed:.0f} s",
-                baseline=f"{StepTimeouts().train} s (start-to-close alone)",
-                goal=f"<= {HEARTBEAT_TIMEOUT + 5} s",
-                met=resumed <= HEARTBEAT_TIMEOUT + 5,
-            )
-        )
+        # Each repetition takes one sample of every row, so drift on the machine reaches all rows.
+        for repetition in range(repeats):
+            worker = await failover_sample(client, pipeline, worker, scratch, repetition, samples)
+            samples.hand.append(await asyncio.to_thread(hand_run, scratch, log))
+            seconds, workflow_id = await pipeline()
+            samples.ours.append(seconds)
+            samples.in_requests.append((await in_skypilot_requests(client, workflow_id))[1])
+            samples.overlapped.append((await pipeline("--overlap-provisioning"))[0])
+            started = time.monotonic()
+            await asyncio.gather(pipeline(), pipeline())
+            samples.both.append(time.monotonic() - started)
+            started = time.monotonic()
+            await asyncio.gather(*(asyncio.to_thread(hand_run, scratch, log) for _ in range(2)))
+            samples.both_by_hand.append(time.monotonic() - started)
+            print(f"  real stack: repetition {repetition + 1} of {repeats} done", flush=True)
+        for row in real_stack_table(samples):
+            bench.add(row)
 
-        # Row 6: the pipeline vs the same six operations by hand with the sky CLI.
-        hand = await asyncio.to_thread(hand_run, sky, scratch, log)
-        ours, workflow_id = await pipeline()
-        bench.add(
-            ratio_row(
-                6, "real stack: full pipeline vs the six operations by hand (sky CLI)", ours, hand, 0.85
-            )
-        )
-
-        outside = await outside_skypilot_seconds(client, workflow_id)
-        bench.add(
-            Row(
-                6,
-                "real stack: workflow run time not spent in a SkyPilot request (orchestration)",
-                f"{outside:.1f} s",
-                ratio=f"{outside / ours:.1%} of the run",
-            )
-        )
-
-        # Row 7: overlapped provisioning.
-        overlapped, _ = await pipeline("--overlap-provisioning")
-        bench.add(
-            ratio_row(
-                7, "real stack: pipeline with --overlap-provisioning vs by hand", overlapped, hand, 0.65
-            )
-        )
-
-        # Row 8: two pipelines at once on one worker; beside it, two hand-runs at once.
-        started = time.monotonic()
-        await asyncio.gather(pipeline(), pipeline())
-        both = time.monotonic() - started
-        started = time.monotonic()
-        await asyncio.gather(*(asyncio.to_thread(hand_run, sky, scratch, log) for _ in range(2)))
-        both_by_hand = time.monotonic() - started
-        bench.add(
-            Row(
-                8,
-                "real stack: two pipelines at once on one worker vs one (baseline: two hand-runs at once)",
-                f"{both:.0f} s = {both / ours:.2f}x",
-                baseline=f"{both_by_hand:.0f} s = {both_by_hand / hand:.2f}x",
-                ratio=f"{both / ours:.2f}",
-                goal="<= 1.3",
-                met=both / ours <= 1.3,
-            )
-        )
-
-        # Row 11: a 3-variant sweep against the same variants one after another.
+        # Row 11: a 3-variant sweep against the same variants one after another (once: ~8 min).
         figures = await sweep_real_row(pipeline)
         bench.add(sweep_row(11, figures, goal=""))
 
-        # Row 12: a managed train whose Slurm allocation is cancelled mid-train.
+        # Row 12: a managed train whose Slurm allocation is cancelled mid-train (once: ~5 min).
         import sky as sky_sdk
 
         managed = await managed_real_row(pipeline, client, sky_sdk)
@@ -503,6 +437,110 @@ async def real_rows(bench: Bench, scratch: Path) -> None:
         )
     finally:
         worker.kill(signal.SIGTERM)
+
+
+async def failover_sample(
+    client: Client,
+    pipeline: Starter,
+    worker: WorkerProcess,
+    scratch: Path,
+    repetition: int,
+    samples: RealSamples,
+) -> WorkerProcess:
+    """Row 5: start a long train on `worker`, start a second worker, SIGKILL the first; the
+    seconds until the step runs again on the second go to `samples`. Returns the second worker."""
+    _, workflow_id = await pipeline("--env", "EPOCHS=600", "--no-wait")
+    handle = client.get_workflow_handle(workflow_id)
+    train = f"{cluster_prefix_for(workflow_id)}-train"
+    while not await _train_job_running(train, scratch / "queue.log"):
+        await asyncio.sleep(2)
+    second = await asyncio.to_thread(
+        start_worker_process,
+        pipeline.task_queue,
+        scratch / f"worker{repetition + 2}.log",
+        scratch / "checkouts",
+    )
+    killed_at = time.monotonic()
+    worker.kill(signal.SIGKILL)
+    while True:
+        description = await handle.describe()
+        if any(
+            p.attempt >= 2 and p.last_started_time.seconds and p.activity_type.name == "launch_task"
+            for p in description.raw_description.pending_activities
+        ):
+            break
+        await asyncio.sleep(0.5)
+    samples.failover.append(time.monotonic() - killed_at)
+    await handle.cancel()
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
+    return second
+
+
+def real_stack_table(samples: RealSamples) -> list[Row]:
+    """Rows 5-8 from their samples: medians and ranges of the ratios, each taken within one
+    repetition (side by side), so the machine's drift between repetitions cancels out."""
+    count = len(samples.hand)
+
+    def ratios(ours: list[float], baseline: list[float]) -> list[float]:
+        return [a / b for a, b in zip(ours, baseline, strict=True)]
+
+    orchestration = [run - covered for run, covered in zip(samples.ours, samples.in_requests, strict=True)]
+    row6 = ratios(samples.ours, samples.hand)
+    row7 = ratios(samples.overlapped, samples.hand)
+    row8 = ratios(samples.both, samples.ours)
+    row8_hand = ratios(samples.both_by_hand, samples.hand)
+    row8_vs_hand = ratios(samples.both, samples.both_by_hand)
+    return [
+        Row(
+            5,
+            f"failover: worker SIGKILLed mid-train -> step resumes on the second worker ({count} runs)",
+            median_range(samples.failover, " s"),
+            baseline=f"{StepTimeouts().train} s (start-to-close alone)",
+            goal=f"<= {HEARTBEAT_TIMEOUT + 5} s",
+            met=max(samples.failover) <= HEARTBEAT_TIMEOUT + 5,
+        ),
+        Row(
+            6,
+            f"real stack: full pipeline vs the six operations by hand (sky CLI), {count} runs each",
+            median_range(samples.ours, " s"),
+            baseline=median_range(samples.hand, " s"),
+            ratio=median_range(row6, digits=2),
+            goal="<= 0.85",
+            met=statistics.median(row6) <= 0.85,
+        ),
+        Row(
+            6,
+            "  of which in SkyPilot requests (the physical limit here) / orchestration outside them",
+            median_range(orchestration, " s", 1) + " orchestration",
+            baseline=median_range(samples.in_requests, " s") + " in requests",
+            ratio=median_range(
+                [100 * o / r for o, r in zip(orchestration, samples.ours, strict=True)], "%", 1
+            )
+            + " of the run",
+            goal="<= 3%",
+            met=statistics.median(orchestration) / statistics.median(samples.ours) <= 0.03,
+        ),
+        Row(
+            7,
+            "real stack: pipeline with --overlap-provisioning vs by hand",
+            median_range(samples.overlapped, " s"),
+            baseline=median_range(samples.hand, " s"),
+            ratio=median_range(row7, digits=2),
+            goal="<= 0.65",
+            met=statistics.median(row7) <= 0.65,
+        ),
+        Row(
+            8,
+            "real stack: two pipelines at once on one worker, vs one pipeline "
+            "(baseline: two hand-runs at once, vs one hand-run)",
+            median_range(row8, "x", 2),
+            baseline=median_range(row8_hand, "x", 2),
+            ratio=median_range(row8_vs_hand, digits=2) + " of the hand-runs' time",
+            goal="<= 1.3x, and <= the hand-runs",
+            met=statistics.median(row8) <= 1.3 and statistics.median(row8_vs_hand) <= 1.0,
+        ),
+    ]
 
 
 def sweep_row(number: int, figures: dict[str, Any], goal: str) -> Row:
@@ -522,67 +560,10 @@ async def row_sweep(bench: Bench, env: WorkflowEnvironment) -> None:
     bench.add(sweep_row(10, await sweep_simulated_row(bench.repo, env), goal="<= 1.2x"))
 
 
-def ratio_row(number: int, measure: str, ours: float, hand: float, goal: float) -> Row:
-    """A real-stack row: our seconds against the hand-run's, as a ratio with its goal."""
-    return Row(
-        number,
-        measure,
-        f"{ours:.0f} s",
-        baseline=f"{hand:.0f} s",
-        ratio=f"{ours / hand:.2f}",
-        goal=f"<= {goal}",
-        met=ours / hand <= goal,
-    )
-
-
-def hand_run(sky: str, scratch: Path, log: Path) -> float:
-    """The six operations by hand with the sky CLI, in sequence; returns their seconds."""
-    env = process_env()
-    run_id = f"hand{uuid.uuid4().hex[:4]}"
-    pre, train = f"{run_id}-preprocess", f"{run_id}-train"
-    envs = ["--env", f"PIPELINE_RUN_ID={run_id}"]
-    tasks = scratch / run_id / "tasks"
-    seconds = run_logged("git", "clone", "--quiet", str(ROOT), str(scratch / run_id), log=log)
-    for command in (
-        ["launch", "-y", "-c", pre, "--infra", "slurm", *envs, str(tasks / "data_preprocessing.yaml")],
-        ["down", "-y", pre],
-        ["launch", "-y", "-c", train, "--infra", "slurm", *envs, str(tasks / "train.yaml")],
-        ["exec", train, *envs, str(tasks / "eval.yaml")],
-        ["down", "-y", train],
-    ):
-        seconds += run_logged(sky, *command, log=log, env=env)
-    return seconds
-
-
-async def outside_skypilot_seconds(client: Client, workflow_id: str) -> float:
-    """The run's wall time (from its history) minus the time covered by its SkyPilot requests."""
-    import sky
-
-    description = await client.get_workflow_handle(workflow_id).describe()
-    assert description.start_time and description.close_time
-    run_seconds = (description.close_time - description.start_time).total_seconds()
-    prefix = cluster_prefix_for(workflow_id)
-    spans = []
-    for cluster in (f"{prefix}-preprocess", f"{prefix}-train"):
-        requests = await asyncio.to_thread(sky.api_status, all_status=True, cluster_name=cluster)
-        spans += [
-            (r.created_at, r.finished_at) for r in requests if r.cluster_name == cluster and r.finished_at
-        ]
-    spans.sort()
-    covered, reach = 0.0, 0.0
-    for start, end in spans:
-        start = max(start, reach)
-        if end > start:
-            covered += end - start
-            reach = end
-    return run_seconds - covered
-
-
-async def _train_job_running(sky: str, cluster: str, env: dict[str, str], log: Path) -> bool:
-    out = log.with_suffix(".queue")
+async def _train_job_running(cluster: str, out: Path) -> bool:
     with out.open("w") as handle:
         proc = await asyncio.create_subprocess_exec(
-            sky, "queue", cluster, stdout=handle, stderr=handle, env=env
+            str(SKY_CLI), "queue", cluster, stdout=handle, stderr=handle, env=process_env()
         )
         await proc.wait()
     return "RUNNING" in out.read_text()
@@ -624,8 +605,14 @@ def print_table(rows: list[Row]) -> None:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="simulated rows only, fewer repetitions")
+    parser.add_argument("--quick", action="store_true", help="simulated rows, fewer repetitions")
+    parser.add_argument("--real-only", action="store_true", help="the real-stack rows only")
+    parser.add_argument("--all", action="store_true", help="simulated and real-stack rows")
+    parser.add_argument(
+        "--repeats", type=int, default=REAL_REPEATS, help="real-stack repetitions (default 3)"
+    )
     args = parser.parse_args()
+    simulated, real = not args.real_only, args.real_only or args.all
     # Failed steps are part of rows 3-4: keep Temporal's per-failure warnings out of the table.
     logging.getLogger("temporalio").setLevel(logging.ERROR)
     started = time.monotonic()
@@ -633,16 +620,17 @@ async def main() -> int:
         scratch = Path(scratch_dir)
         bench = Bench(quick=args.quick, repo=make_task_repo(scratch / "tasks-repo"))
         print("\n".join(machine_lines()), flush=True)
-        # As the worker runs on this machine: encrypting payloads when a codec key is set.
-        env = await start_dev_server(extra_args=["--dynamic-config-value", "frontend.rps=10000"])
-        try:
-            for row in (row_overhead, row_concurrency, row_cleanup, row_cancel, row_codec, row_sweep):
-                await row(bench, env)
-        finally:
-            await env.shutdown()
-        if not args.quick:
-            await real_rows(bench, scratch)
-    print(f"\npython -m bench.run{' --quick' if args.quick else ''} ({time.monotonic() - started:.0f} s)")
+        if simulated:
+            # As the worker runs on this machine: encrypting payloads when a codec key is set.
+            env = await start_dev_server(extra_args=["--dynamic-config-value", "frontend.rps=10000"])
+            try:
+                for row in (row_overhead, row_concurrency, row_cleanup, row_cancel, row_codec, row_sweep):
+                    await row(bench, env)
+            finally:
+                await env.shutdown()
+        if real:
+            await real_rows(bench, scratch, args.repeats)
+    print(f"\npython -m bench.run {' '.join(sys.argv[1:])} ({time.monotonic() - started:.0f} s)")
     print("\n".join(machine_lines()))
     print_table(bench.rows)
     return 0

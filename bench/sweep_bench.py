@@ -104,33 +104,14 @@ async def real_row(run_pipeline: Callable[..., Awaitable[tuple[float, str]]]) ->
 
 
 async def standalone_real_row(scratch: Path) -> dict[str, Any]:
-    from testing.local_stack import local_stack_up, process_env, start_worker_process
+    from bench.real_stack import Starter
+    from testing.local_stack import local_stack_up, start_worker_process
 
     local_stack_up(scratch / "stack.log")
     task_queue = f"bench-sweep-{uuid.uuid4().hex[:6]}"
     worker = await asyncio.to_thread(start_worker_process, task_queue, scratch / "worker.log")
 
-    async def run_pipeline(*args: str) -> tuple[float, str]:
-        workflow_id = f"bench-{uuid.uuid4().hex[:8]}"
-        started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "run_workflow.py",
-            "--infra",
-            "slurm",
-            "--task-queue",
-            task_queue,
-            "--workflow-id",
-            workflow_id,
-            *args,
-            env=process_env(),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await proc.communicate()
-        if proc.returncode != 0:
-            raise RuntimeError(f"{workflow_id} failed: {stderr.decode()[-500:]}")
-        return time.monotonic() - started, workflow_id
+    run_pipeline = Starter(task_queue, scratch)
 
     try:
         return await real_row(run_pipeline)
