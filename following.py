@@ -7,12 +7,14 @@ Plain text only, so the output reads the same in a terminal and in a file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Awaitable, Callable, Collection
 from datetime import timedelta
 from typing import Any, TextIO, TypeVar
 
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
 from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
@@ -29,7 +31,21 @@ from shared import (
     VariantProgress,
 )
 
-POLL_SECONDS = 1.0
+# The starter asks a run for its progress when its history shows it may have changed (a workflow
+# task completed, or the run ended), at most this often, and at least every SAFETY_POLL_SECONDS.
+MIN_POLL_SECONDS = 0.2
+SAFETY_POLL_SECONDS = 15.0
+WAKE_EVENTS = frozenset(
+    {
+        EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT,
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+    }
+)
 RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS = 1.0, 10.0
 # A query waits for a worker to answer it; with no worker running it would wait ~30 s per poll.
 QUERY_TIMEOUT = timedelta(seconds=10)
@@ -176,22 +192,47 @@ def print_new_steps(
         print(variant_line(variant, marks), flush=True)
 
 
+async def watch_history(handle: RunHandle, changed: asyncio.Event) -> None:
+    """Set `changed` whenever the run's history records a workflow task completed or the run's
+    end: the only moments its progress can change. A long poll on the server: no worker is
+    involved and nothing is sent while the run waits on a step. Runs until cancelled; an outage
+    or a new run (a reset) starts it over."""
+    while True:
+        try:
+            async for event in handle.fetch_history_events(wait_new_event=True):
+                if event.event_type in WAKE_EVENTS:
+                    changed.set()
+        except Exception:  # a hint only: the follow loop's own calls report an outage
+            pass
+        changed.set()
+        await asyncio.sleep(RECONNECT_MIN_SECONDS)
+
+
 async def follow(handle: RunHandle, temporal: Reconnecting) -> PipelineProgress | None:
     """Print one line per step as it starts and ends (cleanup included) until the run ends.
 
     Plain text only, so the output reads the same in a terminal and in a file. Returns what the
-    ended run's progress query reports (None: no answer).
+    ended run's progress query reports (None: no answer). The run is queried when its history
+    moves, not on a timer: a query is a workflow task on the worker.
     """
     marks = status_marks(sys.stdout)
     printed: dict[str, str] = {}  # summaries are unique
-    while True:
-        description = await temporal.call(handle.describe)
-        # Queried after the describe, so the progress of an ended run is its final state.
-        progress = await query_progress(handle, temporal)
-        print_new_steps(progress, printed, marks)
-        if description.status not in (None, WorkflowExecutionStatus.RUNNING):
-            return progress
-        await asyncio.sleep(POLL_SECONDS)
+    changed = asyncio.Event()
+    watcher = asyncio.create_task(watch_history(handle, changed))
+    try:
+        while True:
+            changed.clear()
+            description = await temporal.call(handle.describe)
+            # Queried after the describe, so the progress of an ended run is its final state.
+            progress = await query_progress(handle, temporal)
+            print_new_steps(progress, printed, marks)
+            if description.status not in (None, WorkflowExecutionStatus.RUNNING):
+                return progress
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(changed.wait(), SAFETY_POLL_SECONDS)
+            await asyncio.sleep(MIN_POLL_SECONDS)
+    finally:
+        watcher.cancel()
 
 
 def print_sweep_table(workflow_id: str, result: SweepResult, url: str) -> None:

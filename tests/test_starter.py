@@ -19,6 +19,7 @@ from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
 from temporalio.testing import WorkflowEnvironment
 from test_scripts import assert_one_line_error, run_script, starter_env
 
+import following
 import run_workflow
 from codec import configured_data_converter
 from shared import PipelineProgress
@@ -207,6 +208,37 @@ async def test_follow_prints_a_finished_run_like_the_run_that_started_it(pipelin
     assert starts == steps and ends == steps, stdout
     assert f"Workflow {handle.id} succeeded (commit " in stdout
     assert stderr == ""
+
+
+class CountingQueries:
+    """A run's handle that notes when it is queried."""
+
+    def __init__(self, handle: WorkflowHandle, queried: list[float]) -> None:
+        self._handle, self.queried = handle, queried
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+    async def query(self, *args, **kwargs):
+        self.queried.append(time.monotonic())
+        return await self._handle.query(*args, **kwargs)
+
+
+async def test_follow_queries_a_run_when_its_history_moves_not_while_a_step_runs(pipeline: Pipeline):
+    """A progress query is a workflow task on the worker: with many runs followed, a query a
+    second each was load on the worker for nothing while their steps ran."""
+    pipeline.fake.plan("train", seconds=5)
+    handle = await pipeline.start()
+    counting = CountingQueries(handle, [])
+    follower = asyncio.create_task(following.follow(counting, following.Reconnecting("test")))
+    job = await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+    train_started = time.monotonic()
+    progress = await follower
+    assert progress is not None and progress.status == "succeeded"
+    assert job.finished_at is not None
+    during_train = [t for t in counting.queried if train_started + 1 < t < job.finished_at]
+    assert during_train == [], f"{len(during_train)} queries while train ran"
+    assert len(counting.queried) < 20, len(counting.queried)  # about one per step boundary
 
 
 async def test_follow_of_an_unknown_workflow_id_is_a_one_line_error(pipeline: Pipeline):
