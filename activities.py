@@ -346,15 +346,14 @@ class SkyPilotActivities:
         except Exception as exc:  # whatever a hostile task makes the checks trip on: never retried
             raise refuse(f"{what} is invalid: {clean_message(exc)}", "InvalidTask") from None
         try:
-            # The job's name goes into the YAML SkyPilot keeps as the cluster's creator
-            # (last_creation_yaml), which is how a first attempt tells a cluster of this run.
             task = self._sky.Task.from_yaml_config(
-                {**config, "name": spec.job_name},
+                config,
                 env_overrides=list(spec.env_overrides.items()) or None,
                 secrets_overrides=list(self._secrets_for(spec).items()) or None,
             )
             if infra:
                 task.set_resources_override({"infra": infra, "cloud": None, "region": None, "zone": None})
+            task.name = spec.job_name
             # Again on what SkyPilot built: it substitutes $VARS into paths after the checks above.
             check_built_task(task, what, checkout_dir, self._policy)
         except ApplicationError:

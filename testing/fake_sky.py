@@ -329,7 +329,7 @@ class FakeSky:
     ) -> tuple[int | None, Any]:
         with self._lock:
             cluster = self.clusters.setdefault(
-                cluster_name, FakeCluster(cluster_name, created_by=_creation_name(task))
+                cluster_name, FakeCluster(cluster_name, created_by=task.name or "")
             )
         request.logs.append(f"\x1b[1mLaunching\x1b[0m {cluster_name}")
         skip_setup = fast and cluster.status == "UP"
@@ -427,9 +427,3 @@ class FakeSky:
     def _delay(self) -> None:
         if self.call_seconds:
             time.sleep(self.call_seconds)
-
-
-def _creation_name(task: sky.Task) -> str:
-    """The name SkyPilot records as a cluster's creator: from the YAML the task was built from
-    (what `last_creation_yaml` holds), not the task's `name` attribute."""
-    return str(task.to_yaml_config(use_user_specified_yaml=True).get("name") or "")

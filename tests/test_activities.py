@@ -566,18 +566,6 @@ def test_the_count_of_lines_not_logged_is_logged_when_the_job_ends():
     assert logged[-1].startswith("(800 more lines not logged here")
 
 
-async def test_eval_on_the_cluster_this_run_launched_does_not_list_its_jobs(activities, fake_sky: FakeSky):
-    """SkyPilot records the YAML a task was built from as the cluster's creator, not the task's
-    `name` attribute: the job's name has to be in that YAML, or every eval pays a job listing
-    (a round trip to the cluster, ~3 s on the local stack) to find nothing."""
-    train = dataclasses.replace(spec("train"), job_name="wf1-0123abcd-train")
-    await ActivityEnvironment().run(activities.launch_task, LaunchInput(CLUSTER, train))
-    assert fake_sky.clusters[CLUSTER].created_by == "wf1-0123abcd-train"
-    this_run_eval = dataclasses.replace(spec("eval"), job_name="wf1-0123abcd-eval")
-    await ActivityEnvironment().run(activities.exec_task, ExecInput(CLUSTER, this_run_eval))
-    assert fake_sky.called("queue") == []
-
-
 @pytest.mark.parametrize("created_by,looks", [("wf1-0123abcd-train", False), ("wf1-99999999-train", True)])
 async def test_a_first_attempt_lists_jobs_only_on_a_cluster_an_earlier_run_created(
     activities, fake_sky: FakeSky, created_by, looks
