@@ -116,12 +116,13 @@ def request_times(since: float, until: float) -> dict[str, RequestTimes]:
     """Per request name, the local API server's requests created between `since` and `until`
     (epoch seconds): how long they waited for a server worker, and how long they took in all.
 
-    The request records have no start time: a worker taking a request is in the server's log.
+    The request records have no start time: an executor accepting a request ("Submitted request")
+    is in the server's log.
     Requests the server runs without a worker (log streaming) have no queueing."""
     taken: dict[str, float] = {}
     year = datetime.now().year
     for line in (API_SERVER_STATE / "server.log").read_text(errors="replace").splitlines():
-        if "Submitting request:" in line and (match := _LOG_TIME.match(line)):
+        if "Submitted request:" in line and (match := _LOG_TIME.match(line)):
             stamp = datetime.strptime(f"{year}-{match.group(1)}", "%Y-%m-%d %H:%M:%S.%f")
             taken[line.rsplit(" ", 1)[-1]] = stamp.timestamp()
     database = sqlite3.connect(API_SERVER_STATE / "requests.db")

@@ -381,7 +381,8 @@ class RealSamples:
     failover: list[float] = field(default_factory=list)
     hand: list[float] = field(default_factory=list)
     ours: list[float] = field(default_factory=list)
-    in_requests: list[float] = field(default_factory=list)  # of `ours`: covered by SkyPilot requests
+    run_seconds: list[float] = field(default_factory=list)  # `ours` from the run's history
+    in_requests: list[float] = field(default_factory=list)  # of `run_seconds`: in SkyPilot requests
     overlapped: list[float] = field(default_factory=list)
     both: list[float] = field(default_factory=list)
     both_by_hand: list[float] = field(default_factory=list)
@@ -406,7 +407,9 @@ async def real_rows(bench: Bench, scratch: Path, repeats: int = REAL_REPEATS) ->
             samples.hand.append(await asyncio.to_thread(hand_run, scratch, log))
             seconds, workflow_id = await pipeline()
             samples.ours.append(seconds)
-            samples.in_requests.append((await in_skypilot_requests(client, workflow_id))[1])
+            run_seconds, covered = await in_skypilot_requests(client, workflow_id)
+            samples.run_seconds.append(run_seconds)
+            samples.in_requests.append(covered)
             samples.overlapped.append((await pipeline("--overlap-provisioning"))[0])
             started = time.monotonic()
             await asyncio.gather(pipeline(), pipeline())
@@ -452,7 +455,10 @@ async def failover_sample(
     _, workflow_id = await pipeline("--env", "EPOCHS=600", "--no-wait")
     handle = client.get_workflow_handle(workflow_id)
     train = f"{cluster_prefix_for(workflow_id)}-train"
+    deadline = time.monotonic() + 600
     while not await _train_job_running(train, scratch / "queue.log"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"row 5: {train}'s job never ran")
         await asyncio.sleep(2)
     second = await asyncio.to_thread(
         start_worker_process,
@@ -460,20 +466,26 @@ async def failover_sample(
         scratch / f"worker{repetition + 2}.log",
         scratch / "checkouts",
     )
-    killed_at = time.monotonic()
-    worker.kill(signal.SIGKILL)
-    while True:
-        description = await handle.describe()
-        if any(
-            p.attempt >= 2 and p.last_started_time.seconds and p.activity_type.name == "launch_task"
-            for p in description.raw_description.pending_activities
-        ):
-            break
-        await asyncio.sleep(0.5)
-    samples.failover.append(time.monotonic() - killed_at)
-    await handle.cancel()
-    with contextlib.suppress(WorkflowFailureError):
-        await handle.result()
+    try:
+        killed_at = time.monotonic()
+        worker.kill(signal.SIGKILL)
+        while True:
+            description = await handle.describe()
+            if any(
+                p.attempt >= 2 and p.last_started_time.seconds and p.activity_type.name == "launch_task"
+                for p in description.raw_description.pending_activities
+            ):
+                break
+            if time.monotonic() - killed_at > 300:
+                raise RuntimeError("row 5: the step never resumed on the second worker")
+            await asyncio.sleep(0.5)
+        samples.failover.append(time.monotonic() - killed_at)
+        await handle.cancel()
+        with contextlib.suppress(WorkflowFailureError):
+            await handle.result()
+    except BaseException:
+        second.kill()
+        raise
     return second
 
 
@@ -485,7 +497,9 @@ def real_stack_table(samples: RealSamples) -> list[Row]:
     def ratios(ours: list[float], baseline: list[float]) -> list[float]:
         return [a / b for a, b in zip(ours, baseline, strict=True)]
 
-    orchestration = [run - covered for run, covered in zip(samples.ours, samples.in_requests, strict=True)]
+    orchestration = [
+        run - covered for run, covered in zip(samples.run_seconds, samples.in_requests, strict=True)
+    ]
     row6 = ratios(samples.ours, samples.hand)
     row7 = ratios(samples.overlapped, samples.hand)
     row8 = ratios(samples.both, samples.ours)
@@ -515,11 +529,11 @@ def real_stack_table(samples: RealSamples) -> list[Row]:
             median_range(orchestration, " s", 1) + " orchestration",
             baseline=median_range(samples.in_requests, " s") + " in requests",
             ratio=median_range(
-                [100 * o / r for o, r in zip(orchestration, samples.ours, strict=True)], "%", 1
+                [100 * o / r for o, r in zip(orchestration, samples.run_seconds, strict=True)], "%", 1
             )
             + " of the run",
             goal="<= 3%",
-            met=statistics.median(orchestration) / statistics.median(samples.ours) <= 0.03,
+            met=statistics.median(orchestration) / statistics.median(samples.run_seconds) <= 0.03,
         ),
         Row(
             7,
@@ -612,6 +626,8 @@ async def main() -> int:
         "--repeats", type=int, default=REAL_REPEATS, help="real-stack repetitions (default 3)"
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     simulated, real = not args.real_only, args.real_only or args.all
     # Failed steps are part of rows 3-4: keep Temporal's per-failure warnings out of the table.
     logging.getLogger("temporalio").setLevel(logging.ERROR)
