@@ -38,7 +38,7 @@ from shared import PipelineInput
 from testing import ROOT, free_port
 from testing.fake_sky import FakeSky
 from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
-from testing.prometheus import scrape, value
+from testing.prometheus import slow_workflow_tasks
 from workflows import SkyPilotWorkflow
 
 CALL_SECONDS = 1.0  # every simulated SDK call blocks its thread this long
@@ -56,9 +56,7 @@ class WorkerProcess:
 
     def workflow_tasks(self) -> tuple[float, float]:
         """Workflow tasks run so far, and how many of them took over 1 s."""
-        samples = scrape(self.metrics_address)
-        total = value(samples, "temporal_workflow_task_execution_latency_count")
-        return total, total - value(samples, "temporal_workflow_task_execution_latency_bucket", le="1")
+        return slow_workflow_tasks(self.metrics_address)
 
 
 @dataclass

@@ -49,3 +49,11 @@ def scrape(address: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 def value(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
     """The sum of `name`'s samples whose labels include `labels` (0 when there is none)."""
     return sum(v for sample_labels, v in samples.get(name, []) if labels.items() <= sample_labels.items())
+
+
+def slow_workflow_tasks(address: str) -> tuple[float, float]:
+    """Workflow tasks a worker serving metrics at `address` has run so far, and how many of
+    them took over 1 s (Temporal's `workflow_task_execution_latency`)."""
+    samples = scrape(address)
+    total = value(samples, "temporal_workflow_task_execution_latency_count")
+    return total, total - value(samples, "temporal_workflow_task_execution_latency_bucket", le="1")
