@@ -173,6 +173,7 @@ class SkyPilotActivities:
             launch,
             submit_phase="provisioning",
             expect_job=not input.provision_only,
+            cluster_created_by_run=input.cluster_created_by_run,
         )
 
     @activity.defn
@@ -180,7 +181,9 @@ class SkyPilotActivities:
         def exec_(task: Any) -> RequestId:
             return self._sky.exec(task, cluster_name=input.cluster_name)
 
-        return await self._run_task(input.cluster_name, input.task, "", exec_)
+        return await self._run_task(
+            input.cluster_name, input.task, "", exec_, cluster_created_by_run=input.cluster_created_by_run
+        )
 
     @activity.defn
     async def down_cluster(self, input: DownInput) -> StepResult:
@@ -283,9 +286,11 @@ class SkyPilotActivities:
         submit: Callable[[Any], RequestId],
         submit_phase: str = "submitting",
         expect_job: bool = True,
+        cluster_created_by_run: str = "",
     ) -> StepResult:
         """Build the task, submit it with `submit` (or re-attach to its job), follow the job."""
         started = time.monotonic()
+        run_id = activity.info().workflow_run_id
         what = f"{spec.step} on {cluster}"
         progress = JobProgress(phase="preparing", cluster_name=cluster, job_name=spec.job_name)
         sink = self._sink(f"[{spec.step} {cluster}]", self._secret_values(spec.secret_names), progress)
@@ -294,10 +299,21 @@ class SkyPilotActivities:
             # Parsing may consult cloud catalogs: keep it off the event loop too.
             task = await self._blocking(self._build_task, spec, infra)
             outcome = await self._jobs.run(
-                task, cluster, spec, submit, progress, sink, submit_phase, expect_job
+                task,
+                cluster,
+                spec,
+                submit,
+                progress,
+                sink,
+                submit_phase,
+                expect_job,
+                cluster_is_this_runs=bool(run_id) and cluster_created_by_run == run_id,
             )
         failed = f"{what}: job {outcome.job_id} ({spec.job_name}) {outcome.status}"
-        return self._step_result(spec, cluster, failed, outcome, sink, started)
+        result = self._step_result(spec, cluster, failed, outcome, sink, started)
+        if outcome.created_cluster:
+            result.cluster_created_by_run = run_id
+        return result
 
     @staticmethod
     def _step_result(

@@ -35,6 +35,8 @@ class Cluster:
         self.name = f"{pipeline.prefix}-{role}"
         self.down_in_background = down_in_background
         self._provisioning: asyncio.Task[None] | None = None
+        # The workflow run whose launch created the cluster, once a launch here reports it.
+        self._created_by_run = ""
 
     async def launch(self, yaml_path: str, step: str = "") -> StepResult:
         """Launch the task at `yaml_path` on this cluster (bringing it up), as step `step`
@@ -53,6 +55,7 @@ class Cluster:
                     self.pipeline.task_spec(step, yaml_path),
                     infra=self.pipeline.input.infra,
                     reuse_provisioned=self._provisioning is not None,
+                    cluster_created_by_run=self._created_by_run,
                 ),
             )
         finally:
@@ -67,7 +70,11 @@ class Cluster:
             step,
             f"exec {step} on {self.name}",
             SkyPilotActivities.exec_task,
-            ExecInput(self.name, self.pipeline.task_spec(step, yaml_path)),
+            ExecInput(
+                self.name,
+                self.pipeline.task_spec(step, yaml_path),
+                cluster_created_by_run=self._created_by_run,
+            ),
         )
 
     def provision(self, yaml_path: str) -> None:
@@ -97,7 +104,7 @@ class Cluster:
         step = f"{self.role}-provision"
         board = self.pipeline.board
         async with board.step(step, f"provision {self.name}", self.name, background=True) as progress:
-            await workflow.execute_activity_method(
+            provisioned: StepResult = await workflow.execute_activity_method(
                 SkyPilotActivities.launch_task,
                 LaunchInput(
                     self.name,
@@ -107,6 +114,7 @@ class Cluster:
                 ),
                 **self.pipeline.job_options(step, progress.summary, timeout_step=self.role),
             )
+        self._created_by_run = self._created_by_run or provisioned.cluster_created_by_run
 
     async def _run_job(self, step: str, summary: str, activity: Any, arg: Any) -> StepResult:
         pipeline = self.pipeline
@@ -117,6 +125,7 @@ class Cluster:
                 ),
             )
             progress.job_id, progress.job_status = result.job_id, result.job_status
+        self._created_by_run = self._created_by_run or result.cluster_created_by_run
         return result
 
     def _up(self) -> None:

@@ -78,6 +78,14 @@ def temporal_target() -> tuple[dict, str]:
     return connect_config, f"{connect_config['target_host']} (namespace {connect_config['namespace']})"
 
 
+def check_temporal_settings() -> None:
+    """Raise ConfigError for a bad Temporal or payload-key setting, before anything connects."""
+    import codec  # here, not at the top: codec imports this module
+
+    temporal_target()
+    codec.configured_data_converter()
+
+
 async def connect_temporal(
     runtime: Runtime | None = None, interceptors: Sequence[Interceptor] = ()
 ) -> Client:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 
@@ -41,9 +42,10 @@ class JobLogSink:
     """A write()-able stream for the SDK: logs lines, keeps a bounded tail, hides secrets.
 
     It must never raise: the SDK treats an exception from its output stream as a transient
-    error and retries the stream forever. The worker's log gets a bounded share of a chatty job
-    (a burst, then a few lines a second, with a count of what was skipped); the tail, the
-    heartbeat and the metrics see every line.
+    error and retries the stream forever. It is thread-safe: a request's log stream may still
+    be ending in the background while the job's log starts. The worker's log gets a bounded
+    share of a chatty job (a burst, then a few lines a second, with a count of what was
+    skipped); the tail, the heartbeat and the metrics see every line.
     """
 
     def __init__(
@@ -67,8 +69,13 @@ class JobLogSink:
         self.lines_not_logged = 0
         self.task_exit_code: int | None = None
         self.metrics: dict[str, float] = {}
+        self._lock = threading.RLock()
 
     def write(self, text: str) -> int:
+        with self._lock:
+            return self._write(text)
+
+    def _write(self, text: str) -> int:
         try:
             if "\n" not in text:
                 self._partial = _last_carriage_segment(self._partial + text)[:MAX_PARTIAL_LINE_CHARS]
@@ -82,6 +89,10 @@ class JobLogSink:
             return 0
 
     def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
         try:
             if self._partial:
                 self._add_line(self._partial)
@@ -91,19 +102,22 @@ class JobLogSink:
 
     def clear_tail(self) -> None:
         """Forget the tail and the metrics: the job's log is about to be read from its start."""
-        self.flush()
-        self._tail.clear()
-        self._tail_bytes = 0
-        self.metrics.clear()
+        with self._lock:
+            self._flush()
+            self._tail.clear()
+            self._tail_bytes = 0
+            self.metrics.clear()
 
     def tail(self) -> str:
-        self.flush()
-        if self.lines_not_logged:
-            self._log_line(
-                f"({self.lines_not_logged} more lines not logged here; SkyPilot keeps the job's whole log)"
-            )
-            self.lines_not_logged = 0
-        return "\n".join(self._tail)
+        with self._lock:
+            self._flush()
+            if self.lines_not_logged:
+                self._log_line(
+                    f"({self.lines_not_logged} more lines not logged here; "
+                    "SkyPilot keeps the job's whole log)"
+                )
+                self.lines_not_logged = 0
+            return "\n".join(self._tail)
 
     def _add_line(self, raw: str) -> None:
         line = self.redact(strip_ansi(raw).rstrip("\r").split("\r")[-1].rstrip())

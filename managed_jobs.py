@@ -268,7 +268,7 @@ class ManagedJobs:
         request_id = await self._blocking(self._sky.jobs.launch, task, name=spec.job_name)
         progress.request_id = str(request_id)
         activity.heartbeat(dataclasses.asdict(progress))
-        job_ids, _handle = await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+        job_ids, _handle = await self._jobs.request_result(request_id, sink)
         if not job_ids:
             raise ApplicationError(
                 f"{spec.step}: the jobs controller returned no job id",

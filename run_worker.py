@@ -101,8 +101,9 @@ async def run_worker() -> None:
     # Never let an SDK call quietly start a local API server: an unreachable server is an error.
     os.environ.setdefault("SKYPILOT_DISABLE_LOCAL_API_SERVER", "1")
     max_activities = config.env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 100, minimum=1, maximum=10_000)
-    # A step holds one thread while it follows its job and may need a second one to cancel it.
-    sdk_threads = config.env_int("WORKER_SDK_THREADS", 2 * max_activities + 4, minimum=1, maximum=100_000)
+    # A step holds two threads while its request runs (the log stream and the result), one while
+    # it follows its job, and may need one more to cancel either.
+    sdk_threads = config.env_int("WORKER_SDK_THREADS", 3 * max_activities + 4, minimum=1, maximum=100_000)
     heartbeat_interval = float(config.env_int("WORKER_HEARTBEAT_INTERVAL_SECONDS", 5, minimum=1, maximum=600))
     outage_budget = config.env_int("WORKER_SKYPILOT_OUTAGE_SECONDS", 1200, maximum=7 * 24 * 3600)
     autodown_minutes = config.env_int("AUTODOWN_IDLE_MINUTES", 60, maximum=30 * 24 * 60)
@@ -114,6 +115,7 @@ async def run_worker() -> None:
     ).expanduser()
     policy = task_policy_from_env()
     allow_insecure_git = config.env_bool("WORKER_ALLOW_INSECURE_GIT")
+    config.check_temporal_settings()  # a bad setting is reported before any server is tried
 
     import sky  # heavy (seconds): imported only by the worker, never by the starter
 

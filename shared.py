@@ -339,12 +339,17 @@ class LaunchInput:
     provision_only: bool = False
     # The cluster was provisioned (and set up) for this task: skip both (sky.launch fast=True).
     reuse_provisioned: bool = False
+    # The workflow run that launched the cluster (StepResult.cluster_created_by_run), if known.
+    cluster_created_by_run: str = ""
 
 
 @dataclass
 class ExecInput:
     cluster_name: str
     task: TaskSpec
+    # The workflow run that launched the cluster (StepResult.cluster_created_by_run), if known:
+    # when it is this run, a first attempt has no earlier run's job to look for on it.
+    cluster_created_by_run: str = ""
 
 
 @dataclass
@@ -390,6 +395,8 @@ class StepResult:
     metrics: dict[str, float] = field(default_factory=dict)
     # A managed job: times SkyPilot relaunched it after losing its cluster.
     recoveries: int = 0
+    # A launch that found no cluster and created it: the id of the workflow run it belongs to.
+    cluster_created_by_run: str = ""
 
 
 @dataclass

@@ -18,7 +18,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-import yaml
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -46,15 +45,14 @@ TERMINAL_JOB_STATUSES = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER",
 IN_FLIGHT_REQUEST_STATUSES = {"PENDING", "RUNNING"}
 SUBMIT_REQUEST_NAMES = {"sky.launch", "sky.exec"}
 
-# libyaml's parser when PyYAML has it (several times faster than the pure-Python one).
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
 
 @dataclasses.dataclass
 class JobOutcome:
     job_id: int | None  # None: the launch submitted no job (a provision without setup)
     status: str  # the job's final status; "UP" when there is no job
     exit_code: int | None  # the task's own exit code when SkyPilot printed it, else tail_logs'
+    # This attempt found no cluster and launched it: no earlier run's job can be on it.
+    created_cluster: bool = False
 
 
 class SkyPilotJobs:
@@ -114,16 +112,30 @@ class SkyPilotJobs:
         sink: JobLogSink,
         submit_phase: str = "submitting",
         expect_job: bool = True,
+        cluster_is_this_runs: bool = False,
     ) -> JobOutcome:
-        """Find this step's job on `cluster` or submit `task` with `submit`; follow the job to its end."""
+        """Find this step's job on `cluster` or submit `task` with `submit`; follow the job to
+        its end. `cluster_is_this_runs`: this workflow run launched the cluster, so a first
+        attempt has no earlier job to look for."""
         passes = 0
+        created_cluster = False
 
         async def find_or_submit() -> int | None:
             # Looked for on every attempt (and after an outage): a retry, a reset or a new run
             # of the same workflow id never puts a second job for this step on the cluster.
-            nonlocal passes
+            nonlocal passes, created_cluster
             passes += 1
-            job_id = await self._reattach(cluster, spec, progress, first_look=passes == 1)
+            if passes == 1 and activity.info().attempt == 1:
+                # A first attempt can find only an earlier run's job, on a cluster that exists
+                # and that this run did not launch itself.
+                if cluster_is_this_runs:
+                    job_id = None
+                elif not await self._cluster_exists(cluster):
+                    created_cluster, job_id = True, None
+                else:
+                    job_id = await self._reattach(cluster, spec, progress)
+            else:
+                job_id = await self._reattach(cluster, spec, progress)
             if job_id is not None:
                 if passes == 1:  # not this attempt finding its own job again after an outage
                     metrics.job_reattached("cluster")
@@ -133,7 +145,7 @@ class SkyPilotJobs:
 
         job_id = await self.riding_outages(progress, find_or_submit)
         if job_id is None:
-            return JobOutcome(job_id=None, status="UP", exit_code=None)
+            return JobOutcome(job_id=None, status="UP", exit_code=None, created_cluster=created_cluster)
         progress.job_id = job_id
         progress.phase = "running"
         exit_code, status = await self.riding_outages(
@@ -141,7 +153,7 @@ class SkyPilotJobs:
         )
         if sink.task_exit_code is not None and exit_code != EXIT_CANCELLED:
             exit_code = sink.task_exit_code
-        return JobOutcome(job_id=job_id, status=status, exit_code=exit_code)
+        return JobOutcome(job_id=job_id, status=status, exit_code=exit_code, created_cluster=created_cluster)
 
     async def tear_down(
         self, cluster: str, job_name_prefix: str, progress: JobProgress, sink: JobLogSink
@@ -155,7 +167,7 @@ class SkyPilotJobs:
             request_id = await self._blocking(self._sky.down, cluster)
             progress.request_id = str(request_id)
             try:
-                await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+                await self.request_result(request_id, sink)
             except Exception as exc:
                 if not is_named(exc, "ClusterDoesNotExist"):
                     raise
@@ -168,6 +180,18 @@ class SkyPilotJobs:
             if not is_named(exc, "ClusterDoesNotExist"):
                 raise
             return "ALREADY_GONE"
+
+    async def request_result(self, request_id: RequestId, sink: JobLogSink) -> Any:
+        """The result of request `request_id`, its log streaming into `sink` meanwhile.
+
+        The API server's log stream notices that a long request (launch, exec, down) ended on a
+        1 s poll, its /api/get on a 0.1 s one: the result comes from `get`, and the stream ends
+        on its own in the background (by then it has as a rule passed on the whole log)."""
+        stream = asyncio.ensure_future(
+            self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+        )
+        stream.add_done_callback(_ignore_outcome)  # `get` raises whatever the request raised
+        return await self._blocking(self._sky.get, request_id)
 
     async def cluster_launch_times(self) -> dict[str, float]:
         """Every cluster SkyPilot knows (all users), managed jobs' aside -> when it was launched
@@ -214,25 +238,13 @@ class SkyPilotJobs:
 
     # -------------------------------------------------------------- find, submit, follow
 
-    async def _cluster_creator(self, cluster: str) -> str | None:
-        """The name of the task that created `cluster` ("" if unknown), None if there is none."""
+    async def _cluster_exists(self, cluster: str) -> bool:
+        """Whether SkyPilot has `cluster`, in any state (a database read on the API server)."""
         request_id = await self._blocking(self._sky.status, cluster_names=[cluster])
-        records = [
-            r for r in await self._blocking(self._sky.get, request_id) if record_field(r, "name") == cluster
-        ]
-        if not records:
-            return None
-        try:
-            created_with = yaml.load(
-                record_field(records[0], "last_creation_yaml") or "", Loader=_YAML_LOADER
-            )
-        except yaml.YAMLError:
-            return ""
-        return str(created_with.get("name") or "") if isinstance(created_with, dict) else ""
+        records = await self._blocking(self._sky.get, request_id)
+        return any(record_field(r, "name") == cluster for r in records)
 
-    async def _reattach(
-        self, cluster: str, spec: TaskSpec, progress: JobProgress, first_look: bool = True
-    ) -> int | None:
+    async def _reattach(self, cluster: str, spec: TaskSpec, progress: JobProgress) -> int | None:
         """The job of this step already on the cluster, if any: submitted by an earlier attempt
         of this run (found by its name), or still running from an earlier run of this workflow
         id (a reset, or a new run after a terminated one)."""
@@ -243,13 +255,6 @@ class SkyPilotJobs:
             activity.logger.info("Re-attaching to job %s on %s", previous_job_id, cluster)
             return int(previous_job_id)
         progress.phase = "looking for an earlier job"
-        if info.attempt == 1 and first_look:
-            # A first attempt can only find a job of an earlier run, and only on a cluster that
-            # run created. Asking who created the cluster is a database read on the API server;
-            # listing its jobs is a round trip to the cluster.
-            creator = await self._cluster_creator(cluster)
-            if creator is None or creator.startswith(spec.job_name.removesuffix(spec.step)):
-                return None
         # Let a submission of ours still in flight on the API server finish, so its job is visible.
         await self._wait_for_own_requests(cluster, spec.job_name)
         try:
@@ -295,7 +300,7 @@ class SkyPilotJobs:
         request_id = await self._blocking(submit, task)
         progress.request_id = str(request_id)
         activity.heartbeat(dataclasses.asdict(progress))
-        job_id, _handle = await self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+        job_id, _handle = await self.request_result(request_id, sink)
         if job_id is None and expect_job:
             raise ApplicationError(
                 f"{task.name} on {cluster}: SkyPilot returned no job id",
@@ -388,6 +393,11 @@ class SkyPilotJobs:
         if request_ids:
             activity.logger.info("Cancelling in-flight requests on %s: %s", cluster, request_ids)
             await self._blocking(self._sky.api_cancel, request_ids)
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: asyncio then does not log it as never retrieved
 
 
 def same_step_other_runs(spec: TaskSpec) -> re.Pattern[str]:

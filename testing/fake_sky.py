@@ -63,7 +63,6 @@ class FakeCluster:
     status: str = "INIT"
     jobs: list[FakeJob] = field(default_factory=list)
     launched_at: float = field(default_factory=time.time)
-    created_by: str = ""  # the name of the task whose launch created the cluster
 
 
 @dataclass
@@ -97,6 +96,9 @@ class FakeSky:
         self.launch_errors: dict[str, BaseException] = {}
         # An API server with auth shows a request's body only to its owner.
         self.hide_request_bodies = False
+        # A request's log stream ends once this is set, after its request ended (set: at once).
+        self.streams_may_end = threading.Event()
+        self.streams_may_end.set()
         self.clusters: dict[str, FakeCluster] = {}
         self.requests: dict[str, FakeRequest] = {}
         self.calls: list[tuple[str, Any]] = []
@@ -180,7 +182,6 @@ class FakeSky:
                         name=c.name,
                         status=c.status,
                         launched_at=c.launched_at,
-                        last_creation_yaml=f"name: {c.created_by}\n" if c.created_by else None,
                         is_managed=False,
                     )
                     for c in self.clusters.values()
@@ -266,7 +267,12 @@ class FakeSky:
         if output_stream is not None:
             for line in request.logs:
                 output_stream.write(line + "\n")
-        return self._wait(request_id)
+        try:
+            return self._wait(request_id)
+        finally:
+            # The real stream notices the request's end on a 1 s poll: tests hold it longer.
+            if not self.streams_may_end.wait(SAFETY_TIMEOUT):
+                raise AssertionError(f"the log stream of {request_id} was held too long")
 
     def tail_logs(
         self,
@@ -328,9 +334,7 @@ class FakeSky:
         self, request: FakeRequest, task: sky.Task, cluster_name: str, fast: bool
     ) -> tuple[int | None, Any]:
         with self._lock:
-            cluster = self.clusters.setdefault(
-                cluster_name, FakeCluster(cluster_name, created_by=task.name or "")
-            )
+            cluster = self.clusters.setdefault(cluster_name, FakeCluster(cluster_name))
         request.logs.append(f"\x1b[1mLaunching\x1b[0m {cluster_name}")
         skip_setup = fast and cluster.status == "UP"
         error = self.launch_errors.get((task.name or "").rsplit("-", 1)[-1])

@@ -566,14 +566,63 @@ def test_the_count_of_lines_not_logged_is_logged_when_the_job_ends():
     assert logged[-1].startswith("(800 more lines not logged here")
 
 
-@pytest.mark.parametrize("created_by,looks", [("wf1-0123abcd-train", False), ("wf1-99999999-train", True)])
-async def test_a_first_attempt_lists_jobs_only_on_a_cluster_an_earlier_run_created(
-    activities, fake_sky: FakeSky, created_by, looks
+@pytest.mark.parametrize("created_by_run,looks", [("test-run", False), ("an-earlier-run", True), ("", True)])
+async def test_a_first_attempt_lists_jobs_only_on_a_cluster_this_run_did_not_launch(
+    activities, fake_sky: FakeSky, created_by_run, looks
 ):
-    """Listing a cluster's jobs is a round trip to the cluster: a first attempt skips it when this
-    run created the cluster (no earlier run's job can be there)."""
+    """Listing a cluster's jobs is a round trip to the cluster: a first attempt skips it on a
+    cluster this very run launched (no earlier run's job can be there). A reset run carries the
+    launch result of the run it was reset from: another run id, so it lists."""
     fake_sky.add_job(CLUSTER, "unrelated")
-    fake_sky.clusters[CLUSTER].created_by = created_by
-    this_run_eval = dataclasses.replace(spec("eval"), job_name="wf1-0123abcd-eval")
-    await ActivityEnvironment().run(activities.exec_task, ExecInput(CLUSTER, this_run_eval))
+    env = ActivityEnvironment()
+    assert env.info.workflow_run_id == "test-run"
+    exec_input = ExecInput(CLUSTER, spec("eval"), cluster_created_by_run=created_by_run)
+    await env.run(activities.exec_task, exec_input)
     assert bool(fake_sky.called("queue")) is looks
+
+
+async def test_an_earlier_runs_eval_is_adopted_unless_this_run_launched_the_cluster(activities, fake_sky):
+    earlier = fake_sky.add_job(CLUSTER, "wf1-0123abcd-eval", status="RUNNING")
+    this_run_eval = dataclasses.replace(spec("eval"), job_name="wf1-99999999-eval")
+    task = asyncio.ensure_future(
+        ActivityEnvironment().run(
+            activities.exec_task, ExecInput(CLUSTER, this_run_eval, cluster_created_by_run="an-earlier-run")
+        )
+    )
+    await asyncio.sleep(0.3)
+    earlier.status = "SUCCEEDED"
+    earlier.done.set()
+    result = await task
+    assert result.job_id == earlier.job_id and fake_sky.called("exec") == []
+
+
+async def test_a_launch_reports_the_run_that_created_its_cluster(activities, fake_sky: FakeSky):
+    created = await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert created.cluster_created_by_run == "test-run"
+    relaunched = await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert relaunched.cluster_created_by_run == "", "the cluster was there before this launch"
+    retry = ActivityEnvironment()
+    retry.info = dataclasses.replace(retry.info, attempt=2)
+    fake_sky.clusters.clear()
+    retried = await retry.run(activities.launch_task, launch_input())
+    assert retried.cluster_created_by_run == "", "an earlier attempt may have created it"
+
+
+@pytest.mark.parametrize("step", ["launch", "down"])
+async def test_a_step_takes_its_result_while_the_request_log_stream_is_still_ending(
+    activities, fake_sky: FakeSky, step: str
+):
+    """The API server's log stream notices a finished launch or down only on a 1 s poll: the
+    step must not wait for it."""
+    fake_sky.streams_may_end.clear()
+    try:
+        env = ActivityEnvironment()
+        if step == "launch":
+            result = await asyncio.wait_for(env.run(activities.launch_task, launch_input()), 10)
+        else:
+            fake_sky.add_job(CLUSTER, "wf1-train")
+            result = await asyncio.wait_for(env.run(activities.down_cluster, DownInput(CLUSTER)), 10)
+        assert result.job_status in ("SUCCEEDED", "TERMINATED")
+        assert fake_sky.called("stream_and_get"), "the request's log was not streamed"
+    finally:
+        fake_sky.streams_may_end.set()

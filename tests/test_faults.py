@@ -214,6 +214,42 @@ async def test_a_reset_run_adopts_the_running_job_instead_of_starting_a_second(p
     pipeline.assert_no_cluster_left()
 
 
+async def test_a_run_reset_while_eval_runs_adopts_that_eval_instead_of_starting_a_second(pipeline: Pipeline):
+    """The reset run replays train's result, which names the run that launched the cluster: not
+    the reset run, so its eval looks for the earlier run's eval on the cluster and adopts it."""
+    pipeline.fake.plan("eval", seconds=6)
+    handle = await pipeline.start()
+    await asyncio.to_thread(pipeline.fake.wait_for_job, "eval")
+    events = [e async for e in handle.fetch_history_events()]
+    [eval_scheduled] = [
+        e.event_id
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "exec_task"
+    ]
+    after_train = max(
+        e.event_id
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and e.event_id < eval_scheduled
+    )
+    reset = await pipeline.env.client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=pipeline.env.client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=handle.id),
+            reason="test: reset to just before eval while eval runs",
+            workflow_task_finish_event_id=after_train,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    result = await pipeline.env.client.get_workflow_handle_for(
+        SkyPilotWorkflow.run, handle.id, run_id=reset.run_id
+    ).result()
+    assert len(pipeline.fake.jobs_named("eval")) == 1, "the reset run started a second eval job"
+    assert len(pipeline.fake.jobs_named("train")) == 1
+    assert result.steps[-1].job_status == "SUCCEEDED"
+    pipeline.assert_no_cluster_left()
+
+
 async def test_a_cancel_while_preprocess_and_the_overlapped_provision_run_leaves_no_cluster(
     pipeline: Pipeline,
 ):

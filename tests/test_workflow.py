@@ -358,6 +358,19 @@ async def test_overlapped_provisioning_brings_train_up_during_preprocess(pipelin
     pipeline.assert_no_cluster_left()
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+async def test_steps_on_a_cluster_the_run_launched_skip_the_job_listing(pipeline: Pipeline, overlap: bool):
+    """Listing a cluster's jobs (sky.queue) is a round trip to the cluster, ~3 s on the local
+    stack: eval (and, overlapped, train) run on a cluster this run launched, so no earlier run's
+    job can be there to adopt."""
+    handle = await pipeline.start(overlap_provisioning=overlap)
+    result = await handle.result()
+    assert pipeline.fake.called("queue") == []
+    [train] = [s for s in result.steps if s.step == "train"]
+    # Overlapped, the provision step launched the cluster and train reused it.
+    assert train.cluster_created_by_run == ("" if overlap else handle.result_run_id)
+
+
 async def test_overlapped_provisioning_tears_the_early_cluster_down_if_preprocess_fails(pipeline: Pipeline):
     pipeline.fake.provision_seconds = 1.0
     pipeline.fake.plan("preprocess", status="FAILED")
