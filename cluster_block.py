@@ -92,12 +92,14 @@ class Cluster:
         if exc is not None:
             return  # the run is ending: `running()` tears down every cluster it has up, together
         if self.down_in_background:
+            self._created_by_run = ""
             self.pipeline.teardown_in_background(self.name, f"{self.role}-down")
         else:
             await self.down()
 
     async def down(self) -> None:
         """Tear this cluster down now, as the step "<role>-down"."""
+        self._created_by_run = ""  # a later launch brings up a new cluster under the name
         await self.pipeline.down(self.name, step=f"{self.role}-down")
 
     async def _provision(self, yaml_path: str) -> None:

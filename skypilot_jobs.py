@@ -115,8 +115,7 @@ class SkyPilotJobs:
         cluster_is_this_runs: bool = False,
     ) -> JobOutcome:
         """Find this step's job on `cluster` or submit `task` with `submit`; follow the job to
-        its end. `cluster_is_this_runs`: this workflow run launched the cluster, so a first
-        attempt has no earlier job to look for."""
+        its end. `cluster_is_this_runs`: this workflow run launched the cluster."""
         passes = 0
         created_cluster = False
 
@@ -125,15 +124,11 @@ class SkyPilotJobs:
             # of the same workflow id never puts a second job for this step on the cluster.
             nonlocal passes, created_cluster
             passes += 1
-            if passes == 1 and activity.info().attempt == 1:
-                # A first attempt can find only an earlier run's job, on a cluster that exists
-                # and that this run did not launch itself.
-                if cluster_is_this_runs:
-                    job_id = None
-                elif not await self._cluster_exists(cluster):
-                    created_cluster, job_id = True, None
-                else:
-                    job_id = await self._reattach(cluster, spec, progress)
+            info = activity.info()
+            if passes == 1 and info.attempt == 1 and not info.heartbeat_details:
+                job_id, created_cluster = await self._fresh_start_look(
+                    cluster, spec, progress, cluster_is_this_runs
+                )
             else:
                 job_id = await self._reattach(cluster, spec, progress)
             if job_id is not None:
@@ -185,13 +180,28 @@ class SkyPilotJobs:
         """The result of request `request_id`, its log streaming into `sink` meanwhile.
 
         The API server's log stream notices that a long request (launch, exec, down) ended on a
-        1 s poll, its /api/get on a 0.1 s one: the result comes from `get`, and the stream ends
-        on its own in the background (by then it has as a rule passed on the whole log)."""
+        1 s poll, its /api/get on a 0.1 s one: the result comes from whichever call ends first.
+        `get` sends nothing until the request ends (a proxy's idle timeout can cut it) while the
+        stream sends heartbeats: when `get` fails, the stream's own outcome counts. Lines the
+        stream passes on after the result stay in SkyPilot's request log only: by then the
+        sink has moved on (to the job's log)."""
+        request_log = _UntilResult(sink)
         stream = asyncio.ensure_future(
-            self._blocking(self._sky.stream_and_get, request_id, output_stream=sink)
+            self._blocking(self._sky.stream_and_get, request_id, output_stream=request_log)
         )
-        stream.add_done_callback(_ignore_outcome)  # `get` raises whatever the request raised
-        return await self._blocking(self._sky.get, request_id)
+        result = asyncio.ensure_future(self._blocking(self._sky.get, request_id))
+        for call in (stream, result):
+            call.add_done_callback(_ignore_outcome)  # whichever is not awaited ends on its own
+        try:
+            done, _ = await asyncio.wait({stream, result}, return_when=asyncio.FIRST_COMPLETED)
+            if stream in done and stream.exception() is None:
+                return stream.result()
+            try:
+                return await result
+            except Exception:
+                return await stream
+        finally:
+            request_log.close()
 
     async def cluster_launch_times(self) -> dict[str, float]:
         """Every cluster SkyPilot knows (all users), managed jobs' aside -> when it was launched
@@ -237,6 +247,41 @@ class SkyPilotJobs:
                 delay = min(delay * 2, OUTAGE_POLL_MAX_SECONDS)
 
     # -------------------------------------------------------------- find, submit, follow
+
+    async def _fresh_start_look(
+        self, cluster: str, spec: TaskSpec, progress: JobProgress, cluster_is_this_runs: bool
+    ) -> tuple[int | None, bool]:
+        """A step's first look, on its first attempt: its job (or None), and whether this attempt
+        is about to create the cluster. Listing the cluster's jobs is a round trip to the cluster
+        (~3 s on the local stack): it is skipped where no job of this step can be, on a cluster
+        that does not exist, or on one this run launched that no launch/exec of this step (of
+        any run) was ever sent to, as the API server's request records say."""
+        progress.phase = "looking for an earlier job"
+        if not await self._cluster_exists(cluster):
+            # Unless another run's launch of the cluster is still on its way, this attempt creates it.
+            in_flight = [
+                r
+                for r in await self._submit_requests(cluster)
+                if record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES
+            ]
+            return None, not in_flight
+        if cluster_is_this_runs:
+            same_step = same_step_other_runs(spec)
+            if not any(
+                _maybe_for_step(r, spec.job_name, same_step) for r in await self._submit_requests(cluster)
+            ):
+                return None, False
+        return await self._reattach(cluster, spec, progress), False
+
+    async def _submit_requests(self, cluster: str) -> list[Any]:
+        """The API server's records of launch/exec requests on `cluster`, in any status."""
+        requests = await self._blocking(self._sky.api_status, all_status=True, cluster_name=cluster)
+        return [
+            r
+            for r in requests
+            if record_field(r, "cluster_name") == cluster  # old API servers ignore the filter
+            and record_field(r, "name") in SUBMIT_REQUEST_NAMES
+        ]
 
     async def _cluster_exists(self, cluster: str) -> bool:
         """Whether SkyPilot has `cluster`, in any state (a database read on the API server)."""
@@ -393,6 +438,31 @@ class SkyPilotJobs:
         if request_ids:
             activity.logger.info("Cancelling in-flight requests on %s: %s", cluster, request_ids)
             await self._blocking(self._sky.api_cancel, request_ids)
+
+
+class _UntilResult:
+    """A request's log on its way into the step's sink, until the step has the request's result."""
+
+    def __init__(self, sink: JobLogSink) -> None:
+        self._sink: JobLogSink | None = sink
+
+    def write(self, text: str) -> int:
+        sink = self._sink
+        return sink.write(text) if sink is not None else len(text)
+
+    def flush(self) -> None:
+        if (sink := self._sink) is not None:
+            sink.flush()
+
+    def close(self) -> None:
+        self._sink = None
+
+
+def _maybe_for_step(request: Any, job_name: str, same_step: re.Pattern[str]) -> bool:
+    """Whether a launch/exec request may have submitted `job_name`'s step (of any run of the
+    workflow id); a request whose body we cannot read may have."""
+    names = request_task_names(request)
+    return not names or any(name == job_name or same_step.fullmatch(name) for name in names)
 
 
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:

@@ -99,6 +99,10 @@ class FakeSky:
         # A request's log stream ends once this is set, after its request ended (set: at once).
         self.streams_may_end = threading.Event()
         self.streams_may_end.set()
+        # A proxy in front of the API server cuts a wait that receives no bytes (its idle
+        # timeout): `get` on a launch/exec/down still running fails; the log stream, which sends
+        # heartbeats, does not.
+        self.proxy_cuts_silent_waits = False
         self.clusters: dict[str, FakeCluster] = {}
         self.requests: dict[str, FakeRequest] = {}
         self.calls: list[tuple[str, Any]] = []
@@ -259,6 +263,13 @@ class FakeSky:
 
     def get(self, request_id: str) -> Any:
         self._record("get", request_id)
+        request = self.requests[request_id]
+        if (
+            self.proxy_cuts_silent_waits
+            and request.name in ("sky.launch", "sky.exec", "sky.down")
+            and not request.done.wait(0.05)
+        ):
+            raise RuntimeError("Failed to get request: 504 Gateway Time-out")
         return self._wait(request_id)
 
     def stream_and_get(self, request_id: str, output_stream: Any = None, **kwargs: Any) -> Any:

@@ -581,7 +581,7 @@ async def test_a_first_attempt_lists_jobs_only_on_a_cluster_this_run_did_not_lau
     assert bool(fake_sky.called("queue")) is looks
 
 
-async def test_an_earlier_runs_eval_is_adopted_unless_this_run_launched_the_cluster(activities, fake_sky):
+async def test_an_earlier_runs_eval_is_adopted_on_a_cluster_an_earlier_run_launched(activities, fake_sky):
     earlier = fake_sky.add_job(CLUSTER, "wf1-0123abcd-eval", status="RUNNING")
     this_run_eval = dataclasses.replace(spec("eval"), job_name="wf1-99999999-eval")
     task = asyncio.ensure_future(
@@ -606,6 +606,41 @@ async def test_a_launch_reports_the_run_that_created_its_cluster(activities, fak
     fake_sky.clusters.clear()
     retried = await retry.run(activities.launch_task, launch_input())
     assert retried.cluster_created_by_run == "", "an earlier attempt may have created it"
+
+
+async def test_an_activity_reset_to_attempt_1_re_attaches_to_the_job_it_already_submitted(
+    activities, fake_sky: FakeSky
+):
+    """An operator's activity reset starts attempt 1 again while the step's job runs: the first
+    look must not be skipped on a cluster this run launched once a request for the step exists."""
+    fake_sky.add_job(CLUSTER, "wf1-train")
+    fake_sky.plan("eval", until_cancelled=True)
+    first = fake_sky.exec(
+        fake_sky.Task.from_yaml_config({"name": "wf1-eval", "run": "true"}), cluster_name=CLUSTER
+    )
+    fake_sky.get(first)
+    [submitted] = fake_sky.jobs_named("eval")
+    exec_input = ExecInput(CLUSTER, spec("eval"), cluster_created_by_run="test-run")
+    task = asyncio.ensure_future(ActivityEnvironment().run(activities.exec_task, exec_input))
+    await asyncio.sleep(0.5)
+    submitted.status = "SUCCEEDED"
+    submitted.done.set()
+    result = await asyncio.wait_for(task, 10)
+    assert result.job_id == submitted.job_id
+    assert len(fake_sky.called("exec")) == 1, "a second eval job was submitted"
+
+
+async def test_a_launch_behind_a_proxy_that_cuts_silent_waits_still_gets_its_result(
+    activities, fake_sky: FakeSky
+):
+    """`get` receives nothing until the request ends, and a proxy's idle timeout can cut it; the
+    log stream (heartbeats) is not cut, so its outcome counts."""
+    fake_sky.provision_seconds = 0.5
+    fake_sky.proxy_cuts_silent_waits = True
+    launched = await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert (launched.job_id, launched.job_status) == (1, "SUCCEEDED")
+    down = await ActivityEnvironment().run(activities.down_cluster, DownInput(CLUSTER))
+    assert down.job_status == "TERMINATED"
 
 
 @pytest.mark.parametrize("step", ["launch", "down"])
