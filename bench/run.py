@@ -508,6 +508,7 @@ def real_stack_table(samples: RealSamples) -> list[Row]:
     orchestration = [
         run - covered for run, covered in zip(samples.run_seconds, samples.in_requests, strict=True)
     ]
+    orchestration_share = [100 * o / r for o, r in zip(orchestration, samples.run_seconds, strict=True)]
     row8 = ratios(samples.both, samples.ours)
     row8_hand = ratios(samples.both_by_hand, samples.hand)
     row8_vs_hand = ratios(samples.both, samples.both_by_hand)
@@ -532,12 +533,9 @@ def real_stack_table(samples: RealSamples) -> list[Row]:
             "  of which in SkyPilot requests (the physical limit here) / orchestration outside them",
             median_range(orchestration, " s", 1) + " orchestration",
             baseline=median_range(samples.in_requests, " s") + " in requests",
-            ratio=median_range(
-                [100 * o / r for o, r in zip(orchestration, samples.run_seconds, strict=True)], "%", 1
-            )
-            + " of the run",
+            ratio=median_range(orchestration_share, "%", 1) + " of the run",
             goal="<= 3%",
-            met=statistics.median(orchestration) / statistics.median(samples.run_seconds) <= 0.03,
+            met=statistics.median(orchestration_share) <= 3,
         ),
         against_hand(
             7,
