@@ -273,9 +273,10 @@ class SkyPilotJobs:
                 return None, False
         return await self._reattach(cluster, spec, progress), False
 
-    async def _submit_requests(self, cluster: str) -> list[Any]:
-        """The API server's records of launch/exec requests on `cluster`, in any status."""
-        requests = await self._blocking(self._sky.api_status, all_status=True, cluster_name=cluster)
+    async def _submit_requests(self, cluster: str, all_status: bool = True) -> list[Any]:
+        """The API server's records of launch/exec requests on `cluster`: in any status, or
+        (`all_status` False) those still in flight."""
+        requests = await self._blocking(self._sky.api_status, all_status=all_status, cluster_name=cluster)
         return [
             r
             for r in requests
@@ -416,14 +417,10 @@ class SkyPilotJobs:
         `job_name_prefix`: what this run submitted, never another client's requests."""
         if not job_name_prefix:
             return []
-        requests = await self._blocking(self._sky.api_status, cluster_name=cluster)
         return [
             r
-            for r in requests
-            if record_field(r, "cluster_name") == cluster  # old API servers ignore the filter
-            and record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES
-            and record_field(r, "name") in SUBMIT_REQUEST_NAMES
-            and _submitted_by(r, job_name_prefix)
+            for r in await self._submit_requests(cluster, all_status=False)
+            if record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES and _submitted_by(r, job_name_prefix)
         ]
 
     async def _wait_for_own_requests(self, cluster: str, job_name: str) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sky import exceptions
@@ -187,6 +188,23 @@ async def test_the_reaper_schedule_is_set_up_idempotently_and_fires(pipeline: Pi
         await client.get_schedule_handle(schedule_id).delete()
 
 
+async def reset_and_wait(pipeline: Pipeline, workflow_id: str, workflow_task_done: int, why: str) -> Any:
+    """Reset the workflow to just after workflow task `workflow_task_done`; the new run's result."""
+    client = pipeline.env.client
+    reset = await client.workflow_service.reset_workflow_execution(
+        ResetWorkflowExecutionRequest(
+            namespace=client.namespace,
+            workflow_execution=WorkflowExecution(workflow_id=workflow_id),
+            reason=f"test: {why}",
+            workflow_task_finish_event_id=workflow_task_done,
+            request_id=str(uuid.uuid4()),
+        )
+    )
+    return await client.get_workflow_handle_for(
+        SkyPilotWorkflow.run, workflow_id, run_id=reset.run_id
+    ).result()
+
+
 async def test_a_reset_run_adopts_the_running_job_instead_of_starting_a_second(pipeline: Pipeline):
     pipeline.fake.plan("train", seconds=6)
     handle = await pipeline.start()
@@ -197,18 +215,7 @@ async def test_a_reset_run_adopts_the_running_job_instead_of_starting_a_second(p
         if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
     ]
     first_task_done = task_done_events[0]
-    reset = await pipeline.env.client.workflow_service.reset_workflow_execution(
-        ResetWorkflowExecutionRequest(
-            namespace=pipeline.env.client.namespace,
-            workflow_execution=WorkflowExecution(workflow_id=handle.id),
-            reason="test: reset to the start while train runs",
-            workflow_task_finish_event_id=first_task_done,
-            request_id=str(uuid.uuid4()),
-        )
-    )
-    result = await pipeline.env.client.get_workflow_handle_for(
-        SkyPilotWorkflow.run, handle.id, run_id=reset.run_id
-    ).result()
+    result = await reset_and_wait(pipeline, handle.id, first_task_done, "reset to the start while train runs")
     assert len(pipeline.fake.jobs_named("train")) == 1, "the reset run started a second train job"
     assert result.steps[1].job_status == "SUCCEEDED"
     pipeline.assert_no_cluster_left()
@@ -232,18 +239,9 @@ async def test_a_run_reset_while_eval_runs_adopts_that_eval_instead_of_starting_
         for e in events
         if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and e.event_id < eval_scheduled
     )
-    reset = await pipeline.env.client.workflow_service.reset_workflow_execution(
-        ResetWorkflowExecutionRequest(
-            namespace=pipeline.env.client.namespace,
-            workflow_execution=WorkflowExecution(workflow_id=handle.id),
-            reason="test: reset to just before eval while eval runs",
-            workflow_task_finish_event_id=after_train,
-            request_id=str(uuid.uuid4()),
-        )
+    result = await reset_and_wait(
+        pipeline, handle.id, after_train, "reset to just before eval while eval runs"
     )
-    result = await pipeline.env.client.get_workflow_handle_for(
-        SkyPilotWorkflow.run, handle.id, run_id=reset.run_id
-    ).result()
     assert len(pipeline.fake.jobs_named("eval")) == 1, "the reset run started a second eval job"
     assert len(pipeline.fake.jobs_named("train")) == 1
     assert result.steps[-1].job_status == "SUCCEEDED"
