@@ -59,6 +59,7 @@ from skypilot_jobs import (
     DEFAULT_OUTAGE_BUDGET_SECONDS,
     JobOutcome,
     SkyPilotJobs,
+    cancelling,
 )
 from task_policy import (
     TaskPolicy,
@@ -88,9 +89,12 @@ class SkyPilotActivities:
         policy: TaskPolicy | None = None,
         allow_insecure_git: bool = False,
         managed_status_poll_seconds: float = DEFAULT_STATUS_POLL_SECONDS,
+        cancel_executor: concurrent.futures.ThreadPoolExecutor | None = None,
     ) -> None:
         self._sky = sky_sdk
         self._executor = executor
+        # A worker gives cancels a pool of their own (None: they share `executor`).
+        self._cancel_executor = cancel_executor or executor
         self._checkout_root = checkout_root.resolve()
         self._environ = os.environ if environ is None else environ
         # SkyPilot's own safety net where the infra has it: a cluster idle this long goes down.
@@ -383,10 +387,12 @@ class SkyPilotActivities:
     # -------------------------------------------------------------- plumbing
 
     async def _blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking call (an SDK call, building a task) in the bounded pool, keeping the
-        activity context. The job layer makes its SDK calls through it too."""
+        """Run a blocking call (an SDK call, building a task) in the bounded pool, or a cancel's
+        call in the cancel pool, keeping the activity context. The job layer makes its SDK calls
+        through it too."""
         context = contextvars.copy_context()
-        future = self._executor.submit(context.run, functools.partial(fn, *args, **kwargs))
+        executor = self._cancel_executor if cancelling.get() else self._executor
+        future = executor.submit(context.run, functools.partial(fn, *args, **kwargs))
         return await asyncio.wrap_future(future)
 
     async def _ensure_checkout(self, spec: TaskSpec) -> None:

@@ -43,6 +43,8 @@ from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
 log = logging.getLogger("skypilot-worker")
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
+# Threads for cancels (a cancel makes a few short SDK calls, one at a time).
+CANCEL_THREADS = 16
 
 
 def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
@@ -101,8 +103,8 @@ async def run_worker() -> None:
     # Never let an SDK call quietly start a local API server: an unreachable server is an error.
     os.environ.setdefault("SKYPILOT_DISABLE_LOCAL_API_SERVER", "1")
     max_activities = config.env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 100, minimum=1, maximum=10_000)
-    # A step holds two threads while its request runs (the log stream and the result), one while
-    # it follows its job, and may need one more to cancel either.
+    # A step holds two threads while its request runs (the log stream and the result) and one
+    # while it follows its job; look-ups between take one more. Cancels have a pool of their own.
     sdk_threads = config.env_int("WORKER_SDK_THREADS", 3 * max_activities + 4, minimum=1, maximum=100_000)
     heartbeat_interval = float(config.env_int("WORKER_HEARTBEAT_INTERVAL_SECONDS", 5, minimum=1, maximum=600))
     outage_budget = config.env_int("WORKER_SKYPILOT_OUTAGE_SECONDS", 1200, maximum=7 * 24 * 3600)
@@ -127,6 +129,10 @@ async def run_worker() -> None:
     client = await config.connect_temporal(runtime, interceptors=[traced[0]] if traced else [])
     await report_search_attributes(client)
     executor = concurrent.futures.ThreadPoolExecutor(sdk_threads, thread_name_prefix="skypilot-sdk")
+    # A cancel's few short calls: never queued behind the steps that fill `executor`.
+    cancel_executor = concurrent.futures.ThreadPoolExecutor(
+        min(max_activities, CANCEL_THREADS), thread_name_prefix="skypilot-cancel"
+    )
     activities = SkyPilotActivities(
         sky_sdk,
         executor,
@@ -136,6 +142,7 @@ async def run_worker() -> None:
         autodown_idle_minutes=autodown_minutes or None,
         policy=policy,
         allow_insecure_git=allow_insecure_git,
+        cancel_executor=cancel_executor,
     )
     worker = create_worker(
         client,
@@ -183,6 +190,7 @@ async def run_worker() -> None:
     # Threads still following jobs must not keep the process alive: the jobs keep running on
     # SkyPilot and the next attempt re-attaches to them.
     executor.shutdown(wait=False, cancel_futures=True)
+    cancel_executor.shutdown(wait=False, cancel_futures=True)
     if traced:
         traced[1].shutdown()  # sends the last spans
 

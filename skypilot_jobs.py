@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import re
 import time
@@ -31,6 +32,9 @@ from sky_sdk import RequestId, SkyPilotSDK, record_field, request_task_names, st
 T = TypeVar("T")
 # Runs a blocking SDK call in the worker's bounded thread pool and returns its result.
 Blocking = Callable[..., Awaitable[Any]]
+# True while a step cancels its work on SkyPilot: its SDK calls then run in the worker's cancel
+# pool, which steps following long jobs cannot fill, so the cancel lands within its window.
+cancelling: contextvars.ContextVar[bool] = contextvars.ContextVar("cancelling", default=False)
 
 DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 5.0
 # How long a cancelled activity waits for SkyPilot to confirm the cancel before giving up.
@@ -393,11 +397,14 @@ class SkyPilotJobs:
         if details is None or not details.cancel_requested:
             return
         progress.phase = "cancelling"
+        token = cancelling.set(True)
         try:
             await asyncio.wait_for(cancel(progress), CANCEL_CONFIRM_TIMEOUT_SECONDS)
         except Exception as exc:
             what = progress.cluster_name or progress.job_name
             activity.logger.warning("Cancelling %s on SkyPilot failed: %s", what, clean_message(exc))
+        finally:
+            cancelling.reset(token)
 
     async def _cancel_cluster_job(self, progress: JobProgress) -> None:
         cluster, job_id = progress.cluster_name, progress.job_id

@@ -112,10 +112,14 @@ async def running_worker(
     The defaults are a test's: quick heartbeats, WORKER_ENVIRON and WORKER_POLICY (`environ=None`
     and `policy=None` are a real worker's: this process's environment, no secret allowed).
     `worker_options` go to temporalio's Worker."""
-    with concurrent.futures.ThreadPoolExecutor(threads) as executor:
+    with (
+        concurrent.futures.ThreadPoolExecutor(threads) as executor,
+        concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="cancel") as cancel_executor,
+    ):
         activities = activities_class(
             fake,
             executor,
+            cancel_executor=cancel_executor,
             checkout_root=checkout_root,
             heartbeat_interval_seconds=heartbeat_seconds,
             environ=environ,

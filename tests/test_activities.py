@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import os
 import time
@@ -13,6 +14,7 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+import skypilot_jobs
 from activities import SkyPilotActivities
 from errors import is_retryable
 from git_checkout import prune_checkouts
@@ -227,6 +229,35 @@ async def test_cancel_while_provisioning_cancels_the_launch_request(activities, 
     assert fake_sky.called("api_cancel") == [[launch_request.request_id]]
     assert launch_request.status == "CANCELLED"
     assert fake_sky.submitted == [], "a job was submitted after the cancel"
+
+
+async def test_a_cancel_lands_while_running_steps_fill_the_sdk_pool(fake_sky: FakeSky, tmp_path, monkeypatch):
+    """The launch's log stream and result wait hold both threads of a full pool: the cancel's
+    calls run in the cancel pool and land well inside the cancel window."""
+    monkeypatch.setattr(skypilot_jobs, "CANCEL_CONFIRM_TIMEOUT_SECONDS", 5.0)
+    fake_sky.provision_seconds = 30
+    with (
+        concurrent.futures.ThreadPoolExecutor(2) as full,
+        concurrent.futures.ThreadPoolExecutor(1) as for_cancels,
+    ):
+        activities = SkyPilotActivities(
+            fake_sky,
+            full,
+            checkout_root=tmp_path / "checkouts",
+            heartbeat_interval_seconds=0.05,
+            cancel_executor=for_cancels,
+        )
+        env = ActivityEnvironment()
+        task = await run_until(
+            env, (activities.launch_task, launch_input()), lambda: fake_sky.called("stream_and_get")
+        )
+        await asyncio.sleep(0.2)  # sky.get beside the stream takes the pool's second thread
+        env.cancel(ActivityCancellationDetails(cancel_requested=True))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    [launch_request] = [r for r in fake_sky.requests.values() if r.name == "sky.launch"]
+    assert fake_sky.called("api_cancel") == [[launch_request.request_id]]
+    assert launch_request.status == "CANCELLED"
 
 
 async def test_worker_shutdown_leaves_the_job_running_for_the_next_attempt(activities, fake_sky):
