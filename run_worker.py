@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -43,8 +44,6 @@ from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
 log = logging.getLogger("skypilot-worker")
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9464"
-# Threads for cancels (a cancel makes a few short SDK calls, one at a time).
-CANCEL_THREADS = 16
 
 
 def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
@@ -129,9 +128,11 @@ async def run_worker() -> None:
     client = await config.connect_temporal(runtime, interceptors=[traced[0]] if traced else [])
     await report_search_attributes(client)
     executor = concurrent.futures.ThreadPoolExecutor(sdk_threads, thread_name_prefix="skypilot-sdk")
-    # A cancel's few short calls: never queued behind the steps that fill `executor`.
+    # A cancelled step's SkyPilot cancel, never queued behind the steps that fill `executor`. An
+    # activity makes its cancel's calls one at a time, so this many threads always suffice (a
+    # pool starts its threads only as calls need them).
     cancel_executor = concurrent.futures.ThreadPoolExecutor(
-        min(max_activities, CANCEL_THREADS), thread_name_prefix="skypilot-cancel"
+        max_activities, thread_name_prefix="skypilot-cancel"
     )
     activities = SkyPilotActivities(
         sky_sdk,
@@ -296,6 +297,9 @@ def main() -> None:
     except config.ConfigError as err:
         print(f"run_worker.py: error: {err}", file=sys.stderr)
         code = 2
+    except Exception:  # a bug: its traceback, then the same quick exit as below
+        traceback.print_exc()
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: SDK threads may still be blocked on the API server, and the

@@ -33,7 +33,8 @@ T = TypeVar("T")
 # Runs a blocking SDK call in the worker's bounded thread pool and returns its result.
 Blocking = Callable[..., Awaitable[Any]]
 # True while a step cancels its work on SkyPilot: its SDK calls then run in the worker's cancel
-# pool, which steps following long jobs cannot fill, so the cancel lands within its window.
+# pool, which steps following long jobs cannot fill, so the cancel lands within its window. A task
+# started inside a cancel inherits it: start none that outlives the cancel.
 cancelling: contextvars.ContextVar[bool] = contextvars.ContextVar("cancelling", default=False)
 
 DEFAULT_HEARTBEAT_INTERVAL_SECONDS = 5.0

@@ -235,7 +235,7 @@ async def test_a_cancel_lands_while_running_steps_fill_the_sdk_pool(fake_sky: Fa
     """The launch's log stream and result wait hold both threads of a full pool: the cancel's
     calls run in the cancel pool and land well inside the cancel window."""
     monkeypatch.setattr(skypilot_jobs, "CANCEL_CONFIRM_TIMEOUT_SECONDS", 5.0)
-    fake_sky.provision_seconds = 30
+    fake_sky.provision_seconds = 8  # without the cancel pool the launch just runs out
     with (
         concurrent.futures.ThreadPoolExecutor(2) as full,
         concurrent.futures.ThreadPoolExecutor(1) as for_cancels,
@@ -251,7 +251,6 @@ async def test_a_cancel_lands_while_running_steps_fill_the_sdk_pool(fake_sky: Fa
         task = await run_until(
             env, (activities.launch_task, launch_input()), lambda: fake_sky.called("stream_and_get")
         )
-        await asyncio.sleep(0.2)  # sky.get beside the stream takes the pool's second thread
         env.cancel(ActivityCancellationDetails(cancel_requested=True))
         with pytest.raises(asyncio.CancelledError):
             await task
