@@ -260,7 +260,8 @@ class SkyPilotJobs:
         is about to create the cluster. Listing the cluster's jobs is a round trip to the cluster
         (~3 s on the local stack): it is skipped where no job of this step can be, on a cluster
         that does not exist, or on one this run launched that no launch/exec of this step (of
-        any run) was ever sent to, as the API server's request records say."""
+        any run) was ever sent to, as the API server's request records say (while they still
+        hold the cluster's launch)."""
         progress.phase = "looking for an earlier job"
         if not await self._cluster_exists(cluster):
             # Unless another run's launch of the cluster is still on its way, this attempt creates it.
@@ -271,9 +272,10 @@ class SkyPilotJobs:
             ]
             return None, not in_flight
         if cluster_is_this_runs:
+            records = await self._submit_requests(cluster)
             same_step = same_step_other_runs(spec)
-            if not any(
-                _maybe_for_step(r, spec.job_name, same_step) for r in await self._submit_requests(cluster)
+            if _remembers_launch(records) and not any(
+                _maybe_for_step(r, spec.job_name, same_step) for r in records
             ):
                 return None, False
         return await self._reattach(cluster, spec, progress), False
@@ -461,6 +463,13 @@ class _UntilResult:
 
     def close(self) -> None:
         self._sink = None
+
+
+def _remembers_launch(records: list[Any]) -> bool:
+    """Whether the API server still holds a launch of the cluster. It forgets finished requests
+    after its retention period, oldest first; a cluster's launch comes before the steps sent to it,
+    so while a launch is there, theirs are too (an operator's reset of a days-old attempt)."""
+    return any(record_field(r, "name") == "sky.launch" for r in records)
 
 
 def _maybe_for_step(request: Any, job_name: str, same_step: re.Pattern[str]) -> bool:

@@ -125,6 +125,13 @@ class FakeSky:
     def called(self, method: str) -> list[Any]:
         return [args for name, args in self.calls if name == method]
 
+    def forget_finished_requests(self) -> None:
+        """The API server's request GC after its retention period: finished requests are gone."""
+        with self._lock:
+            for request_id, request in list(self.requests.items()):
+                if request.status not in ("PENDING", "RUNNING"):
+                    del self.requests[request_id]
+
     def jobs_named(self, suffix: str) -> list[FakeJob]:
         return [j for j in self.submitted if j.job_name.endswith(f"-{suffix}") or j.job_name == suffix]
 

@@ -603,7 +603,8 @@ async def test_a_first_attempt_lists_jobs_only_on_a_cluster_this_run_did_not_lau
     """Listing a cluster's jobs is a round trip to the cluster: a first attempt skips it on a
     cluster this very run launched (no earlier run's job can be there). A reset run carries the
     launch result of the run it was reset from: another run id, so it lists."""
-    fake_sky.add_job(CLUSTER, "unrelated")
+    await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert fake_sky.called("queue") == [], "the launch created the cluster: nothing to list"
     env = ActivityEnvironment()
     assert env.info.workflow_run_id == "test-run"
     exec_input = ExecInput(CLUSTER, spec("eval"), cluster_created_by_run=created_by_run)
@@ -650,6 +651,31 @@ async def test_an_activity_reset_to_attempt_1_re_attaches_to_the_job_it_already_
     )
     fake_sky.get(first)
     [submitted] = fake_sky.jobs_named("eval")
+    exec_input = ExecInput(CLUSTER, spec("eval"), cluster_created_by_run="test-run")
+    task = asyncio.ensure_future(ActivityEnvironment().run(activities.exec_task, exec_input))
+    await asyncio.sleep(0.5)
+    submitted.status = "SUCCEEDED"
+    submitted.done.set()
+    result = await asyncio.wait_for(task, 10)
+    assert result.job_id == submitted.job_id
+    assert len(fake_sky.called("exec")) == 1, "a second eval job was submitted"
+
+
+async def test_a_reset_after_the_api_server_forgot_its_requests_still_re_attaches(
+    activities, fake_sky: FakeSky
+):
+    """The API server forgets finished requests after its retention period (a day by default):
+    an operator's reset of a days-old eval finds no record of its submission, nor of the
+    cluster's launch before it, so it lists the cluster's jobs and adopts its eval."""
+    await ActivityEnvironment().run(activities.launch_task, launch_input())
+    fake_sky.plan("eval", until_cancelled=True)
+    fake_sky.get(
+        fake_sky.exec(
+            fake_sky.Task.from_yaml_config({"name": "wf1-eval", "run": "true"}), cluster_name=CLUSTER
+        )
+    )
+    [submitted] = fake_sky.jobs_named("eval")
+    fake_sky.forget_finished_requests()
     exec_input = ExecInput(CLUSTER, spec("eval"), cluster_created_by_run="test-run")
     task = asyncio.ensure_future(ActivityEnvironment().run(activities.exec_task, exec_input))
     await asyncio.sleep(0.5)
