@@ -47,7 +47,8 @@ OUTAGE_POLL_MAX_SECONDS = 15.0
 # tail_logs exit codes (sky.exceptions.JobExitCode).
 EXIT_SUCCEEDED, EXIT_FAILED, EXIT_NOT_FINISHED, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 100, 101, 102, 103
 TERMINAL_JOB_STATUSES = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED"}
-IN_FLIGHT_REQUEST_STATUSES = {"PENDING", "RUNNING"}
+# WAITING: parked between tries (a retry backoff, a pause), still able to create the cluster.
+IN_FLIGHT_REQUEST_STATUSES = {"PENDING", "WAITING", "RUNNING"}
 SUBMIT_REQUEST_NAMES = {"sky.launch", "sky.exec"}
 
 
@@ -466,9 +467,10 @@ class _UntilResult:
 
 
 def _remembers_launch(records: list[Any]) -> bool:
-    """Whether the API server still holds a launch of the cluster. It forgets finished requests
-    after its retention period, oldest first; a cluster's launch comes before the steps sent to it,
-    so while a launch is there, theirs are too (an operator's reset of a days-old attempt)."""
+    """Whether the API server still holds a launch of the cluster. It forgets the requests that
+    finished more than its retention period ago (api_server.requests_retention_hours, 24 by
+    default); a cluster's launch finishes before any step is sent to it, so while the launch is
+    there, theirs are too. (A step that started longer ago than that lists the jobs: safe.)"""
     return any(record_field(r, "name") == "sky.launch" for r in records)
 
 

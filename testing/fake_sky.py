@@ -65,6 +65,10 @@ class FakeCluster:
     launched_at: float = field(default_factory=time.time)
 
 
+# The statuses the API server lists without all_status (RequestStatus.active_statuses()).
+ACTIVE_REQUEST_STATUSES = ("PENDING", "WAITING", "RUNNING")
+
+
 @dataclass
 class FakeRequest:
     request_id: str
@@ -129,7 +133,7 @@ class FakeSky:
         """The API server's request GC after its retention period: finished requests are gone."""
         with self._lock:
             for request_id, request in list(self.requests.items()):
-                if request.status not in ("PENDING", "RUNNING"):
+                if request.status not in ACTIVE_REQUEST_STATUSES:
                     del self.requests[request_id]
 
     def jobs_named(self, suffix: str) -> list[FakeJob]:
@@ -261,7 +265,7 @@ class FakeSky:
                     else json.dumps({"task": f"name: {r.task_name}\n"} if r.task_name else {}),
                 )
                 for r in self.requests.values()
-                if (all_status or r.status in ("PENDING", "RUNNING"))
+                if (all_status or r.status in ACTIVE_REQUEST_STATUSES)
                 and (cluster_name is None or r.cluster_name == cluster_name)
             ]
 

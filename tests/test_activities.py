@@ -322,7 +322,8 @@ async def test_down_of_a_missing_cluster_counts_as_torn_down(activities, fake_sk
     assert result.job_status == "ALREADY_GONE"
 
 
-async def test_down_cancels_only_this_runs_launch_still_in_flight(activities, fake_sky):
+@pytest.mark.parametrize("status", ["RUNNING", "WAITING"])  # WAITING: between two tries
+async def test_down_cancels_only_this_runs_launch_still_in_flight(activities, fake_sky, status):
     fake_sky.provision_seconds = 30
     ours = fake_sky.launch(
         fake_sky.Task.from_yaml_config({"name": "wf1-0123abcd-train", "run": "true"}), cluster_name=CLUSTER
@@ -330,6 +331,7 @@ async def test_down_cancels_only_this_runs_launch_still_in_flight(activities, fa
     someone_elses_launch = fake_sky.launch(
         fake_sky.Task.from_yaml_config({"name": "debug-session", "run": "true"}), cluster_name=CLUSTER
     )
+    fake_sky.requests[ours].status = fake_sky.requests[someone_elses_launch].status = status
     someone_elses_queue = fake_sky.queue(CLUSTER)  # `sky queue` typed in another terminal
     await ActivityEnvironment().run(
         activities.down_cluster, DownInput(CLUSTER, job_name_prefix="wf1-0123abcd-")
