@@ -21,7 +21,7 @@ from git_checkout import prune_checkouts
 from job_log import LOG_TAIL_BYTES, JobLogSink
 from shared import DownInput, ExecInput, JobProgress, LaunchInput, TaskSpec
 from testing import ROOT
-from testing.fake_sky import FakeSky
+from testing.fake_sky import FakeRequest, FakeSky
 from testing.in_process import git
 
 CLUSTER = "wf1-train"
@@ -216,8 +216,8 @@ async def test_cancel_during_the_job_cancels_it_on_skypilot(activities, fake_sky
     assert fake_sky.called("cancel") == [(CLUSTER, [1])]
 
 
-async def test_cancel_while_provisioning_cancels_the_launch_request(activities, fake_sky: FakeSky):
-    fake_sky.provision_seconds = 30
+async def cancel_while_provisioning(activities: SkyPilotActivities, fake_sky: FakeSky) -> FakeRequest:
+    """Start a launch, cancel it (as the workflow would) while it provisions; its request."""
     env = ActivityEnvironment()
     task = await run_until(
         env, (activities.launch_task, launch_input()), lambda: fake_sky.called("stream_and_get")
@@ -226,6 +226,12 @@ async def test_cancel_while_provisioning_cancels_the_launch_request(activities, 
     with pytest.raises(asyncio.CancelledError):
         await task
     [launch_request] = [r for r in fake_sky.requests.values() if r.name == "sky.launch"]
+    return launch_request
+
+
+async def test_cancel_while_provisioning_cancels_the_launch_request(activities, fake_sky: FakeSky):
+    fake_sky.provision_seconds = 30
+    launch_request = await cancel_while_provisioning(activities, fake_sky)
     assert fake_sky.called("api_cancel") == [[launch_request.request_id]]
     assert launch_request.status == "CANCELLED"
     assert fake_sky.submitted == [], "a job was submitted after the cancel"
@@ -247,14 +253,7 @@ async def test_a_cancel_lands_while_running_steps_fill_the_sdk_pool(fake_sky: Fa
             heartbeat_interval_seconds=0.05,
             cancel_executor=for_cancels,
         )
-        env = ActivityEnvironment()
-        task = await run_until(
-            env, (activities.launch_task, launch_input()), lambda: fake_sky.called("stream_and_get")
-        )
-        env.cancel(ActivityCancellationDetails(cancel_requested=True))
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    [launch_request] = [r for r in fake_sky.requests.values() if r.name == "sky.launch"]
+        launch_request = await cancel_while_provisioning(activities, fake_sky)
     assert fake_sky.called("api_cancel") == [[launch_request.request_id]]
     assert launch_request.status == "CANCELLED"
 
@@ -641,43 +640,24 @@ async def test_a_launch_reports_the_run_that_created_its_cluster(activities, fak
     assert retried.cluster_created_by_run == "", "an earlier attempt may have created it"
 
 
+@pytest.mark.parametrize("records", ["kept", "forgotten"])
 async def test_an_activity_reset_to_attempt_1_re_attaches_to_the_job_it_already_submitted(
-    activities, fake_sky: FakeSky
+    activities, fake_sky: FakeSky, records: str
 ):
     """An operator's activity reset starts attempt 1 again while the step's job runs: the first
-    look must not be skipped on a cluster this run launched once a request for the step exists."""
-    fake_sky.add_job(CLUSTER, "wf1-train")
+    look must not be skipped on a cluster this run launched once a request for the step exists.
+    The API server forgets finished requests after its retention period (a day by default): a
+    reset of a days-old eval finds no record of its submission, nor of the cluster's launch
+    before it, so it lists the cluster's jobs too."""
+    await ActivityEnvironment().run(activities.launch_task, launch_input())
     fake_sky.plan("eval", until_cancelled=True)
     first = fake_sky.exec(
         fake_sky.Task.from_yaml_config({"name": "wf1-eval", "run": "true"}), cluster_name=CLUSTER
     )
     fake_sky.get(first)
     [submitted] = fake_sky.jobs_named("eval")
-    exec_input = ExecInput(CLUSTER, spec("eval"), cluster_created_by_run="test-run")
-    task = asyncio.ensure_future(ActivityEnvironment().run(activities.exec_task, exec_input))
-    await asyncio.sleep(0.5)
-    submitted.status = "SUCCEEDED"
-    submitted.done.set()
-    result = await asyncio.wait_for(task, 10)
-    assert result.job_id == submitted.job_id
-    assert len(fake_sky.called("exec")) == 1, "a second eval job was submitted"
-
-
-async def test_a_reset_after_the_api_server_forgot_its_requests_still_re_attaches(
-    activities, fake_sky: FakeSky
-):
-    """The API server forgets finished requests after its retention period (a day by default):
-    an operator's reset of a days-old eval finds no record of its submission, nor of the
-    cluster's launch before it, so it lists the cluster's jobs and adopts its eval."""
-    await ActivityEnvironment().run(activities.launch_task, launch_input())
-    fake_sky.plan("eval", until_cancelled=True)
-    fake_sky.get(
-        fake_sky.exec(
-            fake_sky.Task.from_yaml_config({"name": "wf1-eval", "run": "true"}), cluster_name=CLUSTER
-        )
-    )
-    [submitted] = fake_sky.jobs_named("eval")
-    fake_sky.forget_finished_requests()
+    if records == "forgotten":
+        fake_sky.forget_finished_requests()
     exec_input = ExecInput(CLUSTER, spec("eval"), cluster_created_by_run="test-run")
     task = asyncio.ensure_future(ActivityEnvironment().run(activities.exec_task, exec_input))
     await asyncio.sleep(0.5)
