@@ -266,12 +266,7 @@ class SkyPilotJobs:
         progress.phase = "looking for an earlier job"
         if not await self._cluster_exists(cluster):
             # Unless another run's launch of the cluster is still on its way, this attempt creates it.
-            in_flight = [
-                r
-                for r in await self._submit_requests(cluster)
-                if record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES
-            ]
-            return None, not in_flight
+            return None, not await self._submit_requests(cluster, in_flight_only=True)
         if cluster_is_this_runs:
             records = await self._submit_requests(cluster)
             same_step = same_step_other_runs(spec)
@@ -281,15 +276,18 @@ class SkyPilotJobs:
                 return None, False
         return await self._reattach(cluster, spec, progress), False
 
-    async def _submit_requests(self, cluster: str, all_status: bool = True) -> list[Any]:
+    async def _submit_requests(self, cluster: str, in_flight_only: bool = False) -> list[Any]:
         """The API server's records of launch/exec requests on `cluster`: in any status, or
-        (`all_status` False) those still in flight."""
-        requests = await self._blocking(self._sky.api_status, all_status=all_status, cluster_name=cluster)
+        only those still in flight."""
+        requests = await self._blocking(
+            self._sky.api_status, all_status=not in_flight_only, cluster_name=cluster
+        )
         return [
             r
             for r in requests
             if record_field(r, "cluster_name") == cluster  # old API servers ignore the filter
             and record_field(r, "name") in SUBMIT_REQUEST_NAMES
+            and (not in_flight_only or record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES)
         ]
 
     async def _cluster_exists(self, cluster: str) -> bool:
@@ -430,8 +428,8 @@ class SkyPilotJobs:
             return []
         return [
             r
-            for r in await self._submit_requests(cluster, all_status=False)
-            if record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES and _submitted_by(r, job_name_prefix)
+            for r in await self._submit_requests(cluster, in_flight_only=True)
+            if _submitted_by(r, job_name_prefix)
         ]
 
     async def _wait_for_own_requests(self, cluster: str, job_name: str) -> None:
