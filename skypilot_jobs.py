@@ -287,6 +287,7 @@ class SkyPilotJobs:
             for r in requests
             if record_field(r, "cluster_name") == cluster  # old API servers ignore the filter
             and record_field(r, "name") in SUBMIT_REQUEST_NAMES
+            # The server lists only requests in flight without all_status; checked again all the same.
             and (not in_flight_only or record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES)
         ]
 
