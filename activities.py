@@ -25,8 +25,8 @@ import contextvars
 import functools
 import os
 import shutil
-import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +40,7 @@ from job_log import JobLogSink
 from managed_jobs import DEFAULT_STATUS_POLL_SECONDS, ManagedJobs
 from redaction import Redactor, redact_url_credentials
 from shared import (
+    OWNER_LABEL,
     CancelManagedJobInput,
     DownInput,
     ExecInput,
@@ -52,11 +53,14 @@ from shared import (
     RemoveCheckoutInput,
     StepResult,
     TaskSpec,
+    owner_token,
 )
 from sky_sdk import RequestId, SkyPilotSDK
 from skypilot_jobs import (
     DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
     DEFAULT_OUTAGE_BUDGET_SECONDS,
+    EXIT_CODES,
+    EXIT_FAILED,
     JobOutcome,
     SkyPilotJobs,
     cancelling,
@@ -163,9 +167,17 @@ class SkyPilotActivities:
 
     @activity.defn
     async def launch_task(self, input: LaunchInput) -> StepResult:
+        owner = owner_token(activity.info().workflow_id)
+
         def launch(task: Any) -> RequestId:
             if input.provision_only:
                 task.run = None  # SkyPilot then runs only the task's setup, as a job (if it has one)
+            # The cluster this launch creates carries its workflow's label (the proof of ownership).
+            task.set_resources(
+                type(task.resources)(
+                    r.copy(labels={**(r.labels or {}), OWNER_LABEL: owner}) for r in task.resources
+                )
+            )
             return self._sky.launch(
                 task, cluster_name=input.cluster_name, fast=input.reuse_provisioned, **self._autodown()
             )
@@ -193,20 +205,19 @@ class SkyPilotActivities:
     async def down_cluster(self, input: DownInput) -> StepResult:
         """Tear the cluster down. Every error but "no such cluster" is retryable: the workflow
         keeps trying (and says so) until SkyPilot confirms, whatever the cause."""
-        started = time.monotonic()
         progress = JobProgress(phase="tearing down", cluster_name=input.cluster_name)
         sink = self._sink(f"[down {input.cluster_name}]", [], progress)
         what = f"tearing down {input.cluster_name}"
+        owner = owner_token(activity.info().workflow_id) if input.check_owner else ""
         # A cancelled teardown is not undone on SkyPilot: the workflow's cleanup runs it again.
         metrics.teardown_attempt_started()
         async with self._jobs.step(progress, what, cancel_skypilot=False, always_retry=True):
-            outcome = await self._jobs.tear_down(input.cluster_name, input.job_name_prefix, progress, sink)
+            outcome = await self._jobs.tear_down(
+                input.cluster_name, input.job_name_prefix, progress, sink, owner
+            )
         activity.logger.info("Cluster %s: %s", input.cluster_name, outcome)
         return StepResult(
-            step="down",
-            cluster_name=input.cluster_name,
-            job_status=outcome,
-            duration_seconds=round(time.monotonic() - started, 3),
+            step="down", cluster_name=input.cluster_name, job_status=outcome, duration_seconds=_step_seconds()
         )
 
     # -------------------------------------------------------------- a step as a managed job
@@ -229,7 +240,6 @@ class SkyPilotActivities:
     async def follow_managed_job(self, input: FollowManagedJobInput) -> StepResult:
         """Follow managed job `job_id` to its end, through any recoveries. A cancel stops
         following only: the workflow's cleanup cancels the job (cancel_managed_job)."""
-        started = time.monotonic()
         spec = input.task
         progress = JobProgress(phase="running", cluster_name="", job_name=spec.job_name, job_id=input.job_id)
         info = activity.info()
@@ -242,19 +252,17 @@ class SkyPilotActivities:
         )
         what = f"{spec.step} (managed job {input.job_id})"
         async with self._jobs.step(progress, what, cancel_skypilot=False, redact=sink.redact):
-            state, exit_code = await self._managed.follow(input.job_id, progress, sink)
+            state = await self._managed.follow(input.job_id, progress, sink)
         reason = f" ({state.failure_reason})" if state.failure_reason else ""
+        exit_code = EXIT_CODES.get(state.status, EXIT_FAILED)
+        if sink.task_exit_code is not None and state.status != "CANCELLED":
+            exit_code = sink.task_exit_code
         return self._step_result(
             spec,
             "",
             f"{what}: {state.status}{reason}",
-            JobOutcome(
-                input.job_id,
-                state.status,
-                sink.task_exit_code if sink.task_exit_code is not None else exit_code,
-            ),
+            JobOutcome(input.job_id, state.status, exit_code),
             sink,
-            started,
             recoveries=progress.recoveries,
         )
 
@@ -293,8 +301,8 @@ class SkyPilotActivities:
         cluster_created_by_run: str = "",
     ) -> StepResult:
         """Build the task, submit it with `submit` (or re-attach to its job), follow the job."""
-        started = time.monotonic()
-        run_id = activity.info().workflow_run_id
+        info = activity.info()
+        run_id = info.workflow_run_id
         what = f"{spec.step} on {cluster}"
         progress = JobProgress(phase="preparing", cluster_name=cluster, job_name=spec.job_name)
         sink = self._sink(f"[{spec.step} {cluster}]", self._secret_values(spec.secret_names), progress)
@@ -312,9 +320,10 @@ class SkyPilotActivities:
                 submit_phase,
                 expect_job,
                 cluster_is_this_runs=bool(run_id) and cluster_created_by_run == run_id,
+                owner=owner_token(info.workflow_id),
             )
         failed = f"{what}: job {outcome.job_id} ({spec.job_name}) {outcome.status}"
-        result = self._step_result(spec, cluster, failed, outcome, sink, started)
+        result = self._step_result(spec, cluster, failed, outcome, sink)
         if outcome.created_cluster:
             result.cluster_created_by_run = run_id
         return result
@@ -326,11 +335,11 @@ class SkyPilotActivities:
         failed: str,
         outcome: JobOutcome,
         sink: JobLogSink,
-        started: float,
         recoveries: int = 0,
     ) -> StepResult:
-        """The step's result; a job that did not succeed raises it as a non-retryable error
-        whose message starts with `failed`."""
+        """The step's result (its time counts every attempt: a re-attached job's whole run); a
+        job that did not succeed raises it as a non-retryable error whose message starts with
+        `failed`."""
         result = StepResult(
             step=spec.step,
             cluster_name=cluster,
@@ -338,7 +347,7 @@ class SkyPilotActivities:
             job_status=outcome.status,
             exit_code=outcome.exit_code,
             log_tail=sink.tail(),
-            duration_seconds=round(time.monotonic() - started, 3),
+            duration_seconds=_step_seconds(),
             metrics=dict(sink.metrics),
             recoveries=recoveries,
         )
@@ -433,3 +442,11 @@ class SkyPilotActivities:
     def _sink(prefix: str, secrets: list[str], progress: JobProgress) -> JobLogSink:
         logger = activity.logger
         return JobLogSink(lambda line: logger.info("%s %s", prefix, line), secrets, progress)
+
+
+def _step_seconds() -> float:
+    """How long the current activity has taken since its first attempt was scheduled."""
+    scheduled = activity.info().scheduled_time
+    if scheduled.tzinfo is None:
+        scheduled = scheduled.replace(tzinfo=UTC)
+    return round(max(0.0, (datetime.now(UTC) - scheduled).total_seconds()), 3)

@@ -15,11 +15,12 @@ import asyncio
 from typing import Any
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities import SkyPilotActivities
     from pipeline_blocks import Pipeline
-    from shared import ExecInput, LaunchInput, StepResult
+    from shared import CLUSTER_ROLE, ExecInput, LaunchInput, StepResult
 
 STEPS_OVERLAP_TEARDOWNS = "steps-overlap-background-teardowns"
 
@@ -30,6 +31,10 @@ class Cluster:
     while it goes down. After an error or a cancel, `Pipeline.running()` tears it down."""
 
     def __init__(self, pipeline: Pipeline, role: str, down_in_background: bool = False) -> None:
+        if not CLUSTER_ROLE.fullmatch(role):  # the reaper reads a cluster's owner off its name
+            raise ApplicationError(
+                f"cluster role {role!r}: lowercase letters and digits only", type="InvalidPipeline"
+            )
         self.pipeline = pipeline
         self.role = role
         self.name = f"{pipeline.prefix}-{role}"

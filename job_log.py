@@ -3,6 +3,8 @@
 The SDK writes a job's output into the sink; the sink logs the lines (a bounded share of them),
 keeps a bounded tail for the step's result, shows the last line in the heartbeat, hides
 secrets, and picks up what the job reports: its task's exit code, and its metrics.
+`drain_log` feeds a job's log stream into a sink and stops when told to, even while the job is
+silent: a step that lost its attempt never leaves a thread following the job to its end.
 
 A job reports a metric with a line `METRIC <name>=<number>` (anywhere in the line: SkyPilot
 prefixes job output, e.g. `(eval, pid=1234) METRIC eval_accuracy=0.91`); the last value of a
@@ -16,7 +18,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from errors import strip_ansi
 from redaction import Redactor
@@ -32,8 +34,11 @@ MAX_LOGGED_LINE_CHARS = 2000
 MAX_PARTIAL_LINE_CHARS = 64 * 1024
 MAX_METRICS = 50
 
-# SkyPilot's report of the task's own exit codes, e.g. "Job 1 failed with return code list: [3]".
-_RETURN_CODES = re.compile(r"return code list: \[([-\d, ]+)\]")
+# SkyPilot's report of the task's own exit codes, e.g. "Job 1 failed with return code list: [3]",
+# or of its setup's: "Job 1's setup failed with return code 3 (pid=9047)".
+_RETURN_CODES = re.compile(r"return code list: \[([-\d, ]+)\]|setup failed with return code (-?\d+)")
+# SkyPilot's last line of a job's log stream: "✓ Job finished (status: FAILED_SETUP)."
+_JOB_FINISHED = re.compile(r"✓ Job finished \(status: ([A-Z_]+)\)\.")
 _METRIC = re.compile(r"\bMETRIC ([A-Za-z_][A-Za-z0-9_.-]{0,63})=(\S+)")
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
@@ -125,7 +130,8 @@ class JobLogSink:
             return
         self._log(line)
         if codes := _RETURN_CODES.search(line):
-            self.task_exit_code = next((int(c) for c in codes.group(1).split(",") if int(c)), 0)
+            listed = codes.group(1) or codes.group(2)
+            self.task_exit_code = next((int(c) for c in listed.split(",") if int(c)), 0)
         if "METRIC " in line:
             add_metrics(self.metrics, line)
         self._progress.last_log_line = line[:200]
@@ -171,3 +177,32 @@ def _last_carriage_segment(text: str) -> str:
     """A progress bar redraws its line with \\r: only the text after the last one is kept."""
     cut = text.rfind("\r", 0, len(text) - 1) if len(text) > 1 else -1
     return text[cut + 1 :] if cut >= 0 else text
+
+
+def drain_log(
+    open_stream: Callable[[], Iterator[str | None]], sink: JobLogSink, stop: threading.Event
+) -> str:
+    """Write a job's log stream into `sink` until the stream ends or `stop` is set (blocking: run
+    it in a pool thread, and set `stop` when the step no longer wants the log). Returns the job's
+    final status as SkyPilot's own last line states it ("" if the stream ended without one).
+
+    `stop` is checked at every line, and at every heartbeat (None) the API server sends while
+    the job prints nothing (every 30 s), so a stopped thread ends soon even on a silent job;
+    closing the stream closes its HTTP connection and the server's side of it.
+    """
+    status = ""
+    lines = open_stream()
+    try:
+        for line in lines:
+            if stop.is_set():
+                break
+            if line is None:
+                continue
+            sink.write(line)
+            if "Job finished" in line and (finished := _JOB_FINISHED.match(strip_ansi(line).lstrip())):
+                status = finished.group(1)
+    finally:
+        close = getattr(lines, "close", None)
+        if close is not None:
+            close()
+    return status

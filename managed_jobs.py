@@ -85,26 +85,25 @@ class ManagedJobs:
 
         return await self._jobs.riding_outages(progress, once)
 
-    async def follow(
-        self, job_id: int, progress: JobProgress, sink: JobLogSink
-    ) -> tuple[ManagedJobState, int | None]:
+    async def follow(self, job_id: int, progress: JobProgress, sink: JobLogSink) -> ManagedJobState:
         """Stream the job's log until the job ends, keeping `progress` (its status and recoveries)
-        current meanwhile; return its final state and the log stream's exit code."""
+        current meanwhile; return its final state."""
         progress.job_id, progress.phase = job_id, "running"
         watcher = asyncio.create_task(self._watch(job_id, progress))
         try:
             while True:
                 sink.clear_tail()
-                exit_code = await self._jobs.riding_outages(
+                await self._jobs.riding_outages(
                     progress,
-                    lambda: self._blocking(
-                        self._sky.jobs.tail_logs, job_id=job_id, follow=True, output_stream=sink
+                    lambda: self._jobs.follow_log(
+                        lambda: self._sky.jobs.tail_logs(job_id=job_id, follow=True, preload_content=False),
+                        sink,
                     ),
                 )
                 state = await self._jobs.riding_outages(progress, lambda: self.state(job_id))
                 note(state, progress)
                 if state.status in TERMINAL_STATUSES:
-                    return state, exit_code
+                    return state
                 # The log stream can end while the job goes on (during a recovery): follow again.
                 await asyncio.sleep(self._poll)
         finally:
@@ -119,8 +118,7 @@ class ManagedJobs:
                 ids = [job_id]
             else:  # the run never learned the id (cancelled during or as the submit ended)
                 launches = await self._launch_requests(job_name)
-                if launches:
-                    await self._blocking(self._sky.api_cancel, launches)
+                await self._jobs.cancel_requests(launches)
                 launched = [await self._job_of_request(request_id) for request_id in launches]
                 named = [r.job_id for r in await self._records(name_match=job_name) if r.job_name == job_name]
                 ids = sorted({*named, *(i for i in launched if i is not None)})
@@ -146,7 +144,7 @@ class ManagedJobs:
         """On a cancelled submit: cancel the launch request, and the job if it was created."""
         job_id = progress.job_id
         if job_id is None and progress.request_id:
-            await self._blocking(self._sky.api_cancel, [progress.request_id])
+            await self._jobs.cancel_requests([progress.request_id])
             with contextlib.suppress(Exception):  # the job may exist already
                 job_id = await self._job_of_request(progress.request_id)
         if job_id is not None:
@@ -265,9 +263,9 @@ class ManagedJobs:
         return int(job_ids[0]) if job_ids else None
 
     async def _submit(self, task: Any, spec: TaskSpec, progress: JobProgress, sink: JobLogSink) -> int:
-        request_id = await self._blocking(self._sky.jobs.launch, task, name=spec.job_name)
-        progress.request_id = str(request_id)
-        activity.heartbeat(dataclasses.asdict(progress))
+        request_id = await self._jobs.submitted(
+            lambda: self._sky.jobs.launch(task, name=spec.job_name), progress
+        )
         job_ids, _handle = await self._jobs.request_result(request_id, sink)
         if not job_ids:
             raise ApplicationError(

@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         RunTasks,
         TaskSpec,
         cluster_prefix_for,
+        cluster_prefix_v1_for,
         input_problems,
         job_name_for,
         legacy_cluster_prefix_for,
@@ -57,6 +58,8 @@ with workflow.unsafe.imports_passed_through():
 T = TypeVar("T")
 # Runs started before this patch keep their old cluster and job names (see Pipeline.__init__).
 RUN_SCOPED_NAMES = "run-scoped-cluster-and-job-names"
+# Runs started before it keep the prefix of cluster_prefix_v1_for (not injective).
+INJECTIVE_PREFIXES = "injective-cluster-prefixes"
 # Teardown: attempts per round, then the run reports it is stuck and tries again after a pause.
 TEARDOWN_ATTEMPTS_PER_ROUND = 4
 TEARDOWN_MAX_PAUSE = timedelta(minutes=5)
@@ -77,7 +80,8 @@ class Pipeline:
         self._run_scoped_names = workflow.patched(RUN_SCOPED_NAMES)
         if self._run_scoped_names:
             # One workflow id, one prefix: Temporal refuses a second running workflow with the id.
-            self.prefix = cluster_prefix_for(info.workflow_id)
+            prefix_for = cluster_prefix_for if workflow.patched(INJECTIVE_PREFIXES) else cluster_prefix_v1_for
+            self.prefix = prefix_for(info.workflow_id)
         else:  # a run started by an older worker: keep the names its clusters and jobs have
             self.prefix = input.cluster_prefix or legacy_cluster_prefix_for(info.workflow_id)
         self.tasks = RunTasks(commit_sha="", yaml_texts={}, checkout_name=f"{self.prefix}/{info.run_id}")
@@ -265,7 +269,7 @@ class Pipeline:
                 try:
                     await workflow.execute_activity_method(
                         SkyPilotActivities.down_cluster,
-                        DownInput(cluster_name=cluster, job_name_prefix=self.job_name("")),
+                        DownInput(cluster_name=cluster, job_name_prefix=self.job_name(""), check_owner=True),
                         start_to_close_timeout=timedelta(seconds=self.input.timeouts.teardown),
                         heartbeat_timeout=timedelta(seconds=self.input.timeouts.heartbeat),
                         retry_policy=self.retry_policy(maximum_attempts=TEARDOWN_ATTEMPTS_PER_ROUND),

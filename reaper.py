@@ -14,7 +14,9 @@ visibility are the state.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from temporalio import activity, workflow
@@ -42,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         ReaperInput,
         ReaperResult,
         cluster_prefix_for,
+        cluster_prefix_v1_for,
     )
 
 
@@ -58,15 +61,38 @@ def running_owners_query() -> str:
     return f"ExecutionStatus = 'Running' AND ({types})"
 
 
+def live_prefixes(running_workflow_ids: Iterable[str]) -> set[str]:
+    """The cluster-name prefixes the running workflows may own (runs started before the
+    injective prefixes keep their old one)."""
+    return {
+        prefix_for(workflow_id)
+        for workflow_id in running_workflow_ids
+        for prefix_for in (cluster_prefix_for, cluster_prefix_v1_for)
+    }
+
+
+def cluster_owner(name: str) -> str:
+    """The prefix of the run that owns cluster "<prefix>-<role>" (a role has no "-")."""
+    return name.rsplit("-", 1)[0]
+
+
+_RUN_SCOPED_JOB_NAME = re.compile(r"(.+)-[0-9a-f]{8}-[a-z0-9]+")
+
+
+def managed_job_owner(name: str) -> str:
+    """The prefix of the run that owns managed job "<prefix>-<run token>-<step>"."""
+    run_scoped = _RUN_SCOPED_JOB_NAME.fullmatch(name)
+    return run_scoped.group(1) if run_scoped else cluster_owner(name)
+
+
 def orphans(
-    clusters: dict[str, float], running_workflow_ids: list[str], grace_seconds: float
+    ages: dict[str, float], live: set[str], grace_seconds: float, owner: Callable[[str], str] = cluster_owner
 ) -> tuple[list[str], list[str]]:
-    """Split marked clusters (name -> age in seconds) into (orphans, kept)."""
-    live = [f"{cluster_prefix_for(workflow_id)}-" for workflow_id in running_workflow_ids]
+    """Split marked clusters or managed jobs (name -> age in seconds) into (orphans, kept): an
+    orphan's exact owner (`owner` of its name) is not among the `live` prefixes."""
     reap, keep = [], []
-    for name, age in sorted(clusters.items()):
-        owned = any(name.startswith(prefix) for prefix in live)
-        (keep if owned or age < grace_seconds else reap).append(name)
+    for name, age in sorted(ages.items()):
+        (keep if owner(name) in live or age < grace_seconds else reap).append(name)
     return reap, keep
 
 
@@ -93,9 +119,9 @@ class ReaperActivities:
         if not clusters and not job_ages:
             return ReaperResult(reaped=[], kept=[])
         # Listed after the clusters: a run that starts in between is covered by the grace period.
-        running = [w.id async for w in self._client.list_workflows(running_owners_query())]
-        reap, keep = orphans(clusters, running, input.grace_seconds)
-        orphan_jobs, _ = orphans(job_ages, running, input.grace_seconds)
+        live = live_prefixes([w.id async for w in self._client.list_workflows(running_owners_query())])
+        reap, keep = orphans(clusters, live, input.grace_seconds)
+        orphan_jobs, _ = orphans(job_ages, live, input.grace_seconds, managed_job_owner)
         cancel = sorted(job_id for job_id, name, _ in jobs if name in orphan_jobs)
         return ReaperResult(reaped=reap, kept=keep, cancelled_jobs=cancel)
 

@@ -19,8 +19,8 @@ activities, and SkyPilot takes seconds to import.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import yaml
 
@@ -70,8 +70,8 @@ class ManagedJobsSDK(Protocol):
     ) -> RequestId: ...
 
     def tail_logs(
-        self, *, job_id: int | None = None, follow: bool = True, output_stream: OutputStream | None = None
-    ) -> int | None: ...
+        self, *, job_id: int | None = None, follow: bool = True, preload_content: Literal[False]
+    ) -> Iterator[str | None]: ...
 
     def cancel(self, *, job_ids: Sequence[int] | None = None) -> RequestId: ...
 
@@ -109,7 +109,7 @@ class SkyPilotSDK(Protocol):
 
     def cancel(self, cluster_name: str, *, job_ids: list[int] | None = None) -> RequestId: ...
 
-    def api_cancel(self, request_ids: list[RequestId]) -> RequestId: ...
+    def api_cancel(self, request_ids: list[RequestId], *, all_users: bool = False) -> RequestId: ...
 
     def api_status(self, *, all_status: bool = False, cluster_name: str | None = None) -> list[Any]: ...
 
@@ -120,13 +120,8 @@ class SkyPilotSDK(Protocol):
     def stream_and_get(self, request_id: RequestId, *, output_stream: OutputStream | None = None) -> Any: ...
 
     def tail_logs(
-        self,
-        cluster_name: str,
-        job_id: int | None,
-        *,
-        follow: bool,
-        output_stream: OutputStream | None = None,
-    ) -> int: ...
+        self, cluster_name: str, job_id: int | None, *, follow: bool, preload_content: Literal[False]
+    ) -> Iterator[str | None]: ...
 
 
 def record_field(record: Any, name: str) -> Any:

@@ -15,18 +15,19 @@ import contextlib
 import contextvars
 import dataclasses
 import re
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 import metrics
-from errors import clean_message, is_named, is_server_unreachable, masked, to_application_error
-from job_log import JobLogSink
+from errors import clean_message, is_named, is_server_unreachable, masked, refuse, to_application_error
+from job_log import JobLogSink, drain_log
 from redaction import redact_url_credentials
-from shared import JobProgress, TaskSpec
+from shared import OWNER_LABEL, JobProgress, TaskSpec
 from sky_sdk import RequestId, SkyPilotSDK, record_field, request_task_names, status_name
 
 T = TypeVar("T")
@@ -44,9 +45,13 @@ CANCEL_CONFIRM_TIMEOUT_SECONDS = 60.0
 DEFAULT_OUTAGE_BUDGET_SECONDS = 20 * 60.0
 OUTAGE_POLL_MAX_SECONDS = 15.0
 
-# tail_logs exit codes (sky.exceptions.JobExitCode).
-EXIT_SUCCEEDED, EXIT_FAILED, EXIT_NOT_FINISHED, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 100, 101, 102, 103
+# tail_logs exit codes (sky.exceptions.JobExitCode), reported for a job's final status.
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 100, 102, 103
 TERMINAL_JOB_STATUSES = {"SUCCEEDED", "FAILED", "FAILED_SETUP", "FAILED_DRIVER", "CANCELLED"}
+EXIT_CODES = {"SUCCEEDED": EXIT_SUCCEEDED, "CANCELLED": EXIT_CANCELLED, "NOT_FOUND": EXIT_NOT_FOUND}
+# A job's log stream that ended while the job still runs (an API server restart) is opened
+# again after this pause.
+REFOLLOW_PAUSE_SECONDS = 1.0
 # WAITING: parked between tries (a retry backoff, a pause), still able to create the cluster.
 IN_FLIGHT_REQUEST_STATUSES = {"PENDING", "WAITING", "RUNNING"}
 SUBMIT_REQUEST_NAMES = {"sky.launch", "sky.exec"}
@@ -119,9 +124,11 @@ class SkyPilotJobs:
         submit_phase: str = "submitting",
         expect_job: bool = True,
         cluster_is_this_runs: bool = False,
+        owner: str = "",
     ) -> JobOutcome:
         """Find this step's job on `cluster` or submit `task` with `submit`; follow the job to
-        its end. `cluster_is_this_runs`: this workflow run launched the cluster."""
+        its end. `cluster_is_this_runs`: this workflow run launched the cluster. `owner`: the
+        cluster's OWNER_LABEL must be this (or absent), else the step refuses to touch it."""
         passes = 0
         created_cluster = False
 
@@ -133,10 +140,10 @@ class SkyPilotJobs:
             info = activity.info()
             if passes == 1 and info.attempt == 1 and not info.heartbeat_details:
                 job_id, created_cluster = await self._fresh_start_look(
-                    cluster, spec, progress, cluster_is_this_runs
+                    cluster, spec, progress, cluster_is_this_runs, owner
                 )
             else:
-                job_id = await self._reattach(cluster, spec, progress)
+                job_id = await self._reattach(cluster, spec, progress, owner)
             if job_id is not None:
                 if passes == 1:  # not this attempt finding its own job again after an outage
                     metrics.job_reattached("cluster")
@@ -149,19 +156,22 @@ class SkyPilotJobs:
             return JobOutcome(job_id=None, status="UP", exit_code=None, created_cluster=created_cluster)
         progress.job_id = job_id
         progress.phase = "running"
-        exit_code, status = await self.riding_outages(
-            progress, lambda: self._follow_job(cluster, job_id, sink)
-        )
-        if sink.task_exit_code is not None and exit_code != EXIT_CANCELLED:
+        status = await self.riding_outages(progress, lambda: self._follow_job(cluster, job_id, sink))
+        exit_code = EXIT_CODES.get(status, EXIT_FAILED)
+        if sink.task_exit_code is not None and status != "CANCELLED":
             exit_code = sink.task_exit_code
         return JobOutcome(job_id=job_id, status=status, exit_code=exit_code, created_cluster=created_cluster)
 
     async def tear_down(
-        self, cluster: str, job_name_prefix: str, progress: JobProgress, sink: JobLogSink
+        self, cluster: str, job_name_prefix: str, progress: JobProgress, sink: JobLogSink, owner: str = ""
     ) -> str:
-        """Tear `cluster` down: "TERMINATED", or "ALREADY_GONE" when there is no such cluster."""
+        """Tear `cluster` down: "TERMINATED", "ALREADY_GONE" when there is no such cluster, or
+        "NOT_OURS" when `owner` is given and the cluster carries another workflow's label."""
 
         async def down() -> str:
+            if owner and await self._owned_by_another(cluster, owner):
+                activity.logger.warning("Not tearing down %s: another workflow launched it", cluster)
+                return "NOT_OURS"
             # A launch abandoned by a timed-out or dead attempt of this run could still create
             # the cluster after we tear it down: cancel the run's in-flight requests on it first.
             await self._cancel_own_requests(cluster, job_name_prefix)
@@ -255,7 +265,7 @@ class SkyPilotJobs:
     # -------------------------------------------------------------- find, submit, follow
 
     async def _fresh_start_look(
-        self, cluster: str, spec: TaskSpec, progress: JobProgress, cluster_is_this_runs: bool
+        self, cluster: str, spec: TaskSpec, progress: JobProgress, cluster_is_this_runs: bool, owner: str
     ) -> tuple[int | None, bool]:
         """A step's first look, on its first attempt: its job (or None), and whether this attempt
         is about to create the cluster. Listing the cluster's jobs is a round trip to the cluster
@@ -264,7 +274,7 @@ class SkyPilotJobs:
         any run) was ever sent to, as the API server's request records say (while they still
         hold the cluster's launch)."""
         progress.phase = "looking for an earlier job"
-        if not await self._cluster_exists(cluster):
+        if await self._cluster_record(cluster, owner) is None:
             # Unless another run's launch of the cluster is still on its way, this attempt creates it.
             return None, not await self._submit_requests(cluster, in_flight_only=True)
         if cluster_is_this_runs:
@@ -274,7 +284,7 @@ class SkyPilotJobs:
                 _maybe_for_step(r, spec.job_name, same_step) for r in records
             ):
                 return None, False
-        return await self._reattach(cluster, spec, progress), False
+        return await self._reattach(cluster, spec, progress, owner, checked=True), False
 
     async def _submit_requests(self, cluster: str, in_flight_only: bool = False) -> list[Any]:
         """The API server's records of launch/exec requests on `cluster`: in any status, or
@@ -291,16 +301,37 @@ class SkyPilotJobs:
             and (not in_flight_only or record_field(r, "status") in IN_FLIGHT_REQUEST_STATUSES)
         ]
 
-    async def _cluster_exists(self, cluster: str) -> bool:
-        """Whether SkyPilot has `cluster`, in any state (a database read on the API server)."""
-        request_id = await self._blocking(self._sky.status, cluster_names=[cluster])
+    async def _cluster_record(self, cluster: str, owner: str) -> Any | None:
+        """SkyPilot's record of `cluster`, whoever launched it (a worker on another host is another
+        SkyPilot user), or None; refuses a cluster another workflow launched (its OWNER_LABEL
+        is not `owner`): never adopt a job on it, exec on it or launch onto it."""
+        request_id = await self._blocking(self._sky.status, cluster_names=[cluster], all_users=True)
         records = await self._blocking(self._sky.get, request_id)
-        return any(record_field(r, "name") == cluster for r in records)
+        record = next((r for r in records if record_field(r, "name") == cluster), None)
+        if record is not None and owner and _label_owner(record) not in ("", owner):
+            raise refuse(
+                f"cluster {cluster} was launched for another workflow (its {OWNER_LABEL} label is not "
+                "this workflow's): this run does not touch it",
+                "ClusterOwnedByAnotherRun",
+            )
+        return record
 
-    async def _reattach(self, cluster: str, spec: TaskSpec, progress: JobProgress) -> int | None:
+    async def _owned_by_another(self, cluster: str, owner: str) -> bool:
+        try:
+            await self._cluster_record(cluster, owner)
+        except ApplicationError as err:
+            if err.type == "ClusterOwnedByAnotherRun":
+                return True
+            raise
+        return False
+
+    async def _reattach(
+        self, cluster: str, spec: TaskSpec, progress: JobProgress, owner: str, checked: bool = False
+    ) -> int | None:
         """The job of this step already on the cluster, if any: submitted by an earlier attempt
         of this run (found by its name), or still running from an earlier run of this workflow
-        id (a reset, or a new run after a terminated one)."""
+        id (a reset, or a new run after a terminated one). Only on a cluster of this workflow's
+        (`checked`: the caller proved that already)."""
         info = activity.info()
         previous = info.heartbeat_details[0] if info.attempt > 1 and info.heartbeat_details else {}
         previous_job_id = previous.get("job_id") if isinstance(previous, dict) else None
@@ -308,6 +339,8 @@ class SkyPilotJobs:
             activity.logger.info("Re-attaching to job %s on %s", previous_job_id, cluster)
             return int(previous_job_id)
         progress.phase = "looking for an earlier job"
+        if not checked:
+            await self._cluster_record(cluster, owner)
         # Let a submission of ours still in flight on the API server finish, so its job is visible.
         await self._wait_for_own_requests(cluster, spec.job_name)
         try:
@@ -350,9 +383,7 @@ class SkyPilotJobs:
         sink: JobLogSink,
         expect_job: bool,
     ) -> int | None:
-        request_id = await self._blocking(submit, task)
-        progress.request_id = str(request_id)
-        activity.heartbeat(dataclasses.asdict(progress))
+        request_id = await self.submitted(lambda: submit(task), progress)
         job_id, _handle = await self.request_result(request_id, sink)
         if job_id is None and expect_job:
             raise ApplicationError(
@@ -364,28 +395,51 @@ class SkyPilotJobs:
             activity.logger.info("Submitted job %s (%s) on %s", job_id, task.name, cluster)
         return None if job_id is None else int(job_id)
 
-    async def _follow_job(self, cluster: str, job_id: int, sink: JobLogSink) -> tuple[int, str]:
-        """Stream the job's log until it ends; return its exit code and final status."""
+    async def submitted(self, send: Callable[[], RequestId], progress: JobProgress) -> RequestId:
+        """Send a request whose client call blocks (launch and exec validate the task and upload
+        its workdir before the API server has a request); its id goes into `progress` (and the
+        heartbeat) for a retry or a cancel to find. A cancel during the client call waits for
+        the call to end, so the request it sends has an id the cancel can reach, instead of
+        running on with no one to own it."""
+        call = asyncio.ensure_future(self._blocking(send))
+        try:
+            request_id = await asyncio.shield(call)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                progress.request_id = str(await call)
+            raise
+        progress.request_id = str(request_id)
+        activity.heartbeat(dataclasses.asdict(progress))
+        return request_id
+
+    async def follow_log(self, open_stream: Callable[[], Iterator[str | None]], sink: JobLogSink) -> str:
+        """Stream a job's log into `sink` until it ends; the final status SkyPilot's last line
+        states ("" if none). When the step stops waiting (a cancel, a lost attempt), the thread
+        stops too, at the next line or server heartbeat, instead of following the job to its end."""
+        stop = threading.Event()
+        try:
+            return await self._blocking(drain_log, open_stream, sink, stop)
+        finally:
+            stop.set()
+
+    async def _follow_job(self, cluster: str, job_id: int, sink: JobLogSink) -> str:
+        """Stream the job's log until it ends; return its final status."""
         sink.clear_tail()
-        exit_code = EXIT_NOT_FINISHED
-        while exit_code == EXIT_NOT_FINISHED:
-            exit_code = await self._blocking(
-                self._sky.tail_logs, cluster, job_id, follow=True, output_stream=sink
+        while True:
+            status = await self.follow_log(
+                lambda: self._sky.tail_logs(cluster, job_id, follow=True, preload_content=False), sink
             )
-        if exit_code == EXIT_SUCCEEDED:
-            return exit_code, "SUCCEEDED"
-        # A failure could be FAILED, FAILED_SETUP or FAILED_DRIVER: ask for the status.
-        request_id = await self._blocking(self._sky.job_status, cluster, job_ids=[job_id])
-        statuses = await self._blocking(self._sky.get, request_id)
-        status = statuses.get(job_id) or statuses.get(str(job_id))
-        status_text = getattr(status, "value", None) or (str(status) if status else "")
-        if status_text not in TERMINAL_JOB_STATUSES:
-            status_text = {
-                EXIT_SUCCEEDED: "SUCCEEDED",
-                EXIT_CANCELLED: "CANCELLED",
-                EXIT_NOT_FOUND: "NOT_FOUND",
-            }.get(exit_code, "FAILED")
-        return int(exit_code), status_text
+            if status in TERMINAL_JOB_STATUSES:
+                return status
+            # No final line (a failed log request, a restarted API server): ask for the status.
+            request_id = await self._blocking(self._sky.job_status, cluster, job_ids=[job_id])
+            statuses = await self._blocking(self._sky.get, request_id)
+            status = status_name(statuses.get(job_id) or statuses.get(str(job_id)))
+            if status in TERMINAL_JOB_STATUSES:
+                return status
+            if not status:
+                return "NOT_FOUND"
+            await asyncio.sleep(REFOLLOW_PAUSE_SECONDS)  # still running: follow again
 
     # -------------------------------------------------------------- cancellation
 
@@ -413,7 +467,7 @@ class SkyPilotJobs:
         cluster, job_id = progress.cluster_name, progress.job_id
         if job_id is None and progress.request_id:
             activity.logger.info("Cancelling request %s", progress.request_id)
-            await self._blocking(self._sky.api_cancel, [progress.request_id])
+            await self.cancel_requests([progress.request_id])
             # The request may have submitted its job just before the cancel landed.
             with contextlib.suppress(Exception):
                 job_id, _ = await self._blocking(self._sky.get, progress.request_id)
@@ -444,7 +498,20 @@ class SkyPilotJobs:
         ]
         if request_ids:
             activity.logger.info("Cancelling in-flight requests on %s: %s", cluster, request_ids)
-            await self._blocking(self._sky.api_cancel, request_ids)
+            await self.cancel_requests(request_ids)
+            for request_id in request_ids:  # ended (cancelled, or done before the cancel landed)
+                with contextlib.suppress(Exception):
+                    await self._blocking(self._sky.get, request_id)
+
+    async def cancel_requests(self, request_ids: list[str]) -> list[str]:
+        """Cancel these requests still in flight on the API server, whichever of the fleet's
+        workers sent them (each host is its own SkyPilot user), and wait until the cancel landed:
+        the ids it cancelled. An API server with authentication lets a caller that is not an
+        admin cancel only its own requests (docs: one service account for the fleet)."""
+        if not request_ids:  # api_cancel without ids cancels every request in flight
+            return []
+        request_id = await self._blocking(self._sky.api_cancel, request_ids, all_users=True)
+        return list(await self._blocking(self._sky.get, request_id) or [])
 
 
 class _UntilResult:
@@ -463,6 +530,12 @@ class _UntilResult:
 
     def close(self) -> None:
         self._sink = None
+
+
+def _label_owner(record: Any) -> str:
+    """The OWNER_LABEL of a cluster's record ("" for a cluster launched without it)."""
+    labels = record_field(record, "labels")
+    return str(labels.get(OWNER_LABEL) or "") if isinstance(labels, dict) else ""
 
 
 def _remembers_launch(records: list[Any]) -> bool:

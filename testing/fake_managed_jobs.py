@@ -5,8 +5,10 @@ a real API server with the jobs controller consolidated into it:
   (PENDING); the job then starts (STARTING) and runs (RUNNING);
 - `queue_v2` returns `(records, total, status_counts, total_no_filter)`; `name_match` is a
   substring match, as the real SQL LIKE '%...%';
+- `launch` blocks in the client first, like `sky.launch` (`FakeSky.hold_uploads`);
 - `tail_logs(job_id=, follow=True)` streams the job's lines (again from the start after a
-  recovery) and returns 0 / 100 / 103 once the job ends;
+  recovery) and returns 0 / 100 / 103 once the job ends; with `preload_content=False` it is an
+  iterator of lines with None heartbeats while the job is silent;
 - `cancel(job_ids=)` moves a job through CANCELLING to CANCELLED;
 - `preempt()` (for tests) loses the job's cluster: RECOVERING, then RUNNING again. Like the real
   controller's emergency path, it leaves `recovery_count` at 0 unless told otherwise.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -84,6 +87,7 @@ class FakeManagedJobs:
 
     def launch(self, task: sky.Task, name: str | None = None, **kwargs: Any) -> str:
         self._server._record("jobs.launch", (task.name, name))
+        self._server._upload("jobs.launch")
         return self._server._start(
             "jobs.launch",
             None,
@@ -127,20 +131,41 @@ class FakeManagedJobs:
         job_id: int | None = None,
         follow: bool = True,
         output_stream: Any = None,
+        *,
+        preload_content: bool = True,
         **kwargs: Any,
-    ) -> int | None:
+    ) -> Any:
         self._server._record("jobs.tail_logs", job_id)
         self._server._delay()
         self._server._maybe_raise("jobs.tail_logs")
         job = next((j for j in self.managed if j.job_id == job_id), None)
+        lines = self._log_stream(job, follow)
+        if not preload_content:
+            return lines
+        for line in lines:
+            if line is not None and output_stream is not None:
+                output_stream.write(line)
         if job is None:
             return 102  # JobExitCode.NOT_FOUND
-        for line in job.plan.logs:
-            if output_stream is not None:
-                output_stream.write(f"({job.job_name}, pid=1) {line}\n")
-        if follow and not job.done.wait(60):
-            raise AssertionError(f"managed job {job.job_name} never finished")
         return EXIT_CODES.get(job.status, 100)
+
+    def _log_stream(self, job: FakeManagedJob | None, follow: bool) -> Iterator[str | None]:
+        server = self._server
+        with server.lock:
+            server.log_followers += 1
+        try:
+            if job is None:
+                return
+            for line in job.plan.logs:
+                yield f"({job.job_name}, pid=1) {line}\n"
+            deadline = time.monotonic() + 60
+            while follow and not job.done.wait(server.log_heartbeat_seconds):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"managed job {job.job_name} never finished")
+                yield None
+        finally:
+            with server.lock:
+                server.log_followers -= 1
 
     def cancel(
         self,

@@ -19,42 +19,19 @@ from activities import SkyPilotActivities
 from errors import is_retryable
 from git_checkout import prune_checkouts
 from job_log import LOG_TAIL_BYTES, JobLogSink
-from shared import DownInput, ExecInput, JobProgress, LaunchInput, TaskSpec
-from testing import ROOT
+from shared import DownInput, ExecInput, JobProgress, LaunchInput
+from testing.activity_env import CLUSTER, launch_input, retry_env, run_until, spec
 from testing.fake_sky import FakeRequest, FakeSky
 from testing.in_process import git
-
-CLUSTER = "wf1-train"
-
-
-def spec(step: str = "train", **kwargs) -> TaskSpec:
-    yaml_name = {"preprocess": "data_preprocessing.yaml"}.get(step, f"{step}.yaml")
-    return TaskSpec(
-        step=step, job_name=f"wf1-{step}", yaml_text=(ROOT / "tasks" / yaml_name).read_text(), **kwargs
-    )
-
-
-def launch_input(step: str = "train", **kwargs) -> LaunchInput:
-    return LaunchInput(cluster_name=CLUSTER, task=spec(step, **kwargs))
-
-
-async def run_until(env: ActivityEnvironment, coro, condition, timeout: float = 20):
-    """Start the activity, wait for `condition()` to hold, return the still-running task."""
-    task = asyncio.ensure_future(env.run(*coro))
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        assert not task.done(), f"activity ended early: {task.result()}"
-        await asyncio.sleep(0.02)
-    return task
 
 
 async def test_launch_waits_for_the_job_and_returns_its_outcome(activities, fake_sky: FakeSky):
     fake_sky.plan("train", logs=["epoch 1", "eval_accuracy=0.9"], seconds=0.3)
+    started = time.monotonic()
     result = await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert time.monotonic() - started >= 0.3, "returned before the job finished"
     assert (result.job_status, result.exit_code, result.job_id) == ("SUCCEEDED", 0, 1)
-    assert result.log_tail.endswith("eval_accuracy=0.9")
-    assert result.duration_seconds >= 0.3, "returned before the job finished"
+    assert result.log_tail.splitlines()[-2:] == ["eval_accuracy=0.9", "✓ Job finished (status: SUCCEEDED)."]
     assert fake_sky.clusters[CLUSTER].status == "UP"
     [job] = fake_sky.submitted
     assert job.job_name == "wf1-train"
@@ -147,7 +124,7 @@ async def test_log_tail_is_bounded_whatever_the_job_prints(activities, fake_sky:
     fake_sky.plan("train", logs=[f"line {i} " + "x" * 100 for i in range(20_000)] + ["the end"])
     result = await ActivityEnvironment().run(activities.launch_task, launch_input())
     assert len(result.log_tail) <= LOG_TAIL_BYTES
-    assert result.log_tail.endswith("the end")
+    assert result.log_tail.splitlines()[-2] == "the end"
     assert "line 19999" in result.log_tail
 
 
@@ -270,12 +247,6 @@ async def test_worker_shutdown_leaves_the_job_running_for_the_next_attempt(activ
     assert fake_sky.called("cancel") == [] and fake_sky.called("api_cancel") == []
     assert fake_sky.submitted[0].status == "RUNNING"
     fake_sky.submitted[0].done.set()
-
-
-def retry_env(heartbeat_details: list | None = None) -> ActivityEnvironment:
-    env = ActivityEnvironment()
-    env.info = dataclasses.replace(env.info, attempt=2, heartbeat_details=heartbeat_details or [])
-    return env
 
 
 async def test_retry_reattaches_to_the_job_found_by_name(activities, fake_sky: FakeSky):

@@ -53,7 +53,7 @@ async def test_happy_path_runs_the_six_steps_in_order(pipeline: Pipeline, tmp_pa
     ]
     assert [s.step for s in result.steps] == ["preprocess", "train", "eval"]
     assert all(s.job_status == "SUCCEEDED" and s.exit_code == 0 for s in result.steps)
-    assert result.steps[-1].log_tail.endswith("eval_accuracy=0.93")
+    assert result.steps[-1].log_tail.splitlines()[0] == "eval_accuracy=0.93"
     assert len(result.commit_sha) == 40
     # Job names are unique per run: re-attach can never adopt another run's finished job.
     token = run_token(handle.result_run_id)
