@@ -71,6 +71,7 @@ from task_policy import (
     check_managed_secrets,
     check_secret_names,
     check_task_keys,
+    check_volumes,
     confine_local_paths,
     load_task_yaml,
 )
@@ -128,13 +129,7 @@ class SkyPilotActivities:
             check_secret_names(input.secret_names, self._policy)
             checkout_dir = self._checkout_dir(input.checkout_name)
             async with self._checkout_locks[checkout_dir]:
-                sha = await checkout_repo(
-                    input.repo_url,
-                    input.ref,
-                    checkout_dir,
-                    replace=True,
-                    allow_insecure=self._allow_insecure_git,
-                )
+                sha = await self._checkout(input.repo_url, input.ref, checkout_dir, replace=True)
                 mark_used(checkout_dir)
             yaml_texts = {
                 path: read_task_file(checkout_dir, path, input.repo_url, input.ref)
@@ -365,9 +360,15 @@ class SkyPilotActivities:
         SkyPilot builds it (blocking: run it in the pool)."""
         what = f"task {spec.step!r}"
         checkout_dir = self._checkout_dir(spec.checkout_name) if spec.checkout_name else None
+        text = spec.yaml_text
+        if not text:
+            if checkout_dir is None or not spec.yaml_path:
+                raise refuse(f"{what} has no task file", "InvalidTask")
+            text = read_task_file(checkout_dir, spec.yaml_path, spec.repo_url, spec.commit_sha)
         try:
-            config = load_task_yaml(spec.yaml_text, what)
+            config = load_task_yaml(text, what)
             check_task_keys(config, what, self._policy)
+            check_volumes(config.get("volumes"), what, self._policy)
             check_managed_secrets(config, what, self._policy)
             confine_local_paths(config, what, checkout_dir, self._policy)
         except ApplicationError:
@@ -410,10 +411,20 @@ class SkyPilotActivities:
             checkout_dir = self._checkout_dir(spec.checkout_name)
             async with self._checkout_locks[checkout_dir]:
                 if not checkout_dir.is_dir():
-                    await checkout_repo(
-                        spec.repo_url, spec.commit_sha, checkout_dir, allow_insecure=self._allow_insecure_git
-                    )
+                    await self._checkout(spec.repo_url, spec.commit_sha, checkout_dir)
                 mark_used(checkout_dir)
+
+    async def _checkout(self, repo_url: str, ref: str, checkout_dir: Path, replace: bool = False) -> str:
+        """Check out `ref` of `repo_url` at `checkout_dir`, as the worker's policy allows."""
+        return await checkout_repo(
+            repo_url,
+            ref,
+            checkout_dir,
+            replace=replace,
+            allow_insecure=self._allow_insecure_git,
+            local_repo_dirs=self._policy.local_repo_dirs,
+            checkout_root=self._checkout_root,
+        )
 
     def _autodown(self) -> dict[str, Any]:
         """sky.launch options for SkyPilot's autodown, on infra that supports it."""

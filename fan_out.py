@@ -18,7 +18,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError, is_cance
 with workflow.unsafe.imports_passed_through():
     from errors import one_line
     from pipeline_blocks import Pipeline
-    from shared import PipelineResult, VariantProgress
+    from shared import MAX_VARIANT_ERROR_CHARS, MAX_VARIANT_METRICS, PipelineResult, VariantProgress
 
 
 async def run_variants(
@@ -27,8 +27,10 @@ async def run_variants(
     inputs: Sequence[tuple[VariantProgress, Any]],
     max_parallel: int,
     fail_fast: bool = False,
+    select_metric: str = "",
 ) -> None:
-    """Run `child_run` once per (variant, input), bounded; record how each went in its variant.
+    """Run `child_run` once per (variant, input), bounded; record how each went in its variant
+    (its row keeps `select_metric` and a few more of its metrics, and a short error).
 
     A failed variant does not fail the run unless every variant fails, or `fail_fast` is set
     (then the first failure cancels the others and fails the run).
@@ -58,15 +60,17 @@ async def run_variants(
                     + " ".join(f"{k}={v}" for k, v in variant.params.items()),
                 )
                 variant.status = "succeeded"
+                reported: dict[str, float] = {}
                 for step in result.steps:
-                    variant.metrics.update(step.metrics)
+                    reported.update(step.metrics)
+                variant.metrics = row_metrics(reported, select_metric)
             except asyncio.CancelledError:
                 variant.status = "cancelled"
                 raise
             except Exception as err:  # the child failed, was cancelled, or could not start
                 cause = err.cause if isinstance(err, ChildWorkflowError) and err.cause else err
                 variant.status = "cancelled" if is_cancelled_exception(err) else "failed"
-                variant.error = one_line(str(cause), 500)
+                variant.error = one_line(str(cause), MAX_VARIANT_ERROR_CHARS)
                 if fail_fast and variant.status == "failed":
                     failed_fast = True
                     raise ApplicationError(
@@ -93,6 +97,14 @@ async def run_variants(
             type="AllVariantsFailed",
             non_retryable=True,
         )
+
+
+def row_metrics(metrics: dict[str, float], select_metric: str) -> dict[str, float]:
+    """The metrics a variant's row keeps: `select_metric` first, at most MAX_VARIANT_METRICS (the
+    sweep's result and progress hold a row per variant; each child's own result has them all)."""
+    names = [select_metric] if select_metric in metrics else []
+    names += [name for name in metrics if name != select_metric]
+    return {name: metrics[name] for name in names[:MAX_VARIANT_METRICS]}
 
 
 async def release_kept_clusters(variants: Sequence[VariantProgress]) -> None:

@@ -14,7 +14,9 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from temporalio.exceptions import ApplicationError
 
@@ -26,11 +28,12 @@ MAX_TASK_FILE_BYTES = 256 * 1024
 
 _GIT_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
 _GIT_SHA = re.compile(r"[0-9a-f]{7,40}")
-# What git may speak (GIT_ALLOW_PROTOCOL): "file" is a local path.
+# What git may speak (GIT_ALLOW_PROTOCOL): "file" only for a local repository the operator allows.
 SECURE_GIT_SCHEMES = frozenset({"https", "ssh", "git+ssh", "ssh+git", "file"})
 INSECURE_GIT_SCHEMES = frozenset({"git", "http"})
-SECURE_GIT_PROTOCOLS = "file:https:ssh"
-INSECURE_GIT_PROTOCOLS = "file:https:ssh:git:http"
+SECURE_GIT_PROTOCOLS = "https:ssh"
+INSECURE_GIT_PROTOCOLS = "https:ssh:git:http"
+LOCAL_GIT_PROTOCOLS = "file"
 _GIT_REMOTE_HELPER = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*::")
 _TRANSIENT_GIT_ERRORS = (
     "could not resolve host",
@@ -95,33 +98,104 @@ def resolve_inside(root: Path, relative: str, what: str) -> Path:
     return candidate
 
 
-def check_repo_url(repo_url: str, allow_insecure: bool = False) -> str:
-    """The git protocols a fetch of `repo_url` may use; refuses a URL the worker will not fetch.
-
-    https, ssh (also `user@host:path`) and local paths always; unencrypted git:// and http://
-    only when the operator allows them (WORKER_ALLOW_INSECURE_GIT).
-    """
+def check_repo_url_syntax(repo_url: str) -> str:
+    """The URL's scheme ("" for a local path or `user@host:path`); refuses what git must never
+    be handed, or what is no URL at all. Needs no worker setting: the starter checks it too."""
+    shown = redact_url_credentials(repo_url)
     # `transport::address` hands the URL to a git remote helper (ext:: runs a command).
     if not repo_url or repo_url.startswith("-") or "\0" in repo_url or _GIT_REMOTE_HELPER.match(repo_url):
-        raise refuse(f"invalid repository {redact_url_credentials(repo_url)!r}", "InvalidRepository")
-    scheme = repo_url.split("://", 1)[0].lower() if "://" in repo_url else ""
+        raise refuse(f"invalid repository {shown!r}", "InvalidRepository")
+    if "://" not in repo_url:
+        return ""
+    scheme = repo_url.split("://", 1)[0].lower()
+    if scheme not in SECURE_GIT_SCHEMES | INSECURE_GIT_SCHEMES:
+        raise refuse(
+            f"repository {shown!r}: {scheme}:// is not supported (use https, ssh or a local path)",
+            "InvalidRepository",
+        )
+    try:
+        parts = urlsplit(repo_url)
+        parts.port  # noqa: B018 (parses the port)
+    except ValueError as exc:
+        raise refuse(f"repository {shown!r} is not a valid URL: {exc}", "InvalidRepository") from None
+    if scheme != "file" and not parts.hostname:
+        raise refuse(f"repository {shown!r} has no host", "InvalidRepository")
+    return scheme
+
+
+def local_repo_path(repo_url: str) -> str | None:
+    """The local path a repository URL names, as git reads it (a path, or file://PATH), or None
+    for a remote repository (`scheme://...`, or scp-like `[user@]host:path`)."""
+    if repo_url.lower().startswith("file://"):
+        return repo_url[len("file://") :]
+    if "://" in repo_url:
+        return None
+    colon, slash = repo_url.find(":"), repo_url.find("/")
+    if colon > 0 and (slash < 0 or colon < slash):
+        return None
+    return repo_url
+
+
+def check_repo_url(
+    repo_url: str,
+    allow_insecure: bool = False,
+    local_repo_dirs: Sequence[Path] = (),
+    checkout_root: Path | None = None,
+) -> str:
+    """The git protocols a fetch of `repo_url` may use; refuses a URL the worker will not fetch.
+
+    https and ssh (also `user@host:path`) always; unencrypted git:// and http:// only when the
+    operator allows them (WORKER_ALLOW_INSECURE_GIT); a local repository (a path or file://)
+    only inside a directory the operator allows (WORKER_ALLOWED_LOCAL_REPOS), and never inside
+    the worker's checkouts (another run's tasks).
+    """
+    scheme = check_repo_url_syntax(repo_url)
+    shown = redact_url_credentials(repo_url)
+    local = local_repo_path(repo_url)
+    if local is not None:
+        _check_local_repo(local, shown, local_repo_dirs, checkout_root)
+        return LOCAL_GIT_PROTOCOLS
     if scheme in INSECURE_GIT_SCHEMES and not allow_insecure:
         raise refuse(
-            f"repository {redact_url_credentials(repo_url)!r} uses unencrypted {scheme}://: use https or "
+            f"repository {shown!r} uses unencrypted {scheme}://: use https or "
             "ssh (the worker's operator can allow it with WORKER_ALLOW_INSECURE_GIT=true)",
             "InsecureRepositoryUrl",
-        )
-    if scheme and scheme not in SECURE_GIT_SCHEMES | INSECURE_GIT_SCHEMES:
-        raise refuse(
-            f"repository {redact_url_credentials(repo_url)!r}: {scheme}:// is not supported "
-            "(use https, ssh or a local path)",
-            "InvalidRepository",
         )
     return INSECURE_GIT_PROTOCOLS if allow_insecure else SECURE_GIT_PROTOCOLS
 
 
+def _check_local_repo(
+    path: str, shown: str, allowed_dirs: Sequence[Path], checkout_root: Path | None
+) -> None:
+    if not os.path.isabs(path):
+        raise refuse(
+            f"repository {shown!r}: a local repository must be an absolute path", "InvalidRepository"
+        )
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise refuse(f"repository {shown!r}: {clean_message(exc)}", "InvalidRepository") from None
+    if checkout_root is not None and resolved.is_relative_to(checkout_root.resolve()):
+        raise refuse(
+            f"repository {shown!r} is inside the worker's checkouts: never a task repository",
+            "LocalRepositoryNotAllowed",
+        )
+    if not any(resolved.is_relative_to(d) for d in allowed_dirs):
+        raise refuse(
+            f"repository {shown!r} is a local path: this worker takes local repositories only from "
+            "the directories its operator lists in WORKER_ALLOWED_LOCAL_REPOS",
+            "LocalRepositoryNotAllowed",
+        )
+
+
 async def checkout_repo(
-    repo_url: str, ref: str, checkout_dir: Path, replace: bool = False, allow_insecure: bool = False
+    repo_url: str,
+    ref: str,
+    checkout_dir: Path,
+    replace: bool = False,
+    allow_insecure: bool = False,
+    local_repo_dirs: Sequence[Path] = (),
+    checkout_root: Path | None = None,
 ) -> str:
     """Check out `ref` of `repo_url` (that commit only, no history) at `checkout_dir`; return its SHA.
 
@@ -130,7 +204,7 @@ async def checkout_repo(
     An existing checkout is kept unless `replace`.
     """
     validate_ref(ref)
-    protocols = check_repo_url(repo_url, allow_insecure)
+    protocols = check_repo_url(repo_url, allow_insecure, local_repo_dirs, checkout_root)
     checkout_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = checkout_dir.with_name(f".{checkout_dir.name}.{uuid.uuid4().hex[:8]}")
     try:

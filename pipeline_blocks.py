@@ -194,7 +194,8 @@ class Pipeline:
         return TaskSpec(
             step=step,
             job_name=self.job_name(step),
-            yaml_text=self.tasks.yaml_texts[yaml_path],
+            yaml_text="",  # read from the checkout: task files stay out of the run's history
+            yaml_path=yaml_path,
             # Tasks keep their files apart per run with PIPELINE_RUN_ID.
             env_overrides={"PIPELINE_RUN_ID": self.prefix, **self.input.env_overrides},
             secret_names=self.input.secret_names,

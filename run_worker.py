@@ -178,9 +178,12 @@ async def run_worker() -> None:
     log.info("Tracing: %s", f"OTLP to {tracing.otlp_endpoint(os.environ)}" if traced else "off")
     log.info(
         "Task policy: secrets tasks may receive: %s; upload directories beyond the checkout: %s; "
-        "git:// and http:// repositories: %s",
+        "local repositories from: %s; host paths clusters may mount: %s; git:// and http:// "
+        "repositories: %s",
         ", ".join(sorted(policy.secret_names)) or "none",
         ", ".join(map(str, policy.upload_dirs)) or "none",
+        ", ".join(map(str, policy.local_repo_dirs)) or "none",
+        ", ".join(policy.host_path_dirs) or "none",
         "allowed" if allow_insecure_git else "refused",
     )
     pruning = asyncio.create_task(prune_checkouts_forever(checkout_root, checkout_ttl_hours * 3600.0))
@@ -237,12 +240,31 @@ def task_policy_from_env() -> TaskPolicy:
     for setting, names in (("WORKER_ALLOWED_SECRETS", secrets), ("WORKER_ALLOWED_MANAGED_SECRETS", managed)):
         if bad := [n for n in names if not ENV_NAME.fullmatch(n)]:
             raise config.ConfigError(f"{setting}: {bad[0]!r} is not a variable name")
-    upload_dirs = config.env_list("WORKER_ALLOWED_UPLOAD_DIRS")
-    for directory in upload_dirs:
-        if not Path(directory).expanduser().is_absolute():
-            raise config.ConfigError(f"WORKER_ALLOWED_UPLOAD_DIRS: {directory!r} is not an absolute path")
+    directories = {
+        setting: config.env_list(setting)
+        for setting in (
+            "WORKER_ALLOWED_UPLOAD_DIRS",
+            "WORKER_ALLOWED_LOCAL_REPOS",
+            "WORKER_ALLOWED_HOST_PATHS",
+        )
+    }
+    # Unset: this project's own repository (its example tasks, the starter's default); "none": off.
+    local_repos = directories["WORKER_ALLOWED_LOCAL_REPOS"]
+    if not config.env_str("WORKER_ALLOWED_LOCAL_REPOS"):
+        local_repos.append(str(config.PROJECT_DIR))
+    elif local_repos == ["none"]:
+        local_repos.clear()
+    for setting, listed in directories.items():
+        for directory in listed:
+            if not Path(directory).expanduser().is_absolute():
+                raise config.ConfigError(f"{setting}: {directory!r} is not an absolute path")
     return TaskPolicy.from_settings(
-        upload_dirs, secrets, managed, allow_task_config=config.env_bool("WORKER_ALLOW_TASK_CONFIG")
+        directories["WORKER_ALLOWED_UPLOAD_DIRS"],
+        secrets,
+        managed,
+        allow_task_config=config.env_bool("WORKER_ALLOW_TASK_CONFIG"),
+        local_repo_dirs=directories["WORKER_ALLOWED_LOCAL_REPOS"],
+        host_path_dirs=directories["WORKER_ALLOWED_HOST_PATHS"],
     )
 
 

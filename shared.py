@@ -159,7 +159,8 @@ class SweepResult:
 
 @dataclass
 class RunTasks:
-    """What step 1 produced, handed to a child workflow so it runs the same tasks."""
+    """What step 1 produced, handed to a child workflow so it runs the same tasks (its steps read
+    the task files from the checkout at the commit: `yaml_texts` is empty for a child)."""
 
     commit_sha: str
     yaml_texts: dict[str, str]
@@ -219,6 +220,14 @@ def input_problems(input: PipelineInput) -> list[str]:
 
 
 MAX_SWEEP_VARIANTS = 1000
+# A sweep's history holds its input, every variant's start input (its env overrides: the
+# sweep's and its own) and result, and its own result: Temporal fails a run whose history passes
+# 50 MB or any one payload 2 MB. These bound the parts that grow with the variants (tested at
+# MAX_SWEEP_VARIANTS in tests/test_sweep.py).
+MAX_SWEEP_PARAMS_BYTES = 256 * 1024  # every variant's own parameters together
+MAX_SWEEP_VARIANT_INPUTS_BYTES = 4 * 1024 * 1024  # every variant's env overrides together
+MAX_VARIANT_METRICS = 8  # metrics a variant's row keeps (the selecting one first)
+MAX_VARIANT_ERROR_CHARS = 200
 SWEEP_ENV = frozenset({"PIPELINE_RUN_ID", "VARIANT_ID"})
 MAX_SWEEP_PARALLEL = 100
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
@@ -236,6 +245,20 @@ def sweep_problems(input: SweepInput) -> list[str]:
         if bad or any(not isinstance(v, str) or "\0" in v for v in params.values()):
             problems.append(f"variant parameters {params!r} are not NAME=value env overrides"[:200])
             break
+    else:
+        own = sum(_env_bytes(params) for params in input.variants)
+        carried = own + len(input.variants) * _env_bytes(input.pipeline.env_overrides)
+        if own > MAX_SWEEP_PARAMS_BYTES:
+            problems.append(
+                f"the variants' parameters take {own // 1024} KB in all: "
+                f"at most {MAX_SWEEP_PARAMS_BYTES // 1024} KB"
+            )
+        elif carried > MAX_SWEEP_VARIANT_INPUTS_BYTES:
+            problems.append(
+                f"the variants would carry {carried / 2**20:.1f} MB of env overrides in all (each its own "
+                f"and the sweep's): at most {MAX_SWEEP_VARIANT_INPUTS_BYTES // 2**20} MB; use fewer variants "
+                "or smaller --env values"
+            )
     # The sweep sets these for every variant: its data's run id, and the variant's own id.
     taken = sorted(SWEEP_ENV & {k for params in input.variants[:MAX_SWEEP_VARIANTS] for k in params})
     taken += sorted(SWEEP_ENV & set(input.pipeline.env_overrides))
@@ -248,6 +271,10 @@ def sweep_problems(input: SweepInput) -> list[str]:
     if input.select_direction not in ("max", "min"):
         problems.append("select direction must be max or min")
     return problems
+
+
+def _env_bytes(env: dict[str, str]) -> int:
+    return sum(len(k) + len(v) for k, v in env.items()) if isinstance(env, dict) else 0
 
 
 def _number_between(value: object, low: float, high: float) -> bool:
@@ -344,7 +371,8 @@ class FetchTasksResult:
 
 @dataclass
 class TaskSpec:
-    """One SkyPilot task: its YAML text and everything applied on top of it."""
+    """One SkyPilot task: its YAML (read from the run's checkout at `yaml_path`, so large task
+    files stay out of workflow history; `yaml_text` when given) and everything applied on top."""
 
     step: str
     job_name: str
@@ -356,6 +384,8 @@ class TaskSpec:
     checkout_name: str = ""
     repo_url: str = ""
     commit_sha: str = ""
+    # The task file's path in the checkout, read when `yaml_text` is empty.
+    yaml_path: str = ""
 
 
 @dataclass

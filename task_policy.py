@@ -3,14 +3,17 @@ sees it.
 
 A task YAML comes from whoever can push to a task repository; the worker that runs it holds
 the platform's credentials. So a task may upload only files of its own run's checkout (or of
-directories the worker's operator allows), may receive only the worker secrets the operator
-lists, and cannot make the worker expand a YAML alias bomb. The policy is the worker's own
-setting: nothing in a workflow input can widen it.
+directories the worker's operator allows), may mount a directory of the cluster's host only
+where the operator allows, may receive only the worker secrets the operator lists, and cannot
+make the worker expand a YAML alias bomb. A run's repository may be a local path only inside
+directories the operator allows. The policy is the worker's own setting: nothing in a workflow
+input can widen it.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +45,11 @@ class TaskPolicy:
     # A task's `config:` block overrides the API server's SkyPilot config for that task (e.g.
     # kubernetes.remote_identity, the workspace): off unless the operator allows it.
     allow_task_config: bool = False
+    # Directories of the worker host whose git repositories runs may use as a local `repo_url`.
+    local_repo_dirs: tuple[Path, ...] = ()
+    # Directories of the clusters' hosts a task may mount with an inline host_path volume (Slurm):
+    # paths on those hosts, compared as written (normalized), never resolved on the worker.
+    host_path_dirs: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(
@@ -50,12 +58,16 @@ class TaskPolicy:
         secret_names: Iterable[str],
         managed_secret_names: Iterable[str],
         allow_task_config: bool = False,
+        local_repo_dirs: Iterable[str] = (),
+        host_path_dirs: Iterable[str] = (),
     ) -> TaskPolicy:
         return cls(
             upload_dirs=tuple(Path(d).expanduser().resolve() for d in upload_dirs if d),
             secret_names=frozenset(n for n in secret_names if n),
             managed_secret_names=frozenset(n for n in managed_secret_names if n),
             allow_task_config=allow_task_config,
+            local_repo_dirs=tuple(Path(d).expanduser().resolve() for d in local_repo_dirs if d),
+            host_path_dirs=tuple(posixpath.normpath(d) for d in host_path_dirs if d),
         )
 
 
@@ -86,11 +98,12 @@ def load_task_yaml(text: str, what: str) -> dict[str, Any]:
     return config
 
 
-# The task YAML keys a task author may use; SkyPilot's internal ones (file_mounts_mapping, which
-# the API server uses to rewrite upload paths, _metadata, ...) are refused.
+# The task YAML keys a task author may use; SkyPilot's internal ones are refused:
+# file_mounts_mapping (the API server rewrites upload paths with it), volume_mounts (with it
+# SkyPilot skips its own volume checks: a forged mount of any host path), _metadata, ...
 TASK_KEYS = frozenset(
     {"name", "workdir", "num_nodes", "resources", "file_mounts", "setup", "run", "envs", "secrets"}
-    | {"managed_secrets", "volumes", "volume_mounts", "inputs", "outputs", "config", "service", "pool"}
+    | {"managed_secrets", "volumes", "inputs", "outputs", "config", "service", "pool"}
 )
 
 
@@ -118,6 +131,32 @@ def check_task_keys(config: Mapping[str, Any], what: str, policy: TaskPolicy) ->
             "with WORKER_ALLOW_TASK_CONFIG=true)",
             "InvalidTask",
         )
+
+
+def check_volumes(volumes: Any, what: str, policy: TaskPolicy) -> None:
+    """`volumes:` may name SkyPilot volumes (whose access SkyPilot checks) and ephemeral ones; an
+    inline `host_path` mounts a directory of the cluster's host, which on Slurm (and on the local
+    stack) is a machine the platform runs: only inside a directory the operator allows."""
+    if volumes is None:
+        return
+    if not isinstance(volumes, Mapping):
+        raise refuse(f"{what}: volumes must be a mapping of mount path to volume", "InvalidTask")
+    for target, volume in volumes.items():
+        if not isinstance(volume, Mapping) or "host_path" not in volume:
+            continue
+        host_path = volume["host_path"]
+        where = f"{what}: volume {target}: host_path {host_path!r}"
+        if not isinstance(host_path, str) or not posixpath.isabs(host_path) or "\0" in host_path:
+            raise refuse(f"{where} must be an absolute path", "PathNotAllowed")
+        normalized = posixpath.normpath(host_path)
+        if not any(
+            normalized == d or normalized.startswith(d.rstrip("/") + "/") for d in policy.host_path_dirs
+        ):
+            raise refuse(
+                f"{where} is not allowed (the worker's operator can allow a directory of the clusters' "
+                "hosts with WORKER_ALLOWED_HOST_PATHS)",
+                "PathNotAllowed",
+            )
 
 
 def check_secret_names(names: Iterable[str], policy: TaskPolicy) -> None:
@@ -188,6 +227,9 @@ def check_built_task(task: Any, what: str, checkout_dir: Path | None, policy: Ta
     """Check the local paths of the task SkyPilot built, as SkyPilot will read them: after it
     substituted `$VARS` from envs and overrides, made relative paths absolute against the
     worker's working directory and decided what is a cloud URL (a URL with a host)."""
+    check_volumes(getattr(task, "volumes", None), what, policy)
+    if getattr(task, "volume_mounts", None) is not None:
+        raise refuse(f"{what}: volume mounts are SkyPilot's own (use `volumes:`)", "InvalidTask")
     local: list[tuple[str, str]] = []
     if isinstance(task.workdir, str):
         local.append(("workdir", task.workdir))

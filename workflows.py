@@ -95,12 +95,22 @@ class SweepWorkflow(PipelineHandlers):
             tasks = await pipeline.fetch_tasks(base.preprocess_yaml, base.train_yaml, base.eval_yaml)
             async with Cluster(pipeline, "preprocess") as preprocess:
                 preprocessed = await preprocess.launch(base.preprocess_yaml)
+            # Each child's start input is in this run's history: no task texts in it.
+            shared_tasks = dataclasses.replace(tasks, yaml_texts={})
             variant_inputs = [
-                (variant, VariantInput(self._variant_pipeline(base, variant), variant.variant_id, tasks))
+                (
+                    variant,
+                    VariantInput(self._variant_pipeline(base, variant), variant.variant_id, shared_tasks),
+                )
                 for variant in pipeline.board.variants
             ]
             await run_variants(
-                pipeline, SweepVariantWorkflow.run, variant_inputs, input.max_parallel, input.fail_fast
+                pipeline,
+                SweepVariantWorkflow.run,
+                variant_inputs,
+                input.max_parallel,
+                input.fail_fast,
+                input.select_metric,
             )
         return SweepResult(
             repo_url=redact_url_credentials(base.repo_url),

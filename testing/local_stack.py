@@ -20,7 +20,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from testing import ROOT, VENV_BIN
+from testing import ROOT, TASK_REPO_DIRS, VENV_BIN
 
 # Where local_stack.sh serves them; E2E_TEMPORAL_ADDRESS / E2E_SKYPILOT_API point elsewhere.
 TEMPORAL_ADDRESS = os.environ.get("E2E_TEMPORAL_ADDRESS", "127.0.0.1:7233")
@@ -56,9 +56,11 @@ def process_env(**extra: str) -> dict[str, str]:
     A worker started with it leaves no reaper schedule behind on the shared dev server (the
     reaper's own test turns it on), and asks for no autodown: as on the local stack, autodown adds
     ~20 s to every launch here, and the reaper covers leaks. Nor does it serve metrics (several
-    workers run at once; a test that reads them gives its worker an address of its own)."""
+    workers run at once; a test that reads them gives its worker an address of its own). Its
+    local repositories: this project's, and those tests and benchmarks make in the temp dir."""
     env = {k: v for k, v in stack_env().items() if not k.startswith(("REAPER_", "AUTODOWN_"))}
     env.update(REAPER_PERIOD_SECONDS="0", AUTODOWN_IDLE_MINUTES="0", WORKER_METRICS_ADDRESS="off")
+    env.update(WORKER_ALLOWED_LOCAL_REPOS=",".join([str(ROOT), *map(str, TASK_REPO_DIRS)]))
     env.update(extra)
     return env
 

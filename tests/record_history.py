@@ -28,7 +28,7 @@ from search_attributes import at_start
 from shared import PipelineInput
 from testing import ROOT
 from testing.fake_sky import FakeSky
-from testing.in_process import running_worker, start_dev_server
+from testing.in_process import REAL_WORKER_POLICY, running_worker, start_dev_server
 from workflows import SkyPilotWorkflow
 
 # Not a secret: the key of the recorded encrypted history, so the replay test can decode it.
@@ -47,7 +47,14 @@ async def record(failed_encrypted: bool = False, searchable: bool = False) -> No
     with tempfile.TemporaryDirectory() as scratch:
         # A real worker's settings (its own environment, no secret allowed), quick heartbeats.
         async with running_worker(
-            env, fake, Path(scratch), "record", threads=8, heartbeat_seconds=0.1, environ=None, policy=None
+            env,
+            fake,
+            Path(scratch),
+            "record",
+            threads=8,
+            heartbeat_seconds=0.1,
+            environ=None,
+            policy=REAL_WORKER_POLICY,
         ):
             handle = await env.client.start_workflow(
                 SkyPilotWorkflow.run,

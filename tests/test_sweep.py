@@ -8,6 +8,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError
@@ -15,9 +16,23 @@ from temporalio.worker import Replayer
 
 from fan_out import best_variant
 from search_attributes import at_start
-from shared import SweepInput, SweepResult, VariantProgress, cluster_prefix_for
-from testing.in_process import Pipeline
+from shared import (
+    MAX_SWEEP_PARAMS_BYTES,
+    MAX_SWEEP_VARIANT_INPUTS_BYTES,
+    MAX_SWEEP_VARIANTS,
+    MAX_VARIANT_METRICS,
+    SweepInput,
+    SweepResult,
+    VariantProgress,
+    cluster_prefix_for,
+)
+from testing.in_process import Pipeline, git
 from workflows import SweepVariantWorkflow, SweepWorkflow
+
+# Temporal terminates a workflow whose history passes this (limit.historySize.error), and
+# refuses a payload past this (limit.blobSize.error).
+TEMPORAL_HISTORY_LIMIT_BYTES = 50 * 2**20
+TEMPORAL_PAYLOAD_LIMIT_BYTES = 2 * 2**20
 
 
 async def start_sweep(pipeline: Pipeline, variants: list[dict[str, str]], **options) -> WorkflowHandle:
@@ -149,18 +164,63 @@ async def test_stopping_a_sweep_cancels_every_running_variant_and_tears_down(pip
 
 
 @pytest.mark.parametrize(
-    ("options", "problem"),
+    ("variants", "options", "problem"),
     [
-        ({"max_parallel": 0}, "max_parallel must be between 1 and"),
-        ({"select_direction": "up"}, "select direction must be max or min"),
-        ({"select_metric": "no spaces"}, "is not a metric name"),
+        (lr_grid("0.1"), {"max_parallel": 0}, "max_parallel must be between 1 and"),
+        (lr_grid("0.1"), {"select_direction": "up"}, "select direction must be max or min"),
+        (lr_grid("0.1"), {"select_metric": "no spaces"}, "is not a metric name"),
+        # Any client, not only the starter, is held to the bounds.
+        (lr_grid(*map(str, range(MAX_SWEEP_VARIANTS + 1))), {}, f"at most {MAX_SWEEP_VARIANTS} variants"),
+        ([{"BLOB": "x" * 1000}] * 300, {}, "parameters take 294 KB in all: at most 256 KB"),
     ],
+    ids=["parallel", "direction", "metric", "variants", "variant inputs"],
 )
-async def test_a_bad_sweep_input_is_refused_before_anything_runs(pipeline: Pipeline, options, problem):
+async def test_a_bad_sweep_input_is_refused_before_anything_runs(
+    pipeline: Pipeline, variants, options, problem
+):
     with pytest.raises(WorkflowFailureError) as err:
-        await run_sweep(pipeline, lr_grid("0.1"), **options)
+        await run_sweep(pipeline, variants, **options)
     assert err.value.cause.type == "InvalidInput" and problem in err.value.cause.message
     assert pipeline.fake.calls == []
+
+
+async def test_the_largest_sweep_the_bounds_allow_stays_far_under_temporals_limits(pipeline: Pipeline):
+    """Task files of the largest size, variants at their input bounds, eight metrics each with
+    the longest names, log tails full: the sweep's history grows linearly with its variants, so
+    100 of them project the largest sweep allowed. Task texts never travel to the variants."""
+    padding = "# " + "x" * 1020 + "\n"
+    for name in ("data_preprocessing.yaml", "train.yaml", "eval.yaml"):
+        (pipeline.repo / name).write_text((pipeline.repo / name).read_text() + padding * 250)
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-am", "large", cwd=pipeline.repo)
+    metrics = [f"METRIC {'m' * 60}{n:03d}=0.{n}" for n in range(20)]
+    for step in ("train", "eval"):
+        pipeline.fake.plan(step, logs=[*metrics, *(f"{step} line {i} " + "y" * 100 for i in range(60))])
+    params_share = MAX_SWEEP_PARAMS_BYTES // MAX_SWEEP_VARIANTS - 10
+    env_share = MAX_SWEEP_VARIANT_INPUTS_BYTES // MAX_SWEEP_VARIANTS - params_share - 20
+    variants = [{"LR": f"{n:04d}", "P": "p" * params_share} for n in range(100)]
+    handle = await pipeline.env.client.start_workflow(
+        SweepWorkflow.run,
+        SweepInput(pipeline.input(env_overrides={"SHARED": "s" * env_share}), variants, max_parallel=50),
+        id=f"sweep-{uuid.uuid4().hex[:8]}",
+        task_queue=pipeline.task_queue,
+        execution_timeout=timedelta(minutes=2),
+    )
+    result = await handle.result()
+    assert all(len(v.metrics) == MAX_VARIANT_METRICS for v in result.variants)
+    events = (await handle.fetch_history()).events
+    scale = MAX_SWEEP_VARIANTS / len(variants)
+    # The step activities (fetch, preprocess, teardown) do not grow with the variants; all else does.
+    once = {EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED, EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED}
+    fixed = sum(e.ByteSize() for e in events if e.event_type in once)
+    growing = sum(e.ByteSize() for e in events if e.event_type not in once)
+    largest = max(e.ByteSize() for e in events if e.event_type not in once)
+    projected = fixed + growing * scale
+    print(
+        f"{len(variants)} variants: {(fixed + growing) / 2**20:.1f} MB of history; {MAX_SWEEP_VARIANTS} "
+        f"variants: {projected / 2**20:.1f} MB, largest payload {largest * scale / 2**20:.2f} MB"
+    )
+    assert projected < TEMPORAL_HISTORY_LIMIT_BYTES / 2
+    assert largest * scale < TEMPORAL_PAYLOAD_LIMIT_BYTES, "the sweep's input or result would pass 2 MB"
 
 
 async def test_a_sweep_and_its_variants_replay_from_their_histories(pipeline: Pipeline):

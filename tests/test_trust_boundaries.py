@@ -17,6 +17,7 @@ from job_log import JobLogSink
 from redaction import Redactor, redact_url_credentials
 from shared import FetchTasksInput, JobProgress, LaunchInput, PipelineInput, TaskSpec, input_problems
 from task_policy import TaskPolicy
+from testing import TASK_REPO_DIRS
 from testing.fake_sky import FakeSky
 from testing.in_process import WORKER_ENVIRON, Pipeline, git, make_git_repo
 
@@ -100,14 +101,20 @@ async def test_the_operator_can_allow_a_directory_and_only_the_operator(fake_sky
     shared_data = tmp_path / "shared-data"
     shared_data.mkdir()
     repo = make_repo(tmp_path, {"task.yaml": f"file_mounts:\n  /data: {shared_data}\nrun: ls"})
-    strict = SkyPilotActivities(fake_sky, executor, tmp_path / "c1", environ=WORKER_ENVIRON)
+    strict = SkyPilotActivities(
+        fake_sky,
+        executor,
+        tmp_path / "c1",
+        environ=WORKER_ENVIRON,
+        policy=TaskPolicy(local_repo_dirs=TASK_REPO_DIRS),
+    )
     await refused(strict, repo, "PathNotAllowed")
     allowing = SkyPilotActivities(
         fake_sky,
         executor,
         tmp_path / "c2",
         environ=WORKER_ENVIRON,
-        policy=TaskPolicy(upload_dirs=(shared_data,)),
+        policy=TaskPolicy(upload_dirs=(shared_data,), local_repo_dirs=TASK_REPO_DIRS),
     )
     await fetch_one(allowing, repo)
 
@@ -118,6 +125,56 @@ async def test_a_launch_rechecks_the_task_it_is_given(activities, fake_sky: Fake
     with pytest.raises(ApplicationError, match="outside the task repository"):
         await ActivityEnvironment().run(activities.launch_task, LaunchInput("wf1-train", spec))
     assert fake_sky.submitted == []
+
+
+@pytest.mark.parametrize(
+    "volumes_yaml,shown",
+    [
+        # SkyPilot's resolved mounts: with them present it skips its own volume checks.
+        (
+            "volume_mounts:\n  - path: /host\n    volume_name: v\n    volume_config: {type: k8s-hostpath}",
+            "'volume_mounts'",
+        ),
+        ("volumes:\n  /mnt/keys:\n    host_path: /root/.config/skypilot-temporal", "/root/.config"),
+        ("volumes:\n  /mnt/x:\n    host_path: /srv/data/../../etc", "/srv/data/../../etc"),
+        # Checked again after SkyPilot substitutes $SUB.
+        (
+            "envs:\n  SUB: ../../etc\nvolumes:\n  /mnt/x:\n    host_path: /srv/data/$SUB",
+            "/srv/data/../../etc",
+        ),
+    ],
+)
+async def test_a_task_cannot_mount_a_directory_of_the_clusters_host(
+    fake_sky, executor, tmp_path, volumes_yaml, shown
+):
+    repo = make_repo(tmp_path, {"task.yaml": f"resources:\n  infra: slurm\n{volumes_yaml}\nrun: ls"})
+    activities = SkyPilotActivities(
+        fake_sky,
+        executor,
+        tmp_path / "c",
+        environ=WORKER_ENVIRON,
+        policy=TaskPolicy(local_repo_dirs=TASK_REPO_DIRS, host_path_dirs=("/srv/data",)),
+    )
+    with pytest.raises(ApplicationError) as err:
+        await fetch_one(activities, repo)
+    assert err.value.type in ("PathNotAllowed", "InvalidTask") and err.value.non_retryable
+    assert shown in err.value.message and "\n" not in err.value.message
+
+
+async def test_named_volumes_and_an_allowed_host_directory_pass(fake_sky, executor, tmp_path):
+    task_yaml = (
+        "resources:\n  infra: slurm\nvolumes:\n  /mnt/ds: my-dataset\n"
+        "  /mnt/scratch:\n    host_path: /srv/data/team-a\nrun: ls"
+    )
+    repo = make_repo(tmp_path, {"task.yaml": task_yaml})
+    activities = SkyPilotActivities(
+        fake_sky,
+        executor,
+        tmp_path / "c",
+        environ=WORKER_ENVIRON,
+        policy=TaskPolicy(local_repo_dirs=TASK_REPO_DIRS, host_path_dirs=("/srv/data",)),
+    )
+    await fetch_one(activities, repo)
 
 
 async def test_a_pipeline_with_a_host_file_mount_fails_at_step_1_with_no_cluster(pipeline: Pipeline):
@@ -158,6 +215,16 @@ async def test_a_task_cannot_pull_skypilot_managed_secrets_unless_allowed(activi
     assert "prod-db-password" in message
 
 
+async def test_a_launch_rechecks_the_secret_names_it_is_given(activities, fake_sky: FakeSky):
+    """A launch input naming a worker credential (not through step 1) is refused, not handed it."""
+    spec = TaskSpec(
+        step="train", job_name="wf1-train", yaml_text="run: ls", secret_names=["TEMPORAL_API_KEY"]
+    )
+    with pytest.raises(ApplicationError, match="not allowed on this worker") as err:
+        await ActivityEnvironment().run(activities.launch_task, LaunchInput("wf1-train", spec))
+    assert err.value.type == "SecretNotAllowed" and fake_sky.called("launch") == []
+
+
 async def test_a_pipeline_asking_for_a_worker_credential_launches_nothing(pipeline: Pipeline):
     error = await pipeline.fail(secret_names=["TEMPORAL_API_KEY"])
     assert "not allowed on this worker" in str(error.message)
@@ -182,7 +249,7 @@ async def test_a_multi_line_secret_never_reaches_the_log_tail_or_the_log(fake_sk
         tmp_path / "c",
         heartbeat_interval_seconds=0.05,
         environ={"SA_KEY": PEM},
-        policy=TaskPolicy(secret_names=frozenset({"SA_KEY"})),
+        policy=TaskPolicy(secret_names=frozenset({"SA_KEY"}), local_repo_dirs=TASK_REPO_DIRS),
     )
     fake_sky.plan("train", logs=["key follows:", *PEM.splitlines(), "done"])
     spec = TaskSpec(step="train", job_name="wf1-train", yaml_text="run: cat key", secret_names=["SA_KEY"])
@@ -271,17 +338,40 @@ def test_unencrypted_git_needs_the_operator(url):
 
 
 @pytest.mark.parametrize(
-    "url",
-    [
-        "https://github.com/o/r.git",
-        "ssh://git@github.com/o/r.git",
-        "git@github.com:o/r.git",
-        "/srv/r",
-        "file:///srv/r",
-    ],
+    "url", ["https://github.com/o/r.git", "ssh://git@github.com/o/r.git", "git@github.com:o/r.git"]
 )
-def test_https_ssh_and_local_paths_are_allowed(url):
-    assert check_repo_url(url) == "file:https:ssh"
+def test_https_and_ssh_are_allowed_and_never_the_local_transport(url):
+    assert check_repo_url(url) == "https:ssh"
+
+
+@pytest.mark.parametrize("url", ["/srv/r", "file:///srv/r", "/srv/r/../other"])
+def test_a_local_repository_needs_a_directory_the_operator_allows(url):
+    with pytest.raises(ApplicationError, match="WORKER_ALLOWED_LOCAL_REPOS") as err:
+        check_repo_url(url)
+    assert err.value.type == "LocalRepositoryNotAllowed"
+    assert check_repo_url("/srv/r", local_repo_dirs=[Path("/srv")]) == "file"
+    with pytest.raises(ApplicationError):
+        check_repo_url("/srv/r", local_repo_dirs=[Path("/srv/r/sub")])
+
+
+async def test_another_runs_checkout_is_never_a_task_repository(pipeline: Pipeline, tmp_path):
+    """A run whose --repo is another run's checkout (under the worker's checkout root) is refused
+    even when the operator allows the directory holding it."""
+    first = await pipeline.start()
+    await first.result()
+    checkouts = tmp_path / "checkouts"  # the pipeline fixture's worker's checkout root
+    (checkouts / "skypilot-other").mkdir(parents=True, exist_ok=True)
+    other_run = make_git_repo(checkouts / "skypilot-other" / "run-1", {"task.yaml": "run: echo stolen\n"})
+    error = await pipeline.fail(repo_url=str(other_run))
+    assert "inside the worker's checkouts" in error.message
+    assert pipeline.fake.submitted[-1].job_name.endswith("-eval"), "a task of the other checkout ran"
+
+
+@pytest.mark.parametrize("url", ["https://h:notaport/x", "https://[::1/x", "https:///x"])
+def test_a_malformed_url_is_one_line_naming_it(url):
+    with pytest.raises(ApplicationError) as err:
+        check_repo_url(url)
+    assert err.value.type == "InvalidRepository" and "\n" not in err.value.message
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/r", "ext::sh -c id", "-uhello", "fd::17"])
@@ -387,10 +477,20 @@ async def test_a_task_file_that_is_a_symlink_loop_is_one_error(activities, tmp_p
 async def test_a_task_config_block_needs_the_operator_and_services_are_refused(fake_sky, executor, tmp_path):
     config_yaml = "config:\n  kubernetes:\n    remote_identity: LOCAL_CREDENTIALS\nrun: ls"
     repo = make_repo(tmp_path, {"task.yaml": config_yaml})
-    strict = SkyPilotActivities(fake_sky, executor, tmp_path / "c1", environ=WORKER_ENVIRON)
+    strict = SkyPilotActivities(
+        fake_sky,
+        executor,
+        tmp_path / "c1",
+        environ=WORKER_ENVIRON,
+        policy=TaskPolicy(local_repo_dirs=TASK_REPO_DIRS),
+    )
     assert "WORKER_ALLOW_TASK_CONFIG" in await refused(strict, repo, "InvalidTask")
     allowing = SkyPilotActivities(
-        fake_sky, executor, tmp_path / "c2", environ=WORKER_ENVIRON, policy=TaskPolicy(allow_task_config=True)
+        fake_sky,
+        executor,
+        tmp_path / "c2",
+        environ=WORKER_ENVIRON,
+        policy=TaskPolicy(allow_task_config=True, local_repo_dirs=TASK_REPO_DIRS),
     )
     await fetch_one(allowing, repo)
     service = make_repo(
@@ -418,7 +518,7 @@ async def test_an_allowed_directory_does_not_allow_its_neighbours(fake_sky, exec
         executor,
         tmp_path / "c",
         environ=WORKER_ENVIRON,
-        policy=TaskPolicy(upload_dirs=(tmp_path / "shared" / "data",)),
+        policy=TaskPolicy(upload_dirs=(tmp_path / "shared" / "data",), local_repo_dirs=TASK_REPO_DIRS),
     )
     await refused(allowing, repo, "PathNotAllowed")
 
