@@ -209,8 +209,9 @@ def configured_data_converter(environ: Mapping[str, str] | None = None) -> tempo
 
 
 def new_key_line(key_id: str | None = None) -> str:
-    """A fresh `id:base64key` line; the default id is `k` and today's UTC date (k20261123)."""
-    key_id = key_id or f"k{datetime.now(UTC):%Y%m%d}"
+    """A fresh `id:base64key` line; the default id is `k`, the UTC time and a random suffix
+    (k20261123t1405-3fa2): two keys made the same day never share an id."""
+    key_id = key_id or f"k{datetime.now(UTC):%Y%m%dt%H%M}-{secrets.token_hex(2)}"
     if not KEY_ID.fullmatch(key_id):
         raise ConfigError(f"key id {key_id!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
     return f"{key_id}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     new_key = commands.add_parser("new-key", help="print a new id:base64key line")
-    new_key.add_argument("id", nargs="?", help="key id (default: k + today's UTC date)")
+    new_key.add_argument("id", nargs="?", help="key id (default: k + the UTC time + a random suffix)")
     args = parser.parse_args(argv)
     try:
         print(new_key_line(args.id))

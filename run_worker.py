@@ -283,19 +283,24 @@ def configure_logging() -> None:
     With WORKER_LOG_FILE the log goes to that file, rotated at WORKER_LOG_MAX_MB (keeping
     WORKER_LOG_BACKUPS old files), so a chatty job can never fill the disk.
     """
+    level = config.env_str("LOG_LEVEL", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise config.ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level.lower()!r}")
     handler: logging.Handler = logging.StreamHandler()
     log_file = config.env_str("WORKER_LOG_FILE")
     if log_file:
-        handler = logging.handlers.RotatingFileHandler(
-            Path(log_file).expanduser(),
-            maxBytes=max(1, config.env_int("WORKER_LOG_MAX_MB", 50)) * 2**20,
-            backupCount=max(1, config.env_int("WORKER_LOG_BACKUPS", 3)),
-        )
+        try:
+            handler = logging.handlers.RotatingFileHandler(
+                Path(log_file).expanduser(),
+                maxBytes=max(1, config.env_int("WORKER_LOG_MAX_MB", 50)) * 2**20,
+                backupCount=max(1, config.env_int("WORKER_LOG_BACKUPS", 3)),
+            )
+        except OSError as err:
+            raise config.ConfigError(f"WORKER_LOG_FILE {log_file!r}: {err.strerror or err}") from None
     handler.addFilter(_hide_url_credentials)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", handlers=[handler]
     )
-    level = os.environ.get("LOG_LEVEL", "INFO").upper()
     for name in (log.name, "temporalio.activity", "temporalio.workflow"):
         logging.getLogger(name).setLevel(level)
     # Each line already names its step and cluster (and so its run); skip the info dict.

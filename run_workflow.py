@@ -30,11 +30,12 @@ from typing import TypeVar
 
 from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowFailureError
 from temporalio.common import TypedSearchAttributes
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 import config
 import search_attributes
+from codec import PayloadDecryptionError
 from following import (
     Reconnecting,
     RunHandle,
@@ -45,6 +46,7 @@ from following import (
     print_sweep_table,
     quiet_runtime,
 )
+from git_checkout import check_repo_url_syntax, validate_ref
 from redaction import redact_url_credentials
 from schedules import OVERLAP_POLICIES, ScheduleRequest, create_or_update, parse_every
 from shared import (
@@ -269,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def pipeline_input(args: argparse.Namespace) -> PipelineInput:
     repo = args.repo
+    try:  # what the worker would refuse at step 1 anyway: refused before anything starts
+        check_repo_url_syntax(repo)
+        validate_ref(args.ref)
+    except ApplicationError as err:
+        raise config.ConfigError(err.message) from None
     if os.path.isdir(repo):  # a local path: the worker may run from another directory
         repo = os.path.abspath(repo)
     try:
@@ -508,9 +515,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RPCError as err:
         print(f"run_workflow.py: error: Temporal request failed: {config.one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as err:
+        decryption = _decryption_error(err)
+        if decryption is None:
+            raise
+        print(f"run_workflow.py: error: cannot read the run: {decryption}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("Stopped waiting; the workflow keeps running (see the Web UI link above).", file=sys.stderr)
         return EXIT_DETACHED
+
+
+def _decryption_error(err: BaseException | None) -> PayloadDecryptionError | None:
+    """The payload-key problem behind `err`, if that is what it is (the SDK may wrap it)."""
+    while err is not None and not isinstance(err, PayloadDecryptionError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 if __name__ == "__main__":

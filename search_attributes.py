@@ -61,9 +61,11 @@ def searchable_repo(repo_url: str) -> str:
     only, never user info, a query or a fragment (where tokens hide)."""
     if "://" not in repo_url:
         return repo_url.rsplit("@", 1)[-1] if repo_url.count(":") == 1 else repo_url  # user@host:path
-    parts = urlsplit(repo_url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        parts = urlsplit(repo_url)
+        host, port = parts.hostname or "", f":{parts.port}" if parts.port else ""
+    except ValueError:  # not a URL a fetch could use: the run fails at step 1 and says why
+        return repo_url.split("://", 1)[0] + "://"
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
@@ -107,13 +107,15 @@ async def running_worker(
     managed_status_poll_seconds: float = 0.05,
     environ: Mapping[str, str] | None = WORKER_ENVIRON,
     policy: TaskPolicy = WORKER_POLICY,
+    client: Client | None = None,
     **worker_options: Any,
 ) -> AsyncIterator[None]:
     """A worker in this process on `task_queue`, its activities over `fake`.
 
     The defaults are a test's: quick heartbeats, WORKER_ENVIRON and WORKER_POLICY (`environ=None`
     and REAL_WORKER_POLICY are a real worker's: this process's environment, no secret allowed).
-    `worker_options` go to temporalio's Worker."""
+    `client` (default: the environment's) e.g. brings payload keys of its own; `worker_options`
+    go to temporalio's Worker."""
     with (
         concurrent.futures.ThreadPoolExecutor(threads) as executor,
         concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="cancel") as cancel_executor,
@@ -129,7 +131,7 @@ async def running_worker(
             managed_status_poll_seconds=managed_status_poll_seconds,
         )
         async with create_worker(
-            env.client,
+            client or env.client,
             activities,
             task_queue,
             heartbeat_interval=heartbeat_throttle_seconds,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -230,8 +231,20 @@ def test_new_key_prints_a_line_the_loader_accepts(capsys: pytest.CaptureFixture[
     assert keys is not None
     named_id, default_id = keys
     assert named_id == "rotated-2"
-    assert default_id.startswith("k") and len(default_id) == 9 and default_id[1:].isdigit()
+    assert re.fullmatch(r"k\d{8}t\d{4}-[0-9a-f]{4}", default_id), default_id
     assert all(len(key) == 32 for key in keys.values()) and len(set(keys.values())) == 2
+
+
+def test_two_new_keys_made_the_same_minute_have_ids_a_key_file_takes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Rotation twice in a day: the second key file, with both, still loads."""
+    for _ in range(2):
+        assert codec.main(["new-key"]) == 0
+    key_file = tmp_path / "codec.keys"
+    key_file.write_text(capsys.readouterr().out)
+    keys = codec.load_codec_keys({"PAYLOAD_CODEC_KEY_FILE": str(key_file)}, default_file=tmp_path / "none")
+    assert keys is not None and len(keys) == 2
 
 
 def test_encryption_status(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -6,11 +6,16 @@ import asyncio
 import os
 import re
 import sys
+import uuid
 
 import pytest
+from temporalio.client import Client
 
+import codec
+from shared import PipelineInput
 from testing import ROOT
-from testing.in_process import Pipeline
+from testing.in_process import Pipeline, running_worker
+from workflows import SkyPilotWorkflow
 
 PYTHON = sys.executable
 
@@ -199,11 +204,43 @@ async def test_starter_no_wait_returns_at_once(pipeline: Pipeline):
         (["--max-parallel", "2"], ["need --sweep"]),
         (["--sweep", "LR=1", "--overlap-provisioning"], ["does not apply to a sweep"]),
         (["--managed-train", "--overlap-provisioning"], ["a managed train do not go together"]),
+        (["--repo", "https://h:notaport/x"], ["'https://h:notaport/x' is not a valid URL"]),
+        (["--repo", "https://[::1/x"], ["'https://[::1/x' is not a valid URL"]),
+        (["--repo", "ext::sh -c id"], ["invalid repository"]),
+        (["--ref=--upload-pack=touch /tmp/pwned"], ["invalid git ref '--upload-pack=touch /tmp/pwned'"]),
+        (["--cluster-prefix", "night--0d3928ab"], ["--cluster-prefix 'night--0d3928ab'"]),
     ],
 )
 async def test_starter_rejects_bad_arguments_in_one_line(pipeline: Pipeline, args, expected):
     rc, stdout, stderr = await run_script("run_workflow.py", *args, env_overrides=starter_env(pipeline))
     assert_one_line_error(rc, stdout, stderr, *expected)
+    assert pipeline.fake.calls == [], "a run started"
+
+
+async def test_following_a_run_under_a_key_the_starter_lacks_is_one_line_naming_it(
+    env, fake_sky, task_repo, tmp_path
+):
+    client = Client(**{**env.client.config(), "data_converter": codec.data_converter({"kA": os.urandom(32)})})
+    task_queue = f"keys-{uuid.uuid4().hex[:8]}"
+    async with running_worker(env, fake_sky, tmp_path / "checkouts", task_queue, client=client):
+        handle = await client.start_workflow(
+            SkyPilotWorkflow.run,
+            PipelineInput(repo_url=str(task_repo), ref="main", retry_initial_interval_seconds=0.1),
+            id=f"keys-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        await handle.result()
+    other_key = codec.new_key_line("kB")
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py",
+        "--follow",
+        handle.id,
+        env_overrides={
+            "TEMPORAL_ADDRESS": client.service_client.config.target_host,
+            "PAYLOAD_CODEC_KEYS": other_key,
+        },
+    )
+    assert_one_line_error(rc, stdout, stderr, "key id 'kA', which is not configured")
 
 
 async def test_starter_reports_an_unreachable_temporal_in_one_line(pipeline: Pipeline):
@@ -282,6 +319,17 @@ async def test_worker_exits_in_one_line_when_the_skypilot_api_server_is_unreacha
             "WORKER_ALLOWED_SECRETS: 'not a name' is not a variable name",
         ),
         ("WORKER_ALLOWED_UPLOAD_DIRS", "relative/dir", "is not an absolute path"),
+        (
+            "WORKER_ALLOWED_LOCAL_REPOS",
+            "repos",
+            "WORKER_ALLOWED_LOCAL_REPOS: 'repos' is not an absolute path",
+        ),
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got 'verbose'"),
+        (
+            "WORKER_LOG_FILE",
+            "/no/such/dir/worker.log",
+            "WORKER_LOG_FILE '/no/such/dir/worker.log': No such file",
+        ),
         ("PAYLOAD_CODEC_KEYS", "k1:not-base64!", "PAYLOAD_CODEC_KEYS"),
     ],
 )
