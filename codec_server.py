@@ -14,6 +14,9 @@ Settings (environment or .env):
     CODEC_SERVER_CORS_ORIGINS  browser origins allowed to call it, comma separated (default: the
                                origin of TEMPORAL_UI_URL, else http://localhost:8233)
     CODEC_SERVER_TOKEN         when set, every encode/decode needs `Authorization: Bearer <token>`
+    CODEC_SERVER_ALLOWED_HOSTS the names it answers to besides 127.0.0.1, localhost and [::1] (and
+                               CODEC_SERVER_HOST), comma separated, e.g. codec.example.com: a
+                               request for any other Host is refused (DNS rebinding)
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from codec import EncryptionCodec, PayloadDecryptionError, find_codec_keys
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8081
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 # What the Web UI sends: Content-Type and X-Namespace always; with "pass access token" the
 # user's access token as Authorization and its ID token as Authorization-Extras.
 ALLOWED_HEADERS = "Content-Type, Authorization, Authorization-Extras, X-Namespace"
@@ -75,11 +79,29 @@ def cors_origins(environ: Mapping[str, str]) -> list[str]:
     return origins
 
 
+def served_hosts(host: str, port: int, extra_names: Collection[str] = ()) -> frozenset[str]:
+    """The Host header values a codec server on `host`:`port` answers to: its loopback names,
+    its own address and `extra_names`, each as `name:port` (`name` alone matches any port)."""
+    names = [*LOOPBACK_NAMES, f"[{host}]" if ":" in host else host]
+    return frozenset({f"{name.lower()}:{port}" for name in names} | {n.lower() for n in extra_names})
+
+
 def create_app(
-    codec: EncryptionCodec, allowed_origins: Collection[str], token: str | None = None
+    codec: EncryptionCodec,
+    allowed_origins: Collection[str],
+    token: str | None = None,
+    hosts: Collection[str] | None = None,
 ) -> web.Application:
-    """The codec endpoints, CORS for `allowed_origins` only, and the optional bearer token."""
+    """The codec endpoints, CORS for `allowed_origins` only, and the optional bearer token; a
+    request whose Host is not one of `hosts` (default: the loopback names, any port) is refused,
+    so a page whose name resolves to 127.0.0.1 is not same-origin with it (DNS rebinding)."""
     origins = frozenset(allowed_origins)
+    served = frozenset(hosts) if hosts is not None else frozenset(LOOPBACK_NAMES)
+
+    def host_served(request: web.Request) -> bool:
+        host = request.headers.get("Host", "").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return host in served or name in served
 
     def cors_headers(request: web.Request) -> dict[str, str]:
         origin = request.headers.get("Origin", "")
@@ -114,6 +136,8 @@ def create_app(
         )
 
     async def handle(request: web.Request) -> web.Response:
+        if not host_served(request):
+            return web.Response(status=421, text="this codec server does not serve that host name")
         # Only the last path segment counts (Temporal's codec protocol): /decode, /ns/decode, ...
         action = request.path.rstrip("/").rsplit("/", 1)[-1]
         if action not in ("encode", "decode"):
@@ -186,11 +210,12 @@ def main() -> int:
         port = config.env_int("CODEC_SERVER_PORT", DEFAULT_PORT)
         origins = cors_origins(os.environ)
         token = config.env_str("CODEC_SERVER_TOKEN") or None
+        hosts = served_hosts(host, port, config.env_list("CODEC_SERVER_ALLOWED_HOSTS"))
     except config.ConfigError as err:
         print(f"codec_server.py: error: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
-    app = create_app(EncryptionCodec(keys), origins, token)
+    app = create_app(EncryptionCodec(keys), origins, token, hosts)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     print(
         f"Codec server on {url}: keys {', '.join(keys)} from {source} ({next(iter(keys))} encrypts), "

@@ -385,6 +385,25 @@ def from_json(body: dict) -> list[Payload]:
     return list(json_format.ParseDict(body, Payloads()).payloads)
 
 
+async def test_codec_server_answers_only_the_host_names_it_serves() -> None:
+    """DNS rebinding: a page at evil.example whose name resolves to 127.0.0.1 is refused."""
+    encrypted = await encode_one(EncryptionCodec({"k1": OLD_KEY}), plain_payload({"secret": "s"}))
+    async with codec_http() as http:
+        for host, status in [
+            ("evil.example:8081", 421),
+            ("127.0.0.1.evil.example", 421),
+            ("localhost:8081", 200),
+        ]:
+            response = await http.post("/decode", json=as_json(encrypted), headers={"Host": host})
+            assert response.status == status, (host, await response.text())
+    served = codec_server.served_hosts("0.0.0.0", 8081, ["codec.example.com"])
+    app = codec_server.create_app(EncryptionCodec({"k1": OLD_KEY}), [UI_ORIGIN], hosts=served)
+    async with TestClient(TestServer(app)) as http:
+        for host, status in [("codec.example.com", 200), ("127.0.0.1:8081", 200), ("127.0.0.1:9999", 421)]:
+            response = await http.post("/decode", json=as_json(encrypted), headers={"Host": host})
+            assert response.status == status, (host, await response.text())
+
+
 async def test_codec_server_decodes_what_the_codec_encoded() -> None:
     original = plain_payload({"log_tail": "epoch 3 loss 0.1"})
     encrypted = await encode_one(EncryptionCodec({"k1": OLD_KEY}), original)
