@@ -59,16 +59,52 @@ STARTED=$STATE/started
 
 log() { printf '[local_stack %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { printf 'local_stack.sh: error: %s\n' "$*" >&2; exit 1; }
-alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A process that exists and is not a zombie (a killed daemon nobody reaped still answers kill -0).
+alive() {
+  local pid; [ -s "$1" ] && pid=$(cat "$1") || return 1
+  kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" != Z ]
+}
 started_by_us() { [ -f "$STARTED" ] && grep -q "^$1 " "$STARTED"; }
 mark_started() { mkdir -p "$STATE"; grep -v "^$1 " "$STARTED" 2>/dev/null > "$STARTED.tmp" || true; echo "$1 $2" >> "$STARTED.tmp"; mv "$STARTED.tmp" "$STARTED"; }
 port_owner() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'users:((.*))' | head -1 || true; }
 port_pid() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true; }
 running_or_reused() {  # running_or_reused NAME PIDFILE PORT HEALTHCHECK: already up (ours or someone's)?
   local name=$1 pidfile=$2 port=$3 health=$4
-  if alive "$pidfile"; then log "$name: running (pid $(cat "$pidfile"))"; return 0; fi
+  if alive "$pidfile"; then
+    # Ours, judged by what it answers: it may still be starting, or hung after a crash of a child.
+    local until=$((SECONDS + 20))
+    while [ "$SECONDS" -lt "$until" ]; do
+      "$health" && { log "$name: running (pid $(cat "$pidfile"))"; return 0; }
+      sleep 0.5
+    done
+    log "$name: pid $(cat "$pidfile") does not answer: stopping it and what it started"
+  fi
+  if started_by_us "$name"; then stop_session "$name" "$pidfile"; fi  # what a crashed one left behind
   if "$health"; then log "$name: using the one already on 127.0.0.1:$port (not started here, left alone)"; return 0; fi
   return 1
+}
+# The processes of the session a daemon of ours leads (each is started as a session leader), as
+# long as they run this stack's programs: a crashed API server leaves its executors holding ports.
+session_pids() {  # session_pids SID
+  local sid=$1 pid
+  [ -n "$sid" ] && [ "$sid" -gt 1 ] || return 0
+  for pid in $(ps -o pid= -s "$sid" 2>/dev/null); do
+    case "$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" in
+      "$VENV"/*|*" $VENV"/*|SkyPilot:*) echo "$pid" ;;
+    esac
+  done
+}
+stop_session() {  # stop_session NAME PIDFILE: the daemon and every process left in its session
+  local name=$1 pidfile=$2 sid pids
+  sid=$(cat "$pidfile" 2>/dev/null || true)
+  pids=$(session_pids "$sid")
+  [ -n "$pids" ] || return 0
+  log "$name: stopping pid(s) $(echo $pids)"
+  kill $pids 2>/dev/null || true
+  for _ in $(seq 100); do [ -n "$(session_pids "$sid")" ] || return 0; sleep 0.1; done
+  pids=$(session_pids "$sid")
+  [ -z "$pids" ] || { log "$name: still running, SIGKILL"; kill -9 $pids 2>/dev/null || true; }
+  for _ in $(seq 50); do [ -n "$(session_pids "$sid")" ] || return 0; sleep 0.1; done
 }
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   local seconds=$1 what=$2; shift 2
@@ -112,7 +148,7 @@ install_packages() {
 
 # ------------------------------------------------------------------------------ temporal
 temporal_healthy() {
-  "$VENV/bin/temporal" operator cluster health --address "127.0.0.1:$TEMPORAL_PORT" >/dev/null 2>&1 \
+  timeout 10 "$VENV/bin/temporal" operator cluster health --address "127.0.0.1:$TEMPORAL_PORT" >/dev/null 2>&1 \
     && curl -fsS -m 5 -o /dev/null "http://127.0.0.1:$TEMPORAL_UI_PORT/"
 }
 
@@ -379,10 +415,8 @@ EOF2
 }
 
 start_skypilot() {
-  if alive "$SKY_API_PID" && sky_api_healthy; then
-    log "skypilot: API server running (pid $(cat "$SKY_API_PID"))"
-  elif sky_api_healthy; then
-    log "skypilot: using the API server already on 127.0.0.1:$SKY_API_PORT (not started here, left alone)"
+  if running_or_reused skypilot "$SKY_API_PID" "$SKY_API_PORT" sky_api_healthy; then
+    :
   else
     check_port_free "$SKY_API_PORT" "$SKY_API_PID" "the SkyPilot API server"
     log "skypilot: starting API server on 127.0.0.1:$SKY_API_PORT"
@@ -422,7 +456,7 @@ ensure_codec_key() {
 }
 
 codec_healthy() {
-  curl -fsS -o /dev/null -X POST -H 'Content-Type: application/json' -d '{"payloads":[]}' \
+  curl -fsS -m 3 -o /dev/null -X POST -H 'Content-Type: application/json' -d '{"payloads":[]}' \
     "http://127.0.0.1:$CODEC_PORT/decode"
 }
 
@@ -442,6 +476,7 @@ start_codec_server() {
 # ------------------------------------------------------------------------------ worker
 start_worker() {
   if alive "$WORKER_PID"; then log "worker: running (pid $(cat "$WORKER_PID"))"; return; fi
+  if started_by_us worker; then stop_session worker "$WORKER_PID"; fi
   log "worker: starting run_worker.py (log: $STATE/worker.log, rotated at 50 MB)"
   : > "$STATE/worker.log"
   cd "$REPO"
@@ -465,18 +500,24 @@ start_worker() {
 
 # ------------------------------------------------------------------------------ down / status
 stop_pidfile() {  # stop_pidfile NAME PIDFILE
-  local name=$1 pidfile=$2 pid
-  if ! alive "$pidfile"; then return; fi
-  pid=$(cat "$pidfile")
-  log "$name: stopping pid $pid"
-  if [ "$name" = skypilot ]; then
-    # The API server runs worker processes of its own: let SkyPilot stop the whole tree.
-    SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api stop >/dev/null 2>&1 || kill "$pid" 2>/dev/null || true
-  else
-    kill "$pid" 2>/dev/null || true
+  local name=$1 pidfile=$2
+  if [ "$name" = skypilot ] && alive "$pidfile"; then
+    # The API server runs worker processes of its own: let SkyPilot stop them first.
+    log "skypilot: sky api stop"
+    SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api stop >/dev/null 2>&1 || true
   fi
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && { log "$name: still running, SIGKILL"; kill -9 "$pid" 2>/dev/null || true; }
+  case "$name" in
+    # Session leaders this script started: stop whatever is left of each session too.
+    temporal|codec|worker|skypilot) stop_session "$name" "$pidfile" ;;
+    *)
+      alive "$pidfile" || return 0
+      local pid; pid=$(cat "$pidfile")
+      log "$name: stopping pid $pid"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 100); do alive "$pidfile" || break; sleep 0.1; done
+      alive "$pidfile" && { log "$name: still running, SIGKILL"; kill -9 "$pid" 2>/dev/null || true; }
+      ;;
+  esac
   return 0
 }
 

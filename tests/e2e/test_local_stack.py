@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -30,8 +31,46 @@ def test_up_again_is_idempotent_and_restarts_nothing():
     before = running_pids()
     result = local_stack("up")
     assert result.returncode == 0, result.stderr
-    assert "temporal: running" in result.stdout and "skypilot: API server running" in result.stdout
+    assert "temporal: running" in result.stdout and "skypilot: running" in result.stdout
     assert running_pids() == before
+
+
+def session_processes(sid: str) -> list[str]:
+    out = subprocess.run(["ps", "-o", "stat=,pid=", "-s", sid], capture_output=True, text=True).stdout
+    return [line.split()[1] for line in out.splitlines() if not line.strip().startswith("Z")]
+
+
+def test_up_right_after_a_kill_starts_the_component_again_at_once():
+    """A killed daemon nobody reaped is a zombie that still answers `kill -0`: it counts as dead."""
+    codec_pid = running_pids()["codec"].removeprefix("pid=")
+    os.kill(int(codec_pid), signal.SIGKILL)
+    result = local_stack("up")
+    assert result.returncode == 0, result.stderr
+    assert "codec: starting" in result.stdout and "does not answer" not in result.stdout, result.stdout
+    assert running_pids()["codec"] != f"pid={codec_pid}"
+
+
+def test_up_restarts_a_component_that_runs_but_does_not_answer():
+    """Liveness is what the component answers, not its pid: a hung codec server is replaced."""
+    codec_pid = running_pids()["codec"].removeprefix("pid=")
+    os.kill(int(codec_pid), signal.SIGSTOP)
+    result = local_stack("up")
+    assert result.returncode == 0, result.stderr
+    assert f"codec: pid {codec_pid} does not answer" in result.stdout, result.stdout
+    assert running_pids()["codec"] != f"pid={codec_pid}" and session_processes(codec_pid) == []
+
+
+def test_up_recovers_from_a_killed_api_server_whose_children_hold_its_ports():
+    """SIGKILL of the API server alone leaves its executors running (one holds a port of its
+    own): `up` stops what is left of the server it started, then starts a new one."""
+    server_pid = running_pids()["skypilot"].removeprefix("pid=")
+    assert len(session_processes(server_pid)) > 1
+    os.kill(int(server_pid), signal.SIGKILL)
+    result = local_stack("up")
+    assert result.returncode == 0, result.stderr
+    assert "skypilot: starting API server" in result.stdout, result.stdout
+    assert session_processes(server_pid) == [], "processes of the killed server are left"
+    assert "skypilot: running" in local_stack("up").stdout
 
 
 def test_up_again_does_not_wait_for_running_clusters():
