@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from temporalio.activity import ActivityCancellationDetails
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
@@ -284,6 +285,24 @@ async def test_a_cancel_by_name_during_the_launch_cancels_the_launch(activities,
     )
     assert status == "GONE" and fake_sky.called("api_cancel") == [[request_id]]
     assert fake_sky.jobs.managed == [], "the launch went on and submitted a job"
+
+
+async def test_a_cancelled_submit_cancels_the_job_its_launch_went_on_to_create(activities, fake_sky: FakeSky):
+    """The cancel reaches the launch only after it submitted the job: the step cancels that
+    managed job (`cancel_with`), not some cluster job."""
+    fake_sky.plan("train", until_cancelled=True)
+    fake_sky.cancel_seconds = 0.5  # the launch ends before the cancel lands
+    uploads = fake_sky.hold_uploads("jobs.launch")
+    env = ActivityEnvironment()
+    submit = asyncio.ensure_future(env.run(activities.submit_managed_job, ManagedJobInput(managed_spec())))
+    while not fake_sky.called("jobs.launch"):
+        await asyncio.sleep(0.02)
+    env.cancel(ActivityCancellationDetails(cancel_requested=True))
+    uploads.set()
+    with pytest.raises(asyncio.CancelledError):
+        await submit
+    [job] = fake_sky.jobs.managed
+    assert job.status in ("CANCELLING", "CANCELLED") and fake_sky.called("jobs.cancel") == [[job.job_id]]
 
 
 async def test_a_first_submit_works_while_no_jobs_controller_is_up(activities, fake_sky: FakeSky):
