@@ -21,7 +21,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 
-from shared import cluster_prefix_for
+from shared import OWNER_LABEL, cluster_prefix_for, owner_token
 from testing import ROOT
 from testing.in_process import git, make_task_repo
 from testing.local_stack import (
@@ -36,6 +36,7 @@ from testing.local_stack import (
 pytestmark = pytest.mark.e2e
 
 DATA_DIR = Path("/tmp/skypilot-pipeline-data")  # the example tasks' DATA_DIR
+OTHER_HOST_USER = "0b0b0b0b"
 
 
 @dataclass
@@ -275,6 +276,8 @@ async def test_bad_input_is_a_one_line_error_naming_it_and_leaves_no_cluster(
 async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_duplicate_job(
     temporal, sky_sdk, tmp_path: Path
 ):
+    """The second worker is another host, so another SkyPilot user of the API server: it finds,
+    follows and tears down the first one's cluster and job."""
     task_queue = f"e2e-failover-{uuid.uuid4().hex[:6]}"
     stack = Stack(temporal, sky_sdk, task_queue, tmp_path)
     first = start_worker_process(task_queue, tmp_path / "worker1.log", tmp_path / "checkouts")
@@ -284,9 +287,15 @@ async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_
         assert rc == 0, stderr
         prefix = cluster_prefix_for(workflow_id)
         await wait_for_job(stack, f"{prefix}-train", "train")
+        [train] = [r for r in sky_sdk.get(sky_sdk.status(all_users=True)) if r.name == f"{prefix}-train"]
+        assert train.labels.get(OWNER_LABEL) == owner_token(workflow_id), train.labels
         first.kill(signal.SIGKILL)
         second = await asyncio.to_thread(
-            start_worker_process, task_queue, tmp_path / "worker2.log", tmp_path / "checkouts"
+            start_worker_process,
+            task_queue,
+            tmp_path / "worker2.log",
+            tmp_path / "checkouts-b",
+            SKYPILOT_USER_ID=OTHER_HOST_USER,  # the user hash of a client on another host
         )
         result = await asyncio.wait_for(result_of(temporal, workflow_id), 600)
         steps = {s["step"]: s for s in result["steps"]}
@@ -297,6 +306,9 @@ async def test_worker_sigkill_during_train_resumes_on_a_second_worker_without_a_
         # History records each activity's last attempt: preprocess ran once, train ran twice.
         assert attempts["launch_task"] == [1, 2], attempts
         assert_no_cluster_left(stack, prefix)
+        users = {(r.name, r.user_id) for r in stack.requests_on(f"{prefix}-train")}
+        assert ("sky.launch", OTHER_HOST_USER) not in users, "the second worker launched train again"
+        assert ("sky.down", OTHER_HOST_USER) in users, users
     finally:
         first.kill()
         if second:
