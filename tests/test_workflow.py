@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from sky import exceptions
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import (
@@ -19,7 +20,8 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-from shared import StepTimeouts, cluster_prefix_for, run_token
+import pipeline_blocks
+from shared import StepTimeouts, cluster_prefix_for, cluster_prefix_v1_for, input_problems, run_token
 from testing import ROOT
 from testing.fake_sky import FakeSky
 from testing.in_process import Pipeline
@@ -311,6 +313,42 @@ async def test_a_run_started_before_run_scoped_names_keeps_its_cluster_and_job_n
         "recorded-happy-path-train",
     ]
     assert recorder.inputs[3][1].task.job_name == "recorded-happy-path-train"
+
+
+async def test_a_run_started_before_injective_prefixes_keeps_its_cluster_names():
+    """Its workflow id is hashed differently now: across the upgrade it still tears down the
+    clusters it launched, under their names."""
+    history = json.loads((ROOT / "tests" / "histories" / "searchable_happy_path.json").read_text())
+    from temporalio.client import WorkflowHistory
+
+    recorder = _RecordActivityInputs()
+    await Replayer(workflows=[SkyPilotWorkflow], interceptors=[recorder]).replay_workflow(
+        WorkflowHistory.from_json(history["workflow_id"], history["history"])
+    )
+    old_prefix = cluster_prefix_v1_for(history["workflow_id"])
+    assert old_prefix != cluster_prefix_for(history["workflow_id"])
+    clusters = {getattr(args, "cluster_name", None) for _, args in recorder.inputs} - {None}
+    assert clusters == {f"{old_prefix}-preprocess", f"{old_prefix}-train"}
+
+
+async def test_a_run_whose_first_workflow_task_was_retried_replays(pipeline: Pipeline, monkeypatch):
+    """The patch markers are recorded in the first workflow task: a history whose first task
+    failed once (a worker's transient error) still replays."""
+    once = [RuntimeError("transient, once")]
+
+    def flaky(input):
+        if once:
+            raise once.pop()
+        return input_problems(input)
+
+    monkeypatch.setattr(pipeline_blocks, "input_problems", flaky)
+    handle = await pipeline.start()
+    await handle.result()
+    history = await handle.fetch_history()
+    assert any(e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED for e in history.events)
+    await Replayer(
+        workflows=[SkyPilotWorkflow], data_converter=pipeline.env.client.data_converter
+    ).replay_workflow(history)
 
 
 @pytest.mark.parametrize("overlap", [False, True])
