@@ -167,12 +167,7 @@ class SkyPilotActivities:
         def launch(task: Any) -> RequestId:
             if input.provision_only:
                 task.run = None  # SkyPilot then runs only the task's setup, as a job (if it has one)
-            # The cluster this launch creates carries its workflow's label (the proof of ownership).
-            task.set_resources(
-                type(task.resources)(
-                    r.copy(labels={**(r.labels or {}), OWNER_LABEL: owner}) for r in task.resources
-                )
-            )
+            label_owner(task, owner)  # the cluster this launch creates carries it: proof of ownership
             return self._sky.launch(
                 task, cluster_name=input.cluster_name, fast=input.reuse_provisioned, **self._autodown()
             )
@@ -229,7 +224,9 @@ class SkyPilotActivities:
         ):
             await self._ensure_checkout(spec)
             task = await self._blocking(self._build_task, spec, input.infra)
-            return await self._managed.find_or_submit(task, spec, progress, sink)
+            owner = owner_token(activity.info().workflow_id)
+            label_owner(task, owner)  # the job's records carry it while its cluster is up
+            return await self._managed.find_or_submit(task, spec, progress, sink, owner)
 
     @activity.defn
     async def follow_managed_job(self, input: FollowManagedJobInput) -> StepResult:
@@ -461,3 +458,10 @@ def _step_seconds() -> float:
     if scheduled.tzinfo is None:
         scheduled = scheduled.replace(tzinfo=UTC)
     return round(max(0.0, (datetime.now(UTC) - scheduled).total_seconds()), 3)
+
+
+def label_owner(task: Any, owner: str) -> None:
+    """Put the workflow's OWNER_LABEL on every resources option of `task` (its own labels kept)."""
+    task.set_resources(
+        type(task.resources)(r.copy(labels={**(r.labels or {}), OWNER_LABEL: owner}) for r in task.resources)
+    )

@@ -63,9 +63,18 @@ RETRYABLE_SKY_ERRORS = frozenset(
     }
 )
 # What SkyPilot raises when its API server cannot be reached (a restarting server included:
-# the SDK then claims that no endpoint is configured).
+# the SDK then claims that no endpoint is configured), or a log stream the server cut off
+# mid-way (killed: the chunked response breaks; restarting: it asks the client to retry).
 _UNREACHABLE_ERRORS = frozenset(
-    {"ApiServerConnectionError", "ConnectionError", "ServerTemporarilyUnavailableError", "Timeout"}
+    {
+        "ApiServerConnectionError",
+        "ConnectionError",
+        "ServerTemporarilyUnavailableError",
+        "Timeout",
+        "ChunkedEncodingError",
+        "ProtocolError",
+        "RequestInterruptedError",
+    }
 )
 _UNREACHABLE_MESSAGES = ("no skypilot api server endpoint is configured", "could not connect to skypilot")
 

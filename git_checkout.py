@@ -16,7 +16,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
 
 from temporalio.exceptions import ApplicationError
 
@@ -124,10 +125,11 @@ def check_repo_url_syntax(repo_url: str) -> str:
 
 
 def local_repo_path(repo_url: str) -> str | None:
-    """The local path a repository URL names, as git reads it (a path, or file://PATH), or None
-    for a remote repository (`scheme://...`, or scp-like `[user@]host:path`)."""
+    """The local path a repository URL names, as git reads it (a path, or file://PATH with its
+    %-escapes decoded), or None for a remote repository (`scheme://...`, or scp-like
+    `[user@]host:path`)."""
     if repo_url.lower().startswith("file://"):
-        return repo_url[len("file://") :]
+        return unquote(repo_url[len("file://") :])
     if "://" in repo_url:
         return None
     colon, slash = repo_url.find(":"), repo_url.find("/")
@@ -136,37 +138,46 @@ def local_repo_path(repo_url: str) -> str | None:
     return repo_url
 
 
+class RepoSource(NamedTuple):
+    """What git fetches (the URL, or for a local repository the resolved path that was checked),
+    and the protocols it may speak doing so (GIT_ALLOW_PROTOCOL)."""
+
+    fetch_from: str
+    protocols: str
+
+
 def check_repo_url(
     repo_url: str,
     allow_insecure: bool = False,
     local_repo_dirs: Sequence[Path] = (),
     checkout_root: Path | None = None,
-) -> str:
-    """The git protocols a fetch of `repo_url` may use; refuses a URL the worker will not fetch.
+) -> RepoSource:
+    """Where and how a fetch of `repo_url` goes; refuses a URL the worker will not fetch.
 
     https and ssh (also `user@host:path`) always; unencrypted git:// and http:// only when the
     operator allows them (WORKER_ALLOW_INSECURE_GIT); a local repository (a path or file://)
     only inside a directory the operator allows (WORKER_ALLOWED_LOCAL_REPOS), and never inside
-    the worker's checkouts (another run's tasks).
+    the worker's checkouts (another run's tasks). git is handed the path that was checked, never
+    the text it would decode again (`file:///allowed/%2e%2e/...`).
     """
     scheme = check_repo_url_syntax(repo_url)
     shown = redact_url_credentials(repo_url)
     local = local_repo_path(repo_url)
     if local is not None:
-        _check_local_repo(local, shown, local_repo_dirs, checkout_root)
-        return LOCAL_GIT_PROTOCOLS
+        checked = _check_local_repo(local, shown, local_repo_dirs, checkout_root)
+        return RepoSource(str(checked), LOCAL_GIT_PROTOCOLS)
     if scheme in INSECURE_GIT_SCHEMES and not allow_insecure:
         raise refuse(
             f"repository {shown!r} uses unencrypted {scheme}://: use https or "
             "ssh (the worker's operator can allow it with WORKER_ALLOW_INSECURE_GIT=true)",
             "InsecureRepositoryUrl",
         )
-    return INSECURE_GIT_PROTOCOLS if allow_insecure else SECURE_GIT_PROTOCOLS
+    return RepoSource(repo_url, INSECURE_GIT_PROTOCOLS if allow_insecure else SECURE_GIT_PROTOCOLS)
 
 
 def _check_local_repo(
     path: str, shown: str, allowed_dirs: Sequence[Path], checkout_root: Path | None
-) -> None:
+) -> Path:
     if not os.path.isabs(path):
         raise refuse(
             f"repository {shown!r}: a local repository must be an absolute path", "InvalidRepository"
@@ -186,6 +197,7 @@ def _check_local_repo(
             "the directories its operator lists in WORKER_ALLOWED_LOCAL_REPOS",
             "LocalRepositoryNotAllowed",
         )
+    return resolved
 
 
 async def checkout_repo(
@@ -204,12 +216,12 @@ async def checkout_repo(
     An existing checkout is kept unless `replace`.
     """
     validate_ref(ref)
-    protocols = check_repo_url(repo_url, allow_insecure, local_repo_dirs, checkout_root)
+    source = check_repo_url(repo_url, allow_insecure, local_repo_dirs, checkout_root)
     checkout_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = checkout_dir.with_name(f".{checkout_dir.name}.{uuid.uuid4().hex[:8]}")
     try:
         await _git("init", "--quiet", str(staging))
-        sha = await _fetch_commit(repo_url, ref, staging, protocols)
+        sha = await _fetch_commit(source, repo_url, ref, staging)
         await _git("checkout", "--quiet", "--detach", sha, cwd=str(staging))
         if replace:
             await asyncio.to_thread(shutil.rmtree, checkout_dir, True)
@@ -224,9 +236,10 @@ async def checkout_repo(
         await asyncio.to_thread(shutil.rmtree, staging, True)
 
 
-async def _fetch_commit(repo_url: str, ref: str, repo_dir: Path, protocols: str) -> str:
-    """Fetch the one commit `ref` names into `repo_dir` (shallow); return its SHA."""
-    cwd = str(repo_dir)
+async def _fetch_commit(source: RepoSource, repo_url: str, ref: str, repo_dir: Path) -> str:
+    """Fetch the one commit `ref` names from `source` into `repo_dir` (shallow); return its SHA
+    (`repo_url`, as given, names the repository in messages)."""
+    cwd, protocols = str(repo_dir), source.protocols
     try:
         await _git(
             "fetch",
@@ -234,7 +247,7 @@ async def _fetch_commit(repo_url: str, ref: str, repo_dir: Path, protocols: str)
             "--depth",
             "1",
             "--end-of-options",
-            repo_url,
+            source.fetch_from,
             ref,
             cwd=cwd,
             protocols=protocols,
@@ -253,7 +266,7 @@ async def _fetch_commit(repo_url: str, ref: str, repo_dir: Path, protocols: str)
                 "fetch",
                 "--quiet",
                 "--end-of-options",
-                repo_url,
+                source.fetch_from,
                 "+refs/*:refs/fetched/*",
                 cwd=cwd,
                 protocols=protocols,

@@ -35,8 +35,12 @@ MAX_PARTIAL_LINE_CHARS = 64 * 1024
 MAX_METRICS = 50
 
 # SkyPilot's report of the task's own exit codes, e.g. "Job 1 failed with return code list: [3]",
-# or of its setup's: "Job 1's setup failed with return code 3 (pid=9047)".
-_RETURN_CODES = re.compile(r"return code list: \[([-\d, ]+)\]|setup failed with return code (-?\d+)")
+# or of its setup's: "Job 1's setup failed with return code 3 (pid=9047)" (Slurm), "Job 1's setup
+# failed. Failed workers: (pid=9047, returncode=3)" (VMs and Kubernetes).
+_RETURN_CODES = re.compile(
+    r"return code list: \[([-\d, ]+)\]|setup failed with return code (-?\d+)"
+    r"|setup failed\. Failed workers: \(pid=\d+, returncode=(-?\d+)\)"
+)
 # SkyPilot's last line of a job's log stream: "✓ Job finished (status: FAILED_SETUP)."
 _JOB_FINISHED = re.compile(r"✓ Job finished \(status: ([A-Z_]+)\)\.")
 _METRIC = re.compile(r"\bMETRIC ([A-Za-z_][A-Za-z0-9_.-]{0,63})=(\S+)")
@@ -130,7 +134,7 @@ class JobLogSink:
             return
         self._log(line)
         if codes := _RETURN_CODES.search(line):
-            listed = codes.group(1) or codes.group(2)
+            listed = codes.group(1) or codes.group(2) or codes.group(3)
             self.task_exit_code = next((int(c) for c in listed.split(",") if int(c)), 0)
         if "METRIC " in line:
             add_metrics(self.metrics, line)
@@ -184,7 +188,8 @@ def drain_log(
 ) -> str:
     """Write a job's log stream into `sink` until the stream ends or `stop` is set (blocking: run
     it in a pool thread, and set `stop` when the step no longer wants the log). Returns the job's
-    final status as SkyPilot's own last line states it ("" if the stream ended without one).
+    final status when SkyPilot's own "Job finished (status: ...)" line ended the stream ("" if
+    another line did: a job's output cannot pass for it unless nothing followed it).
 
     `stop` is checked at every line, and at every heartbeat (None) the API server sends while
     the job prints nothing (every 30 s), so a stopped thread ends soon even on a silent job;
@@ -195,12 +200,12 @@ def drain_log(
     try:
         for line in lines:
             if stop.is_set():
-                break
+                return ""
             if line is None:
                 continue
             sink.write(line)
-            if "Job finished" in line and (finished := _JOB_FINISHED.match(strip_ansi(line).lstrip())):
-                status = finished.group(1)
+            finished = _JOB_FINISHED.match(strip_ansi(line).lstrip()) if "Job finished" in line else None
+            status = finished.group(1) if finished else ""
     finally:
         close = getattr(lines, "close", None)
         if close is not None:

@@ -24,7 +24,13 @@ from errors import is_named, is_server_unreachable
 from job_log import JobLogSink
 from shared import JobProgress, TaskSpec
 from sky_sdk import SkyPilotSDK, record_field, request_task_names, status_name
-from skypilot_jobs import IN_FLIGHT_REQUEST_STATUSES, Blocking, SkyPilotJobs, same_step_other_runs
+from skypilot_jobs import (
+    IN_FLIGHT_REQUEST_STATUSES,
+    Blocking,
+    SkyPilotJobs,
+    owner_label,
+    same_step_other_runs,
+)
 
 TERMINAL_STATUSES = frozenset(
     {
@@ -37,7 +43,7 @@ TERMINAL_STATUSES = frozenset(
         "FAILED_CONTROLLER",
     }
 )
-RECORD_FIELDS = ["job_id", "job_name", "status", "recovery_count", "failure_reason", "submitted_at"]
+RECORD_FIELDS = ["job_id", "job_name", "status", "recovery_count", "failure_reason", "submitted_at", "labels"]
 # How often the job's status is read while its log streams (recoveries, the Web UI's status).
 DEFAULT_STATUS_POLL_SECONDS = 10.0
 
@@ -50,6 +56,8 @@ class ManagedJobState:
     recovery_count: int
     failure_reason: str
     submitted_at: float = 0.0  # epoch seconds
+    # The OWNER_LABEL of the job's cluster, while it has one ("" otherwise).
+    owner: str = ""
 
 
 class ManagedJobs:
@@ -67,15 +75,18 @@ class ManagedJobs:
         self._jobs = jobs
         self._poll = status_poll_seconds
 
-    async def find_or_submit(self, task: Any, spec: TaskSpec, progress: JobProgress, sink: JobLogSink) -> int:
-        """The id of this step's managed job: the one an earlier attempt submitted, or a new one."""
+    async def find_or_submit(
+        self, task: Any, spec: TaskSpec, progress: JobProgress, sink: JobLogSink, owner: str = ""
+    ) -> int:
+        """The id of this step's managed job: the one an earlier attempt submitted, or a new one
+        (an earlier run's job is adopted only if its cluster is not labelled by another workflow)."""
 
         async def once() -> int:
             # This attempt's own launch request, when an outage interrupted it after submitting.
             submitted_here = bool(progress.request_id)
             job_id = await self._job_of_request(progress.request_id) if submitted_here else None
             if job_id is None:
-                job_id = await self._find(spec, progress)
+                job_id = await self._find(spec, progress, owner)
                 if job_id is not None and not submitted_here:
                     metrics.job_reattached("managed")
             if job_id is None:
@@ -192,11 +203,12 @@ class ManagedJobs:
                 recovery_count=int(record_field(r, "recovery_count") or 0),
                 failure_reason=str(record_field(r, "failure_reason") or ""),
                 submitted_at=float(record_field(r, "submitted_at") or 0),
+                owner=owner_label(r),
             )
             for r in records
         ]
 
-    async def _find(self, spec: TaskSpec, progress: JobProgress) -> int | None:
+    async def _find(self, spec: TaskSpec, progress: JobProgress, owner: str = "") -> int | None:
         """This step's job if one was submitted: by the attempt before (its heartbeat), by any
         attempt of this run (by name), or still running from an earlier run of this workflow id."""
         info = activity.info()
@@ -227,7 +239,11 @@ class ManagedJobs:
             activity.logger.info("Re-attaching to managed job %s (%s)", max(mine), spec.job_name)
             return max(mine)
         unfinished_earlier = [
-            r.job_id for r in records if same_step.fullmatch(r.job_name) and r.status not in TERMINAL_STATUSES
+            r.job_id
+            for r in records
+            if same_step.fullmatch(r.job_name)
+            and r.status not in TERMINAL_STATUSES
+            and r.owner in ("", owner or r.owner)
         ]
         if unfinished_earlier:
             activity.logger.warning(

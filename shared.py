@@ -7,6 +7,7 @@ sandbox passes them through instead of re-creating them for every workflow run.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -233,19 +234,22 @@ MAX_SWEEP_PARALLEL = 100
 METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}")
 
 
-def sweep_problems(input: SweepInput) -> list[str]:
-    """What is wrong with a sweep input, one short phrase per problem (empty: nothing)."""
+def sweep_problems(input: SweepInput, size_bounds: bool = True) -> list[str]:
+    """What is wrong with a sweep input, one short phrase per problem (empty: nothing).
+    `size_bounds`: the bounds on what the variants carry (off for sweeps started before them)."""
     problems = input_problems(input.pipeline)
     if not input.variants:
         problems.append("a sweep needs at least one variant")
     elif len(input.variants) > MAX_SWEEP_VARIANTS:
         problems.append(f"a sweep has at most {MAX_SWEEP_VARIANTS} variants")
+    well_formed = True
     for params in input.variants[:MAX_SWEEP_VARIANTS]:
         bad = [k for k in params if not (isinstance(k, str) and ENV_NAME.fullmatch(k))]
         if bad or any(not isinstance(v, str) or "\0" in v for v in params.values()):
             problems.append(f"variant parameters {params!r} are not NAME=value env overrides"[:200])
+            well_formed = False
             break
-    else:
+    if size_bounds and well_formed:
         own = sum(_env_bytes(params) for params in input.variants)
         carried = own + len(input.variants) * _env_bytes(input.pipeline.env_overrides)
         if own > MAX_SWEEP_PARAMS_BYTES:
@@ -274,7 +278,9 @@ def sweep_problems(input: SweepInput) -> list[str]:
 
 
 def _env_bytes(env: dict[str, str]) -> int:
-    return sum(len(k) + len(v) for k, v in env.items()) if isinstance(env, dict) else 0
+    """What `env` weighs in a payload: its JSON (non-ASCII text is escaped, up to 12 bytes a
+    character), as temporalio's converter writes it."""
+    return len(json.dumps(env)) if isinstance(env, dict) else 0
 
 
 def _number_between(value: object, low: float, high: float) -> bool:

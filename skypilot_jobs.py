@@ -274,9 +274,19 @@ class SkyPilotJobs:
         any run) was ever sent to, as the API server's request records say (while they still
         hold the cluster's launch)."""
         progress.phase = "looking for an earlier job"
-        if await self._cluster_record(cluster, owner) is None:
-            # Unless another run's launch of the cluster is still on its way, this attempt creates it.
-            return None, not await self._submit_requests(cluster, in_flight_only=True)
+        record = await self._cluster_record(cluster, owner)
+        if record is None or not owner_label(record):  # absent, or still being created
+            in_flight = await self._submit_requests(cluster, in_flight_only=True)
+            if record is None and not in_flight:
+                return None, True  # this attempt creates the cluster
+            # Another launch of the cluster is on its way (an earlier attempt's or run's, or, should
+            # two workflow ids ever share a prefix, another workflow's): let it end, then look again,
+            # so this launch never lands on a cluster someone else is creating.
+            for request in in_flight:
+                with contextlib.suppress(Exception):
+                    await self._blocking(self._sky.get, record_field(request, "request_id"))
+            if in_flight and await self._cluster_record(cluster, owner) is None:
+                return None, False
         if cluster_is_this_runs:
             records = await self._submit_requests(cluster)
             same_step = same_step_other_runs(spec)
@@ -308,7 +318,7 @@ class SkyPilotJobs:
         request_id = await self._blocking(self._sky.status, cluster_names=[cluster], all_users=True)
         records = await self._blocking(self._sky.get, request_id)
         record = next((r for r in records if record_field(r, "name") == cluster), None)
-        if record is not None and owner and _label_owner(record) not in ("", owner):
+        if record is not None and owner and owner_label(record) not in ("", owner):
             raise refuse(
                 f"cluster {cluster} was launched for another workflow (its {OWNER_LABEL} label is not "
                 "this workflow's): this run does not touch it",
@@ -405,8 +415,11 @@ class SkyPilotJobs:
         try:
             request_id = await asyncio.shield(call)
         except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                progress.request_id = str(await call)
+            while not call.done():  # a second cancel must not lose the request either
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(call)
+            if not call.cancelled() and call.exception() is None:
+                progress.request_id = str(call.result())
             raise
         progress.request_id = str(request_id)
         activity.heartbeat(dataclasses.asdict(progress))
@@ -429,9 +442,10 @@ class SkyPilotJobs:
             status = await self.follow_log(
                 lambda: self._sky.tail_logs(cluster, job_id, follow=True, preload_content=False), sink
             )
-            if status in TERMINAL_JOB_STATUSES:
+            if status == "SUCCEEDED":
                 return status
-            # No final line (a failed log request, a restarted API server): ask for the status.
+            # A failure (job_status tells which), or a stream that did not end on SkyPilot's own
+            # last line (a failed log request, a restarted API server): ask SkyPilot.
             request_id = await self._blocking(self._sky.job_status, cluster, job_ids=[job_id])
             statuses = await self._blocking(self._sky.get, request_id)
             status = status_name(statuses.get(job_id) or statuses.get(str(job_id)))
@@ -532,7 +546,7 @@ class _UntilResult:
         self._sink = None
 
 
-def _label_owner(record: Any) -> str:
+def owner_label(record: Any) -> str:
     """The OWNER_LABEL of a cluster's record ("" for a cluster launched without it)."""
     labels = record_field(record, "labels")
     return str(labels.get(OWNER_LABEL) or "") if isinstance(labels, dict) else ""

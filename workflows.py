@@ -44,6 +44,10 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
+# Sweeps started before it replay without the bounds on what their variants carry.
+SWEEP_SIZE_BOUNDS = "sweep-size-bounds"
+
+
 @workflow.defn
 class SkyPilotWorkflow(PipelineHandlers):
     @workflow.init
@@ -90,7 +94,7 @@ class SweepWorkflow(PipelineHandlers):
     @workflow.run
     async def run(self, input: SweepInput) -> SweepResult:
         pipeline, base = self.pipeline, input.pipeline
-        pipeline.refuse(sweep_problems(input), "sweep")
+        pipeline.refuse(sweep_problems(input, size_bounds=workflow.patched(SWEEP_SIZE_BOUNDS)), "sweep")
         async with pipeline.running():
             tasks = await pipeline.fetch_tasks(base.preprocess_yaml, base.train_yaml, base.eval_yaml)
             async with Cluster(pipeline, "preprocess") as preprocess:

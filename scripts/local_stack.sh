@@ -69,42 +69,45 @@ mark_started() { mkdir -p "$STATE"; grep -v "^$1 " "$STARTED" 2>/dev/null > "$ST
 port_owner() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'users:((.*))' | head -1 || true; }
 port_pid() { ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2 || true; }
 running_or_reused() {  # running_or_reused NAME PIDFILE PORT HEALTHCHECK: already up (ours or someone's)?
-  local name=$1 pidfile=$2 port=$3 health=$4
+  local name=$1 pidfile=$2 port=$3 health=$4 patience=20
+  [ "$name" = skypilot ] && patience=90  # a busy API server on 2 cores can miss /api/health a while
   if alive "$pidfile"; then
     # Ours, judged by what it answers: it may still be starting, or hung after a crash of a child.
-    local until=$((SECONDS + 20))
+    local until=$((SECONDS + patience))
     while [ "$SECONDS" -lt "$until" ]; do
       "$health" && { log "$name: running (pid $(cat "$pidfile"))"; return 0; }
       sleep 0.5
     done
-    log "$name: pid $(cat "$pidfile") does not answer: stopping it and what it started"
+    log "$name: pid $(cat "$pidfile") does not answer for ${patience}s: stopping it and what it started"
   fi
   if started_by_us "$name"; then stop_session "$name" "$pidfile"; fi  # what a crashed one left behind
   if "$health"; then log "$name: using the one already on 127.0.0.1:$port (not started here, left alone)"; return 0; fi
   return 1
 }
-# The processes of the session a daemon of ours leads (each is started as a session leader), as
-# long as they run this stack's programs: a crashed API server leaves its executors holding ports.
-session_pids() {  # session_pids SID
-  local sid=$1 pid
-  [ -n "$sid" ] && [ "$sid" -gt 1 ] || return 0
+# The processes of the session a daemon of ours leads (each is started as a session leader) that
+# run that daemon's program: a crashed API server leaves its executors holding ports. A pidfile
+# that outlived a reboot may name someone else's session: only our program's processes are taken.
+session_pids() {  # session_pids NAME SID
+  local name=$1 sid=$2 pid
+  [ -n "$sid" ] && [ "$sid" -gt 1 ] 2>/dev/null || return 0
   for pid in $(ps -o pid= -s "$sid" 2>/dev/null); do
-    case "$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" in
-      "$VENV"/*|*" $VENV"/*|SkyPilot:*) echo "$pid" ;;
+    case "$name:$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" in
+      "temporal:$VENV/bin/temporal "*|"codec:$VENV/bin/python codec_server.py"*|"worker:$VENV/bin/python run_worker.py"*) echo "$pid" ;;
+      "skypilot:$VENV/bin/python"*|skypilot:SkyPilot:*) echo "$pid" ;;
     esac
   done
 }
 stop_session() {  # stop_session NAME PIDFILE: the daemon and every process left in its session
   local name=$1 pidfile=$2 sid pids
   sid=$(cat "$pidfile" 2>/dev/null || true)
-  pids=$(session_pids "$sid")
+  pids=$(session_pids "$name" "$sid")
   [ -n "$pids" ] || return 0
   log "$name: stopping pid(s) $(echo $pids)"
   kill $pids 2>/dev/null || true
-  for _ in $(seq 100); do [ -n "$(session_pids "$sid")" ] || return 0; sleep 0.1; done
-  pids=$(session_pids "$sid")
+  for _ in $(seq 100); do [ -n "$(session_pids "$name" "$sid")" ] || return 0; sleep 0.1; done
+  pids=$(session_pids "$name" "$sid")
   [ -z "$pids" ] || { log "$name: still running, SIGKILL"; kill -9 $pids 2>/dev/null || true; }
-  for _ in $(seq 50); do [ -n "$(session_pids "$sid")" ] || return 0; sleep 0.1; done
+  for _ in $(seq 50); do [ -n "$(session_pids "$name" "$sid")" ] || return 0; sleep 0.1; done
 }
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   local seconds=$1 what=$2; shift 2

@@ -46,6 +46,8 @@ class FakeManagedJob:
     recoveries: int = 0  # what really happened (the fake's own count)
     failure_reason: str = ""
     submitted_at: float = field(default_factory=time.time)
+    # Its task's labels: the queue shows them while the job has a cluster (not once it ended).
+    labels: dict[str, str] = field(default_factory=dict)
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -116,6 +118,7 @@ class FakeManagedJobs:
                     recovery_count=j.recovery_count,
                     failure_reason=j.failure_reason or None,
                     submitted_at=j.submitted_at,
+                    labels=None if j.status in TERMINAL else dict(j.labels),
                 )
                 for j in list(self.managed)
                 if (job_ids is None or j.job_id in job_ids)
@@ -201,6 +204,7 @@ class FakeManagedJobs:
                 k: v.get_secret_value() if hasattr(v, "get_secret_value") else v
                 for k, v in task.secrets.items()
             },
+            labels=next((dict(r.labels or {}) for r in task.resources), {}),
         )
         self.managed.append(job)
 

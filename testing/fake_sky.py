@@ -12,7 +12,8 @@ It models what the activities rely on, as measured against a real API server (Sk
 - launch on an UP cluster reuses it and submits a NEW job; `queue` lists jobs by name;
 - a launch whose task has no `run` submits a job for its `setup` alone (no job without one);
   `launch(fast=True)` on an UP cluster skips provisioning and setup (the job runs `run` only);
-- a cluster keeps the labels of the launch that created it (`resources.labels`);
+- a cluster keeps the labels of the launch that created it (`resources.labels`); `status` shows
+  them once the cluster is up (not while it is being created);
 - `api_cancel` is a request of its own: the cancel lands on the server a moment later
   (`cancel_seconds`), not when the call returns; `cancel` cancels a running job; `down` of a
   missing cluster raises ClusterDoesNotExist;
@@ -112,6 +113,9 @@ class FakeServer:
         self.cancel_seconds = 0.02
         # The server's heartbeat on a silent log stream (30 s on a real API server).
         self.log_heartbeat_seconds = 0.02
+        # Raised, in order, by job log streams after their first line (the server killed or
+        # restarted mid-stream: the SDK does not retry a stream it already handed over).
+        self.stream_errors: list[BaseException] = []
         self.plans: dict[str, JobPlan] = {}
         # method name -> exceptions raised by its next requests, in order
         self.errors: dict[str, list[BaseException]] = {}
@@ -279,7 +283,8 @@ class FakeSky:
                         status=c.status,
                         launched_at=c.launched_at,
                         is_managed=False,
-                        labels=dict(c.labels),
+                        # The record has the labels once the cluster has its handle (UP here).
+                        labels=dict(c.labels) if c.status == "UP" else {},
                         user_hash=c.owner,
                         user_name=c.owner,
                     )
@@ -423,7 +428,12 @@ class FakeSky:
         self._record("tail_logs", (cluster_name, job_id))
         self._delay()
         self._maybe_raise("tail_logs")
-        job = next((j for j in self._cluster_up(cluster_name).jobs if j.job_id == job_id), None)
+        try:
+            job = next((j for j in self._cluster_up(cluster_name).jobs if j.job_id == job_id), None)
+        except (exceptions.ClusterDoesNotExist, exceptions.ClusterNotUpError) as err:
+            if preload_content:
+                raise
+            return iter([f"{type(err).__name__}: {err}\n"])  # the server streams its error, then ends
         lines = self.log_stream(job, follow, job_id)
         if not preload_content:
             return lines
@@ -443,8 +453,13 @@ class FakeSky:
             if job is None:
                 yield f"Job {job_id} not found.\n"
                 return
-            for line in job.plan.logs:
+            for number, line in enumerate(job.plan.logs):
                 yield line + "\n"
+                if number == 0:
+                    with self.lock:
+                        broken = self.stream_errors.pop(0) if self.stream_errors else None
+                    if broken is not None:
+                        raise broken
             deadline = time.monotonic() + SAFETY_TIMEOUT
             while follow and not job.done.wait(self.log_heartbeat_seconds):
                 if time.monotonic() > deadline:

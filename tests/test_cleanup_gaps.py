@@ -7,15 +7,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import threading
 import time
 
 import pytest
+import requests
+from sky import exceptions
 from temporalio.activity import ActivityCancellationDetails
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities import SkyPilotActivities
+from job_log import JobLogSink, drain_log
 from shared import DownInput, JobProgress, LaunchInput
 from testing.activity_env import CLUSTER, launch_input, retry_env, run_until, spec
 from testing.fake_sky import FakeSky
@@ -90,15 +94,34 @@ async def test_a_lost_attempt_stops_following_its_job_and_frees_its_thread(fake_
         job.done.set()
 
 
-async def test_a_step_that_stops_waiting_stops_writing_the_jobs_log(activities, fake_sky: FakeSky):
-    fake_sky.plan("train", until_cancelled=True, logs=["first line"])
-    env = ActivityEnvironment()
-    following = await run_until(env, (activities.launch_task, launch_input()), lambda: fake_sky.log_followers)
-    env.cancel(ActivityCancellationDetails(timed_out=True))
-    with pytest.raises(asyncio.CancelledError):
-        await following
-    await wait_until(lambda: fake_sky.log_followers == 0, timeout=2)
-    fake_sky.submitted[0].done.set()
+@pytest.mark.parametrize(
+    "broken",
+    [
+        requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead(0 bytes read)"),
+        exceptions.RequestInterruptedError("Streaming interrupted. Please retry."),
+    ],
+    ids=["server killed", "server restarting"],
+)
+async def test_a_log_stream_cut_mid_way_is_followed_again_within_the_attempt(
+    activities, fake_sky: FakeSky, broken
+):
+    """The SDK does not retry a stream it already handed over: the step rides it out itself."""
+    fake_sky.plan("train", logs=["epoch 1", "epoch 2"], seconds=0.3)
+    fake_sky.stream_errors.append(broken)
+    result = await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert result.job_status == "SUCCEEDED" and len(fake_sky.called("tail_logs")) == 2
+    assert len(fake_sky.called("launch")) == 1
+
+
+def test_only_skypilots_last_line_of_the_stream_says_the_job_succeeded():
+    """A job that prints SkyPilot's line itself, then goes on, has not ended."""
+    sink = JobLogSink(lambda line: None, [], JobProgress("running", "c"))
+    finished = "\x1b[32m✓ Job finished (status: SUCCEEDED).\x1b[0m\n"
+    assert drain_log(lambda: iter([finished, "(train, pid=1) still going\n"]), sink, threading.Event()) == ""
+    assert (
+        drain_log(lambda: iter(["(train, pid=1) x\n", None, finished]), sink, threading.Event())
+        == "SUCCEEDED"
+    )
 
 
 # ---------------------------------------------------------------- what a step reports
@@ -113,12 +136,16 @@ async def test_a_reattached_step_reports_its_time_since_its_first_attempt(activi
     assert 66 <= result.duration_seconds < 80
 
 
-async def test_a_failed_setup_reports_the_setups_own_exit_code(activities, fake_sky: FakeSky):
-    fake_sky.plan(
-        "train",
-        status="FAILED_SETUP",
-        logs=["(setup pid=9070) setting up", "ERROR: Job 1's setup failed with return code 3 (pid=9047)."],
-    )
+@pytest.mark.parametrize(
+    "report",
+    [
+        "ERROR: Job 1's setup failed with return code 3 (pid=9047). See error logs above for more details.",
+        "ERROR: Job 1's setup failed. Failed workers: (pid=9047, returncode=3). See error logs above.",
+    ],
+    ids=["slurm", "vm or kubernetes"],
+)
+async def test_a_failed_setup_reports_the_setups_own_exit_code(activities, fake_sky: FakeSky, report):
+    fake_sky.plan("train", status="FAILED_SETUP", logs=["(setup pid=9070) setting up", report])
     with pytest.raises(ApplicationError, match="FAILED_SETUP, exit code 3") as err:
         await ActivityEnvironment().run(activities.launch_task, launch_input())
     assert err.value.details[0].exit_code == 3

@@ -62,13 +62,6 @@ def test_a_prefix_is_the_id_itself_or_a_hash_that_no_id_used_as_is_can_equal(wor
         assert prefix.endswith("--" + hashlib.sha256(workflow_id.encode()).hexdigest()[:8])
 
 
-@given(st.text(max_size=40), st.text(max_size=40))
-def test_two_ids_share_a_prefix_only_when_their_hashes_collide(first, second):
-    if first != second and cluster_prefix_for(first) == cluster_prefix_for(second):
-        digest = [hashlib.sha256(i.encode()).hexdigest()[:8] for i in (first, second)]
-        assert digest[0] == digest[1]
-
-
 # ---------------------------------------------------------------- the owner label
 
 
@@ -86,6 +79,19 @@ async def test_a_launch_never_touches_a_cluster_another_workflow_launched(activi
     assert err.value.type == "ClusterOwnedByAnotherRun" and err.value.non_retryable
     assert fake_sky.called("launch") == [] and fake_sky.called("queue") == [], "it adopted or launched"
     assert fake_sky.submitted[0].status == "RUNNING"
+
+
+async def test_a_launch_waits_for_a_launch_of_its_cluster_in_flight_then_checks_the_owner(
+    activities, fake_sky: FakeSky
+):
+    """Should another workflow be creating the cluster right now, the step does not queue its
+    own launch behind it onto their cluster."""
+    fake_sky.provision_seconds = 0.5
+    task = fake_sky.Task.from_yaml_config({"name": "x-train", "run": "true", "resources": {"labels": THEIRS}})
+    fake_sky.launch(task, cluster_name=CLUSTER)
+    with pytest.raises(ApplicationError, match="launched for another workflow"):
+        await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert len(fake_sky.called("launch")) == 1
 
 
 async def test_an_exec_never_runs_on_a_cluster_another_workflow_launched(activities, fake_sky):

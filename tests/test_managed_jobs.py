@@ -18,6 +18,7 @@ from temporalio.worker import Replayer
 from managed_jobs import ManagedJobState, note
 from reaper import ClusterReaperWorkflow
 from shared import (
+    OWNER_LABEL,
     CancelManagedJobInput,
     FollowManagedJobInput,
     JobProgress,
@@ -27,6 +28,7 @@ from shared import (
     SweepInput,
     TaskSpec,
     cluster_prefix_for,
+    owner_token,
 )
 from testing import ROOT
 from testing.fake_sky import FakeSky
@@ -196,6 +198,22 @@ async def test_a_first_submit_adopts_an_earlier_runs_unfinished_job_of_the_step(
     job_id = await ActivityEnvironment().run(activities.submit_managed_job, ManagedJobInput(managed_spec()))
     assert job_id == 1 and len(fake_sky.called("jobs.launch")) == 1
     fake_sky.jobs.managed[0].done.set()
+
+
+async def test_a_first_submit_never_adopts_a_job_another_workflow_labelled(activities, fake_sky):
+    """A same-step job whose cluster carries another workflow's owner label (a prefix shared by
+    a hash collision) is not this run's to adopt, nor its cleanup's to cancel."""
+    fake_sky.plan("train", until_cancelled=True)
+    theirs = {OWNER_LABEL: owner_token("another workflow")}
+    task = fake_sky.Task.from_yaml_config(
+        {"name": "wf1-99999999-train", "run": "true", "resources": {"labels": theirs}}
+    )
+    fake_sky.get(fake_sky.jobs.launch(task, name=task.name))
+    job_id = await ActivityEnvironment().run(activities.submit_managed_job, ManagedJobInput(managed_spec()))
+    assert job_id == 2 and len(fake_sky.called("jobs.launch")) == 2
+    assert fake_sky.jobs.managed[-1].labels[OWNER_LABEL] == owner_token("test"), "its own job is labelled"
+    for job in fake_sky.jobs.managed:
+        job.done.set()
 
 
 async def test_a_retried_follow_keeps_counting_recoveries(activities, fake_sky: FakeSky):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError
 from temporalio.worker import Replayer
 
+import workflows
 from fan_out import best_variant
 from search_attributes import at_start
 from shared import (
@@ -171,9 +173,10 @@ async def test_stopping_a_sweep_cancels_every_running_variant_and_tears_down(pip
         (lr_grid("0.1"), {"select_metric": "no spaces"}, "is not a metric name"),
         # Any client, not only the starter, is held to the bounds.
         (lr_grid(*map(str, range(MAX_SWEEP_VARIANTS + 1))), {}, f"at most {MAX_SWEEP_VARIANTS} variants"),
-        ([{"BLOB": "x" * 1000}] * 300, {}, "parameters take 294 KB in all: at most 256 KB"),
+        ([{"BLOB": "x" * 1000}] * 300, {}, "parameters take 296 KB in all: at most 256 KB"),
+        ([{"E": "é" * 200}] * 300, {}, "parameters take 354 KB in all"),  # as JSON writes them
     ],
-    ids=["parallel", "direction", "metric", "variants", "variant inputs"],
+    ids=["parallel", "direction", "metric", "variants", "variant inputs", "non-ascii"],
 )
 async def test_a_bad_sweep_input_is_refused_before_anything_runs(
     pipeline: Pipeline, variants, options, problem
@@ -186,8 +189,9 @@ async def test_a_bad_sweep_input_is_refused_before_anything_runs(
 
 async def test_the_largest_sweep_the_bounds_allow_stays_far_under_temporals_limits(pipeline: Pipeline):
     """Task files of the largest size, variants at their input bounds, eight metrics each with
-    the longest names, log tails full: the sweep's history grows linearly with its variants, so
-    100 of them project the largest sweep allowed. Task texts never travel to the variants."""
+    the longest names, log tails full, half the variants failing (a failure carries its message
+    and log tail): the sweep's history grows linearly with its variants, so 100 of them project
+    the largest sweep allowed. Task texts never travel to the variants."""
     padding = "# " + "x" * 1020 + "\n"
     for name in ("data_preprocessing.yaml", "train.yaml", "eval.yaml"):
         (pipeline.repo / name).write_text((pipeline.repo / name).read_text() + padding * 250)
@@ -195,8 +199,13 @@ async def test_the_largest_sweep_the_bounds_allow_stays_far_under_temporals_limi
     metrics = [f"METRIC {'m' * 60}{n:03d}=0.{n}" for n in range(20)]
     for step in ("train", "eval"):
         pipeline.fake.plan(step, logs=[*metrics, *(f"{step} line {i} " + "y" * 100 for i in range(60))])
-    params_share = MAX_SWEEP_PARAMS_BYTES // MAX_SWEEP_VARIANTS - 10
-    env_share = MAX_SWEEP_VARIANT_INPUTS_BYTES // MAX_SWEEP_VARIANTS - params_share - 20
+    for n in range(1, 101, 2):
+        pipeline.fake.plan(
+            f"eval@v{n}", status="FAILED", logs=[f"eval line {i} " + "z" * 100 for i in range(60)]
+        )
+    # Each variant at its share of the bounds, as the bounds weigh it (JSON).
+    params_share = MAX_SWEEP_PARAMS_BYTES // MAX_SWEEP_VARIANTS - len(json.dumps({"LR": "0000", "P": ""}))
+    env_share = MAX_SWEEP_VARIANT_INPUTS_BYTES // MAX_SWEEP_VARIANTS - (params_share + 30) - 20
     variants = [{"LR": f"{n:04d}", "P": "p" * params_share} for n in range(100)]
     handle = await pipeline.env.client.start_workflow(
         SweepWorkflow.run,
@@ -206,7 +215,8 @@ async def test_the_largest_sweep_the_bounds_allow_stays_far_under_temporals_limi
         execution_timeout=timedelta(minutes=2),
     )
     result = await handle.result()
-    assert all(len(v.metrics) == MAX_VARIANT_METRICS for v in result.variants)
+    assert [v.status for v in result.variants].count("failed") == 50
+    assert all(len(v.metrics) == MAX_VARIANT_METRICS for v in result.variants if v.status == "succeeded")
     events = (await handle.fetch_history()).events
     scale = MAX_SWEEP_VARIANTS / len(variants)
     # The step activities (fetch, preprocess, teardown) do not grow with the variants; all else does.
@@ -235,6 +245,25 @@ async def test_a_sweep_and_its_variants_replay_from_their_histories(pipeline: Pi
         replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         events = [f"{e.event_id} {e.WhichOneof('attributes')}" for e in history.events]
         assert replayed.replay_failure is None, (workflow_id, replayed.replay_failure, events)
+
+
+async def test_a_sweep_started_before_the_size_bounds_still_replays(pipeline: Pipeline, monkeypatch):
+    """A sweep in flight across the upgrade whose variants carry more than the bounds now allow
+    (recorded here by a worker without the marker) replays: the bounds apply to new sweeps only."""
+    real_patched = workflows.workflow.patched
+    monkeypatch.setattr(
+        workflows.workflow,
+        "patched",
+        lambda patch_id: patch_id != workflows.SWEEP_SIZE_BOUNDS and real_patched(patch_id),
+    )
+    heavy = [{"LR": str(n), "NOTE": "n" * 2000} for n in range(150)]  # 300 KB of parameters
+    handle = await start_sweep(pipeline, heavy, max_parallel=50)
+    await handle.result()
+    monkeypatch.undo()
+    history = await handle.fetch_history()
+    await Replayer(
+        workflows=[SweepWorkflow], data_converter=pipeline.env.client.data_converter
+    ).replay_workflow(history)
 
 
 def test_the_best_variant_is_the_highest_or_lowest_of_the_succeeded_ones():

@@ -334,14 +334,14 @@ def test_unencrypted_git_needs_the_operator(url):
     with pytest.raises(ApplicationError, match="WORKER_ALLOW_INSECURE_GIT") as err:
         check_repo_url(url)
     assert err.value.non_retryable
-    assert "git" in check_repo_url(url, allow_insecure=True)
+    assert "git" in check_repo_url(url, allow_insecure=True).protocols
 
 
 @pytest.mark.parametrize(
     "url", ["https://github.com/o/r.git", "ssh://git@github.com/o/r.git", "git@github.com:o/r.git"]
 )
 def test_https_and_ssh_are_allowed_and_never_the_local_transport(url):
-    assert check_repo_url(url) == "https:ssh"
+    assert check_repo_url(url) == (url, "https:ssh")
 
 
 @pytest.mark.parametrize("url", ["/srv/r", "file:///srv/r", "/srv/r/../other"])
@@ -349,9 +349,21 @@ def test_a_local_repository_needs_a_directory_the_operator_allows(url):
     with pytest.raises(ApplicationError, match="WORKER_ALLOWED_LOCAL_REPOS") as err:
         check_repo_url(url)
     assert err.value.type == "LocalRepositoryNotAllowed"
-    assert check_repo_url("/srv/r", local_repo_dirs=[Path("/srv")]) == "file"
+    assert check_repo_url("/srv/r", local_repo_dirs=[Path("/srv")]) == ("/srv/r", "file")
+    assert check_repo_url("file:///srv/my%20r", local_repo_dirs=[Path("/srv")]).fetch_from == "/srv/my r"
     with pytest.raises(ApplicationError):
         check_repo_url("/srv/r", local_repo_dirs=[Path("/srv/r/sub")])
+
+
+@pytest.mark.parametrize("escape", ["%2e%2e", "%2E%2E", ".%2e"])
+def test_a_percent_escaped_file_url_cannot_leave_the_allowed_directory(tmp_path, escape):
+    """git decodes %-escapes in a file:// URL: the check sees the path git would fetch."""
+    allowed, other = tmp_path / "repos", tmp_path / "secret-repo"
+    allowed.mkdir()
+    other.mkdir()
+    url = f"file://{allowed}/{escape}/secret-repo"
+    with pytest.raises(ApplicationError, match="WORKER_ALLOWED_LOCAL_REPOS"):
+        check_repo_url(url, local_repo_dirs=[allowed])
 
 
 async def test_another_runs_checkout_is_never_a_task_repository(pipeline: Pipeline, tmp_path):
