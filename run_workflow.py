@@ -315,7 +315,7 @@ def workflow_id_for(args: argparse.Namespace) -> str:
         workflow_id = CLUSTER_MARKER + args.cluster_prefix.removeprefix(CLUSTER_MARKER)
         if cluster_prefix_for(workflow_id) != workflow_id:
             raise config.ConfigError(
-                f"--cluster-prefix {args.cluster_prefix!r}: use lowercase letters, digits and '-' "
+                f"--cluster-prefix {args.cluster_prefix!r}: use lowercase letters, digits and single '-' "
                 f"(at most {MAX_PREFIX_LENGTH - len(CLUSTER_MARKER)} characters)"
             )
         return workflow_id
