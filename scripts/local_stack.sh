@@ -61,7 +61,7 @@ log() { printf '[local_stack %(%H:%M:%S)T] %s\n' -1 "$*"; }
 die() { printf 'local_stack.sh: error: %s\n' "$*" >&2; exit 1; }
 # A process that exists and is not a zombie (a killed daemon nobody reaped still answers kill -0).
 alive() {
-  local pid; [ -s "$1" ] && pid=$(cat "$1") || return 1
+  local pid; [ -s "$1" ] && pid=$(cat "$1" 2>/dev/null) || return 1
   kill -0 "$pid" 2>/dev/null && [ "$(ps -o stat= -p "$pid" 2>/dev/null | cut -c1)" != Z ]
 }
 started_by_us() { [ -f "$STARTED" ] && grep -q "^$1 " "$STARTED"; }
