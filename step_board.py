@@ -140,7 +140,8 @@ class StepBoard:
                 recoveries = f", {step.recoveries} recover{'y' if step.recoveries == 1 else 'ies'}"
                 job = f" — managed job {step.job_id} {step.job_status}{recoveries if step.recoveries else ''}"
             took = f" ({step.duration_seconds:.0f}s)" if step.duration_seconds is not None else ""
-            lines.append(f"{STATUS_MARKS.get(step.status, '')} {step.summary}{job}{took}")
+            summary = as_code(step.summary, step.cluster_name)
+            lines.append(f"{STATUS_MARKS.get(step.status, '')} {summary}{job}{took}")
             if step.status == "retrying":
                 lines.append(f"  **retrying**: {step.error[:300]}")
         if self.variants:
@@ -151,7 +152,7 @@ class StepBoard:
                 mark = STATUS_MARKS.get(variant.status, "")
                 lines.append(f"{mark} {variant.variant_id} {params} {reported}".rstrip())
         if self.clusters_up:
-            lines += ["", "clusters up: " + ", ".join(self.clusters_up)]
+            lines += ["", "clusters up: " + ", ".join(f"`{name}`" for name in self.clusters_up)]
         workflow.set_current_details("\n".join(lines))
 
     def _plan(self, entry: str) -> None:
@@ -170,6 +171,12 @@ class StepBoard:
                 raise ValueError(
                     f"plan entry {entry!r}: use fetch-tasks, launch, exec, managed, provision or down"
                 )
+
+
+def as_code(text: str, name: str) -> str:
+    """`text` with `name` in a code span: the Web UI renders details as Markdown, which would
+    show a prefix's `--` as a dash a user cannot copy back."""
+    return text.replace(name, f"`{name}`") if name else text
 
 
 def is_cancellation(err: BaseException) -> bool:

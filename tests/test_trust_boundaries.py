@@ -36,6 +36,14 @@ ALIAS_BOMB = "\n".join(
 )
 
 
+def worker_with(fake_sky: FakeSky, executor, checkouts: Path, **policy) -> SkyPilotActivities:
+    """The activities of a worker whose operator set `policy` (test repositories allowed)."""
+    policy.setdefault("local_repo_dirs", TASK_REPO_DIRS)
+    return SkyPilotActivities(
+        fake_sky, executor, checkouts, environ=WORKER_ENVIRON, policy=TaskPolicy(**policy)
+    )
+
+
 def make_repo(tmp_path: Path, files: dict[str, str], name: str = "repo") -> Path:
     return make_git_repo(tmp_path / name, files)
 
@@ -101,21 +109,9 @@ async def test_the_operator_can_allow_a_directory_and_only_the_operator(fake_sky
     shared_data = tmp_path / "shared-data"
     shared_data.mkdir()
     repo = make_repo(tmp_path, {"task.yaml": f"file_mounts:\n  /data: {shared_data}\nrun: ls"})
-    strict = SkyPilotActivities(
-        fake_sky,
-        executor,
-        tmp_path / "c1",
-        environ=WORKER_ENVIRON,
-        policy=TaskPolicy(local_repo_dirs=TASK_REPO_DIRS),
-    )
+    strict = worker_with(fake_sky, executor, tmp_path / "c1")
     await refused(strict, repo, "PathNotAllowed")
-    allowing = SkyPilotActivities(
-        fake_sky,
-        executor,
-        tmp_path / "c2",
-        environ=WORKER_ENVIRON,
-        policy=TaskPolicy(upload_dirs=(shared_data,), local_repo_dirs=TASK_REPO_DIRS),
-    )
+    allowing = worker_with(fake_sky, executor, tmp_path / "c2", upload_dirs=(shared_data,))
     await fetch_one(allowing, repo)
 
 
@@ -148,13 +144,7 @@ async def test_a_task_cannot_mount_a_directory_of_the_clusters_host(
     fake_sky, executor, tmp_path, volumes_yaml, shown
 ):
     repo = make_repo(tmp_path, {"task.yaml": f"resources:\n  infra: slurm\n{volumes_yaml}\nrun: ls"})
-    activities = SkyPilotActivities(
-        fake_sky,
-        executor,
-        tmp_path / "c",
-        environ=WORKER_ENVIRON,
-        policy=TaskPolicy(local_repo_dirs=TASK_REPO_DIRS, host_path_dirs=("/srv/data",)),
-    )
+    activities = worker_with(fake_sky, executor, tmp_path / "c", host_path_dirs=("/srv/data",))
     with pytest.raises(ApplicationError) as err:
         await fetch_one(activities, repo)
     assert err.value.type in ("PathNotAllowed", "InvalidTask") and err.value.non_retryable
@@ -167,13 +157,7 @@ async def test_named_volumes_and_an_allowed_host_directory_pass(fake_sky, execut
         "  /mnt/scratch:\n    host_path: /srv/data/team-a\nrun: ls"
     )
     repo = make_repo(tmp_path, {"task.yaml": task_yaml})
-    activities = SkyPilotActivities(
-        fake_sky,
-        executor,
-        tmp_path / "c",
-        environ=WORKER_ENVIRON,
-        policy=TaskPolicy(local_repo_dirs=TASK_REPO_DIRS, host_path_dirs=("/srv/data",)),
-    )
+    activities = worker_with(fake_sky, executor, tmp_path / "c", host_path_dirs=("/srv/data",))
     await fetch_one(activities, repo)
 
 
@@ -489,21 +473,9 @@ async def test_a_task_file_that_is_a_symlink_loop_is_one_error(activities, tmp_p
 async def test_a_task_config_block_needs_the_operator_and_services_are_refused(fake_sky, executor, tmp_path):
     config_yaml = "config:\n  kubernetes:\n    remote_identity: LOCAL_CREDENTIALS\nrun: ls"
     repo = make_repo(tmp_path, {"task.yaml": config_yaml})
-    strict = SkyPilotActivities(
-        fake_sky,
-        executor,
-        tmp_path / "c1",
-        environ=WORKER_ENVIRON,
-        policy=TaskPolicy(local_repo_dirs=TASK_REPO_DIRS),
-    )
+    strict = worker_with(fake_sky, executor, tmp_path / "c1")
     assert "WORKER_ALLOW_TASK_CONFIG" in await refused(strict, repo, "InvalidTask")
-    allowing = SkyPilotActivities(
-        fake_sky,
-        executor,
-        tmp_path / "c2",
-        environ=WORKER_ENVIRON,
-        policy=TaskPolicy(allow_task_config=True, local_repo_dirs=TASK_REPO_DIRS),
-    )
+    allowing = worker_with(fake_sky, executor, tmp_path / "c2", allow_task_config=True)
     await fetch_one(allowing, repo)
     service = make_repo(
         tmp_path, {"task.yaml": "service:\n  tls:\n    keyfile: /root/.ssh/id_rsa\nrun: ls"}, "svc"
@@ -525,13 +497,7 @@ async def test_an_allowed_directory_does_not_allow_its_neighbours(fake_sky, exec
     (tmp_path / "shared" / "data").mkdir(parents=True)
     (tmp_path / "shared" / "private").mkdir(parents=True)
     repo = make_repo(tmp_path, {"task.yaml": f"file_mounts:\n  /d: {tmp_path}/shared/private\nrun: ls"})
-    allowing = SkyPilotActivities(
-        fake_sky,
-        executor,
-        tmp_path / "c",
-        environ=WORKER_ENVIRON,
-        policy=TaskPolicy(upload_dirs=(tmp_path / "shared" / "data",), local_repo_dirs=TASK_REPO_DIRS),
-    )
+    allowing = worker_with(fake_sky, executor, tmp_path / "c", upload_dirs=(tmp_path / "shared" / "data",))
     await refused(allowing, repo, "PathNotAllowed")
 
 

@@ -71,6 +71,9 @@ async def test_happy_path_runs_the_six_steps_in_order(pipeline: Pipeline, tmp_pa
     progress = await handle.query(SkyPilotWorkflow.progress)
     assert progress.status == "succeeded" and progress.clusters_up == []
     assert [s.status for s in progress.steps] == ["succeeded"] * 6
+    # The Web UI renders current details as Markdown: cluster names are code, so `--` stays.
+    details = (await handle.query("__temporal_workflow_metadata")).current_details
+    assert f"✓ exec eval on `{train}` — job 2" in details, details
 
     summaries = await pipeline.env.client.data_converter.decode(
         [
