@@ -49,6 +49,7 @@ async def test_a_stuck_teardown_keeps_trying_says_so_and_keeps_the_real_failure(
     assert step.name == "cleanup" and "PermissionDeniedError" in step.error and "still trying" in step.error
     metadata = await handle.query("__temporal_workflow_metadata")  # what the Web UI shows
     assert "retrying" in str(metadata) and "PermissionDeniedError" in str(metadata)
+    assert f"clusters up: `{cluster_prefix_for(handle.id)}-train`" in metadata.current_details
 
     with pytest.raises(WorkflowFailureError) as err:
         await handle.result()
