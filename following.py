@@ -160,15 +160,20 @@ class Reconnecting:
 
 
 async def query_progress(handle: RunHandle, temporal: Reconnecting) -> PipelineProgress | None:
-    """The run's progress query; None when no worker answers it (none running, or not yet)."""
-    try:
-        # Only UNAVAILABLE is an outage here: a query also times out when no worker answers.
-        return await temporal.call(
-            lambda: handle.query("progress", result_type=PipelineProgress, rpc_timeout=QUERY_TIMEOUT),
-            outage_codes={RPCStatusCode.UNAVAILABLE},
-        )
-    except RPCError:
-        return None
+    """The run's progress query; None when no worker answers it (none running, or not yet).
+
+    A failed query alone never reports a lost connection: a busy server also answers a query no
+    worker takes with UNAVAILABLE. The describe call decides: it waits out a real outage (saying
+    so), and then the query is asked once more.
+    """
+    for attempt in range(2):
+        try:
+            return await handle.query("progress", result_type=PipelineProgress, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError as err:
+            if attempt or not is_outage(err, {RPCStatusCode.UNAVAILABLE}):
+                return None
+            await temporal.call(handle.describe)
+    return None
 
 
 def print_new_steps(

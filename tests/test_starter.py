@@ -16,6 +16,7 @@ import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
 from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from test_scripts import assert_one_line_error, run_script, starter_env
 
@@ -239,6 +240,24 @@ async def test_follow_queries_a_run_when_its_history_moves_not_while_a_step_runs
     during_train = [t for t in counting.queried if train_started + 2 < t < job.finished_at]
     assert during_train == [], f"{len(during_train)} queries while train ran"
     assert len(counting.queried) < 20, len(counting.queried)  # about one per step boundary
+
+
+class BusyQueries(CountingQueries):
+    """A run's handle whose first query the server answers UNAVAILABLE, as a loaded one may."""
+
+    async def query(self, *args, **kwargs):
+        if not self.queried:
+            self.queried.append(time.monotonic())
+            raise RPCError("busy", RPCStatusCode.UNAVAILABLE, b"")
+        return await super().query(*args, **kwargs)
+
+
+async def test_a_query_the_server_turns_away_is_not_a_lost_connection(pipeline: Pipeline, capsys):
+    handle = await pipeline.start()
+    await handle.result()
+    progress = await following.follow(BusyQueries(handle, []), following.Reconnecting("test"))
+    assert progress is not None and progress.status == "succeeded"
+    assert "Lost connection" not in capsys.readouterr().err
 
 
 async def test_follow_of_an_unknown_workflow_id_is_a_one_line_error(pipeline: Pipeline):
