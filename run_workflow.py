@@ -24,19 +24,27 @@ import itertools
 import math
 import os
 import sys
+import typing
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowFailureError
 from temporalio.common import TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-import config
-import search_attributes
-from codec import PayloadDecryptionError
-from following import (
+from skypilot_temporal import config
+from skypilot_temporal.bounds import (
+    ENV_NAME,
+    MAX_HEARTBEAT_SECONDS,
+    MAX_STEP_TIMEOUT_SECONDS,
+    MAX_SWEEP_VARIANTS,
+    input_problems,
+    sweep_problems,
+)
+from skypilot_temporal.client.following import (
     Reconnecting,
     RunHandle,
     end_message,
@@ -46,33 +54,24 @@ from following import (
     print_sweep_table,
     quiet_runtime,
 )
-from git_checkout import check_repo_url_syntax, validate_ref
-from redaction import redact_url_credentials
-from schedules import OVERLAP_POLICIES, ScheduleRequest, create_or_update, parse_every
-from shared import (
-    CLUSTER_MARKER,
-    ENV_NAME,
-    MAX_HEARTBEAT_SECONDS,
-    MAX_PREFIX_LENGTH,
-    MAX_STEP_TIMEOUT_SECONDS,
-    MAX_SWEEP_VARIANTS,
-    PipelineInput,
-    PipelineResult,
-    StepTimeouts,
-    SweepInput,
-    SweepResult,
-    cluster_prefix_for,
-    input_problems,
-    sweep_problems,
+from skypilot_temporal.naming import CLUSTER_MARKER, MAX_PREFIX_LENGTH, cluster_prefix_for
+from skypilot_temporal.operations import search_attributes
+from skypilot_temporal.operations.schedules import (
+    OVERLAP_POLICIES,
+    ScheduleRequest,
+    create_or_update,
+    parse_every,
 )
-from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
+from skypilot_temporal.payloads import PipelineInput, StepTimeouts, SweepInput, SweepResult
+from skypilot_temporal.trust.checkout import check_repo_url_syntax, validate_ref
+from skypilot_temporal.trust.codec import PayloadDecryptionError
+from skypilot_temporal.trust.redaction import redact_url_credentials
+from workflows import PIPELINES, SkyPilotWorkflow, SweepWorkflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
-RUN_TYPES = {
-    SkyPilotWorkflow.__name__: PipelineResult,
-    SweepWorkflow.__name__: SweepResult,
-    SweepVariantWorkflow.__name__: PipelineResult,
-}
+PROJECT_DIR = Path(__file__).resolve().parent
+# What --follow can attach to: each pipeline's type name and what its run returns.
+RUN_TYPES = {pipeline.__name__: typing.get_type_hints(pipeline.run)["return"] for pipeline in PIPELINES}
 DEFAULT_MAX_PARALLEL, DEFAULT_SELECT = 4, "eval_accuracy:max"
 T = TypeVar("T")
 
@@ -142,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--repo",
-        default=config.env_str("PIPELINE_REPO_URL", str(config.PROJECT_DIR)),
+        default=config.env_str("PIPELINE_REPO_URL", str(PROJECT_DIR)),
         help="task repository: git URL or local path (default: this repository)",
     )
     parser.add_argument(
@@ -357,7 +356,7 @@ async def searchable(
         refused = config.one_line(err)
     print(
         "run_workflow.py: note: the namespace refused the search attributes "
-        f"({refused}); started without them, so not searchable (README: Operating it)",
+        f"({refused}); started without them, so not searchable (docs/operating.md)",
         file=sys.stderr,
     )
     return await start(TypedSearchAttributes.empty)
@@ -366,11 +365,12 @@ async def searchable(
 async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.Namespace) -> RunHandle:
     workflow_id = workflow_id_for(args)
     workflow_class, summary, details = describe_run(run)
+    workflow_run: Callable[[Any, Any], Awaitable[Any]] = workflow_class.run
     try:
         return await searchable(
             run,
             lambda attributes: client.start_workflow(
-                workflow_class.run,
+                workflow_run,
                 run,
                 id=workflow_id,
                 task_queue=args.task_queue,
@@ -421,10 +421,11 @@ async def create_schedule(
     client: Client, run: PipelineInput | SweepInput, request: ScheduleRequest, task_queue: str
 ) -> int:
     workflow_class, summary, details = describe_run(run)
+    workflow_run: Callable[[Any, Any], Awaitable[Any]] = workflow_class.run
 
     def upsert(attributes: TypedSearchAttributes) -> Awaitable[str]:
         action = ScheduleActionStartWorkflow(
-            workflow_class.run,
+            workflow_run,
             run,
             id=request.schedule_id,  # Temporal appends each run's start time
             task_queue=task_queue,
@@ -479,7 +480,7 @@ async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
     if run is not None and recurring is not None:
         return await create_schedule(client, run, recurring, args.task_queue)
     temporal = Reconnecting(client.service_client.config.target_host)
-    if pipeline is None:
+    if run is None:
         handle = await attach(client, args.follow, temporal)
         run_id, verb = handle.run_id, "Following"
     else:
@@ -505,7 +506,7 @@ async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):  # a job's log line must never crash the starter
         stream.reconfigure(errors="replace")  # type: ignore[union-attr]
-    config.load_env()
+    config.load_env(PROJECT_DIR / ".env")
     try:
         args = build_parser().parse_args(argv)
         return asyncio.run(start_or_attach_and_follow(args))

@@ -27,12 +27,8 @@ import dataclasses
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from cluster_block import Cluster
-    from fan_out import best_variant, release_kept_clusters, run_variants
-    from managed_block import managed_job
-    from pipeline_blocks import Pipeline, PipelineHandlers
-    from redaction import redact_url_credentials
-    from shared import (
+    from skypilot_temporal.bounds import sweep_problems
+    from skypilot_temporal.payloads import (
         PipelineInput,
         PipelineResult,
         StepResult,
@@ -40,8 +36,12 @@ with workflow.unsafe.imports_passed_through():
         SweepResult,
         VariantInput,
         VariantProgress,
-        sweep_problems,
     )
+    from skypilot_temporal.trust.redaction import redact_url_credentials
+    from skypilot_temporal.workflow.cluster import Cluster
+    from skypilot_temporal.workflow.fan_out import best_variant, release_kept_clusters, run_variants
+    from skypilot_temporal.workflow.managed_job import managed_job
+    from skypilot_temporal.workflow.pipeline import Pipeline, PipelineHandlers
 
 
 # Sweeps started before it replay without the bounds on what their variants carry.
@@ -125,8 +125,10 @@ class SweepWorkflow(PipelineHandlers):
             select=f"{input.select_metric}:{input.select_direction}",
         )
 
+    # Async where a run's is not: it signals the variants too. The handler stays as recorded
+    # histories ran it, so the override's type differs.
     @workflow.signal
-    async def release_clusters(self) -> None:
+    async def release_clusters(self) -> None:  # type: ignore[override]
         """Tear down kept clusters now: the sweep's own and those of its variants."""
         self.pipeline.release_clusters()
         await release_kept_clusters(self.pipeline.board.variants)
@@ -175,3 +177,11 @@ def train_and_eval_plan(input: PipelineInput) -> list[str]:
     if input.managed_train:
         return ["managed train", "launch eval", "down eval"]
     return ["launch train", "exec eval on train", "down train"]
+
+
+# The example's pipelines, registered once: the worker runs them, the starter follows them.
+PIPELINES: list[type[SkyPilotWorkflow] | type[SweepWorkflow] | type[SweepVariantWorkflow]] = [
+    SkyPilotWorkflow,
+    SweepWorkflow,
+    SweepVariantWorkflow,
+]

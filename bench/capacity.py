@@ -31,12 +31,12 @@ import psutil
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from codec import configured_data_converter
-from metrics import prometheus_runtime
-from search_attributes import at_start
-from shared import PipelineInput
+from skypilot_temporal.operations.metrics import prometheus_runtime
+from skypilot_temporal.operations.search_attributes import at_start
+from skypilot_temporal.payloads import PipelineInput
+from skypilot_temporal.testing.fake_sky import FakeSky
+from skypilot_temporal.trust.codec import configured_data_converter
 from testing import ROOT, free_port
-from testing.fake_sky import FakeSky
 from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
 from testing.prometheus import slow_workflow_tasks
 from workflows import SkyPilotWorkflow

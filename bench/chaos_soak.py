@@ -243,16 +243,21 @@ def prepare_code(args: argparse.Namespace, out: Path) -> tuple[Path, list[str]]:
 
 
 def cluster_prefixes(code: Path, workflow_ids: list[str]) -> list[str]:
-    """`shared.cluster_prefix_for` of each workflow id, as the code the workers run computes it (it
-    may change: always ask it). With --ref that is another tree: a Python in that tree asks its own
-    modules, never the ones this process imported."""
-    script = "import sys, shared; print(*map(shared.cluster_prefix_for, sys.argv[1:]), sep='\\n')"
+    """`cluster_prefix_for` of each workflow id, as the code the workers run computes it (it may
+    change: always ask it). With --ref that is another tree: a Python in that tree asks its own
+    modules, never the ones this process imported (trees before the package had `shared.py`)."""
+    script = (
+        "import sys\n"
+        "try:\n    from skypilot_temporal.naming import cluster_prefix_for\n"
+        "except ImportError:\n    from shared import cluster_prefix_for\n"
+        "print(*map(cluster_prefix_for, sys.argv[1:]), sep='\\n')"
+    )
     answer = subprocess.run(
         [sys.executable, "-c", script, *workflow_ids], cwd=code, capture_output=True, text=True, check=True
     )
     prefixes = answer.stdout.split()
     if len(prefixes) != len(workflow_ids):
-        raise RuntimeError(f"shared.cluster_prefix_for in {code} answered {answer.stdout!r}")
+        raise RuntimeError(f"cluster_prefix_for in {code} answered {answer.stdout!r}")
     return prefixes
 
 
@@ -304,7 +309,7 @@ class Soak:
         """A connected client; reconnects after Temporal restarts. Raises while it is down."""
         from temporalio.client import Client
 
-        from codec import configured_data_converter
+        from skypilot_temporal.trust.codec import configured_data_converter
 
         if self.client is None:
             converter = configured_data_converter()

@@ -6,7 +6,7 @@ One step of SkyPilotWorkflow puts about ten payloads through the codec: the acti
 (LaunchInput with a ~3 KB task YAML and env overrides), its summary, heartbeat details
 (JobProgress), the StepResult with a 4 KB log tail, and the progress query the starter polls.
 Each is encrypted once where it is written and decrypted where it is read; this measures both
-with AES-256-GCM (codec.py), in process, no server. Goal: under 1 ms per step.
+with AES-256-GCM (skypilot_temporal/trust/codec.py), in process, no server. Goal: under 1 ms per step.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from typing import Any
 import temporalio.converter
 from temporalio.api.common.v1 import Payload
 
-from codec import EncryptionCodec
-from shared import (
+from skypilot_temporal.payloads import (
     JobProgress,
     LaunchInput,
     PipelineProgress,
@@ -28,6 +27,7 @@ from shared import (
     StepResult,
     TaskSpec,
 )
+from skypilot_temporal.trust.codec import EncryptionCodec
 
 GOAL_MS = 1.0
 BENCH_KEYS = {"bench-new": bytes(range(32)), "bench-old": bytes(range(32, 64))}

@@ -23,8 +23,9 @@ from typing import Any
 from temporalio.client import Client
 
 from bench.real_stack import Starter
-from codec import configured_data_converter
-from shared import PipelineResult, cluster_prefix_for
+from skypilot_temporal.naming import cluster_prefix_for
+from skypilot_temporal.payloads import PipelineResult
+from skypilot_temporal.trust.codec import configured_data_converter
 from testing.local_stack import (
     TEMPORAL_ADDRESS,
     local_stack_up,

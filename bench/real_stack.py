@@ -18,7 +18,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from shared import cluster_prefix_for
+from skypilot_temporal.naming import cluster_prefix_for
 from testing import ROOT
 from testing.local_stack import SKY_CLI, process_env, run_logged
 

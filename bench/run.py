@@ -36,16 +36,17 @@ from typing import Any
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from activities import SkyPilotActivities
 from bench.floor import no_op_chain_seconds
 from bench.managed_bench import real_row as managed_real_row
 from bench.real_stack import Starter, hand_run, in_skypilot_requests
 from bench.sweep_bench import real_row as sweep_real_row
 from bench.sweep_bench import simulated_row as sweep_simulated_row
-from codec import configured_data_converter
-from search_attributes import at_start
-from shared import PipelineInput, StepTimeouts, cluster_prefix_for
-from testing.fake_sky import FakeSky
+from skypilot_temporal.activity.activities import SkyPilotActivities
+from skypilot_temporal.naming import cluster_prefix_for
+from skypilot_temporal.operations.search_attributes import at_start
+from skypilot_temporal.payloads import PipelineInput, StepTimeouts
+from skypilot_temporal.testing.fake_sky import FakeSky
+from skypilot_temporal.trust.codec import configured_data_converter
 from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
 from testing.local_stack import (
     SKY_CLI,

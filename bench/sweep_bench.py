@@ -23,8 +23,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from shared import PipelineInput, SweepInput, SweepResult
-from testing.fake_sky import FakeSky
+from skypilot_temporal.payloads import PipelineInput, SweepInput, SweepResult
+from skypilot_temporal.testing.fake_sky import FakeSky
 from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
 from workflows import SweepWorkflow
 

@@ -14,7 +14,7 @@
 #   sshd       sshd on 127.0.0.1:2222 for user skyslurm: SkyPilot reaches Slurm over SSH
 #   skypilot   SkyPilot API server on 127.0.0.1:46580 with the Slurm infra enabled, and the
 #              managed-jobs controller inside it (config: .state/skypilot-server-config.yaml)
-#   codec      codec_server.py on 127.0.0.1:8081: decrypts payloads for the Web UI (the dev
+#   codec      the codec server (python -m skypilot_temporal codec-server) on 127.0.0.1:8081: decrypts payloads for the Web UI (the dev
 #              server's --ui-codec-endpoint); the key is ~/.config/skypilot-temporal/codec.keys,
 #              created here if no key is configured, and found there by the worker and starter
 #   worker     run_worker.py, when started by scripts/run_local.sh (stopped by `down`)
@@ -92,7 +92,7 @@ session_pids() {  # session_pids NAME SID
   [ -n "$sid" ] && [ "$sid" -gt 1 ] 2>/dev/null || return 0
   for pid in $(ps -o pid= -s "$sid" 2>/dev/null); do
     case "$name:$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)" in
-      "temporal:$VENV/bin/temporal "*|"codec:$VENV/bin/python codec_server.py"*|"worker:$VENV/bin/python run_worker.py"*) echo "$pid" ;;
+      "temporal:$VENV/bin/temporal "*|"codec:$VENV/bin/python -m skypilot_temporal codec-server"*|"worker:$VENV/bin/python run_worker.py"*) echo "$pid" ;;
       "skypilot:$VENV/bin/python"*|skypilot:SkyPilot:*) echo "$pid" ;;
     esac
   done
@@ -454,7 +454,7 @@ ensure_codec_key() {
   if [ -n "${PAYLOAD_CODEC_KEYS:-}${PAYLOAD_CODEC_KEY_FILE:-}" ]; then log "codec: using the key in your PAYLOAD_CODEC_* setting"; return; fi
   if [ -s "$CODEC_KEY_FILE" ]; then log "codec: payloads encrypted with the key in $CODEC_KEY_FILE"; return; fi
   mkdir -p "$(dirname "$CODEC_KEY_FILE")"
-  (umask 077 && "$VENV/bin/python" "$REPO/codec.py" new-key > "$CODEC_KEY_FILE.tmp" && mv "$CODEC_KEY_FILE.tmp" "$CODEC_KEY_FILE")
+  (umask 077 && "$VENV/bin/python" -m skypilot_temporal new-key > "$CODEC_KEY_FILE.tmp" && mv "$CODEC_KEY_FILE.tmp" "$CODEC_KEY_FILE")
   log "codec: created $CODEC_KEY_FILE (payloads encrypted; worker and starter on this machine find it)"
 }
 
@@ -466,11 +466,11 @@ codec_healthy() {
 start_codec_server() {
   running_or_reused codec "$CODEC_PID" "$CODEC_PORT" codec_healthy && return
   check_port_free "$CODEC_PORT" "$CODEC_PID" "the codec server"
-  log "codec: starting codec_server.py on 127.0.0.1:$CODEC_PORT (the Web UI decodes through it)"
+  log "codec: starting the codec server on 127.0.0.1:$CODEC_PORT (the Web UI decodes through it)"
   cd "$REPO"
   CODEC_SERVER_HOST=127.0.0.1 CODEC_SERVER_PORT=$CODEC_PORT \
     CODEC_SERVER_CORS_ORIGINS=${CODEC_SERVER_CORS_ORIGINS:-http://localhost:$TEMPORAL_UI_PORT,http://127.0.0.1:$TEMPORAL_UI_PORT} \
-    setsid "$VENV/bin/python" codec_server.py </dev/null >>"$STATE/codec.log" 2>&1 &
+    setsid "$VENV/bin/python" -m skypilot_temporal codec-server </dev/null >>"$STATE/codec.log" 2>&1 &
   echo $! > "$CODEC_PID"
   mark_started codec "$CODEC_PID"
   wait_for 60 "the codec server" codec_healthy

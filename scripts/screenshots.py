@@ -27,7 +27,7 @@ from urllib.parse import quote
 from playwright.async_api import Page, expect
 from temporalio.client import Client
 
-from codec import configured_data_converter
+from skypilot_temporal.trust.codec import configured_data_converter
 from testing import ROOT
 from testing.browser import browser_page, chromium_path, wait_for_user_metadata, workflow_url, workflows_url
 from testing.local_stack import (

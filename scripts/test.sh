@@ -33,6 +33,8 @@ bash scripts/install.sh
 log "ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . >/dev/null || { .venv/bin/ruff format --diff . | head -50; exit 1; }
+log "mypy"
+.venv/bin/mypy
 
 if [ "$E2E" = 1 ]; then
   if [ -s .state/started ]; then

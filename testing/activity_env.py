@@ -12,7 +12,7 @@ from typing import Any
 
 from temporalio.testing import ActivityEnvironment
 
-from shared import LaunchInput, TaskSpec
+from skypilot_temporal.payloads import LaunchInput, TaskSpec
 from testing import ROOT
 
 CLUSTER = "wf1-train"

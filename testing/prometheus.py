@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from metrics import prometheus_runtime
+from skypilot_temporal.operations.metrics import prometheus_runtime
 from testing import free_port
 
 

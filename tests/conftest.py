@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities import SkyPilotActivities
-from testing.fake_sky import FakeSky
+from skypilot_temporal.activity.activities import SkyPilotActivities
+from skypilot_temporal.testing.fake_sky import FakeSky
 from testing.in_process import (
     WORKER_ENVIRON,
     WORKER_POLICY,

@@ -23,11 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codec import data_converter
-from search_attributes import at_start
-from shared import PipelineInput
+from skypilot_temporal.operations.search_attributes import at_start
+from skypilot_temporal.payloads import PipelineInput
+from skypilot_temporal.testing.fake_sky import FakeSky
+from skypilot_temporal.trust.codec import data_converter
 from testing import ROOT
-from testing.fake_sky import FakeSky
 from testing.in_process import REAL_WORKER_POLICY, running_worker, start_dev_server
 from workflows import SkyPilotWorkflow
 

@@ -14,14 +14,14 @@ from temporalio.activity import ActivityCancellationDetails
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-import skypilot_jobs
-from activities import SkyPilotActivities
-from errors import is_retryable
-from git_checkout import prune_checkouts
-from job_log import LOG_TAIL_BYTES, JobLogSink
-from shared import DownInput, ExecInput, JobProgress, LaunchInput
+from skypilot_temporal.activity import jobs as skypilot_jobs
+from skypilot_temporal.activity.activities import SkyPilotActivities
+from skypilot_temporal.activity.job_log import LOG_TAIL_BYTES, JobLogSink
+from skypilot_temporal.errors import is_retryable
+from skypilot_temporal.payloads import DownInput, ExecInput, JobProgress, LaunchInput
+from skypilot_temporal.testing.fake_sky import FakeRequest, FakeSky
+from skypilot_temporal.trust.checkout import prune_checkouts
 from testing.activity_env import CLUSTER, launch_input, retry_env, run_until, spec
-from testing.fake_sky import FakeRequest, FakeSky
 from testing.in_process import git
 
 

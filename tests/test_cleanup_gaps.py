@@ -18,11 +18,11 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import SkyPilotActivities
-from job_log import JobLogSink, drain_log
-from shared import DownInput, JobProgress, LaunchInput
+from skypilot_temporal.activity.activities import SkyPilotActivities
+from skypilot_temporal.activity.job_log import JobLogSink, drain_log
+from skypilot_temporal.payloads import DownInput, JobProgress, LaunchInput
+from skypilot_temporal.testing.fake_sky import FakeSky
 from testing.activity_env import CLUSTER, launch_input, retry_env, run_until, spec
-from testing.fake_sky import FakeSky
 from testing.in_process import Pipeline
 
 

@@ -1,4 +1,4 @@
-"""Payload encryption (codec.py), its settings, and the remote codec server (codec_server.py)."""
+"""Payload encryption (trust/codec.py), its settings, and the remote codec server (trust/codec_server.py)."""
 
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner, Worker
 
-import codec
-import codec_server
-import config
-from codec import EncryptionCodec, PayloadDecryptionError
+from skypilot_temporal import config
+from skypilot_temporal.__main__ import main as package_command
+from skypilot_temporal.trust import codec, codec_server
+from skypilot_temporal.trust.codec import EncryptionCodec, PayloadDecryptionError
 from workflows import SkyPilotWorkflow
 
 # Fixed test keys (never used anywhere else).
@@ -221,9 +221,9 @@ def test_empty_key_file_is_an_error(tmp_path: Path) -> None:
 
 
 def test_new_key_prints_a_line_the_loader_accepts(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert codec.main(["new-key"]) == 0
+    assert package_command(["new-key"]) == 0
     default_line = capsys.readouterr().out
-    assert codec.main(["new-key", "rotated-2"]) == 0
+    assert package_command(["new-key", "rotated-2"]) == 0
     named_line = capsys.readouterr().out
     key_file = tmp_path / "codec.keys"
     key_file.write_text(named_line + default_line)
@@ -240,7 +240,7 @@ def test_two_new_keys_made_the_same_minute_have_ids_a_key_file_takes(
 ) -> None:
     """Rotation twice in a day: the second key file, with both, still loads."""
     for _ in range(2):
-        assert codec.main(["new-key"]) == 0
+        assert package_command(["new-key"]) == 0
     key_file = tmp_path / "codec.keys"
     key_file.write_text(capsys.readouterr().out)
     keys = codec.load_codec_keys({"PAYLOAD_CODEC_KEY_FILE": str(key_file)}, default_file=tmp_path / "none")
@@ -536,4 +536,4 @@ def test_codec_server_refuses_to_start_without_keys(
     monkeypatch.delenv("PAYLOAD_CODEC_KEY_FILE", raising=False)
     assert codec_server.main() == 2
     err = capsys.readouterr().err
-    assert err.startswith("codec_server.py: error: no payload codec keys") and err.count("\n") == 1
+    assert err.startswith("codec-server: error: no payload codec keys") and err.count("\n") == 1

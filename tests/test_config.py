@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-import config
+from skypilot_temporal import config
 from testing import ROOT
 
 
@@ -49,8 +49,9 @@ def test_ui_url_escapes_the_workflow_id(monkeypatch):
 def test_the_worker_log_file_rotates_and_stays_bounded(tmp_path):
     """A job that prints 50 MB must not add 100 MB to the worker's log: rotated at WORKER_LOG_MAX_MB."""
     script = (
-        "import logging, run_worker\n"
-        "run_worker.configure_logging()\n"
+        "import logging\n"
+        "from skypilot_temporal import WorkerSettings, worker_startup\n"
+        "worker_startup.configure_logging(WorkerSettings.from_env())\n"
         "for i in range(60_000):\n"
         "    logging.getLogger('temporalio.activity').info('[train c] line %d %s', i, 'x' * 100)\n"
     )

@@ -19,8 +19,13 @@ from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError, WorkflowAlreadyStartedError
 
-from reaper import ClusterReaperWorkflow, ensure_reaper_schedule, reaper_schedule_id
-from shared import ReaperInput, cluster_prefix_for
+from skypilot_temporal.naming import cluster_prefix_for
+from skypilot_temporal.operations.reaper import (
+    ClusterReaperWorkflow,
+    ensure_reaper_schedule,
+    reaper_schedule_id,
+)
+from skypilot_temporal.payloads import ReaperInput
 from testing.in_process import Pipeline
 from workflows import SkyPilotWorkflow
 

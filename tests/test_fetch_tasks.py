@@ -8,7 +8,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from shared import FetchTasksInput
+from skypilot_temporal.payloads import FetchTasksInput
 from testing.in_process import TASK_FILES, git
 
 
@@ -130,7 +130,7 @@ async def test_task_needing_an_unset_env_fails_at_fetch(activities, task_repo: P
 
 
 async def test_remove_checkout_deletes_only_this_run(activities, task_repo: Path, tmp_path: Path):
-    from shared import RemoveCheckoutInput
+    from skypilot_temporal.payloads import RemoveCheckoutInput
 
     await fetch(activities, task_repo, name="wf1/run1")
     await fetch(activities, task_repo, name="wf2/run1")

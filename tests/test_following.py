@@ -5,8 +5,8 @@ from __future__ import annotations
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import TerminatedError
 
-from following import end_message, print_new_steps, print_success, print_sweep_table
-from shared import (
+from skypilot_temporal.client.following import end_message, print_new_steps, print_success, print_sweep_table
+from skypilot_temporal.payloads import (
     ASCII_STATUS_MARKS,
     PipelineProgress,
     PipelineResult,

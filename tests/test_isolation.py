@@ -16,23 +16,21 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-import pipeline_blocks
-from activities import SkyPilotActivities
-from reaper import ClusterReaperWorkflow
-from shared import (
+from skypilot_temporal.activity.activities import SkyPilotActivities
+from skypilot_temporal.naming import (
     CLUSTER_MARKER,
     CLUSTER_NAME,
     MAX_PREFIX_LENGTH,
     OWNER_LABEL,
-    DownInput,
-    ExecInput,
-    ReaperInput,
     cluster_prefix_for,
     cluster_prefix_v1_for,
     owner_token,
 )
+from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
+from skypilot_temporal.payloads import DownInput, ExecInput, ReaperInput
+from skypilot_temporal.testing.fake_sky import FakeSky
+from skypilot_temporal.workflow import pipeline as pipeline_blocks
 from testing.activity_env import CLUSTER, launch_input, retry_env, run_until, spec
-from testing.fake_sky import FakeSky
 from testing.in_process import WORKER_ENVIRON, WORKER_POLICY, Pipeline
 from workflows import SkyPilotWorkflow
 

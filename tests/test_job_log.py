@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from job_log import MAX_METRICS, JobLogSink, add_metrics
-from shared import JobProgress
+from skypilot_temporal.activity.job_log import MAX_METRICS, JobLogSink, add_metrics
+from skypilot_temporal.payloads import JobProgress
 
 
 def sink_after(*lines: str) -> JobLogSink:

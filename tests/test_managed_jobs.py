@@ -15,10 +15,10 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Replayer
 
-from managed_jobs import ManagedJobState, note
-from reaper import ClusterReaperWorkflow
-from shared import (
-    OWNER_LABEL,
+from skypilot_temporal.activity.managed_jobs import ManagedJobState, note
+from skypilot_temporal.naming import OWNER_LABEL, cluster_prefix_for, owner_token
+from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
+from skypilot_temporal.payloads import (
     CancelManagedJobInput,
     FollowManagedJobInput,
     JobProgress,
@@ -27,11 +27,9 @@ from shared import (
     StepTimeouts,
     SweepInput,
     TaskSpec,
-    cluster_prefix_for,
-    owner_token,
 )
+from skypilot_temporal.testing.fake_sky import FakeSky
 from testing import ROOT
-from testing.fake_sky import FakeSky
 from testing.in_process import Pipeline
 from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 

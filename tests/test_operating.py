@@ -29,21 +29,28 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Replayer
 from test_scripts import assert_one_line_error, run_script, starter_env
 
-import run_worker
 import run_workflow
-import search_attributes
-from errors import ConfigError
-from metrics import prometheus_runtime
-from pipeline_blocks import TEARDOWN_ATTEMPTS_PER_ROUND
-from reaper import ClusterReaperWorkflow
-from schedules import ScheduleRequest
-from search_attributes import COMMIT_SHA, PIPELINE_KIND, PIPELINE_OUTCOME, PIPELINE_STEP, TASK_REPO
-from shared import LaunchInput, ManagedJobInput, ReaperInput, SweepInput, TaskSpec
+from skypilot_temporal import worker_startup
+from skypilot_temporal.errors import ConfigError
+from skypilot_temporal.operations import search_attributes
+from skypilot_temporal.operations.metrics import prometheus_runtime
+from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
+from skypilot_temporal.operations.schedules import ScheduleRequest
+from skypilot_temporal.operations.search_attributes import (
+    COMMIT_SHA,
+    PIPELINE_KIND,
+    PIPELINE_OUTCOME,
+    PIPELINE_STEP,
+    TASK_REPO,
+)
+from skypilot_temporal.operations.tracing import otlp_tracing, tracing
+from skypilot_temporal.payloads import LaunchInput, ManagedJobInput, ReaperInput, SweepInput, TaskSpec
+from skypilot_temporal.settings import WorkerSettings
+from skypilot_temporal.testing.fake_sky import FakeSky
+from skypilot_temporal.workflow.pipeline import TEARDOWN_ATTEMPTS_PER_ROUND
 from testing import ROOT, free_port
-from testing.fake_sky import FakeSky
 from testing.in_process import Pipeline, git, running_worker, start_dev_server
 from testing.prometheus import scrape, serving_metrics, value
-from tracing import otlp_tracing, tracing
 from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
 SIX_STEPS = ["fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down"]
@@ -314,7 +321,7 @@ async def test_without_registered_attributes_runs_work_and_the_worker_says_so(
         assert rc == 0, (stdout, stderr)
         note = stderr.splitlines()
         assert len(note) == 1 and note[0].startswith("run_workflow.py: note: the namespace refused"), stderr
-        assert note[0].endswith("started without them, so not searchable (README: Operating it)"), stderr
+        assert note[0].endswith("started without them, so not searchable (docs/operating.md)"), stderr
         rc, stdout, stderr = await run_script(
             "run_workflow.py", "--every", "1h", "--schedule-id", "hourly", env_overrides=starter_env(pipeline)
         )
@@ -322,8 +329,9 @@ async def test_without_registered_attributes_runs_work_and_the_worker_says_so(
         assert len(stderr.splitlines()) == 1 and "note: the namespace refused" in stderr, stderr
         schedule = (await env.client.get_schedule_handle("hourly").describe()).schedule
         assert schedule.action.typed_search_attributes == TypedSearchAttributes.empty
-        with caplog.at_level(logging.INFO, logger=run_worker.log.name):
-            await run_worker.report_search_attributes(env.client)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=worker_startup.log.name):
+            await worker_startup.report_search_attributes(env.client)
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "\n" not in warnings[0], warnings
         assert warnings[0].startswith("Search attributes NOT registered in namespace default: PipelineStep, ")
@@ -333,8 +341,8 @@ async def test_without_registered_attributes_runs_work_and_the_worker_says_so(
 
 
 async def test_the_worker_reports_registered_attributes_in_one_line(env: WorkflowEnvironment, caplog):
-    with caplog.at_level(logging.INFO, logger=run_worker.log.name):
-        await run_worker.report_search_attributes(env.client)
+    with caplog.at_level(logging.INFO, logger=worker_startup.log.name):
+        await worker_startup.report_search_attributes(env.client)
     assert [r.getMessage() for r in caplog.records] == [
         "Search attributes: PipelineStep, TaskRepo, CommitSha, PipelineKind, PipelineOutcome"
     ]
@@ -468,19 +476,23 @@ async def test_tracing_exports_a_span_per_workflow_and_activity(pipeline: Pipeli
     assert workflow_span.attributes.get("temporalWorkflowID") == handle.id
 
 
+def metrics_runtime_from_env():
+    return worker_startup.metrics_runtime(WorkerSettings.from_env().metrics_address)
+
+
 def test_the_metrics_address_setting(monkeypatch):
     monkeypatch.setenv("WORKER_METRICS_ADDRESS", "off")
-    assert run_worker.metrics_runtime_from_env() == (None, "off (WORKER_METRICS_ADDRESS=off)")
+    assert metrics_runtime_from_env() == (None, "off (WORKER_METRICS_ADDRESS=off)")
     monkeypatch.setenv("WORKER_METRICS_ADDRESS", "localhost:http")
     with pytest.raises(
         ConfigError, match=r"^WORKER_METRICS_ADDRESS 'localhost:http': Invalid Prometheus address"
     ):
-        run_worker.metrics_runtime_from_env()
+        metrics_runtime_from_env()
     address = f"127.0.0.1:{free_port()}"
     monkeypatch.setenv("WORKER_METRICS_ADDRESS", address)
-    runtime, status = run_worker.metrics_runtime_from_env()
+    runtime, status = metrics_runtime_from_env()
     assert runtime is not None and status == f"Prometheus at http://{address}/metrics"
-    in_use = run_worker.metrics_runtime_from_env()  # a second worker on the same host
+    in_use = metrics_runtime_from_env()  # a second worker on the same host
     assert in_use == (None, f"NOT served: {address} is in use (set WORKER_METRICS_ADDRESS to another port)")
 
 

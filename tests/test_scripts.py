@@ -11,8 +11,8 @@ import uuid
 import pytest
 from temporalio.client import Client
 
-import codec
-from shared import PipelineInput
+from skypilot_temporal.payloads import PipelineInput
+from skypilot_temporal.trust import codec
 from testing import ROOT
 from testing.in_process import Pipeline, running_worker
 from workflows import SkyPilotWorkflow

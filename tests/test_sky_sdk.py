@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import sky
 
-from sky_sdk import ManagedJobsSDK, SkyPilotSDK, TaskFactory
+from skypilot_temporal.activity.sdk import ManagedJobsSDK, SkyPilotSDK, TaskFactory
+from skypilot_temporal.testing.fake_sky import FakeSky
 from testing import ROOT
-from testing.fake_sky import FakeSky
 
 P = inspect.Parameter
 POSITIONAL = (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)
@@ -83,7 +83,7 @@ def sdk_members_used(source: str, jobs: bool = False) -> set[str]:
 
 
 def test_the_protocol_lists_exactly_the_sdk_calls_the_code_makes():
-    sources = [path.read_text() for path in ROOT.glob("*.py")]
+    sources = [path.read_text() for path in [*ROOT.glob("*.py"), *(ROOT / "skypilot_temporal").rglob("*.py")]]
     assert set().union(*(sdk_members_used(source) for source in sources)) == protocol_members(SkyPilotSDK)
     assert set().union(*(sdk_members_used(s, jobs=True) for s in sources)) == protocol_members(ManagedJobsSDK)
     assert protocol_members(TaskFactory) == {"from_yaml_config"}

@@ -20,12 +20,12 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from test_scripts import assert_one_line_error, run_script, starter_env
 
-import following
 import run_workflow
-from codec import configured_data_converter
-from shared import PipelineProgress
+from skypilot_temporal.client import following
+from skypilot_temporal.payloads import PipelineProgress
+from skypilot_temporal.testing.fake_sky import FakeJob, FakeSky
+from skypilot_temporal.trust.codec import configured_data_converter
 from testing import ROOT, free_port
-from testing.fake_sky import FakeJob, FakeSky
 from testing.in_process import TEMPORAL_CLI, Pipeline, running_worker
 
 # ------------------------------------------------------------------ a dev server we can kill

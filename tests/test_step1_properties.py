@@ -14,11 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from temporalio.exceptions import ApplicationError
 
-from activities import SkyPilotActivities
-from git_checkout import validate_ref
-from shared import PipelineInput, StepTimeouts, TaskSpec, input_problems
-from task_policy import check_secret_names
-from testing.fake_sky import FakeSky
+from skypilot_temporal.activity.activities import SkyPilotActivities
+from skypilot_temporal.bounds import input_problems
+from skypilot_temporal.payloads import PipelineInput, StepTimeouts, TaskSpec
+from skypilot_temporal.testing.fake_sky import FakeSky
+from skypilot_temporal.trust.checkout import validate_ref
+from skypilot_temporal.trust.task_policy import check_secret_names
 from testing.in_process import WORKER_ENVIRON, WORKER_POLICY
 
 # Generous: CI machines are loaded; a hang or an alias bomb takes far longer (and has its own test).

@@ -16,18 +16,16 @@ from temporalio.service import RPCError
 from temporalio.worker import Replayer
 
 import workflows
-from fan_out import best_variant
-from search_attributes import at_start
-from shared import (
+from skypilot_temporal.bounds import (
     MAX_SWEEP_PARAMS_BYTES,
     MAX_SWEEP_VARIANT_INPUTS_BYTES,
     MAX_SWEEP_VARIANTS,
     MAX_VARIANT_METRICS,
-    SweepInput,
-    SweepResult,
-    VariantProgress,
-    cluster_prefix_for,
 )
+from skypilot_temporal.naming import cluster_prefix_for
+from skypilot_temporal.operations.search_attributes import at_start
+from skypilot_temporal.payloads import SweepInput, SweepResult, VariantProgress
+from skypilot_temporal.workflow.fan_out import best_variant
 from testing.in_process import Pipeline, git
 from workflows import SweepVariantWorkflow, SweepWorkflow
 

@@ -11,14 +11,15 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities import SkyPilotActivities
-from git_checkout import check_repo_url
-from job_log import JobLogSink
-from redaction import Redactor, redact_url_credentials
-from shared import FetchTasksInput, JobProgress, LaunchInput, PipelineInput, TaskSpec, input_problems
-from task_policy import TaskPolicy
+from skypilot_temporal.activity.activities import SkyPilotActivities
+from skypilot_temporal.activity.job_log import JobLogSink
+from skypilot_temporal.bounds import input_problems
+from skypilot_temporal.payloads import FetchTasksInput, JobProgress, LaunchInput, PipelineInput, TaskSpec
+from skypilot_temporal.testing.fake_sky import FakeSky
+from skypilot_temporal.trust.checkout import check_repo_url
+from skypilot_temporal.trust.redaction import Redactor, redact_url_credentials
+from skypilot_temporal.trust.task_policy import TaskPolicy
 from testing import TASK_REPO_DIRS
-from testing.fake_sky import FakeSky
 from testing.in_process import WORKER_ENVIRON, Pipeline, git, make_git_repo
 
 PEM = "\n".join(
@@ -289,7 +290,7 @@ async def test_pathological_yaml_is_a_one_line_error(activities, tmp_path, text)
     ],
 )
 def test_numeric_and_named_inputs_are_bounded(overrides, problem):
-    from shared import StepTimeouts
+    from skypilot_temporal.payloads import StepTimeouts
 
     fields = {"repo_url": "https://example.com/r.git", **overrides}
     if "timeouts" in fields:
@@ -301,7 +302,7 @@ def test_numeric_and_named_inputs_are_bounded(overrides, problem):
 async def test_an_overflowing_timeout_fails_the_run_in_one_line_instead_of_retrying_forever(
     pipeline: Pipeline,
 ):
-    from shared import StepTimeouts
+    from skypilot_temporal.payloads import StepTimeouts
 
     error = await asyncio.wait_for(pipeline.fail(timeouts=StepTimeouts(train=10**14, heartbeat=5)), 60)
     assert error.type == "InvalidInput" and "timeouts.train" in error.message
@@ -393,7 +394,7 @@ def test_credentials_in_a_url_are_hidden_but_an_ssh_user_is_not():
 
 async def test_a_repo_url_with_credentials_never_shows_them(pipeline: Pipeline, caplog):
     url = "https://bob:hunter2pw@127.0.0.1:9/tasks.git"
-    from shared import StepTimeouts
+    from skypilot_temporal.payloads import StepTimeouts
 
     handle = await pipeline.start(repo_url=url, timeouts=StepTimeouts(fetch_tasks=3, heartbeat=5))
     with pytest.raises(Exception) as err:
@@ -511,7 +512,7 @@ async def test_step_1_failure_messages_are_masked(activities, tmp_path):
 
 
 def test_an_ssh_password_in_a_url_is_hidden_and_exception_text_is_cleaned():
-    from errors import clean_message
+    from skypilot_temporal.errors import clean_message
 
     assert redact_url_credentials("ssh://u:pw@h/r") == "ssh://***@h/r"
     assert "pw" not in clean_message(RuntimeError("cannot reach https://u:pw@api.example.com"))

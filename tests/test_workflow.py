@@ -20,10 +20,12 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
-import pipeline_blocks
-from shared import StepTimeouts, cluster_prefix_for, cluster_prefix_v1_for, input_problems, run_token
+from skypilot_temporal.bounds import input_problems
+from skypilot_temporal.naming import cluster_prefix_for, cluster_prefix_v1_for, run_token
+from skypilot_temporal.payloads import StepTimeouts
+from skypilot_temporal.testing.fake_sky import FakeSky
+from skypilot_temporal.workflow import pipeline as pipeline_blocks
 from testing import ROOT
-from testing.fake_sky import FakeSky
 from testing.in_process import Pipeline
 from workflows import SkyPilotWorkflow
 
@@ -240,7 +242,7 @@ def test_cluster_prefix_is_valid_marked_and_unique_per_workflow_id():
     prefixes = [cluster_prefix_for(i) for i in ids]
     assert prefixes[0] == "skypilot-3fa2b1c9"
     assert len(set(prefixes)) == len(ids)
-    from shared import CLUSTER_MARKER, CLUSTER_NAME, MAX_PREFIX_LENGTH
+    from skypilot_temporal.naming import CLUSTER_MARKER, CLUSTER_NAME, MAX_PREFIX_LENGTH
 
     for prefix in prefixes:
         assert CLUSTER_NAME.fullmatch(prefix) and len(prefix) <= MAX_PREFIX_LENGTH, prefix
@@ -434,7 +436,7 @@ async def test_an_encrypted_history_of_a_failed_run_replays_with_its_key_only():
     from record_history import FAILED_RUN_MARKERS, RECORDING_CODEC_KEYS
     from temporalio.client import WorkflowHistory
 
-    from codec import data_converter
+    from skypilot_temporal.trust.codec import data_converter
 
     text = ENCRYPTED_HISTORY_FILE.read_text()
     assert not [m for m in FAILED_RUN_MARKERS if m in text], "the raw history shows a marker"

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from temporalio.client import Client
 
-from codec import configured_data_converter
+from skypilot_temporal.trust.codec import configured_data_converter
 from testing.local_stack import (
     SKY_API,
     TEMPORAL_ADDRESS,

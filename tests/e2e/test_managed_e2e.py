@@ -14,7 +14,7 @@ import pytest
 
 from e2e.test_pipeline_e2e import DATA_DIR, result_of, status_of
 from e2e.test_web_ui import open_run
-from shared import cluster_prefix_for
+from skypilot_temporal.naming import cluster_prefix_for
 from testing.browser import browser_page, wait_for_user_metadata
 from testing.local_stack import Stack, managed_job_allocations, managed_jobs, slurm_allocations
 

@@ -20,7 +20,8 @@ import pytest
 from aiohttp import web
 from playwright.async_api import expect
 
-from shared import PipelineResult, cluster_prefix_for
+from skypilot_temporal.naming import cluster_prefix_for
+from skypilot_temporal.payloads import PipelineResult
 from testing import ROOT, free_port
 from testing.browser import browser_page, workflows_url
 from testing.in_process import TEMPORAL_CLI, git

@@ -21,7 +21,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 
-from shared import OWNER_LABEL, cluster_prefix_for, owner_token
+from skypilot_temporal.naming import OWNER_LABEL, cluster_prefix_for, owner_token
 from testing import ROOT
 from testing.in_process import git, make_task_repo
 from testing.local_stack import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from e2e.test_pipeline_e2e import DATA_DIR, result_of, status_of
-from shared import cluster_prefix_for
+from skypilot_temporal.naming import cluster_prefix_for
 from testing.local_stack import Stack
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from e2e.test_pipeline_e2e import result_of, stored_history_bytes, wait_for_job
-from shared import cluster_prefix_for
+from skypilot_temporal.naming import cluster_prefix_for
 from testing import ROOT
 from testing.browser import browser_page, wait_for_user_metadata, workflow_url
 from testing.local_stack import Stack

@@ -1,0 +1,138 @@
+"""The package as a platform team uses it: one plugin on its own worker, its own pipeline shape,
+type names that recorded histories depend on, and one list of settings."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from platform_pipeline import TrainOnlyPipeline
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+import workflows
+from skypilot_temporal import PipelineInput, SkyPilotPlugin, settings
+from skypilot_temporal.errors import ConfigError
+from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
+from skypilot_temporal.payloads import ReaperInput, StepTimeouts
+from skypilot_temporal.testing import FakeSky, running_worker
+from skypilot_temporal.trust import codec
+from testing import ROOT
+from testing.in_process import WORKER_POLICY
+
+# Recorded histories and runs in flight name these: renaming one breaks them (tests/histories).
+WORKFLOW_TYPES = {"SkyPilotWorkflow", "SweepWorkflow", "SweepVariantWorkflow", "ClusterReaperWorkflow"}
+ACTIVITY_TYPES = {
+    "fetch_tasks",
+    "launch_task",
+    "exec_task",
+    "down_cluster",
+    "remove_checkout",
+    "submit_managed_job",
+    "follow_managed_job",
+    "cancel_managed_job",
+    "find_orphan_clusters",
+}
+
+
+async def test_the_registered_type_names_never_change(env, fake_sky: FakeSky, tmp_path: Path):
+    worker = Worker(
+        env.client, task_queue="names", workflows=workflows.PIPELINES, plugins=[SkyPilotPlugin(sky=fake_sky)]
+    )
+    config = worker.config(active_config=True)
+    assert {getattr(w, "__temporal_workflow_definition").name for w in config["workflows"]} == WORKFLOW_TYPES
+    assert {getattr(a, "__temporal_activity_definition").name for a in config["activities"]} == ACTIVITY_TYPES
+
+
+async def test_a_platforms_own_pipeline_runs_on_its_own_worker_with_one_plugin(
+    env, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
+):
+    task_queue = f"platform-{uuid.uuid4().hex[:8]}"
+    plugin = SkyPilotPlugin(
+        settings.WorkerSettings(
+            checkout_root=tmp_path / "checkouts", heartbeat_interval_seconds=0.2, policy=WORKER_POLICY
+        ),
+        sky=fake_sky,
+        data_converter=env.client.data_converter,
+    )
+    async with Worker(env.client, task_queue=task_queue, workflows=[TrainOnlyPipeline], plugins=[plugin]):
+        status = await env.client.execute_workflow(
+            TrainOnlyPipeline.run,
+            PipelineInput(repo_url=str(task_repo), ref="main", timeouts=StepTimeouts(heartbeat=5)),
+            id=f"platform-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+            execution_timeout=timedelta(minutes=1),
+        )
+    assert status == "SUCCEEDED"
+    assert [call for call in fake_sky.called("launch")] and fake_sky.clusters == {}
+
+
+async def test_a_worker_whose_client_would_not_encrypt_refuses_to_start(env, fake_sky: FakeSky):
+    plain = Client(**{**env.client.config(), "data_converter": codec.data_converter(None)})
+    keyed = codec.data_converter({"k1": b"k" * 32})
+    with pytest.raises(ConfigError, match=r"pass SkyPilotPlugin to Client\.connect"):
+        Worker(
+            plain,
+            task_queue="x",
+            workflows=[TrainOnlyPipeline],
+            plugins=[SkyPilotPlugin(sky=fake_sky, data_converter=keyed)],
+        )
+
+
+async def test_the_reaper_keeps_the_clusters_of_a_running_pipeline_it_does_not_know(
+    env, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
+):
+    """A pipeline type on another worker (another task queue, another team's type) still owns its
+    clusters: the reaper keeps them while that run is going."""
+    other_queue = f"other-{uuid.uuid4().hex[:8]}"
+    fake_sky.plan("train", until_cancelled=True)
+    async with running_worker(
+        env.client,
+        fake_sky,
+        other_queue,
+        workflows=[TrainOnlyPipeline],
+        checkout_root=tmp_path / "a",
+        policy=WORKER_POLICY,
+    ):
+        handle = await env.client.start_workflow(
+            TrainOnlyPipeline.run,
+            PipelineInput(repo_url=str(task_repo), ref="main", timeouts=StepTimeouts(heartbeat=5)),
+            id=f"theirs-{uuid.uuid4().hex[:8]}",
+            task_queue=other_queue,
+        )
+        await asyncio.to_thread(fake_sky.wait_for_job, "train")
+        reaper_queue = f"reaper-{uuid.uuid4().hex[:8]}"
+        async with running_worker(
+            env.client, fake_sky, reaper_queue, workflows=workflows.PIPELINES, checkout_root=tmp_path / "b"
+        ):
+            result = await env.client.execute_workflow(
+                ClusterReaperWorkflow.run,
+                ReaperInput(grace_seconds=0),
+                id=f"reaper-{uuid.uuid4().hex[:8]}",
+                task_queue=reaper_queue,
+            )
+        assert result.reaped == [] and len(result.kept) == 1, result
+        await handle.cancel()
+
+
+def test_every_setting_is_read_documented_and_in_env_example():
+    listed = set(settings.ALL_SETTINGS)
+    code = "\n".join(p.read_text() for p in [*ROOT.glob("*.py"), *(ROOT / "skypilot_temporal").rglob("*.py")])
+    read = set(re.findall(r"env_(?:str|int|bool|list)\(\s*\"([A-Z][A-Z0-9_]+)\"", code))
+    read |= set(re.findall(r"environ(?:\.get\(|\[)\s*\"([A-Z][A-Z0-9_]+)\"", code))
+    assert read - listed == set(), "read but not in settings.ALL_SETTINGS"
+    example = (ROOT / ".env.example").read_text()
+    example_names = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]{3,})=", example, re.M)) - {"HF_TOKEN"}
+    assert example_names - listed == set(), ".env.example names a setting that does not exist"
+    assert {n for n in listed if not re.search(rf"\b{n}\b", example)} == set(), "missing from .env.example"
+    table = [
+        line for line in (ROOT / "docs" / "configuration.md").read_text().splitlines() if line[:1] == "|"
+    ]
+    first_cells = "\n".join(line.split("|")[1] for line in table)
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]{3,})`", first_cells))
+    assert documented - listed == set(), "docs/configuration.md names a setting that does not exist"
+    assert listed - documented == set(), "missing from docs/configuration.md"
