@@ -121,7 +121,7 @@ def sweep_input(pipeline: PipelineInput, args: argparse.Namespace) -> SweepInput
 
 def step_timeout(text: str) -> tuple[str, int]:
     key, value = key_value(text)
-    names = [f.name for f in dataclasses.fields(StepTimeouts)]
+    names = [f.name for f in dataclasses.fields(StepTimeouts) if f.name != "steps"]
     if key.replace("-", "_") not in names:
         raise argparse.ArgumentTypeError(f"unknown step {key!r} (one of: {', '.join(names)})")
     try:

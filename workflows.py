@@ -52,8 +52,8 @@ SWEEP_SIZE_BOUNDS = "sweep-size-bounds"
 class SkyPilotWorkflow(PipelineHandlers):
     @workflow.init
     def __init__(self, input: PipelineInput) -> None:
-        provision_early = ["provision train"] if input.overlap_provisioning else []
-        steps = ["fetch-tasks", "launch preprocess", "down preprocess", *provision_early]
+        provision_early = ["train-provision"] if input.overlap_provisioning else []
+        steps = ["fetch-tasks", "preprocess", "preprocess-down", *provision_early]
         self.pipeline = Pipeline(input, plan=[*steps, *train_and_eval_plan(input)])
 
     @workflow.run
@@ -72,12 +72,8 @@ class SkyPilotWorkflow(PipelineHandlers):
             else:
                 async with train:
                     trained = await train.launch(input.train_yaml)
-                    evaluated = await train.exec("eval", input.eval_yaml)
-        return PipelineResult(
-            redact_url_credentials(input.repo_url),
-            pipeline.tasks.commit_sha,
-            steps=[preprocessed, trained, evaluated],
-        )
+                    evaluated = await train.exec(input.eval_yaml, step="eval")
+        return pipeline.result([preprocessed, trained, evaluated])
 
 
 @workflow.defn
@@ -86,7 +82,7 @@ class SweepWorkflow(PipelineHandlers):
 
     @workflow.init
     def __init__(self, input: SweepInput) -> None:
-        self.pipeline = Pipeline(input.pipeline, plan=["fetch-tasks", "launch preprocess", "down preprocess"])
+        self.pipeline = Pipeline(input.pipeline, plan=["fetch-tasks", "preprocess", "preprocess-down"])
         self.pipeline.board.variants = [
             VariantProgress(f"v{number}", params) for number, params in enumerate(input.variants, 1)
         ]
@@ -158,25 +154,23 @@ class SweepVariantWorkflow(PipelineHandlers):
             else:
                 async with Cluster(self.pipeline, "train") as train:
                     trained = await train.launch(input.pipeline.train_yaml)
-                    evaluated = await train.exec("eval", input.pipeline.eval_yaml)
-        return PipelineResult(
-            redact_url_credentials(input.pipeline.repo_url), input.tasks.commit_sha, [trained, evaluated]
-        )
+                    evaluated = await train.exec(input.pipeline.eval_yaml, step="eval")
+        return self.pipeline.result([trained, evaluated])
 
 
 async def managed_train_then_eval(pipeline: Pipeline, input: PipelineInput) -> tuple[StepResult, StepResult]:
     """Train as a SkyPilot managed job (relaunched if its cluster is lost), then eval on a cluster
     of its own: the job's cluster is gone once the job ends. Train's outputs must be where eval
     can read them (a bucket or volume on a cloud; the shared disk on the local stack)."""
-    trained = await managed_job(pipeline, "train", input.train_yaml)
+    trained = await managed_job(pipeline, input.train_yaml, step="train")
     async with Cluster(pipeline, "eval") as evaluator:
         return trained, await evaluator.launch(input.eval_yaml)
 
 
 def train_and_eval_plan(input: PipelineInput) -> list[str]:
     if input.managed_train:
-        return ["managed train", "launch eval", "down eval"]
-    return ["launch train", "exec eval on train", "down train"]
+        return ["train", "eval", "eval-down"]
+    return ["train", "eval", "train-down"]
 
 
 # The example's pipelines, registered once: the worker runs them, the starter follows them.

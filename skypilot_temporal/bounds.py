@@ -15,6 +15,7 @@ from skypilot_temporal.payloads import PipelineInput, SweepInput
 # the workflow's first step for any other client), never left to overflow a timedelta.
 MAX_STEP_TIMEOUT_SECONDS = 30 * 24 * 3600
 MAX_HEARTBEAT_SECONDS = 3600
+MAX_NAMED_STEP_TIMEOUTS = 100
 MAX_KEEP_CLUSTERS_MINUTES = 7 * 24 * 60
 MAX_RETRY_INTERVAL_SECONDS = 3600.0
 MAX_ENV_OVERRIDES_BYTES = 64 * 1024
@@ -26,10 +27,15 @@ def input_problems(input: PipelineInput) -> list[str]:
     problems = []
     if not isinstance(input.repo_url, str) or not input.repo_url.strip():
         problems.append("repo_url is empty")
-    for name, value in vars(input.timeouts).items():
+    timeouts = dict(vars(input.timeouts))
+    by_step = timeouts.pop("steps", {})
+    if not isinstance(by_step, dict) or len(by_step) > MAX_NAMED_STEP_TIMEOUTS:
+        problems.append(f"timeouts.steps must map at most {MAX_NAMED_STEP_TIMEOUTS} step names to seconds")
+        by_step = {}
+    for name, value in [*timeouts.items(), *by_step.items()]:
         limit = MAX_HEARTBEAT_SECONDS if name == "heartbeat" else MAX_STEP_TIMEOUT_SECONDS
-        if not _number_between(value, 1, limit):
-            problems.append(f"timeouts.{name} must be between 1 and {limit} seconds")
+        if not (isinstance(name, str) and len(name) <= 63) or not _number_between(value, 1, limit):
+            problems.append(f"timeouts.{str(name)[:63]} must be between 1 and {limit} seconds")
     if not _number_between(input.keep_clusters_minutes, 1, MAX_KEEP_CLUSTERS_MINUTES):
         problems.append(f"keep_clusters_minutes must be between 1 and {MAX_KEEP_CLUSTERS_MINUTES}")
     if not _number_between(input.retry_initial_interval_seconds, 0.01, MAX_RETRY_INTERVAL_SECONDS):

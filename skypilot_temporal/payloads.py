@@ -18,6 +18,7 @@ STATUS_MARKS = {
     "succeeded": "✓",
     "failed": "✗",
     "cancelled": "⊘",
+    "skipped": "–",
 }
 ASCII_STATUS_MARKS = {
     "pending": ".",
@@ -26,12 +27,16 @@ ASCII_STATUS_MARKS = {
     "succeeded": "+",
     "failed": "x",
     "cancelled": "-",
+    "skipped": "_",
 }
 
 
 @dataclass
 class StepTimeouts:
-    """How long each step may take in all, retries included (seconds)."""
+    """How long each step may take in all, retries included (seconds).
+
+    A job step's timeout is `steps[name]` if set, else the field of that name for the seed's
+    three steps, else `other_steps`: a new step never borrows another step's timeout."""
 
     fetch_tasks: int = 300
     preprocess: int = 3600
@@ -41,6 +46,16 @@ class StepTimeouts:
     teardown: int = 900
     # No heartbeat for this long means the worker died: the step moves to another worker.
     heartbeat: int = 30
+    # Any other job step (a pipeline's own step names), and timeouts by step name.
+    other_steps: int = 4 * 3600
+    steps: dict[str, int] = field(default_factory=dict)
+
+    def for_step(self, step: str) -> int:
+        if step in self.steps:
+            return self.steps[step]
+        return {"preprocess": self.preprocess, "train": self.train, "eval": self.eval}.get(
+            step, self.other_steps
+        )
 
 
 @dataclass
@@ -85,7 +100,8 @@ class PipelineResult:
 class StepProgress:
     name: str
     summary: str
-    status: str = "pending"  # pending | running | retrying | succeeded | failed | cancelled
+    # pending | running | retrying | succeeded | failed | cancelled | skipped (the run ended first)
+    status: str = "pending"
     cluster_name: str = ""
     job_id: int | None = None
     job_status: str = ""

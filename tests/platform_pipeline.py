@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from skypilot_temporal import Cluster, Pipeline, PipelineHandlers, PipelineInput
+from skypilot_temporal import Cluster, Pipeline, PipelineHandlers, PipelineInput, PipelineResult
 
 
 @workflow.defn
@@ -14,7 +14,7 @@ class TrainOnlyPipeline(PipelineHandlers):
 
     @workflow.init
     def __init__(self, input: PipelineInput) -> None:
-        self.pipeline = Pipeline(input, plan=["fetch-tasks", "launch train", "down train"])
+        self.pipeline = Pipeline(input, plan=["fetch-tasks", "train", "train-down"])
 
     @workflow.run
     async def run(self, input: PipelineInput) -> str:
@@ -23,3 +23,23 @@ class TrainOnlyPipeline(PipelineHandlers):
             async with Cluster(self.pipeline, "train") as train:
                 trained = await train.launch(input.train_yaml)
         return trained.job_status
+
+
+@workflow.defn
+class TrainThenSmokeTests(PipelineHandlers):
+    """Steps the seed does not have: each gets its own timeout, and the result masks the URL."""
+
+    @workflow.init
+    def __init__(self, input: PipelineInput) -> None:
+        self.pipeline = Pipeline(input, plan=["fetch-tasks", "train", "smoke", "teardown", "train-down"])
+
+    @workflow.run
+    async def run(self, input: PipelineInput) -> PipelineResult:
+        async with self.pipeline.running():
+            await self.pipeline.fetch_tasks(input.train_yaml, input.eval_yaml)
+            async with Cluster(self.pipeline, "train") as train:
+                trained = await train.launch(input.train_yaml)
+                smoked = await train.exec(input.eval_yaml, step="smoke")
+                # Named like a StepTimeouts field: still a job step with the default job timeout.
+                again = await train.exec(input.eval_yaml, step="teardown")
+        return self.pipeline.result([trained, smoked, again])

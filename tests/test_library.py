@@ -4,21 +4,23 @@ type names that recorded histories depend on, and one list of settings."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from platform_pipeline import TrainOnlyPipeline
-from temporalio.client import Client
+from platform_pipeline import TrainOnlyPipeline, TrainThenSmokeTests
+from temporalio import activity
+from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 import workflows
-from skypilot_temporal import PipelineInput, SkyPilotPlugin, settings
+from skypilot_temporal import PipelineInput, SkyPilotActivities, SkyPilotPlugin, settings
 from skypilot_temporal.errors import ConfigError
 from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
-from skypilot_temporal.payloads import ReaperInput, StepTimeouts
+from skypilot_temporal.payloads import FetchTasksInput, ReaperInput, RunTasks, StepTimeouts
 from skypilot_temporal.testing import FakeSky, running_worker
 from skypilot_temporal.trust import codec
 from testing import ROOT
@@ -69,6 +71,74 @@ async def test_a_platforms_own_pipeline_runs_on_its_own_worker_with_one_plugin(
         )
     assert status == "SUCCEEDED"
     assert [call for call in fake_sky.called("launch")] and fake_sky.clusters == {}
+
+
+async def test_a_new_step_gets_its_own_timeout_and_the_result_masks_url_credentials(
+    env, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
+):
+    class FromLocalCopy(SkyPilotActivities):  # the credentialed URL names a server that is not here
+        @activity.defn(name="fetch_tasks")
+        async def fetch_tasks(self, input: FetchTasksInput) -> RunTasks:
+            return await super().fetch_tasks(dataclasses.replace(input, repo_url=str(task_repo)))
+
+    task_queue = f"timeouts-{uuid.uuid4().hex[:8]}"
+    timeouts = StepTimeouts(heartbeat=5, steps={"smoke": 77}, other_steps=55)
+    async with running_worker(
+        env.client,
+        fake_sky,
+        task_queue,
+        workflows=[TrainThenSmokeTests],
+        checkout_root=tmp_path / "c",
+        policy=WORKER_POLICY,
+        activities_class=FromLocalCopy,
+    ):
+        handle = await env.client.start_workflow(
+            TrainThenSmokeTests.run,
+            PipelineInput(repo_url="https://bob:hunter2pw@example.com/t.git", timeouts=timeouts),
+            id=f"timeouts-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        result = await handle.result()
+        progress = await handle.query(TrainThenSmokeTests.progress)
+    assert [s.status for s in progress.steps] == ["succeeded"] * 5
+    assert result.repo_url == "https://***@example.com/t.git"
+    scheduled = {}
+    async for event in handle.fetch_history_events():
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            attributes = event.activity_task_scheduled_event_attributes
+            summary = await env.client.data_converter.decode([event.user_metadata.summary])
+            scheduled[summary[0]] = attributes.start_to_close_timeout.seconds
+    prefix = result.steps[0].cluster_name
+    assert scheduled[f"launch train on {prefix}"] == StepTimeouts().train
+    assert scheduled[f"exec smoke on {prefix}"] == 77
+    assert scheduled[f"exec teardown on {prefix}"] == 55
+
+
+async def test_a_planned_step_the_run_never_reaches_ends_skipped_not_pending(
+    env, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
+):
+    fake_sky.plan("train", status="FAILED")
+    task_queue = f"skipped-{uuid.uuid4().hex[:8]}"
+    async with running_worker(
+        env.client,
+        fake_sky,
+        task_queue,
+        workflows=[TrainThenSmokeTests],
+        checkout_root=tmp_path / "c",
+        policy=WORKER_POLICY,
+    ):
+        handle = await env.client.start_workflow(
+            TrainThenSmokeTests.run,
+            PipelineInput(repo_url=str(task_repo), timeouts=StepTimeouts(heartbeat=5)),
+            id=f"skipped-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        progress = await handle.query(TrainThenSmokeTests.progress)
+    statuses = {s.name: s.status for s in progress.steps}
+    assert statuses["train"] == "failed"
+    assert [statuses[name] for name in ("smoke", "teardown", "train-down")] == ["skipped"] * 3
 
 
 async def test_a_worker_whose_client_would_not_encrypt_refuses_to_start(env, fake_sky: FakeSky):

@@ -181,7 +181,7 @@ def print_new_steps(
 ) -> None:
     """Print the step starts and ends not printed yet; `printed` maps summary -> last status."""
     for step in progress.steps if progress else []:
-        if step.status == "pending" or printed.get(step.summary) == step.status:
+        if step.status in ("pending", "skipped") or printed.get(step.summary) == step.status:
             continue
         if step.status != "running" and step.summary not in printed:  # started and ended
             print(step_line(dataclasses.replace(step, status="running"), marks), flush=True)

@@ -1,8 +1,8 @@
 """A cluster of a pipeline run, as an async context manager (see pipeline_blocks.py).
 
     async with Cluster(pipeline, "train") as train:
-        trained = await train.launch("train", "train.yaml")
-        evaluated = await train.exec("eval", "eval.yaml")
+        trained = await train.launch("train.yaml")                # step "train", the role
+        evaluated = await train.exec("eval.yaml", step="eval")
 
 The block tears the cluster down when it ends, as the step "<role>-down". An error or a cancel
 that leaves the block ends the run: `Pipeline.running()` then tears down every cluster the run
@@ -70,7 +70,7 @@ class Cluster:
             if self._provisioning and not workflow.patched(STEPS_OVERLAP_TEARDOWNS):
                 await self.pipeline.teardowns_done()
 
-    async def exec(self, step: str, yaml_path: str) -> StepResult:
+    async def exec(self, yaml_path: str, step: str) -> StepResult:
         """Run the task at `yaml_path` on this (launched) cluster with `sky exec`: step `step`."""
         return await self._run_job(
             step,

@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from skypilot_temporal.workflow.step_board import failed_job
 
 
-async def managed_job(pipeline: Pipeline, step: str, yaml_path: str) -> StepResult:
+async def managed_job(pipeline: Pipeline, yaml_path: str, step: str) -> StepResult:
     """Run the task at `yaml_path` as a managed job, as step `step`; its result once it ended."""
     spec = pipeline.task_spec(step, yaml_path)
     async with pipeline.board.step(step, f"managed job {step}") as progress:

@@ -6,7 +6,7 @@ A pipeline workflow holds one `Pipeline` and composes its steps with it:
         await self.pipeline.fetch_tasks(train_yaml, eval_yaml)
         async with Cluster(self.pipeline, "train") as train:    # torn down on exit, whatever happens
             trained = await train.launch(train_yaml)
-            evaluated = await train.exec("eval", eval_yaml)
+            evaluated = await train.exec(eval_yaml, step="eval")
 
 What every step gets without the workflow writing it: the progress query (`progress()`), the Web
 UI's current details and activity summaries, retries that re-attach to the step's SkyPilot job,
@@ -50,8 +50,10 @@ with workflow.unsafe.imports_passed_through():
         FetchTasksInput,
         PipelineInput,
         PipelineProgress,
+        PipelineResult,
         RemoveCheckoutInput,
         RunTasks,
+        StepResult,
         TaskSpec,
     )
     from skypilot_temporal.trust.redaction import redact_url_credentials
@@ -149,6 +151,10 @@ class Pipeline:
     def progress(self) -> PipelineProgress:
         return self.board.progress()
 
+    def result(self, steps: Sequence[StepResult]) -> PipelineResult:
+        """The run's result: its repository (URL credentials masked), commit and `steps`."""
+        return PipelineResult(redact_url_credentials(self.input.repo_url), self.tasks.commit_sha, list(steps))
+
     def release_clusters(self) -> None:
         """Tear down the clusters a failed run kept for debugging, now."""
         self.release_requested = True
@@ -209,7 +215,7 @@ class Pipeline:
     def job_options(self, step: str, summary: str, timeout_step: str = "") -> dict[str, Any]:
         """Activity options of a step that runs a SkyPilot job (timeouts by step name)."""
         timeouts = self.input.timeouts
-        timeout = getattr(timeouts, timeout_step or step, None) or timeouts.train
+        timeout = timeouts.for_step(timeout_step or step)
         return dict(
             start_to_close_timeout=timedelta(seconds=timeout),
             schedule_to_close_timeout=timedelta(seconds=timeout),

@@ -23,9 +23,10 @@ FETCH_TASKS = "fetch-tasks"
 
 
 class StepBoard:
-    """A run's visible state. `plan` entries: "fetch-tasks", "launch STEP [on ROLE]",
-    "exec STEP on ROLE", "managed STEP", "provision ROLE", "down ROLE"; clusters are
-    "<prefix>-<role>"."""
+    """A run's visible state. `plan`: the names of the steps the run expects to take, shown as
+    pending until they start and as skipped if the run ends without them; clusters are
+    "<prefix>-<role>". (Plans of older code, "launch STEP [on ROLE]", "exec STEP on ROLE",
+    "managed STEP", "provision ROLE", "down ROLE", are still read.)"""
 
     def __init__(self, prefix: str, fetch_summary: str, plan: list[str]) -> None:
         self.prefix = prefix
@@ -60,6 +61,8 @@ class StepBoard:
         The run's current step (PipelineStep) is the latest step started of those running, a
         `background` one (alongside the pipeline's main line) only while no other runs."""
         step = self._steps.get(name) or self.add(name, summary or name, cluster)
+        if step.summary == name:  # planned by name: what it does is known once it starts
+            step.summary, step.cluster_name = summary or name, cluster or step.cluster_name
         step.status = "running"
         self._running.append((step.name, background))
         self._show_current_step()
@@ -98,8 +101,12 @@ class StepBoard:
         self.search.commit(sha)
 
     def ended(self, outcome: str) -> None:
-        """The run is over: its outcome shows, and is counted."""
+        """The run is over: its outcome shows, and is counted; a planned step that never
+        started shows as skipped, never as pending forever."""
         self.status = outcome
+        for step in self._steps.values():
+            if step.status == "pending":
+                step.status = "skipped"
         self.search.ended(outcome)
         metrics.run_ended(outcome)
         self.redraw()
@@ -157,8 +164,10 @@ class StepBoard:
 
     def _plan(self, entry: str) -> None:
         match entry.split():
-            case [verb] if verb == FETCH_TASKS:
+            case [step] if step == FETCH_TASKS:
                 self.add(FETCH_TASKS, self.fetch_summary)
+            case [step]:
+                self.add(step, step)
             case ["launch" | "exec" as verb, step] | ["launch" | "exec" as verb, step, "on", _]:
                 cluster = f"{self.prefix}-{entry.split()[-1]}"
                 self.add(step, f"{verb} {step} on {cluster}", cluster)
@@ -169,7 +178,7 @@ class StepBoard:
                 self.add(f"{role}-{verb}", f"{verb} {cluster}", cluster)
             case _:
                 raise ValueError(
-                    f"plan entry {entry!r}: use fetch-tasks, launch, exec, managed, provision or down"
+                    f"plan entry {entry!r}: a step's name (no spaces), e.g. 'train' or 'train-down'"
                 )
 
 

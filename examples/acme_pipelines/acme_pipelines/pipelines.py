@@ -14,7 +14,7 @@ from skypilot_temporal import Cluster, Pipeline, PipelineHandlers, PipelineInput
 @dataclass
 class TrainTwiceEvaluatedInput:
     pipeline: PipelineInput
-    stress_eval_yaml: str = "tasks/eval.yaml"
+    stress_eval_yaml: str = "eval.yaml"
 
 
 @workflow.defn
@@ -30,9 +30,9 @@ class TrainTwiceEvaluated(PipelineHandlers):
     async def run(self, input: TrainTwiceEvaluatedInput) -> PipelineResult:
         run = input.pipeline
         async with self.pipeline.running():
-            tasks = await self.pipeline.fetch_tasks(run.train_yaml, run.eval_yaml, input.stress_eval_yaml)
+            await self.pipeline.fetch_tasks(run.train_yaml, run.eval_yaml, input.stress_eval_yaml)
             async with Cluster(self.pipeline, "train") as train:
                 trained = await train.launch(run.train_yaml)
-                evaluated = await train.exec("eval", run.eval_yaml)
-                stressed = await train.exec("stress-eval", input.stress_eval_yaml)
-        return self.pipeline.result(tasks, [trained, evaluated, stressed])
+                evaluated = await train.exec(run.eval_yaml, step="eval")
+                stressed = await train.exec(input.stress_eval_yaml, step="stress-eval")
+        return self.pipeline.result([trained, evaluated, stressed])
