@@ -171,11 +171,11 @@ start_temporal() {
   wait_for 30 "Temporal Web UI" curl -fsS -o /dev/null "http://127.0.0.1:$TEMPORAL_UI_PORT/"
 }
 
-# The search attributes runs keep current (search_attributes.py), registered once per namespace.
+# The search attributes runs keep current (skypilot_temporal/operations/search_attributes.py), registered once per namespace.
 register_search_attributes() {
   local listed name names
   names=$(cd "$REPO" && "$VENV/bin/python" -c \
-    'from search_attributes import ALL_KEYS; print(" ".join(k.name for k in ALL_KEYS))')
+    'from skypilot_temporal.operations.search_attributes import ALL_KEYS; print(" ".join(k.name for k in ALL_KEYS))')
   listed=$("$VENV/bin/temporal" operator search-attribute list --address "127.0.0.1:$TEMPORAL_PORT" 2>/dev/null) \
     || listed=""
   for name in $names; do
