@@ -87,7 +87,7 @@ def test_the_example_installs_from_the_wheel_and_its_own_tests_pass(platform):
     assert "1 passed" in run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=example)
 
 
-@pytest.mark.skip(reason="WIP (issue 25): the seed train.yaml needs preprocess output; the example needs its own tasks")
+@pytest.mark.skip(reason="issue 25 WIP: seed train.yaml needs preprocess output")
 async def test_the_examples_own_worker_runs_its_own_pipeline_on_the_real_stack(
     platform, temporal, sky_sdk, tmp_path: Path
 ):
