@@ -1,4 +1,4 @@
-"""scripts/screenshots.py (`python -m scripts.screenshots`): one command makes every README picture."""
+"""scripts/screenshots.py (`python -m scripts.screenshots`): one command makes every picture the README and docs show."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", header[16:24])
 
 
-def test_the_readme_shows_every_picture_in_assets():
-    shown = set(re.findall(r"\]\(assets/([\w.-]+\.png)\)", (ROOT / "README.md").read_text()))
+def test_the_docs_show_every_picture_in_assets():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    shown = {name for page in pages for name in re.findall(r"\]\((?:\.\./)?assets/([\w.-]+\.png)\)", page.read_text())}
     assert shown == PICTURES
     assert {path.name for path in (ROOT / "assets").glob("*.png")} == PICTURES
 
