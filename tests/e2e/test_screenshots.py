@@ -1,4 +1,5 @@
-"""scripts/screenshots.py (`python -m scripts.screenshots`): one command makes every picture the README and docs show."""
+"""scripts/screenshots.py (`python -m scripts.screenshots`): one command makes every picture
+the README and docs/ show."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ def png_size(path: Path) -> tuple[int, int]:
 
 def test_the_docs_show_every_picture_in_assets():
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    shown = {name for page in pages for name in re.findall(r"\]\((?:\.\./)?assets/([\w.-]+\.png)\)", page.read_text())}
+    picture = re.compile(r"\]\((?:\.\./)?assets/([\w.-]+\.png)\)")
+    shown = {name for page in pages for name in picture.findall(page.read_text())}
     assert shown == PICTURES
     assert {path.name for path in (ROOT / "assets").glob("*.png")} == PICTURES
 
