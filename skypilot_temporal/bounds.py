@@ -64,7 +64,7 @@ MAX_SWEEP_VARIANTS = 1000
 # A sweep's history holds its input, every variant's start input (its env overrides: the
 # sweep's and its own) and result, and its own result: Temporal fails a run whose history passes
 # 50 MB or any one payload 2 MB. These bound the parts that grow with the variants (tested at
-# MAX_SWEEP_VARIANTS in tests/test_sweep.py).
+# MAX_SWEEP_VARIANTS in tests/workflows/test_sweep.py).
 MAX_SWEEP_PARAMS_BYTES = 256 * 1024  # every variant's own parameters together
 MAX_SWEEP_VARIANT_INPUTS_BYTES = 4 * 1024 * 1024  # every variant's env overrides together
 MAX_VARIANT_METRICS = 8  # metrics a variant's row keeps (the selecting one first)

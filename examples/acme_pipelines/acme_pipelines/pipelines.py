@@ -14,7 +14,7 @@ from skypilot_temporal import Cluster, Pipeline, PipelineHandlers, PipelineInput
 @dataclass
 class TrainTwiceEvaluatedInput:
     pipeline: PipelineInput
-    stress_eval_yaml: str = "eval.yaml"
+    stress_eval_yaml: str = "stress_eval.yaml"
 
 
 @workflow.defn

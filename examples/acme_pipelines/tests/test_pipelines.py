@@ -10,10 +10,8 @@ from acme_pipelines.pipelines import TrainTwiceEvaluated, TrainTwiceEvaluatedInp
 from skypilot_temporal import PipelineInput, StepTimeouts, TaskPolicy
 from skypilot_temporal.testing import FakeSky, make_git_repo, running_worker, start_dev_server
 
-TASKS = {
-    "train.yaml": "name: train\nrun: echo training; echo METRIC loss=0.1\n",
-    "eval.yaml": "name: eval\nrun: echo METRIC accuracy=0.9\n",
-}
+# The project's own task files: the fake runs no command, but each passes the worker's task policy.
+TASKS = {path.name: path.read_text() for path in (Path(__file__).parents[1] / "tasks").glob("*.yaml")}
 
 
 async def test_train_then_two_evals_on_one_cluster_leaves_nothing_up(tmp_path: Path):

@@ -89,10 +89,3 @@ def test_a_metric_whose_value_is_a_secret_is_masked_not_reported():
     sink = JobLogSink(lambda line: None, ["0.123456"], JobProgress("running", "c"))
     sink.write("METRIC token=0.123456\n")
     assert sink.metrics == {} and sink.tail() == "METRIC token=***"
-
-
-async def test_the_workflow_result_carries_each_steps_metrics(pipeline):
-    pipeline.fake.plan("train", logs=["(train, pid=7) METRIC loss=0.125"])
-    pipeline.fake.plan("eval", logs=["(eval, pid=9) METRIC eval_accuracy=0.93"])
-    result = await pipeline.run()
-    assert [s.metrics for s in result.steps] == [{}, {"loss": 0.125}, {"eval_accuracy": 0.93}]

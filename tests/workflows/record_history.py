@@ -1,8 +1,8 @@
-"""Record the histories the replay tests replay (tests/histories/).
+"""Record the histories the replay tests replay (tests/workflows/histories/).
 
-    .venv/bin/python -m tests.record_history                     # happy_path.json (plain payloads)
-    .venv/bin/python -m tests.record_history --failed-encrypted  # failed_train_encrypted.json
-    .venv/bin/python -m tests.record_history --searchable        # searchable_happy_path.json
+    .venv/bin/python -m tests.workflows.record_history                     # happy_path.json (plain payloads)
+    .venv/bin/python -m tests.workflows.record_history --failed-encrypted  # failed_train_encrypted.json
+    .venv/bin/python -m tests.workflows.record_history --searchable        # searchable_happy_path.json
 
 The second is a run whose train job fails, recorded with payload encryption on (the fixed key
 RECORDING_CODEC_KEYS): it guards replay of encrypted histories and of the failure path. The
@@ -27,7 +27,7 @@ from skypilot_temporal.operations.search_attributes import at_start
 from skypilot_temporal.payloads import PipelineInput
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.trust.codec import data_converter
-from testing import ROOT
+from testing import HISTORIES, ROOT
 from testing.in_process import REAL_WORKER_POLICY, running_worker, start_dev_server
 from workflows import SkyPilotWorkflow
 
@@ -78,7 +78,7 @@ async def record(failed_encrypted: bool = False, searchable: bool = False) -> No
             history = await handle.fetch_history()
     name = "failed_train_encrypted.json" if failed_encrypted else "happy_path.json"
     name = f"searchable_{name}" if searchable else name
-    out = ROOT / "tests" / "histories" / name
+    out = HISTORIES / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"workflow_id": handle.id, "history": history.to_json_dict()}, indent=1) + "\n")
     print(f"wrote {out}")

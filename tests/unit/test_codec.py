@@ -28,6 +28,7 @@ from skypilot_temporal import config
 from skypilot_temporal.__main__ import main as package_command
 from skypilot_temporal.trust import codec, codec_server
 from skypilot_temporal.trust.codec import EncryptionCodec, PayloadDecryptionError
+from testing import HISTORIES
 from workflows import SkyPilotWorkflow
 
 # Fixed test keys (never used anywhere else).
@@ -360,7 +361,7 @@ async def test_history_holds_no_plaintext_and_the_codec_reads_it_back(env: Workf
 
 async def test_a_history_recorded_before_encryption_replays_with_the_codec() -> None:
     """Runs started before encryption was switched on stay replayable (plain payloads pass through)."""
-    recorded = json.loads((Path(__file__).parent / "histories" / "happy_path.json").read_text())
+    recorded = json.loads((HISTORIES / "happy_path.json").read_text())
     history = WorkflowHistory.from_json(recorded["workflow_id"], recorded["history"])
     replayer = Replayer(workflows=[SkyPilotWorkflow], data_converter=codec.data_converter({"k1": OLD_KEY}))
     result = await replayer.replay_workflow(history, raise_on_replay_failure=False)

@@ -26,7 +26,7 @@ from skypilot_temporal.trust import codec
 from testing import ROOT
 from testing.in_process import WORKER_POLICY
 
-# Recorded histories and runs in flight name these: renaming one breaks them (tests/histories).
+# Recorded histories and runs in flight name these: renaming one breaks them (tests/workflows/histories).
 WORKFLOW_TYPES = {"SkyPilotWorkflow", "SweepWorkflow", "SweepVariantWorkflow", "ClusterReaperWorkflow"}
 ACTIVITY_TYPES = {
     "fetch_tasks",

@@ -25,12 +25,12 @@ from skypilot_temporal.naming import cluster_prefix_for, cluster_prefix_v1_for, 
 from skypilot_temporal.payloads import StepTimeouts
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow import pipeline as pipeline_blocks
-from testing import ROOT
+from testing import HISTORIES
 from testing.in_process import Pipeline
 from workflows import SkyPilotWorkflow
 
-HISTORY_FILE = ROOT / "tests" / "histories" / "happy_path.json"
-ENCRYPTED_HISTORY_FILE = ROOT / "tests" / "histories" / "failed_train_encrypted.json"
+HISTORY_FILE = HISTORIES / "happy_path.json"
+ENCRYPTED_HISTORY_FILE = HISTORIES / "failed_train_encrypted.json"
 
 
 def sdk_steps(fake: FakeSky) -> list[tuple[str, str]]:
@@ -269,9 +269,9 @@ async def test_recorded_history_replays_deterministically(name: str):
     workflow as it was before the building blocks (commit 42b2fa8): the overlap path, a
     provisioning failure that stops preprocess, and a cancel during train; searchable_happy_path
     is a run started with its search attributes (the upserts that keep them current). Regenerate
-    (`python -m tests.record_history`) only for an intended, versioned change.
+    (`python -m tests.workflows.record_history`) only for an intended, versioned change.
     """
-    history = json.loads((ROOT / "tests" / "histories" / f"{name}.json").read_text())
+    history = json.loads((HISTORIES / f"{name}.json").read_text())
     from temporalio.client import WorkflowHistory
 
     await Replayer(workflows=[SkyPilotWorkflow]).replay_workflow(
@@ -323,7 +323,7 @@ async def test_a_run_started_before_run_scoped_names_keeps_its_cluster_and_job_n
 async def test_a_run_started_before_injective_prefixes_keeps_its_cluster_names():
     """Its workflow id is hashed differently now: across the upgrade it still tears down the
     clusters it launched, under their names."""
-    history = json.loads((ROOT / "tests" / "histories" / "searchable_happy_path.json").read_text())
+    history = json.loads((HISTORIES / "searchable_happy_path.json").read_text())
     from temporalio.client import WorkflowHistory
 
     recorder = _RecordActivityInputs()
@@ -431,7 +431,8 @@ def test_run_tokens_differ_for_runs_started_in_the_same_minute():
 
 
 async def test_an_encrypted_history_of_a_failed_run_replays_with_its_key_only():
-    """Recorded with payload encryption on (`python -m tests.record_history --failed-encrypted`): the
+    """Recorded with payload encryption on
+    (`python -m tests.workflows.record_history --failed-encrypted`): the
     failure path replays, and without the key the history cannot even be read."""
     from record_history import FAILED_RUN_MARKERS, RECORDING_CODEC_KEYS
     from temporalio.client import WorkflowHistory
@@ -450,3 +451,10 @@ async def test_an_encrypted_history_of_a_failed_run_replays_with_its_key_only():
         history, raise_on_replay_failure=False
     )
     assert unreadable.replay_failure is not None
+
+
+async def test_the_workflow_result_carries_each_steps_metrics(pipeline):
+    pipeline.fake.plan("train", logs=["(train, pid=7) METRIC loss=0.125"])
+    pipeline.fake.plan("eval", logs=["(eval, pid=9) METRIC eval_accuracy=0.93"])
+    result = await pipeline.run()
+    assert [s.metrics for s in result.steps] == [{}, {"loss": 0.125}, {"eval_accuracy": 0.93}]
