@@ -31,6 +31,7 @@ import psutil
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from bench.report import print_table
 from skypilot_temporal.operations.metrics import prometheus_runtime
 from skypilot_temporal.operations.search_attributes import at_start
 from skypilot_temporal.payloads import PipelineInput
@@ -147,17 +148,22 @@ async def measure(client: Client, repo: Path, workers: int, counts: list[int], l
     return loads
 
 
-def print_table(loads: list[Load]) -> None:
+def print_loads(loads: list[Load]) -> None:
     one = {load.workers: load.wall for load in loads if load.pipelines == 1}
-    columns = ["worker processes", "pipelines at once", "wall", "vs one pipeline"]
-    columns += ["workflow tasks over 1 s", "CPU s per pipeline"]
-    print("| " + " | ".join(columns) + " |")
-    print("|---|---|---|---|---|---|")
-    for load in loads:
-        print(
-            f"| {load.workers} | {load.pipelines} | {load.wall:.1f} s | {load.wall / one[load.workers]:.2f}x "
-            f"| {load.slow_tasks:.0f} of {load.tasks:.0f} | {load.cpu_seconds / load.pipelines:.2f} |"
-        )
+    header = ["worker processes", "pipelines at once", "wall", "vs one pipeline"]
+    header += ["workflow tasks over 1 s", "CPU s per pipeline"]
+    rows = [
+        [
+            load.workers,
+            load.pipelines,
+            f"{load.wall:.1f} s",
+            f"{load.wall / one[load.workers]:.2f}x",
+            f"{load.slow_tasks:.0f} of {load.tasks:.0f}",
+            f"{load.cpu_seconds / load.pipelines:.2f}",
+        ]
+        for load in loads
+    ]
+    print_table(header, rows)
     held = {}
     for load in loads:
         if load.pipelines > 1 and load.slow_tasks == 0:
@@ -217,7 +223,7 @@ async def main() -> None:
         finally:
             await env.shutdown()
     print(f"\npython -m bench.capacity ({time.monotonic() - started:.0f} s), {os.cpu_count()} cores")
-    print_table(loads)
+    print_loads(loads)
     one = statistics.median(load.wall for load in loads if load.pipelines == 1)
     print(f"(one pipeline alone: {one:.1f} s)")
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from bench.real_stack import RequestTimes, Starter, hand_run, request_times
+from bench.report import print_table
 from testing.local_stack import local_stack_up, point_sdk_at_local_stack, start_worker_process
 
 
@@ -94,14 +95,13 @@ async def measure(counts: list[int], repeat: int, scratch: Path) -> dict[int, tu
     return results
 
 
-def print_table(results: dict[int, tuple[Batch, Batch]]) -> None:
+def print_results(results: dict[int, tuple[Batch, Batch]]) -> None:
     one_ours, one_hand = (statistics.median(batch.walls) for batch in results[1])
-    columns = ["at once", "pipelines (median, range)", "hand-runs", "pipelines / hand-runs"]
-    columns += ["vs one pipeline", "vs one hand-run", "server queueing (pipelines / hand)"]
-    columns += ["sky.launch mean (pipelines / hand)", "machine CPU s (pipelines / hand)"]
-    columns += ["worker process CPU s"]
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
+    header = ["at once", "pipelines (median, range)", "hand-runs", "pipelines / hand-runs"]
+    header += ["vs one pipeline", "vs one hand-run", "server queueing (pipelines / hand)"]
+    header += ["sky.launch mean (pipelines / hand)", "machine CPU s (pipelines / hand)"]
+    header += ["worker process CPU s"]
+    rows = []
     for count, (ours, hand) in sorted(results.items()):
         ours_median, hand_median = statistics.median(ours.walls), statistics.median(hand.walls)
         cells = [str(count), ours.text(), hand.text(), f"{ours_median / hand_median:.2f}"]
@@ -111,7 +111,8 @@ def print_table(results: dict[int, tuple[Batch, Batch]]) -> None:
         cells += [f"{launch[0]:.0f} / {launch[1]:.0f} s"]
         cpu = (statistics.median(ours.machine_cpu), statistics.median(hand.machine_cpu))
         cells += [f"{cpu[0]:.0f} / {cpu[1]:.0f}", f"{statistics.median(ours.worker_cpu):.1f}"]
-        print("| " + " | ".join(cells) + " |")
+        rows.append(cells)
+    print_table(header, rows)
 
 
 async def main() -> int:
@@ -125,7 +126,7 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-wide-") as scratch:
         results = await measure(counts, args.repeat, Path(scratch))
     print(f"\npython -m bench.real_concurrency ({time.monotonic() - started:.0f} s)")
-    print_table(results)
+    print_results(results)
     return 0
 
 

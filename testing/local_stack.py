@@ -102,6 +102,28 @@ class WorkerProcess:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=60)
 
+    def polling(self) -> bool:
+        """It has reported that it polls its task queue."""
+        return WORKER_STARTED in self.log()
+
+
+def spawn_worker_process(
+    log_path: Path, env: dict[str, str], code: Path = ROOT, own_session: bool = False
+) -> WorkerProcess:
+    """`python run_worker.py` of the tree `code`, in `env`, its output in `log_path`; returns at
+    once. `own_session`: a Ctrl-C of the caller does not reach it (the caller stops it)."""
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, str(code / "run_worker.py")],
+            cwd=code,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_session,
+        )
+    return WorkerProcess(proc, log_path)
+
 
 def start_worker_process(
     task_queue: str, log_path: Path, checkout_root: Path | None = None, **env: str
@@ -111,19 +133,10 @@ def start_worker_process(
     polling. RuntimeError, with its log, if it has not within 90 s."""
     if checkout_root is not None:
         env = {"WORKER_CHECKOUT_ROOT": str(checkout_root), **env}
-    with log_path.open("w") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "run_worker.py")],
-            cwd=ROOT,
-            env=process_env(TEMPORAL_TASK_QUEUE=task_queue, **env),
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    worker = WorkerProcess(proc, log_path)
+    worker = spawn_worker_process(log_path, process_env(TEMPORAL_TASK_QUEUE=task_queue, **env))
     deadline = time.monotonic() + 90
-    while WORKER_STARTED not in worker.log():
-        if proc.poll() is not None or time.monotonic() > deadline:
+    while not worker.polling():
+        if worker.proc.poll() is not None or time.monotonic() > deadline:
             worker.kill()
             raise RuntimeError(f"the worker did not start (log {log_path}):\n{worker.log()}")
         time.sleep(0.2)

@@ -1,4 +1,4 @@
-"""What SkyPilot reports during the chaos soak (bench/chaos_soak.py): clusters, jobs, leaks.
+"""What SkyPilot reports during the chaos soak (python -m bench.chaos_soak): clusters, jobs, leaks.
 
 `Observer.poll()` asks the SkyPilot API server for every cluster (`sky.status(all_users=True)`)
 and, for each UP cluster of the soak, its job queue (`sky.queue(cluster, all_users=True)`: on a
@@ -149,6 +149,14 @@ class Observer:
         self.polls_ok += 1
         self.slowest_poll = max(self.slowest_poll, time.time() - asked)
         return True
+
+    async def fresh_look(self) -> bool:
+        """A successful poll that started now (retried for up to a minute)."""
+        for _ in range(20):
+            if await self.poll():
+                return True
+            await asyncio.sleep(3)
+        return False
 
     def close(self) -> None:
         """Stop the queue requests still in flight."""
