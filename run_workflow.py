@@ -26,14 +26,13 @@ import os
 import sys
 import typing
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowFailureError
-from temporalio.common import TypedSearchAttributes
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from skypilot_temporal import config
 from skypilot_temporal.bounds import (
@@ -54,18 +53,11 @@ from skypilot_temporal.client.following import (
     print_sweep_table,
     quiet_runtime,
 )
+from skypilot_temporal.client.starting import attach, decryption_error, schedule_runs, start_run
 from skypilot_temporal.naming import CLUSTER_MARKER, MAX_PREFIX_LENGTH, cluster_prefix_for
-from skypilot_temporal.operations import search_attributes
-from skypilot_temporal.operations.schedules import (
-    OVERLAP_POLICIES,
-    ScheduleRequest,
-    create_or_update,
-    parse_every,
-)
+from skypilot_temporal.operations.schedules import OVERLAP_POLICIES, ScheduleRequest, parse_every
 from skypilot_temporal.payloads import PipelineInput, StepTimeouts, SweepInput, SweepResult
 from skypilot_temporal.trust.checkout import check_repo_url_syntax, validate_ref
-from skypilot_temporal.trust.codec import PayloadDecryptionError
-from skypilot_temporal.trust.redaction import redact_url_credentials
 from workflows import PIPELINES, SkyPilotWorkflow, SweepWorkflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
@@ -149,21 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=config.env_str("PIPELINE_REF", "HEAD"),
         help="branch, tag or commit to run (default: HEAD)",
     )
-    parser.add_argument(
-        "--preprocess-yaml",
-        default=config.env_str("PIPELINE_PREPROCESS_YAML", "tasks/data_preprocessing.yaml"),
-        help="path in the repository",
-    )
-    parser.add_argument(
-        "--train-yaml",
-        default=config.env_str("PIPELINE_TRAIN_YAML", "tasks/train.yaml"),
-        help="path in the repository",
-    )
-    parser.add_argument(
-        "--eval-yaml",
-        default=config.env_str("PIPELINE_EVAL_YAML", "tasks/eval.yaml"),
-        help="path in the repository",
-    )
+    for flag, setting, default in (
+        ("--preprocess-yaml", "PIPELINE_PREPROCESS_YAML", "tasks/data_preprocessing.yaml"),
+        ("--train-yaml", "PIPELINE_TRAIN_YAML", "tasks/train.yaml"),
+        ("--eval-yaml", "PIPELINE_EVAL_YAML", "tasks/eval.yaml"),
+    ):
+        parser.add_argument(flag, default=config.env_str(setting, default), help="path in the repository")
     parser.add_argument(
         "--infra",
         default=config.env_str("PIPELINE_INFRA"),
@@ -321,74 +304,16 @@ def workflow_id_for(args: argparse.Namespace) -> str:
     return args.workflow_id or f"{CLUSTER_MARKER}{uuid.uuid4().hex[:8]}"
 
 
-def describe_run(
-    run: PipelineInput | SweepInput,
-) -> tuple[type[SkyPilotWorkflow] | type[SweepWorkflow], str, str]:
-    """The workflow that runs `run`, and its summary and details for the Web UI."""
-    pipeline = pipeline_of(run)
-    what = f"{redact_url_credentials(pipeline.repo_url)}@{pipeline.ref}"
-    details = (
-        f"tasks: {pipeline.preprocess_yaml}, {pipeline.train_yaml}, "
-        f"{pipeline.eval_yaml}; infra: {pipeline.infra or 'from the tasks'}"
-    )
-    if isinstance(run, SweepInput):
-        details += f"; best by {run.select_metric}:{run.select_direction}"
-        return SweepWorkflow, f"SkyPilot sweep of {len(run.variants)} variants: {what}", details
-    return SkyPilotWorkflow, f"SkyPilot pipeline: {what}", details
-
-
-def pipeline_of(run: PipelineInput | SweepInput) -> PipelineInput:
-    return run.pipeline if isinstance(run, SweepInput) else run
-
-
-async def searchable(
-    run: PipelineInput | SweepInput, start: Callable[[TypedSearchAttributes], Awaitable[T]]
-) -> T:
-    """`start` the run (or schedule) with its search attributes; without them, and a one-line
-    note, if the namespace has not registered them (as Keyword)."""
-    workflow_class, _, _ = describe_run(run)
-    attributes = search_attributes.at_start(workflow_class.__name__, pipeline_of(run).repo_url)
-    try:
-        return await start(attributes)
-    except RPCError as err:
-        if not search_attributes.is_unregistered_error(err.message):
-            raise
-        refused = config.one_line(err)
-    print(
-        "run_workflow.py: note: the namespace refused the search attributes "
-        f"({refused}); started without them, so not searchable (docs/operating.md)",
-        file=sys.stderr,
-    )
-    return await start(TypedSearchAttributes.empty)
+def workflow_of(run: PipelineInput | SweepInput) -> type[SkyPilotWorkflow] | type[SweepWorkflow]:
+    return SweepWorkflow if isinstance(run, SweepInput) else SkyPilotWorkflow
 
 
 async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.Namespace) -> RunHandle:
     workflow_id = workflow_id_for(args)
-    workflow_class, summary, details = describe_run(run)
-    workflow_run: Callable[[Any, Any], Awaitable[Any]] = workflow_class.run
-    try:
-        return await searchable(
-            run,
-            lambda attributes: client.start_workflow(
-                workflow_run,
-                run,
-                id=workflow_id,
-                task_queue=args.task_queue,
-                static_summary=summary,
-                static_details=details,
-                search_attributes=attributes,
-            ),
-        )
-    except WorkflowAlreadyStartedError:
-        if args.cluster_prefix:
-            raise config.ConfigError(
-                f"cluster prefix {args.cluster_prefix!r} is in use by the running workflow {workflow_id!r}"
-            ) from None
-        raise config.ConfigError(
-            f"cannot start workflow {workflow_id!r}: a workflow with this id is already running"
-        ) from None
-    except RPCError as err:
-        raise config.ConfigError(f"cannot start workflow {workflow_id!r}: {config.one_line(err)}") from None
+    in_use = ""
+    if args.cluster_prefix:
+        in_use = f"cluster prefix {args.cluster_prefix!r} is in use by the running workflow {workflow_id!r}"
+    return await start_run(client, workflow_of(run), run, workflow_id, args.task_queue, in_use)
 
 
 def schedule_request(args: argparse.Namespace) -> ScheduleRequest | None:
@@ -420,27 +345,7 @@ def schedule_request(args: argparse.Namespace) -> ScheduleRequest | None:
 async def create_schedule(
     client: Client, run: PipelineInput | SweepInput, request: ScheduleRequest, task_queue: str
 ) -> int:
-    workflow_class, summary, details = describe_run(run)
-    workflow_run: Callable[[Any, Any], Awaitable[Any]] = workflow_class.run
-
-    def upsert(attributes: TypedSearchAttributes) -> Awaitable[str]:
-        action = ScheduleActionStartWorkflow(
-            workflow_run,
-            run,
-            id=request.schedule_id,  # Temporal appends each run's start time
-            task_queue=task_queue,
-            static_summary=summary,
-            static_details=details,
-            typed_search_attributes=attributes,
-        )
-        return create_or_update(client, request, action)
-
-    try:
-        verb = await searchable(run, upsert)
-    except RPCError as err:
-        raise config.ConfigError(
-            f"cannot create schedule {request.schedule_id!r}: {config.one_line(err)}"
-        ) from None
+    verb = await schedule_runs(client, workflow_of(run), run, request, task_queue)
     print(
         f"{verb.capitalize()} schedule {request.schedule_id}: {request.when()}, overlap {request.overlap}; "
         f"each run is a new workflow {request.schedule_id}-<start time>\n"
@@ -450,22 +355,6 @@ async def create_schedule(
         flush=True,
     )
     return EXIT_OK
-
-
-async def attach(client: Client, workflow_id: str, temporal: Reconnecting) -> RunHandle:
-    """A handle on the latest run with `workflow_id`, whether it is going or ended."""
-    try:
-        description = await temporal.call(client.get_workflow_handle(workflow_id).describe)
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            raise config.ConfigError(f"no workflow with id {workflow_id}") from None
-        raise
-    result_type = RUN_TYPES.get(description.workflow_type or "")
-    if result_type is None:
-        raise config.ConfigError(
-            f"workflow {workflow_id} is a {description.workflow_type}, not a {' or '.join(RUN_TYPES)} run"
-        )
-    return client.get_workflow_handle(workflow_id, run_id=description.run_id, result_type=result_type)
 
 
 async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
@@ -481,7 +370,7 @@ async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
         return await create_schedule(client, run, recurring, args.task_queue)
     temporal = Reconnecting(client.service_client.config.target_host)
     if run is None:
-        handle = await attach(client, args.follow, temporal)
+        handle = await attach(client, args.follow, temporal, RUN_TYPES)
         run_id, verb = handle.run_id, "Following"
     else:
         handle = await start(client, run, args)
@@ -517,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"run_workflow.py: error: Temporal request failed: {config.one_line(err)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as err:
-        decryption = _decryption_error(err)
+        decryption = decryption_error(err)
         if decryption is None:
             raise
         print(f"run_workflow.py: error: cannot read the run: {decryption}", file=sys.stderr)
@@ -525,13 +414,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Stopped waiting; the workflow keeps running (see the Web UI link above).", file=sys.stderr)
         return EXIT_DETACHED
-
-
-def _decryption_error(err: BaseException | None) -> PayloadDecryptionError | None:
-    """The payload-key problem behind `err`, if that is what it is (the SDK may wrap it)."""
-    while err is not None and not isinstance(err, PayloadDecryptionError):
-        err = err.__cause__ or err.__context__
-    return err
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from skypilot_temporal.payloads import PipelineInput
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.trust.codec import configured_data_converter
 from testing import ROOT, free_port
-from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
+from testing.in_process import benchmark_worker, make_task_repo, start_dev_server
 from testing.prometheus import slow_workflow_tasks
 from workflows import SkyPilotWorkflow
 
@@ -181,19 +181,15 @@ async def serve(target: str, task_queue: str, metrics_address: str, max_pipeline
     client = await Client.connect(
         target, runtime=prometheus_runtime(metrics_address), data_converter=configured_data_converter()
     )
-    with tempfile.TemporaryDirectory() as checkouts:
-        async with running_worker(
-            WorkflowEnvironment.from_client(client),
-            FakeSky(call_seconds=CALL_SECONDS),
-            Path(checkouts),
-            task_queue,
-            threads=4 * max_pipelines + 8,
-            **REAL_WORKER_SETTINGS,
-            max_concurrent_activities=max(100, 2 * max_pipelines),
-            max_concurrent_workflow_tasks=max(100, 2 * max_pipelines),
-        ):
-            print(READY, flush=True)
-            await asyncio.to_thread(sys.stdin.read)
+    async with benchmark_worker(
+        WorkflowEnvironment.from_client(client),
+        FakeSky(call_seconds=CALL_SECONDS),
+        task_queue,
+        threads=4 * max_pipelines + 8,
+        concurrency=max(100, 2 * max_pipelines),
+    ):
+        print(READY, flush=True)
+        await asyncio.to_thread(sys.stdin.read)
 
 
 async def main() -> None:

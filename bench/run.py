@@ -46,7 +46,7 @@ from skypilot_temporal.operations.search_attributes import at_start
 from skypilot_temporal.payloads import PipelineInput, StepTimeouts
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.trust.codec import configured_data_converter
-from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
+from testing.in_process import benchmark_worker, make_task_repo, start_dev_server
 from testing.local_stack import (
     SKY_CLI,
     TEMPORAL_ADDRESS,
@@ -114,37 +114,29 @@ async def run_simulated(
 ) -> tuple[float, list]:
     """Run `count` pipelines at once on one in-process worker; return wall seconds and outcomes."""
     task_queue = f"bench-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as checkouts:
-        async with running_worker(
-            env,
-            fake,
-            Path(checkouts),
-            task_queue,
-            activities_class=activities_class,
-            threads=2 * max(count, 1) * 2 + 8,
-            **REAL_WORKER_SETTINGS,
-            max_concurrent_activities=max(100, 2 * count),
-            max_concurrent_workflow_tasks=max(100, 2 * count),
-        ):
-            fields = dict(repo_url=str(repo), ref="main", retry_initial_interval_seconds=0.1)
-            fields.update(input_fields)
-            started = time.monotonic()
-            handles = await asyncio.gather(
-                *(
-                    env.client.start_workflow(
-                        SkyPilotWorkflow.run,
-                        PipelineInput(**fields),
-                        id=f"bench-{uuid.uuid4().hex[:10]}",
-                        task_queue=task_queue,
-                        search_attributes=at_start(SkyPilotWorkflow.__name__, str(repo)),  # as real runs
-                    )
-                    for _ in range(count)
+    threads, concurrency = 2 * max(count, 1) * 2 + 8, max(100, 2 * count)
+    async with benchmark_worker(
+        env, fake, task_queue, threads, concurrency, activities_class=activities_class
+    ):
+        fields = dict(repo_url=str(repo), ref="main", retry_initial_interval_seconds=0.1)
+        fields.update(input_fields)
+        started = time.monotonic()
+        handles = await asyncio.gather(
+            *(
+                env.client.start_workflow(
+                    SkyPilotWorkflow.run,
+                    PipelineInput(**fields),
+                    id=f"bench-{uuid.uuid4().hex[:10]}",
+                    task_queue=task_queue,
+                    search_attributes=at_start(SkyPilotWorkflow.__name__, str(repo)),  # as real runs
                 )
+                for _ in range(count)
             )
-            if on_started:
-                await on_started(handles)
-            outcomes = await asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
-            wall = time.monotonic() - started
+        )
+        if on_started:
+            await on_started(handles)
+        outcomes = await asyncio.gather(*(h.result() for h in handles), return_exceptions=True)
+        wall = time.monotonic() - started
     return wall, list(zip(handles, outcomes, strict=True))
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from skypilot_temporal.payloads import PipelineInput, SweepInput, SweepResult
 from skypilot_temporal.testing.fake_sky import FakeSky
-from testing.in_process import REAL_WORKER_SETTINGS, make_task_repo, running_worker, start_dev_server
+from testing.in_process import benchmark_worker, make_task_repo, start_dev_server
 from workflows import SweepWorkflow
 
 SIMULATED_STEP_SECONDS = 0.3  # each provisioning and each job
@@ -40,29 +40,19 @@ async def simulated_sweep(
     for step in ("preprocess", "train", "eval"):
         fake.plan(step, seconds=SIMULATED_STEP_SECONDS, logs=["METRIC eval_accuracy=0.9"])
     task_queue = f"bench-sweep-{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as checkouts:
-        async with running_worker(
-            env,
-            fake,
-            Path(checkouts),
-            task_queue,
-            threads=8 * max_parallel + 8,
-            **REAL_WORKER_SETTINGS,
-            max_concurrent_activities=100,
-            max_concurrent_workflow_tasks=100,
-        ):
-            started = time.monotonic()
-            result = await env.client.execute_workflow(
-                SweepWorkflow.run,
-                SweepInput(
-                    PipelineInput(repo_url=str(repo), ref="main", retry_initial_interval_seconds=0.1),
-                    [{"LR": str(n)} for n in range(variants)],
-                    max_parallel=max_parallel,
-                ),
-                id=f"bench-sweep-{uuid.uuid4().hex[:8]}",
-                task_queue=task_queue,
-            )
-            return time.monotonic() - started, result
+    async with benchmark_worker(env, fake, task_queue, threads=8 * max_parallel + 8):
+        started = time.monotonic()
+        result = await env.client.execute_workflow(
+            SweepWorkflow.run,
+            SweepInput(
+                PipelineInput(repo_url=str(repo), ref="main", retry_initial_interval_seconds=0.1),
+                [{"LR": str(n)} for n in range(variants)],
+                max_parallel=max_parallel,
+            ),
+            id=f"bench-sweep-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        return time.monotonic() - started, result
 
 
 async def simulated_row(repo: Path, env: Any | None = None) -> dict[str, Any]:

@@ -129,6 +129,11 @@ async def ui_picture(page: Page, url: str, path: Path, height: int, *wait_for_te
     await page.goto(url)
     for text in wait_for_text:
         await expect(page.get_by_text(text).first).to_be_visible(timeout=60_000)
+    await settled_picture(page, path)
+
+
+async def settled_picture(page: Page, path: Path) -> None:
+    """The page as it is once it has settled, in `path`."""
     await page.wait_for_timeout(SETTLE_MS)
     await page.screenshot(path=path)
     print(f"[screenshots] {path}", flush=True)
@@ -201,16 +206,12 @@ async def photograph(out: Path, succeeds: Run, fails: Run, exits: asyncio.Future
         await page.set_viewport_size({"width": 1440, "height": 720})
         await page.goto(workflow_url(succeeds.workflow_id, run_id, "user-metadata"))
         await wait_for_user_metadata(page, "SkyPilot pipeline: ", f"down {batch}-train")
-        await page.wait_for_timeout(SETTLE_MS)
-        await page.screenshot(path=out / "ui-summary-and-details.png")
-        print(f"[screenshots] {out / 'ui-summary-and-details.png'}", flush=True)
+        await settled_picture(page, out / "ui-summary-and-details.png")
         await page.set_viewport_size({"width": 1440, "height": 1100})
         await page.goto(workflow_url(succeeds.workflow_id, run_id, "query"))
         await page.get_by_role("button", name="Run Query").click()
         await expect(page.get_by_role("button", name="Refresh Query")).to_be_visible()
-        await page.wait_for_timeout(SETTLE_MS)
-        await page.screenshot(path=out / "ui-progress-query.png")
-        print(f"[screenshots] {out / 'ui-progress-query.png'}", flush=True)
+        await settled_picture(page, out / "ui-progress-query.png")
         await ui_picture(
             page,
             workflow_url(fails.workflow_id, fails_run_id, "timeline"),

@@ -8,6 +8,7 @@ tests/workflows/record_history.py run the real workflow and activities this way.
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -47,9 +48,33 @@ def make_task_repo(repo: Path, replaced: Mapping[str, str] | None = None) -> Pat
     return make_git_repo(repo, {**files, **(replaced or {})})
 
 
-# A real worker's settings for benchmarks: its heartbeat period, its own environment (not
-# WORKER_ENVIRON), no secret allowed.
-REAL_WORKER_SETTINGS: dict[str, Any] = dict(heartbeat_seconds=5.0, environ=None, policy=REAL_WORKER_POLICY)
+@asynccontextmanager
+async def benchmark_worker(
+    env: WorkflowEnvironment,
+    fake: FakeSky,
+    task_queue: str,
+    threads: int,
+    concurrency: int = 100,
+    **options: Any,
+) -> AsyncIterator[None]:
+    """`running_worker` as a benchmark wants it: a real worker's settings (its heartbeat period,
+    its own environment instead of WORKER_ENVIRON, no secret allowed), `threads` SDK threads,
+    `concurrency` activities and workflow tasks at once, checkouts in a directory of its own."""
+    with tempfile.TemporaryDirectory() as checkouts:
+        async with running_worker(
+            env,
+            fake,
+            Path(checkouts),
+            task_queue,
+            heartbeat_seconds=5.0,
+            environ=None,
+            policy=REAL_WORKER_POLICY,
+            threads=threads,
+            max_concurrent_activities=concurrency,
+            max_concurrent_workflow_tasks=concurrency,
+            **options,
+        ):
+            yield
 
 
 @asynccontextmanager

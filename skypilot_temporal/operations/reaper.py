@@ -20,17 +20,7 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from temporalio import activity, workflow
-from temporalio.client import (
-    Client,
-    Schedule,
-    ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
-    ScheduleIntervalSpec,
-    ScheduleOverlapPolicy,
-    SchedulePolicy,
-    ScheduleSpec,
-    ScheduleUpdate,
-)
+from temporalio.client import Client, ScheduleActionStartWorkflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -41,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
         cluster_prefix_v1_for,
     )
     from skypilot_temporal.operations import metrics
+    from skypilot_temporal.operations.schedules import ScheduleRequest, create_or_update
     from skypilot_temporal.payloads import CancelManagedJobInput, DownInput, ReaperInput, ReaperResult
 
 
@@ -184,21 +175,15 @@ class ClusterReaperWorkflow:
 
 
 async def ensure_reaper_schedule(client: Client, task_queue: str, period: timedelta, grace: timedelta) -> str:
-    """Create the reaper's schedule for `task_queue`, or bring an existing one up to date."""
+    """Create the reaper's schedule for `task_queue`, or bring an existing one up to date (an
+    operator's pause stays)."""
     schedule_id = reaper_schedule_id(task_queue)
-    schedule = Schedule(
-        action=ScheduleActionStartWorkflow(
-            ClusterReaperWorkflow.run,
-            ReaperInput(grace_seconds=int(grace.total_seconds())),
-            id=f"skypilot-cluster-reaper-{task_queue}",
-            task_queue=task_queue,
-            execution_timeout=max(period, timedelta(minutes=30)),
-        ),
-        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=period)]),
-        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    action = ScheduleActionStartWorkflow(
+        ClusterReaperWorkflow.run,
+        ReaperInput(grace_seconds=int(grace.total_seconds())),
+        id=f"skypilot-cluster-reaper-{task_queue}",
+        task_queue=task_queue,
+        execution_timeout=max(period, timedelta(minutes=30)),
     )
-    try:
-        await client.create_schedule(schedule_id, schedule)
-    except ScheduleAlreadyRunningError:
-        await client.get_schedule_handle(schedule_id).update(lambda _: ScheduleUpdate(schedule=schedule))
+    await create_or_update(client, ScheduleRequest(schedule_id, every=period), action)
     return schedule_id

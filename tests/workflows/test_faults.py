@@ -171,7 +171,7 @@ async def test_the_reaper_tears_down_only_marked_clusters_whose_run_is_gone(pipe
         await live.result()
 
 
-async def test_the_reaper_schedule_is_set_up_idempotently_and_fires(pipeline: Pipeline):
+async def test_the_reaper_schedule_is_set_up_idempotently_keeps_a_pause_and_fires(pipeline: Pipeline):
     old_cluster(pipeline, "skypilot-leaked-train")
     client = pipeline.env.client
     schedule_id = await ensure_reaper_schedule(
@@ -183,8 +183,16 @@ async def test_the_reaper_schedule_is_set_up_idempotently_and_fires(pipeline: Pi
             client, pipeline.task_queue, period=timedelta(seconds=2), grace=timedelta(seconds=60)
         )
         assert schedule_id == reaper_schedule_id(pipeline.task_queue)
-        description = await client.get_schedule_handle(schedule_id).describe()
+        handle = client.get_schedule_handle(schedule_id)
+        description = await handle.describe()
         assert description.schedule.spec.intervals[0].every == timedelta(seconds=2)
+        # An operator's pause outlives a worker restart; the operator unpauses it.
+        await handle.pause(note="operator: maintenance")
+        await ensure_reaper_schedule(
+            client, pipeline.task_queue, period=timedelta(seconds=2), grace=timedelta(seconds=60)
+        )
+        assert (await handle.describe()).schedule.state.paused
+        await handle.unpause()
 
         async def reaped():
             return "skypilot-leaked-train" not in pipeline.fake.clusters

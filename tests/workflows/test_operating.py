@@ -31,6 +31,7 @@ from test_scripts import assert_one_line_error, run_script, starter_env
 
 import run_workflow
 from skypilot_temporal import worker_startup
+from skypilot_temporal.client import starting
 from skypilot_temporal.errors import ConfigError
 from skypilot_temporal.operations import search_attributes
 from skypilot_temporal.operations.metrics import prometheus_runtime
@@ -356,7 +357,7 @@ async def test_search_attributes_never_carry_repository_credentials():
     async def start(given: TypedSearchAttributes) -> None:
         captured.append(given)
 
-    await run_workflow.searchable(run_workflow.pipeline_input(args), start)
+    await starting.searchable("SkyPilotWorkflow", run_workflow.pipeline_input(args), start)
     repo = captured[0].get(TASK_REPO)
     assert repo == "https://git.example.com/tasks.git", repo
     assert (
