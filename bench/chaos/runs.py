@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.chaos.connection import TemporalConnection
@@ -17,25 +18,16 @@ from bench.chaos.plan import Run
 from testing.local_stack import stack_env
 
 
+@dataclass
 class Pipelines:
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        journal: Journal,
-        temporal: TemporalConnection,
-        runs: list[Run],
-        code: Path,
-        repo_args: list[str],
-        task_queue: str,
-    ) -> None:
-        self.args = args
-        self.journal = journal
-        self.temporal = temporal
-        self.runs = runs
-        self.code = code
-        self.repo_args = repo_args
-        self.task_queue = task_queue
-        self.first_start: float | None = None
+    args: argparse.Namespace
+    journal: Journal
+    temporal: TemporalConnection
+    runs: list[Run]
+    code: Path
+    repo_args: list[str]
+    task_queue: str
+    first_start: float | None = None
 
     def any_open(self) -> bool:
         return any(r.open for r in self.runs)

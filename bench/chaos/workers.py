@@ -36,23 +36,18 @@ class WorkerSlot:
         return " | ".join(text.strip().splitlines()[-lines:])[-400:]
 
 
+@dataclass
 class WorkerFleet:
-    def __init__(
-        self,
-        args: argparse.Namespace,
-        journal: Journal,
-        task_queue: str,
-        code: Path,
-        runs_open: Callable[[], bool],
-        rng: random.Random,
-    ) -> None:
-        self.args = args
-        self.journal = journal
-        self.task_queue = task_queue
-        self.code = code
-        self.runs_open = runs_open
-        self.rng = rng
-        self.slots = [WorkerSlot(n, journal.out / f"checkouts-{n}") for n in range(args.workers)]
+    args: argparse.Namespace
+    journal: Journal
+    task_queue: str
+    code: Path
+    runs_open: Callable[[], bool]
+    rng: random.Random
+    slots: list[WorkerSlot] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = [WorkerSlot(n, self.journal.out / f"checkouts-{n}") for n in range(self.args.workers)]
 
     def start(self, slot: WorkerSlot) -> None:
         slot.incarnation += 1

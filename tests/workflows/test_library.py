@@ -7,13 +7,17 @@ import asyncio
 import dataclasses
 import re
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from platform_pipeline import TrainOnlyPipeline, TrainThenSmokeTests
 from temporalio import activity
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 import workflows
@@ -39,6 +43,29 @@ ACTIVITY_TYPES = {
     "cancel_managed_job",
     "find_orphan_clusters",
 }
+
+
+@asynccontextmanager
+async def platform_worker(
+    env: WorkflowEnvironment, fake_sky: FakeSky, checkout_root: Path, pipeline: Any, **options: Any
+) -> AsyncIterator[Callable[[PipelineInput], Awaitable[WorkflowHandle[Any, Any]]]]:
+    """A platform's worker running only `pipeline` (on the plugin); yields what starts a run of it."""
+    task_queue = f"platform-{uuid.uuid4().hex[:8]}"
+    async with running_worker(
+        env.client,
+        fake_sky,
+        task_queue,
+        workflows=[pipeline],
+        checkout_root=checkout_root,
+        policy=WORKER_POLICY,
+        **options,
+    ):
+
+        async def start(input: PipelineInput) -> WorkflowHandle[Any, Any]:
+            run_id = f"{task_queue}-{uuid.uuid4().hex[:6]}"
+            return await env.client.start_workflow(pipeline.run, input, id=run_id, task_queue=task_queue)
+
+        yield start
 
 
 async def test_the_registered_type_names_never_change(env, fake_sky: FakeSky, tmp_path: Path):
@@ -81,23 +108,12 @@ async def test_a_new_step_gets_its_own_timeout_and_the_result_masks_url_credenti
         async def fetch_tasks(self, input: FetchTasksInput) -> RunTasks:
             return await super().fetch_tasks(dataclasses.replace(input, repo_url=str(task_repo)))
 
-    task_queue = f"timeouts-{uuid.uuid4().hex[:8]}"
     timeouts = StepTimeouts(heartbeat=5, steps={"smoke": 77}, other_steps=55)
-    async with running_worker(
-        env.client,
-        fake_sky,
-        task_queue,
-        workflows=[TrainThenSmokeTests],
-        checkout_root=tmp_path / "c",
-        policy=WORKER_POLICY,
-        activities_class=FromLocalCopy,
-    ):
-        handle = await env.client.start_workflow(
-            TrainThenSmokeTests.run,
-            PipelineInput(repo_url="https://bob:hunter2pw@example.com/t.git", timeouts=timeouts),
-            id=f"timeouts-{uuid.uuid4().hex[:8]}",
-            task_queue=task_queue,
-        )
+    async with platform_worker(
+        env, fake_sky, tmp_path / "c", TrainThenSmokeTests, activities_class=FromLocalCopy
+    ) as start:
+        credentialed = "https://bob:hunter2pw@example.com/t.git"
+        handle = await start(PipelineInput(repo_url=credentialed, timeouts=timeouts))
         result = await handle.result()
         progress = await handle.query(TrainThenSmokeTests.progress)
     assert [s.status for s in progress.steps] == ["succeeded"] * 5
@@ -118,21 +134,8 @@ async def test_a_planned_step_the_run_never_reaches_ends_skipped_not_pending(
     env, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
 ):
     fake_sky.plan("train", status="FAILED")
-    task_queue = f"skipped-{uuid.uuid4().hex[:8]}"
-    async with running_worker(
-        env.client,
-        fake_sky,
-        task_queue,
-        workflows=[TrainThenSmokeTests],
-        checkout_root=tmp_path / "c",
-        policy=WORKER_POLICY,
-    ):
-        handle = await env.client.start_workflow(
-            TrainThenSmokeTests.run,
-            PipelineInput(repo_url=str(task_repo), timeouts=StepTimeouts(heartbeat=5)),
-            id=f"skipped-{uuid.uuid4().hex[:8]}",
-            task_queue=task_queue,
-        )
+    async with platform_worker(env, fake_sky, tmp_path / "c", TrainThenSmokeTests) as start:
+        handle = await start(PipelineInput(repo_url=str(task_repo), timeouts=StepTimeouts(heartbeat=5)))
         with pytest.raises(WorkflowFailureError):
             await handle.result()
         progress = await handle.query(TrainThenSmokeTests.progress)
@@ -158,22 +161,9 @@ async def test_the_reaper_keeps_the_clusters_of_a_running_pipeline_it_does_not_k
 ):
     """A pipeline type on another worker (another task queue, another team's type) still owns its
     clusters: the reaper keeps them while that run is going."""
-    other_queue = f"other-{uuid.uuid4().hex[:8]}"
     fake_sky.plan("train", until_cancelled=True)
-    async with running_worker(
-        env.client,
-        fake_sky,
-        other_queue,
-        workflows=[TrainOnlyPipeline],
-        checkout_root=tmp_path / "a",
-        policy=WORKER_POLICY,
-    ):
-        handle = await env.client.start_workflow(
-            TrainOnlyPipeline.run,
-            PipelineInput(repo_url=str(task_repo), ref="main", timeouts=StepTimeouts(heartbeat=5)),
-            id=f"theirs-{uuid.uuid4().hex[:8]}",
-            task_queue=other_queue,
-        )
+    async with platform_worker(env, fake_sky, tmp_path / "a", TrainOnlyPipeline) as start:
+        handle = await start(PipelineInput(repo_url=str(task_repo), timeouts=StepTimeouts(heartbeat=5)))
         await asyncio.to_thread(fake_sky.wait_for_job, "train")
         reaper_queue = f"reaper-{uuid.uuid4().hex[:8]}"
         async with running_worker(
