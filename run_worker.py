@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import traceback
-from datetime import timedelta
 from pathlib import Path
 
 from temporalio.worker import Worker
@@ -28,21 +27,14 @@ PROJECT_DIR = Path(__file__).resolve().parent
 
 
 async def run_worker(settings: WorkerSettings) -> None:
-    # Never let an SDK call quietly start a local API server: an unreachable server is an error.
-    os.environ.setdefault("SKYPILOT_DISABLE_LOCAL_API_SERVER", "1")
     config.check_temporal_settings()  # a bad setting is reported before any server is tried
-    plugin = SkyPilotPlugin(settings)
+    plugin = SkyPilotPlugin(settings)  # also: no SDK call ever starts a local API server
     api_server = await asyncio.to_thread(worker_startup.check_skypilot_api_server, skypilot_sdk())
     runtime, metrics_status = worker_startup.metrics_runtime(settings.metrics_address)
     client = await config.connect_temporal(runtime, plugins=[plugin])
     await worker_startup.report_search_attributes(client)
-    worker = Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=PIPELINES,
-        max_concurrent_activities=settings.max_concurrent_activities,
-        graceful_shutdown_timeout=timedelta(seconds=settings.shutdown_grace_seconds),
-    )
+    # The plugin gives it WORKER_MAX_CONCURRENT_ACTIVITIES and WORKER_SHUTDOWN_GRACE_SECONDS.
+    worker = Worker(client, task_queue=settings.task_queue, workflows=PIPELINES)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)

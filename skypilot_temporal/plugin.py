@@ -11,8 +11,15 @@ kept while any running workflow of the namespace owns its name (naming.cluster_p
 pipelines of other workers and task queues are safe too.
 
 Given to `Client.connect`, the client encrypts payloads and every worker built on it gets the
-rest; given to a `Worker` only, the worker refuses to start if codec keys are configured but its
-client would not encrypt (a run's inputs would reach history in plain text).
+rest (so keep other teams' workers on a client of their own); given to a `Worker` only, the worker
+refuses to start if codec keys are configured but its client would not encrypt (a run's inputs
+would reach history in plain text). The client's own data converter stays: the plugin adds the
+codec to it (and encoded failure attributes), nothing else.
+
+It also applies the settings a Worker would otherwise lack (`max_concurrent_activities`, the
+graceful shutdown time) unless the Worker sets them, keeps URL credentials out of this package's
+and Temporal's workflow and activity logs, and never lets the SkyPilot SDK start a local API
+server in place of an unreachable one (`SKYPILOT_DISABLE_LOCAL_API_SERVER=1` unless set).
 """
 
 from __future__ import annotations
@@ -45,10 +52,13 @@ from skypilot_temporal.operations.reaper import (
 from skypilot_temporal.settings import WorkerSettings
 from skypilot_temporal.trust.checkout import prune_checkouts
 from skypilot_temporal.trust.codec import configured_data_converter
+from skypilot_temporal.trust.redaction import hide_url_credentials
 
 PACKAGE = "skypilot_temporal"
 log = logging.getLogger(PACKAGE)
 PLUGIN_NAME = "skypilot_temporal.SkyPilotPlugin"
+# Where a step's log lines go: they may quote a repository or endpoint URL.
+LOGGERS = (PACKAGE, "temporalio.activity", "temporalio.workflow")
 CHECKOUT_PRUNE_PERIOD_SECONDS = 3600
 
 
@@ -58,7 +68,8 @@ class SkyPilotPlugin(SimplePlugin):
     `sky`: the SkyPilot client SDK to call (default: the `sky` module; tests pass a FakeSky).
     `environ`: where secrets a task may receive are read (default: this process's environment).
     `activities_class`: a subclass of SkyPilotActivities to register instead (tests).
-    One plugin serves one worker at a time: it owns that worker's SDK thread pools.
+    On a client, it serves every worker built on that client, each with SDK thread pools of its
+    own (one worker per task queue).
     """
 
     def __init__(
@@ -78,10 +89,17 @@ class SkyPilotPlugin(SimplePlugin):
         self._managed_status_poll_seconds = managed_status_poll_seconds
         self._converter = data_converter or configured_data_converter()
         self._tracing = tracing.otlp_tracing(os.environ)
-        self._executors: list[concurrent.futures.ThreadPoolExecutor] = []
+        # Each worker's SDK thread pools, by task queue; the workers running now.
+        self._executors: dict[str, list[concurrent.futures.ThreadPoolExecutor]] = {}
+        self._running = 0
+        if sky is None:
+            os.environ.setdefault("SKYPILOT_DISABLE_LOCAL_API_SERVER", "1")
+        for name in LOGGERS:
+            if hide_url_credentials not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(hide_url_credentials)
         super().__init__(
             PLUGIN_NAME,
-            data_converter=self._converter,
+            data_converter=self._with_codec if self._converter.payload_codec else None,
             interceptors=[self._tracing[0]] if self._tracing else None,
             workflows=[ClusterReaperWorkflow],
             workflow_runner=_pass_this_package_through,
@@ -92,15 +110,28 @@ class SkyPilotPlugin(SimplePlugin):
         """Where spans go ("": tracing is off)."""
         return tracing.otlp_endpoint(os.environ) if self._tracing else ""
 
+    def _with_codec(self, existing: DataConverter | None) -> DataConverter:
+        """The client's converter (its payload converter too), encrypting payloads and failures."""
+        return dataclasses.replace(
+            existing or DataConverter.default,
+            payload_codec=self._converter.payload_codec,
+            failure_converter_class=self._converter.failure_converter_class,
+        )
+
     def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
         config = super().configure_worker(config)
+        settings = self.settings
+        if config.get("max_concurrent_activities") is None and config.get("tuner") is None:
+            config["max_concurrent_activities"] = settings.max_concurrent_activities
+        if not config.get("graceful_shutdown_timeout"):
+            config["graceful_shutdown_timeout"] = timedelta(seconds=settings.shutdown_grace_seconds)
         client = config["client"]
         if self._converter.payload_codec is not None and client.data_converter.payload_codec is None:
             raise ConfigError(
                 "payload codec keys are configured but this worker's client does not encrypt: "
                 "pass SkyPilotPlugin to Client.connect (plugins=[...]), not only to Worker"
             )
-        activities = self._new_activities()
+        activities = self._new_activities(config["task_queue"], config.get("max_concurrent_activities"))
         reaper = ReaperActivities(activities, client)
         config["activities"] = [
             *config.get("activities", []),
@@ -121,19 +152,20 @@ class SkyPilotPlugin(SimplePlugin):
                 settings.checkout_root.expanduser(), settings.checkout_ttl_hours * 3600.0
             )
         )
+        self._running += 1
         try:
             await next(worker)
         finally:
+            self._running -= 1
             pruning.cancel()
             # Threads still following jobs must not hold the worker: the jobs keep running on
             # SkyPilot, and the next attempt re-attaches to them.
-            for executor in self._executors:
+            for executor in self._executors.pop(worker.task_queue, []):
                 executor.shutdown(wait=False, cancel_futures=True)
-            self._executors.clear()
-            if self._tracing:
+            if self._tracing and self._running == 0:
                 self._tracing[1].shutdown()  # sends the last spans
 
-    def _new_activities(self) -> SkyPilotActivities:
+    def _new_activities(self, task_queue: str, max_concurrent_activities: int | None) -> SkyPilotActivities:
         settings = self.settings
         executor = concurrent.futures.ThreadPoolExecutor(
             settings.sdk_thread_count, thread_name_prefix="skypilot-sdk"
@@ -141,9 +173,10 @@ class SkyPilotPlugin(SimplePlugin):
         # A cancelled step's SkyPilot cancel, never queued behind the steps that fill `executor`:
         # an activity makes its cancel's calls one at a time, so this many threads always suffice.
         cancel_executor = concurrent.futures.ThreadPoolExecutor(
-            settings.max_concurrent_activities, thread_name_prefix="skypilot-cancel"
+            max_concurrent_activities or settings.max_concurrent_activities,
+            thread_name_prefix="skypilot-cancel",
         )
-        self._executors = [executor, cancel_executor]
+        self._executors[task_queue] = [executor, cancel_executor]
         options: dict[str, Any] = {}
         if self._managed_status_poll_seconds is not None:
             options["managed_status_poll_seconds"] = self._managed_status_poll_seconds

@@ -22,7 +22,7 @@ from skypilot_temporal.operations import search_attributes
 from skypilot_temporal.operations.metrics import prometheus_runtime
 from skypilot_temporal.plugin import PACKAGE, SkyPilotPlugin
 from skypilot_temporal.settings import WorkerSettings
-from skypilot_temporal.trust.redaction import redact_url_credentials
+from skypilot_temporal.trust.redaction import hide_url_credentials
 
 log = logging.getLogger(PACKAGE)
 
@@ -125,7 +125,7 @@ def configure_logging(settings: WorkerSettings) -> None:
             )
         except OSError as err:
             raise ConfigError(f"WORKER_LOG_FILE '{settings.log_file}': {err.strerror or err}") from None
-    handler.addFilter(_hide_url_credentials)
+    handler.addFilter(hide_url_credentials)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", handlers=[handler]
     )
@@ -133,11 +133,3 @@ def configure_logging(settings: WorkerSettings) -> None:
         logging.getLogger(name).setLevel(settings.log_level)
     # Each line already names its step and cluster (and so its run); skip the info dict.
     activity.logger.activity_info_on_message = False
-
-
-def _hide_url_credentials(record: logging.LogRecord) -> bool:
-    """No log line shows a password or token of a URL (a repository, the API server endpoint)."""
-    message = record.getMessage()
-    if "@" in message:
-        record.msg, record.args = redact_url_credentials(message), None
-    return True

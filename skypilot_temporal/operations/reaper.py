@@ -58,29 +58,36 @@ def live_prefixes(running_workflow_ids: Iterable[str]) -> set[str]:
     }
 
 
-def cluster_owner(name: str) -> str:
+def cluster_owners(name: str) -> list[str]:
     """The prefix of the run that owns cluster "<prefix>-<role>" (a role has no "-")."""
-    return name.rsplit("-", 1)[0]
+    return [name.rsplit("-", 1)[0]]
 
 
-_RUN_SCOPED_JOB_NAME = re.compile(r"(.+)-[0-9a-f]{8}-[a-z0-9]+")
+_RUN_TOKEN = re.compile(r"-[0-9a-f]{8}-")
 
 
-def managed_job_owner(name: str) -> str:
-    """The prefix of the run that owns managed job "<prefix>-<run token>-<step>"."""
-    run_scoped = _RUN_SCOPED_JOB_NAME.fullmatch(name)
-    return run_scoped.group(1) if run_scoped else cluster_owner(name)
+def managed_job_owners(name: str) -> list[str]:
+    """Who may own managed job "<prefix>-<run token>-<step>": the part before each "-<8 hex>-" in
+    the name (a step may have "-" in it, and a prefix may end in 8 hex), and for a job named before
+    run tokens ("<prefix>-<step>") its cluster-style owner. Kept when one of them is running."""
+    # Every position, not finditer's: in "-0d3928e8-1a2b3c4d-" the two tokens share a "-".
+    tokens = [i for i in range(len(name)) if _RUN_TOKEN.match(name, i)]
+    return [name[:i] for i in tokens] + cluster_owners(name)
 
 
 def orphans(
-    ages: dict[str, float], live: set[str], grace_seconds: float, owner: Callable[[str], str] = cluster_owner
+    ages: dict[str, float],
+    live: set[str],
+    grace_seconds: float,
+    owners: Callable[[str], list[str]] = cluster_owners,
 ) -> tuple[list[str], list[str]]:
     """Split marked clusters or managed jobs (name -> age in seconds) into (orphans, kept): an
-    orphan's exact owner (`owner` of its name) is not among the `live` prefixes."""
+    orphan's exact owner (one of `owners` of its name) is not among the `live` prefixes."""
     reap: list[str] = []
     keep: list[str] = []
     for name, age in sorted(ages.items()):
-        (keep if owner(name) in live or age < grace_seconds else reap).append(name)
+        owned = any(owner in live for owner in owners(name))
+        (keep if owned or age < grace_seconds else reap).append(name)
     return reap, keep
 
 
@@ -109,7 +116,7 @@ class ReaperActivities:
         # Listed after the clusters: a run that starts in between is covered by the grace period.
         live = live_prefixes([w.id async for w in self._client.list_workflows(RUNNING_WORKFLOWS_QUERY)])
         reap, keep = orphans(clusters, live, input.grace_seconds)
-        orphan_jobs, _ = orphans(job_ages, live, input.grace_seconds, managed_job_owner)
+        orphan_jobs, _ = orphans(job_ages, live, input.grace_seconds, managed_job_owners)
         cancel = sorted(job_id for job_id, name, _ in jobs if name in orphan_jobs)
         return ReaperResult(reaped=reap, kept=keep, cancelled_jobs=cancel)
 

@@ -3,6 +3,7 @@ details, failure messages), and of credentials in URLs."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 
@@ -48,3 +49,12 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     if "ssh" in scheme.lower() and ":" not in userinfo:
         return match.group(0)
     return f"{scheme}://{MASK}@"
+
+
+def hide_url_credentials(record: logging.LogRecord) -> bool:
+    """A logging filter: no log line shows a password or token of a URL (a repository, the API
+    server endpoint)."""
+    message = record.getMessage()
+    if "@" in message:
+        record.msg, record.args = redact_url_credentials(message), None
+    return True

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,11 +19,12 @@ import pytest
 from platform_pipeline import TrainOnlyPipeline, TrainThenSmokeTests
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.converter import DataConverter, DefaultPayloadConverter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 import workflows
-from skypilot_temporal import PipelineInput, SkyPilotActivities, SkyPilotPlugin, settings
+from skypilot_temporal import PipelineInput, SkyPilotActivities, SkyPilotPlugin, WorkerSettings, settings
 from skypilot_temporal.errors import ConfigError
 from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
 from skypilot_temporal.payloads import FetchTasksInput, ReaperInput, RunTasks, StepTimeouts
@@ -156,6 +159,73 @@ async def test_a_worker_whose_client_would_not_encrypt_refuses_to_start(env, fak
         )
 
 
+class TeamPayloadConverter(DefaultPayloadConverter):
+    """A platform's own payload converter (e.g. for pydantic models)."""
+
+
+def test_the_plugin_adds_the_codec_to_the_clients_converter_and_keeps_the_rest(
+    env, fake_sky: FakeSky, monkeypatch: pytest.MonkeyPatch
+):
+    theirs = DataConverter(payload_converter_class=TeamPayloadConverter)
+    keyed = codec.data_converter({"k1": b"k" * 32})
+    config = {**env.client.config(), "data_converter": theirs}
+    encrypting = Client(**{**config, "plugins": [SkyPilotPlugin(sky=fake_sky, data_converter=keyed)]})
+    assert encrypting.data_converter.payload_converter_class is TeamPayloadConverter
+    assert isinstance(encrypting.data_converter.payload_codec, codec.EncryptionCodec)
+    plain = Client(
+        **{**config, "plugins": [SkyPilotPlugin(sky=fake_sky, data_converter=codec.data_converter(None))]}
+    )
+    assert plain.data_converter is theirs
+
+
+async def test_the_plugin_gives_a_worker_its_settings_and_keeps_credentials_out_of_logs(
+    env, fake_sky: FakeSky, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    monkeypatch.delenv("SKYPILOT_DISABLE_LOCAL_API_SERVER", raising=False)
+    chosen = WorkerSettings(max_concurrent_activities=7, shutdown_grace_seconds=42)
+    plugin = SkyPilotPlugin(chosen)  # the real SDK: it must never start a local API server
+    assert os.environ["SKYPILOT_DISABLE_LOCAL_API_SERVER"] == "1"
+    plugin = SkyPilotPlugin(chosen, sky=fake_sky)
+    worker = Worker(env.client, task_queue="settings", workflows=[TrainOnlyPipeline], plugins=[plugin])
+    config = worker.config(active_config=True)
+    assert config["max_concurrent_activities"] == 7
+    assert config["graceful_shutdown_timeout"] == timedelta(seconds=42)
+    own = Worker(
+        env.client,
+        task_queue="own",
+        workflows=[TrainOnlyPipeline],
+        plugins=[plugin],
+        max_concurrent_activities=3,
+    )
+    assert own.config(active_config=True)["max_concurrent_activities"] == 3
+    with caplog.at_level(logging.INFO):
+        activity.logger.logger.warning("cannot clone %s", "https://bob:hunter2pw@git.example.com/r")
+    assert "hunter2pw" not in caplog.text and "https://***@git.example.com/r" in caplog.text
+
+
+async def test_workers_sharing_a_client_with_the_plugin_keep_their_own_sdk_threads(
+    env, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
+):
+    plugin = SkyPilotPlugin(
+        WorkerSettings(checkout_root=tmp_path / "c", reaper_period_seconds=0, policy=WORKER_POLICY),
+        sky=fake_sky,
+        data_converter=env.client.data_converter,
+    )
+    client = Client(**{**env.client.config(), "plugins": [plugin]})
+    queues = [f"shared-{n}-{uuid.uuid4().hex[:6]}" for n in range(2)]
+    first, second = (Worker(client, task_queue=q, workflows=[TrainOnlyPipeline]) for q in queues)
+    async with second:
+        async with first:
+            pass  # the first worker stops: its thread pools go, the second's stay
+        result = await client.execute_workflow(
+            TrainOnlyPipeline.run,
+            PipelineInput(repo_url=str(task_repo), timeouts=StepTimeouts(heartbeat=5)),
+            id=f"shared-{uuid.uuid4().hex[:8]}",
+            task_queue=queues[1],
+        )
+    assert result == "SUCCEEDED"
+
+
 async def test_the_reaper_keeps_the_clusters_of_a_running_pipeline_it_does_not_know(
     env, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
 ):
@@ -179,12 +249,32 @@ async def test_the_reaper_keeps_the_clusters_of_a_running_pipeline_it_does_not_k
         await handle.cancel()
 
 
+SETTING_PREFIXES = (
+    "WORKER_",
+    "TEMPORAL_",
+    "CODEC_",
+    "PAYLOAD_",
+    "OTEL_",
+    "PIPELINE_",
+    "REAPER_",
+    "AUTODOWN_",
+)
+SETTING_PREFIXES += ("SKYPILOT_", "LOG_")
+# Environment names the code uses that no one sets for it: a task's env, and one it sets itself.
+NOT_SETTINGS = {"PIPELINE_RUN_ID", "SKYPILOT_DISABLE_LOCAL_API_SERVER"}
+
+
 def test_every_setting_is_read_documented_and_in_env_example():
     listed = set(settings.ALL_SETTINGS)
     code = "\n".join(p.read_text() for p in [*ROOT.glob("*.py"), *(ROOT / "skypilot_temporal").rglob("*.py")])
     read = set(re.findall(r"env_(?:str|int|bool|list)\(\s*\"([A-Z][A-Z0-9_]+)\"", code))
     read |= set(re.findall(r"environ(?:\.get\(|\[)\s*\"([A-Z][A-Z0-9_]+)\"", code))
     assert read - listed == set(), "read but not in settings.ALL_SETTINGS"
+    # Names a setting may be read under without a literal env_*("...") call (tuples, f-strings).
+    quoted = set(re.findall(r"[\"']([A-Z][A-Z0-9_]{3,})[\"']", code))
+    assert listed - quoted == set(), "listed in settings.ALL_SETTINGS but named nowhere in the code"
+    ours = {name for name in quoted if name.startswith(SETTING_PREFIXES)} - NOT_SETTINGS
+    assert ours - listed == set(), "named in the code like a setting but not in settings.ALL_SETTINGS"
     example = (ROOT / ".env.example").read_text()
     example_names = set(re.findall(r"^#? ?([A-Z][A-Z0-9_]{3,})=", example, re.M)) - {"HF_TOKEN"}
     assert example_names - listed == set(), ".env.example names a setting that does not exist"

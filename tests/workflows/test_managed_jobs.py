@@ -246,15 +246,20 @@ def test_a_recovery_counts_once_from_running_and_never_from_a_launch_retry():
 
 
 async def test_the_reaper_cancels_managed_jobs_whose_run_is_gone_and_only_those(pipeline: Pipeline):
-    pipeline.fake.plan("train", until_cancelled=True)
+    for step in ("train", "eval"):  # the fake plans "...-stress-eval" as its last word
+        pipeline.fake.plan(step, until_cancelled=True)
     live = await pipeline.start(managed_train=True)
     live_job = await asyncio.to_thread(pipeline.fake.jobs.wait_for, "train", "RUNNING")
-    for name in ["skypilot-terminated1-0123abcd-train", "skypilot-young-0123abcd-train", "teammates-train"]:
+    # A step name may have "-" in it, and a hashed prefix ends in 8 hex like a run token does.
+    live_sibling = live_job.job_name.removesuffix("-train") + "-stress-eval"
+    names = ["skypilot-terminated1-0123abcd-train", "skypilot-young-0123abcd-train", "teammates-train"]
+    names += [live_sibling, "skypilot-night--0d3928e8-0123abcd-stress-eval"]
+    for name in names:
         task = pipeline.fake.Task.from_yaml_config({"name": name, "run": "true"})
         pipeline.fake.get(pipeline.fake.jobs.launch(task, name=name))
-    orphan, young, teammates = pipeline.fake.jobs.managed[-3:]
-    orphan.submitted_at -= 3600
-    teammates.submitted_at -= 3600
+    orphan, young, teammates, sibling, hashed_orphan = pipeline.fake.jobs.managed[-5:]
+    for old in (orphan, teammates, sibling, hashed_orphan):
+        old.submitted_at -= 3600
 
     result = await pipeline.env.client.execute_workflow(
         ClusterReaperWorkflow.run,
@@ -262,13 +267,15 @@ async def test_the_reaper_cancels_managed_jobs_whose_run_is_gone_and_only_those(
         id=f"reaper-{live.id}",
         task_queue=pipeline.task_queue,
     )
-    assert result.cancelled_jobs == [orphan.job_id]
-    assert pipeline.fake.called("jobs.cancel") == [[orphan.job_id]] and orphan.status == "CANCELLED"
-    assert (live_job.status, young.status, teammates.status) == ("RUNNING", "RUNNING", "RUNNING")
+    cancelled = sorted([orphan.job_id, hashed_orphan.job_id])
+    assert result.cancelled_jobs == cancelled
+    assert sorted(job for call in pipeline.fake.called("jobs.cancel") for job in call) == cancelled
+    assert orphan.status == "CANCELLED"
+    assert (live_job.status, young.status, teammates.status, sibling.status) == ("RUNNING",) * 4
     await live.cancel()
     with pytest.raises(WorkflowFailureError):
         await live.result()
-    for job in (young, teammates):
+    for job in (young, teammates, sibling):
         job.done.set()
 
 
