@@ -289,7 +289,7 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
 
 
 def workflow_id_for(args: argparse.Namespace) -> str:
-    """The run's workflow id. Its clusters are named after it (shared.cluster_prefix_for), so a
+    """The run's workflow id. Its clusters are named after it (naming.cluster_prefix_for), so a
     fixed --cluster-prefix is a fixed workflow id: Temporal refuses a second running one."""
     if args.cluster_prefix:
         if args.workflow_id:

@@ -1,4 +1,4 @@
-"""The pipelines: each a short workflow on the building blocks in pipeline_blocks.py.
+"""The pipelines: each a short workflow on the building blocks of skypilot_temporal.workflow.
 
 SkyPilotWorkflow, the six steps of the seed:
 

@@ -15,6 +15,7 @@ SkyPilot SDK and an in-process worker to test a pipeline with.
 """
 
 from skypilot_temporal.activity.activities import SkyPilotActivities
+from skypilot_temporal.config import connect_temporal
 from skypilot_temporal.errors import ConfigError
 from skypilot_temporal.payloads import (
     PipelineInput,
@@ -46,5 +47,6 @@ __all__ = [
     "StepTimeouts",
     "TaskPolicy",
     "WorkerSettings",
+    "connect_temporal",
     "managed_job",
 ]

@@ -5,9 +5,9 @@ Every activity is a method of `SkyPilotActivities`, which holds the one seam to 
 a bounded thread pool. All blocking SDK calls run in that pool (`_blocking`); the event loop only
 heartbeats and waits.
 
-- fetch_tasks checks out the task repository (git_checkout.py) and checks every task against
-  the worker's policy (task_policy.py) before any cluster exists;
-- launch_task and exec_task build the task and hand it to the job layer (skypilot_jobs.py),
+- fetch_tasks checks out the task repository (trust/checkout.py) and checks every task against
+  the worker's policy (trust/task_policy.py) before any cluster exists;
+- launch_task and exec_task build the task and hand it to the job layer (activity/jobs.py),
   which finds or submits its job and follows it; a failed job becomes a non-retryable
   `ApplicationError` carrying the step's `StepResult`;
 - submit_managed_job / follow_managed_job / cancel_managed_job run a step as a SkyPilot managed

@@ -587,7 +587,7 @@ def _ignore_outcome(future: asyncio.Future[Any]) -> None:
 
 
 def same_step_other_runs(spec: TaskSpec) -> re.Pattern[str]:
-    """Job names of `spec.step` in any run of the same workflow id (see shared.job_name_for)."""
+    """Job names of `spec.step` in any run of the same workflow id (see naming.job_name_for)."""
     stem = spec.job_name.removesuffix(f"-{spec.step}")[:-9]
     return re.compile(re.escape(stem) + r"-[0-9a-f]{8}-" + re.escape(spec.step))
 

@@ -3,7 +3,7 @@
 A workflow's `finally:` tears its clusters down on success, failure and cancel, but terminate,
 reset and a workflow execution timeout skip it. `ClusterReaperWorkflow`, started every
 REAPER_PERIOD_SECONDS by a Temporal Schedule that each worker sets up (idempotently), finds
-clusters this project launched (named "skypilot-...", see shared.CLUSTER_MARKER) whose owning
+clusters this project launched (named "skypilot-...", see naming.CLUSTER_MARKER) whose owning
 workflow is not running, and tears them down with the pipeline's own `down_cluster` activity.
 Managed jobs ("skypilot-..." too) whose run is gone are cancelled (`cancel_managed_job`): the
 jobs controller then removes their clusters.
@@ -114,11 +114,21 @@ class ReaperActivities:
         if not clusters and not job_ages:
             return ReaperResult(reaped=[], kept=[])
         # Listed after the clusters: a run that starts in between is covered by the grace period.
-        live = live_prefixes([w.id async for w in self._client.list_workflows(RUNNING_WORKFLOWS_QUERY)])
+        live = live_prefixes(await self._running_workflow_ids())
         reap, keep = orphans(clusters, live, input.grace_seconds)
         orphan_jobs, _ = orphans(job_ages, live, input.grace_seconds, managed_job_owners)
         cancel = sorted(job_id for job_id, name, _ in jobs if name in orphan_jobs)
         return ReaperResult(reaped=reap, kept=keep, cancelled_jobs=cancel)
+
+    async def _running_workflow_ids(self) -> list[str]:
+        """Every running workflow of the namespace (a shared one may hold many: a heartbeat per
+        page keeps a long listing alive)."""
+        ids: list[str] = []
+        async for execution in self._client.list_workflows(RUNNING_WORKFLOWS_QUERY, page_size=1000):
+            ids.append(execution.id)
+            if len(ids) % 1000 == 0:
+                activity.heartbeat(len(ids))
+        return ids
 
 
 @workflow.defn
@@ -128,7 +138,8 @@ class ClusterReaperWorkflow:
         found = await workflow.execute_activity_method(
             ReaperActivities.find_orphan_clusters,
             input,
-            start_to_close_timeout=timedelta(minutes=2),
+            start_to_close_timeout=timedelta(minutes=10),
+            heartbeat_timeout=timedelta(minutes=1),
             retry_policy=RetryPolicy(maximum_attempts=3),
             summary="find clusters whose run is gone",
         )

@@ -3,7 +3,7 @@
     python -m skypilot_temporal codec-server
 
 POST <any path>/decode and <any path>/encode take and return `{"payloads": [...]}` (Temporal's
-Payloads message in protobuf JSON), decrypting and encrypting with the keys of codec.py. Point
+Payloads message in protobuf JSON), decrypting and encrypting with the keys of trust/codec.py. Point
 the UI at it (`temporal server start-dev --ui-codec-endpoint http://127.0.0.1:8081`, or the
 codec server setting of a Temporal Cloud namespace) and the CLI with
 `temporal workflow show --codec-endpoint http://127.0.0.1:8081`.

@@ -1,4 +1,4 @@
-"""A cluster of a pipeline run, as an async context manager (see pipeline_blocks.py).
+"""A cluster of a pipeline run, as an async context manager (see workflow/pipeline.py).
 
     async with Cluster(pipeline, "train") as train:
         trained = await train.launch("train.yaml")                # step "train", the role

@@ -1,4 +1,4 @@
-"""A pipeline step run as a SkyPilot managed job (see pipeline_blocks.py, managed_jobs.py).
+"""A pipeline step run as a SkyPilot managed job (see workflow/pipeline.py, activity/managed_jobs.py).
 
     trained = await managed_job(pipeline, "train", "train.yaml")
 

@@ -15,13 +15,13 @@ import sys
 from temporalio.worker import Worker
 
 from acme_pipelines.pipelines import TrainTwiceEvaluated
-from skypilot_temporal import ConfigError, SkyPilotPlugin, WorkerSettings, config
+from skypilot_temporal import ConfigError, SkyPilotPlugin, WorkerSettings, connect_temporal
 
 
 async def main() -> None:
     settings = WorkerSettings.from_env()
     plugin = SkyPilotPlugin(settings)
-    client = await config.connect_temporal(plugins=[plugin])  # address, TLS, API key, codec
+    client = await connect_temporal(plugins=[plugin])  # address, TLS, API key, codec
     worker = Worker(client, task_queue=settings.task_queue, workflows=[TrainTwiceEvaluated])
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
