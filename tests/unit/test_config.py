@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from skypilot_temporal import config
+from skypilot_temporal import WorkerSettings, config, settings
 from testing import ROOT
 
 
@@ -62,3 +65,68 @@ def test_the_worker_log_file_rotates_and_stays_bounded(tmp_path):
     assert files == ["worker.log", "worker.log.1", "worker.log.2"]
     assert sum(p.stat().st_size for p in tmp_path.iterdir()) <= 3 * 2**20 + 4096
     assert "line 59999" in (tmp_path / "worker.log").read_text()
+
+
+def clear_worker_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in settings.WORKER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_empty_environment_gives_the_default_settings(monkeypatch):
+    clear_worker_settings(monkeypatch)
+    read = WorkerSettings.from_env()
+    assert read.sdk_thread_count == WorkerSettings().sdk_thread_count == 3 * 100 + 4
+    assert dataclasses.replace(read, sdk_threads=None) == WorkerSettings()
+
+
+# Each worker setting, a value unlike its default, and where it must land.
+SETTING_FIELDS = {
+    "TEMPORAL_TASK_QUEUE": ("team-q", "task_queue", "team-q"),
+    "WORKER_CHECKOUT_ROOT": ("/srv/co", "checkout_root", Path("/srv/co")),
+    "WORKER_CHECKOUT_TTL_HOURS": ("7", "checkout_ttl_hours", 7),
+    "WORKER_MAX_CONCURRENT_ACTIVITIES": ("11", "max_concurrent_activities", 11),
+    "WORKER_SDK_THREADS": ("13", "sdk_threads", 13),
+    "WORKER_HEARTBEAT_INTERVAL_SECONDS": ("17", "heartbeat_interval_seconds", 17.0),
+    "WORKER_SKYPILOT_OUTAGE_SECONDS": ("19", "skypilot_outage_seconds", 19.0),
+    "AUTODOWN_IDLE_MINUTES": ("23", "autodown_idle_minutes", 23),
+    "REAPER_PERIOD_SECONDS": ("29", "reaper_period_seconds", 29),
+    "REAPER_GRACE_SECONDS": ("31", "reaper_grace_seconds", 31),
+    "WORKER_SHUTDOWN_GRACE_SECONDS": ("37", "shutdown_grace_seconds", 37),
+    "WORKER_ALLOW_INSECURE_GIT": ("true", "allow_insecure_git", True),
+    "WORKER_METRICS_ADDRESS": ("off", "metrics_address", "off"),
+    "LOG_LEVEL": ("debug", "log_level", "DEBUG"),
+    "WORKER_LOG_FILE": ("/var/log/w.log", "log_file", Path("/var/log/w.log")),
+    "WORKER_LOG_MAX_MB": ("41", "log_max_mb", 41),
+    "WORKER_LOG_BACKUPS": ("43", "log_backups", 43),
+}
+POLICY_FIELDS = {
+    "WORKER_ALLOWED_SECRETS": ("HF_TOKEN", "secret_names", frozenset({"HF_TOKEN"})),
+    "WORKER_ALLOWED_MANAGED_SECRETS": ("wandb", "managed_secret_names", frozenset({"wandb"})),
+    "WORKER_ALLOW_TASK_CONFIG": ("yes", "allow_task_config", True),
+    "WORKER_ALLOWED_UPLOAD_DIRS": ("/srv/data", "upload_dirs", (Path("/srv/data"),)),
+    "WORKER_ALLOWED_LOCAL_REPOS": ("/srv/repos", "local_repo_dirs", (Path("/srv/repos"),)),
+    "WORKER_ALLOWED_HOST_PATHS": ("/scratch", "host_path_dirs", ("/scratch",)),
+}
+
+
+def changed_fields(read: Any, default: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(read) if getattr(read, f.name) != getattr(default, f.name)}
+
+
+@pytest.mark.parametrize("name", [*SETTING_FIELDS, *POLICY_FIELDS])
+def test_each_setting_lands_in_its_own_field_and_nowhere_else(monkeypatch, name):
+    clear_worker_settings(monkeypatch)
+    value, field, expected = {**SETTING_FIELDS, **POLICY_FIELDS}[name]
+    monkeypatch.setenv(name, value)
+    read = WorkerSettings.from_env()
+    if name != "WORKER_SDK_THREADS":  # from_env writes out the default thread count
+        read = dataclasses.replace(read, sdk_threads=None)
+    if name in POLICY_FIELDS:
+        assert changed_fields(read, WorkerSettings()) == {"policy"}
+        read = read.policy
+    assert getattr(read, field) == expected
+    assert changed_fields(read, type(read)()) == {field}
+
+
+def test_every_worker_setting_has_a_field():
+    assert set(settings.WORKER_SETTINGS) == {*SETTING_FIELDS, *POLICY_FIELDS}

@@ -287,6 +287,9 @@ async def test_pathological_yaml_is_a_one_line_error(activities, tmp_path, text)
         ({"env_overrides": {"BIG": "x" * 100_000}}, "larger than"),
         ({"secret_names": ["$(id)"]}, "secret name"),
         ({"timeouts": {"train": True}}, "timeouts.train"),
+        ({"timeouts": {"steps": {f"s{n}": 60 for n in range(101)}}}, "timeouts.steps must map at most 100"),
+        ({"timeouts": {"steps": {"s" * 64: 60}}}, "timeouts.sssss"),
+        ({"timeouts": {"steps": {"smoke": 0}}}, "timeouts.smoke must be between 1"),
     ],
 )
 def test_numeric_and_named_inputs_are_bounded(overrides, problem):

@@ -16,7 +16,7 @@ from sky import exceptions
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.workflowservice.v1 import ResetWorkflowExecutionRequest
-from temporalio.client import WorkflowFailureError
+from temporalio.client import ScheduleActionStartWorkflow, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError, WorkflowAlreadyStartedError
 
 from skypilot_temporal.naming import cluster_prefix_for
@@ -175,21 +175,25 @@ async def test_the_reaper_schedule_is_set_up_idempotently_keeps_a_pause_and_fire
     old_cluster(pipeline, "skypilot-leaked-train")
     client = pipeline.env.client
     schedule_id = await ensure_reaper_schedule(
-        client, pipeline.task_queue, period=timedelta(hours=1), grace=timedelta(seconds=60)
+        client, pipeline.task_queue, period=timedelta(hours=1), grace=timedelta(seconds=75)
     )
     try:
         # A second worker (or a restart with a new period) updates the same schedule.
         assert schedule_id == await ensure_reaper_schedule(
-            client, pipeline.task_queue, period=timedelta(seconds=2), grace=timedelta(seconds=60)
+            client, pipeline.task_queue, period=timedelta(seconds=2), grace=timedelta(seconds=75)
         )
         assert schedule_id == reaper_schedule_id(pipeline.task_queue)
         handle = client.get_schedule_handle(schedule_id)
         description = await handle.describe()
         assert description.schedule.spec.intervals[0].every == timedelta(seconds=2)
+        action = description.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        [reaper_input] = await client.data_converter.decode(action.args, [ReaperInput])
+        assert reaper_input == ReaperInput(grace_seconds=75)
         # An operator's pause outlives a worker restart; the operator unpauses it.
         await handle.pause(note="operator: maintenance")
         await ensure_reaper_schedule(
-            client, pipeline.task_queue, period=timedelta(seconds=2), grace=timedelta(seconds=60)
+            client, pipeline.task_queue, period=timedelta(seconds=2), grace=timedelta(seconds=75)
         )
         assert (await handle.describe()).schedule.state.paused
         await handle.unpause()

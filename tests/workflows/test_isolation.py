@@ -26,7 +26,7 @@ from skypilot_temporal.naming import (
     cluster_prefix_v1_for,
     owner_token,
 )
-from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
+from skypilot_temporal.operations.reaper import ClusterReaperWorkflow, managed_job_owners
 from skypilot_temporal.payloads import DownInput, ExecInput, ReaperInput
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow import pipeline as pipeline_blocks
@@ -231,6 +231,20 @@ async def test_the_fake_scopes_by_user_as_skypilot_does(fake_sky: FakeSky):
 
 
 # ---------------------------------------------------------------- the reaper's exact owners
+
+
+@pytest.mark.parametrize(
+    "job, owner",
+    [
+        ("skypilot-a-1a2b3c4d-train", "skypilot-a"),
+        ("skypilot-a-1a2b3c4d-smoke-test", "skypilot-a"),  # a step with "-" in its name
+        # A prefix ending in 8 hex: its token and the run's share a "-".
+        ("skypilot-nightly-0d3928e8-1a2b3c4d-train", "skypilot-nightly-0d3928e8"),
+        ("skypilot-a-train", "skypilot-a"),  # named before run tokens
+    ],
+)
+def test_a_managed_jobs_possible_owners_include_the_run_that_launched_it(job: str, owner: str):
+    assert owner in managed_job_owners(job)
 
 
 async def test_the_reaper_reaps_a_terminated_runs_cluster_whose_name_extends_a_running_prefix(

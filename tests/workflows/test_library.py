@@ -17,11 +17,15 @@ from typing import Any
 
 import pytest
 from platform_pipeline import TrainOnlyPipeline, TrainThenSmokeTests
-from temporalio import activity
+from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.converter import DataConverter, DefaultPayloadConverter
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+)
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
+from temporalio.worker import Worker, WorkerTuner
 
 import workflows
 from skypilot_temporal import PipelineInput, SkyPilotActivities, SkyPilotPlugin, WorkerSettings, settings
@@ -133,6 +137,13 @@ async def test_a_new_step_gets_its_own_timeout_and_the_result_masks_url_credenti
     assert scheduled[f"exec teardown on {prefix}"] == 55
 
 
+def test_each_step_has_its_own_timeout_and_a_new_one_the_explicit_default():
+    timeouts = StepTimeouts(preprocess=1, train=2, eval=3, other_steps=4, steps={"eval": 5})
+    steps = ["preprocess", "train", "eval", "smoke"]
+    assert [timeouts.for_step(s) for s in steps] == [1, 2, 5, 4]
+    assert dataclasses.replace(timeouts, steps={}).for_step("eval") == 3
+
+
 async def test_a_planned_step_the_run_never_reaches_ends_skipped_not_pending(
     env, fake_sky: FakeSky, task_repo: Path, tmp_path: Path
 ):
@@ -172,6 +183,8 @@ def test_the_plugin_adds_the_codec_to_the_clients_converter_and_keeps_the_rest(
     encrypting = Client(**{**config, "plugins": [SkyPilotPlugin(sky=fake_sky, data_converter=keyed)]})
     assert encrypting.data_converter.payload_converter_class is TeamPayloadConverter
     assert isinstance(encrypting.data_converter.payload_codec, codec.EncryptionCodec)
+    # Failure messages and stack traces are encrypted too, not only payloads.
+    assert encrypting.data_converter.failure_converter_class is DefaultFailureConverterWithEncodedAttributes
     plain = Client(
         **{**config, "plugins": [SkyPilotPlugin(sky=fake_sky, data_converter=codec.data_converter(None))]}
     )
@@ -198,9 +211,21 @@ async def test_the_plugin_gives_a_worker_its_settings_and_keeps_credentials_out_
         max_concurrent_activities=3,
     )
     assert own.config(active_config=True)["max_concurrent_activities"] == 3
+    tuned = Worker(  # a Worker with its own tuner: the plugin must not add a slot count beside it
+        env.client,
+        task_queue="tuned",
+        workflows=[TrainOnlyPipeline],
+        plugins=[plugin],
+        tuner=WorkerTuner.create_fixed(workflow_slots=5, activity_slots=5, local_activity_slots=5),
+    )
+    assert tuned.config(active_config=True)["max_concurrent_activities"] is None
+    loggers = [activity.logger.logger, workflow.logger.logger, logging.getLogger("skypilot_temporal")]
     with caplog.at_level(logging.INFO):
-        activity.logger.logger.warning("cannot clone %s", "https://bob:hunter2pw@git.example.com/r")
-    assert "hunter2pw" not in caplog.text and "https://***@git.example.com/r" in caplog.text
+        for logger in loggers:
+            logger.warning("cannot clone %s", f"https://bob:hunter2pw@git.example.com/{logger.name}")
+    assert "hunter2pw" not in caplog.text
+    for logger in loggers:
+        assert f"https://***@git.example.com/{logger.name}" in caplog.text
 
 
 async def test_workers_sharing_a_client_with_the_plugin_keep_their_own_sdk_threads(

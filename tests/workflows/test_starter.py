@@ -22,11 +22,15 @@ from test_scripts import assert_one_line_error, run_script, starter_env
 
 import run_workflow
 from skypilot_temporal.client import following
-from skypilot_temporal.payloads import PipelineProgress
+from skypilot_temporal.client.starting import start_run
+from skypilot_temporal.errors import ConfigError
+from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
+from skypilot_temporal.payloads import PipelineProgress, ReaperInput
 from skypilot_temporal.testing.fake_sky import FakeJob, FakeSky
 from skypilot_temporal.trust.codec import configured_data_converter
 from testing import ROOT, free_port
 from testing.in_process import TEMPORAL_CLI, Pipeline, running_worker
+from workflows import SkyPilotWorkflow
 
 # ------------------------------------------------------------------ a dev server we can kill
 
@@ -266,6 +270,23 @@ async def test_follow_of_an_unknown_workflow_id_is_a_one_line_error(pipeline: Pi
     )
     assert_one_line_error(rc, stdout, stderr, "no workflow with id no-such-run")
     assert stdout == ""
+    reaper_id = f"reaper-{uuid.uuid4().hex[:6]}"
+    await pipeline.env.client.execute_workflow(
+        ClusterReaperWorkflow.run, ReaperInput(), id=reaper_id, task_queue=pipeline.task_queue
+    )
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--follow", reaper_id, env_overrides=starter_env(pipeline)
+    )
+    assert_one_line_error(rc, stdout, stderr, f"workflow {reaper_id} is a ClusterReaperWorkflow, not a")
+
+
+async def test_a_start_temporal_refuses_is_a_one_line_error(pipeline: Pipeline):
+    too_long = "x" * 2000  # over Temporal's limit on workflow ids
+    with pytest.raises(ConfigError, match=rf"^cannot start workflow '{too_long}': ") as raised:
+        await start_run(
+            pipeline.env.client, SkyPilotWorkflow, pipeline.input(), too_long, pipeline.task_queue
+        )
+    assert "\n" not in str(raised.value)
 
 
 async def follow_during_train(pipeline: Pipeline, action: str) -> tuple[WorkflowHandle, int, str, str]:
