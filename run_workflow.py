@@ -1,8 +1,9 @@
-"""Start a SkyPilotWorkflow run (or a SweepWorkflow) and follow it until it ends.
+"""Start a SkyPilotWorkflow run (a SweepWorkflow, or a pipeline file's) and follow it until it ends.
 
     python run_workflow.py                      # the example tasks in this repository
     python run_workflow.py --repo URL --ref v1 --env EPOCHS=3 --infra aws
     python run_workflow.py --sweep LR=0.1,0.01 --sweep EPOCHS=2,4 --max-parallel 2 --select eval_accuracy:max
+    python run_workflow.py --pipeline tasks/pipeline.yaml   # any shape: a pipeline file of the repository
     python run_workflow.py --follow skypilot-3fa2b1c9   # attach to a run already going (or ended)
     python run_workflow.py --schedule "0 3 * * *" --schedule-id nightly   # a run every night
     python run_workflow.py --help
@@ -53,17 +54,21 @@ from skypilot_temporal.client.following import (
     print_sweep_table,
     quiet_runtime,
 )
-from skypilot_temporal.client.starting import attach, decryption_error, schedule_runs, start_run
+from skypilot_temporal.client.starting import RunInput, attach, decryption_error, schedule_runs, start_run
 from skypilot_temporal.naming import CLUSTER_MARKER, MAX_PREFIX_LENGTH, cluster_prefix_for
 from skypilot_temporal.operations.schedules import OVERLAP_POLICIES, ScheduleRequest, parse_every
-from skypilot_temporal.payloads import PipelineInput, StepTimeouts, SweepInput, SweepResult
+from skypilot_temporal.payloads import PipelineFileInput, PipelineInput, StepTimeouts, SweepInput, SweepResult
 from skypilot_temporal.trust.checkout import check_repo_url_syntax, validate_ref
+from skypilot_temporal.workflow.pipeline_file_workflow import MAX_PATH_CHARS, PipelineFileWorkflow
 from workflows import PIPELINES, SkyPilotWorkflow, SweepWorkflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
 PROJECT_DIR = Path(__file__).resolve().parent
 # What --follow can attach to: each pipeline's type name and what its run returns.
-RUN_TYPES = {pipeline.__name__: typing.get_type_hints(pipeline.run)["return"] for pipeline in PIPELINES}
+RUN_TYPES = {
+    pipeline.__name__: typing.get_type_hints(pipeline.run)["return"]
+    for pipeline in [*PIPELINES, PipelineFileWorkflow]
+}
 DEFAULT_MAX_PARALLEL, DEFAULT_SELECT = 4, "eval_accuracy:max"
 T = TypeVar("T")
 
@@ -199,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run train as a SkyPilot managed job: relaunched if its cluster is preempted or lost "
         "(eval then runs on a cluster of its own)",
     )
+    parser.add_argument(
+        "--pipeline",
+        metavar="PATH",
+        default=config.env_str("PIPELINE_FILE"),
+        help="run the pipeline file at PATH in the repository (docs/pipeline-files.md) instead of "
+        "the six steps; a SkyPilot multi-task YAML runs as a chain",
+    )
     sweep = parser.add_argument_group("sweep: train + eval once per combination of values")
     sweep.add_argument(
         "--sweep",
@@ -304,11 +316,29 @@ def workflow_id_for(args: argparse.Namespace) -> str:
     return args.workflow_id or f"{CLUSTER_MARKER}{uuid.uuid4().hex[:8]}"
 
 
-def workflow_of(run: PipelineInput | SweepInput) -> type[SkyPilotWorkflow] | type[SweepWorkflow]:
+def workflow_of(run: RunInput) -> type[SkyPilotWorkflow] | type[SweepWorkflow] | type[PipelineFileWorkflow]:
+    if isinstance(run, PipelineFileInput):
+        return PipelineFileWorkflow
     return SweepWorkflow if isinstance(run, SweepInput) else SkyPilotWorkflow
 
 
-async def start(client: Client, run: PipelineInput | SweepInput, args: argparse.Namespace) -> RunHandle:
+def run_input(pipeline: PipelineInput, args: argparse.Namespace) -> RunInput:
+    """What to start: the six steps, a sweep of them, or a pipeline file."""
+    if not args.pipeline:
+        return sweep_input(pipeline, args) if args.sweep else pipeline
+    for flag, given in (
+        ("--sweep", args.sweep),
+        ("--overlap-provisioning", args.overlap_provisioning),
+        ("--managed-train", args.managed_train),
+    ):
+        if given:
+            raise config.ConfigError(f"--pipeline does not take {flag}: the pipeline file says what runs")
+    if len(args.pipeline) > MAX_PATH_CHARS:
+        raise config.ConfigError(f"--pipeline: a path of at most {MAX_PATH_CHARS} characters")
+    return PipelineFileInput(args.pipeline, pipeline)
+
+
+async def start(client: Client, run: RunInput, args: argparse.Namespace) -> RunHandle:
     workflow_id = workflow_id_for(args)
     in_use = ""
     if args.cluster_prefix:
@@ -342,9 +372,7 @@ def schedule_request(args: argparse.Namespace) -> ScheduleRequest | None:
     return request
 
 
-async def create_schedule(
-    client: Client, run: PipelineInput | SweepInput, request: ScheduleRequest, task_queue: str
-) -> int:
+async def create_schedule(client: Client, run: RunInput, request: ScheduleRequest, task_queue: str) -> int:
     verb = await schedule_runs(client, workflow_of(run), run, request, task_queue)
     print(
         f"{verb.capitalize()} schedule {request.schedule_id}: {request.when()}, overlap {request.overlap}; "
@@ -363,7 +391,7 @@ async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
     sweep_options = args.max_parallel is not None or args.select or args.fail_fast
     if pipeline and not args.sweep and sweep_options:
         raise config.ConfigError("--max-parallel, --select and --fail-fast need --sweep")
-    run = sweep_input(pipeline, args) if pipeline and args.sweep else pipeline
+    run = run_input(pipeline, args) if pipeline else None
     recurring = schedule_request(args)
     client: Client = await config.connect_temporal(runtime=quiet_runtime())
     if run is not None and recurring is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from skypilot_temporal.pipeline_file.graph import PipelineGraph
+
 # How a step's status shows in the Web UI and the starter's output: plain symbols, not emoji
 # (a browser without an emoji font shows emoji as empty boxes), with an ASCII fallback.
 STATUS_MARKS = {
@@ -199,6 +201,28 @@ class FetchTasksResult:
 
 
 @dataclass
+class FetchPipelineInput:
+    """Check out the task repository and read the pipeline file at `path` in it, with its tasks."""
+
+    path: str
+    checkout: FetchTasksInput
+
+
+@dataclass
+class FetchPipelineResult:
+    commit_sha: str
+    graph: PipelineGraph
+
+
+@dataclass
+class PipelineFileInput:
+    """A run of the pipeline file at `path` in the task repository (`pipeline.repo_url`)."""
+
+    path: str
+    pipeline: PipelineInput
+
+
+@dataclass
 class TaskSpec:
     """One SkyPilot task: its YAML (read from the run's checkout at `yaml_path`, so large task
     files stay out of workflow history; `yaml_text` when given) and everything applied on top."""
@@ -215,6 +239,8 @@ class TaskSpec:
     commit_sha: str = ""
     # The task file's path in the checkout, read when `yaml_text` is empty.
     yaml_path: str = ""
+    # Which YAML document of the file is the task (SkyPilot's multi-task files hold several).
+    yaml_document: int = 0
 
 
 @dataclass

@@ -53,6 +53,7 @@ from skypilot_temporal.settings import WorkerSettings
 from skypilot_temporal.trust.checkout import prune_checkouts
 from skypilot_temporal.trust.codec import configured_data_converter
 from skypilot_temporal.trust.redaction import hide_url_credentials
+from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
 
 PACKAGE = "skypilot_temporal"
 log = logging.getLogger(PACKAGE)
@@ -101,7 +102,7 @@ class SkyPilotPlugin(SimplePlugin):
             PLUGIN_NAME,
             data_converter=self._with_codec if self._converter.payload_codec else None,
             interceptors=[self._tracing[0]] if self._tracing else None,
-            workflows=[ClusterReaperWorkflow],
+            workflows=[ClusterReaperWorkflow, PipelineFileWorkflow],
             workflow_runner=_pass_this_package_through,
         )
 

@@ -22,6 +22,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import os
 import shutil
@@ -52,6 +53,8 @@ from skypilot_temporal.payloads import (
     CancelManagedJobInput,
     DownInput,
     ExecInput,
+    FetchPipelineInput,
+    FetchPipelineResult,
     FetchTasksInput,
     FetchTasksResult,
     FollowManagedJobInput,
@@ -62,6 +65,7 @@ from skypilot_temporal.payloads import (
     StepResult,
     TaskSpec,
 )
+from skypilot_temporal.pipeline_file import PipelineFileError, load_pipeline
 from skypilot_temporal.trust.checkout import checkout_repo, mark_used, read_task_file, resolve_inside
 from skypilot_temporal.trust.redaction import Redactor, redact_url_credentials
 from skypilot_temporal.trust.task_policy import (
@@ -123,6 +127,7 @@ class SkyPilotActivities:
         """Every activity of this set, as a Worker registers them."""
         return [
             self.fetch_tasks,
+            self.fetch_pipeline,
             self.launch_task,
             self.exec_task,
             self.down_cluster,
@@ -138,29 +143,64 @@ class SkyPilotActivities:
         hostile task fails the run before any cluster exists."""
         redact = Redactor(self._secret_values(input.secret_names))
         try:
-            check_secret_names(input.secret_names, self._policy)
-            checkout_dir = self._checkout_dir(input.checkout_name)
-            async with self._checkout_locks[checkout_dir]:
-                sha = await self._checkout(input.repo_url, input.ref, checkout_dir, replace=True)
-                mark_used(checkout_dir)
+            checkout_dir, sha = await self._fresh_checkout(input)
             yaml_texts = {
                 path: read_task_file(checkout_dir, path, input.repo_url, input.ref)
                 for path in input.yaml_paths
             }
             for relative, text in yaml_texts.items():
-                spec = TaskSpec(
-                    step=relative,
-                    job_name="validate",
-                    yaml_text=text,
-                    env_overrides=input.env_overrides,
-                    secret_names=input.secret_names,
-                    checkout_name=input.checkout_name,
-                )
-                await self._blocking(self._build_task, spec, "")
+                await self._check_task(input, relative, text)
         except ApplicationError as err:
             raise masked(err, redact) from None
         activity.logger.info("Checked out %s at %s", redact_url_credentials(input.repo_url), sha)
         return FetchTasksResult(commit_sha=sha, yaml_texts=yaml_texts)
+
+    @activity.defn
+    async def fetch_pipeline(self, input: FetchPipelineInput) -> FetchPipelineResult:
+        """Step 1 of a pipeline-file run: check out the tasks, read and check the pipeline file
+        and every task it names (with each step's env), before any cluster exists."""
+        fetch = input.checkout
+        redact = Redactor(self._secret_values(fetch.secret_names))
+        try:
+            checkout_dir, sha = await self._fresh_checkout(fetch)
+            text = read_task_file(checkout_dir, input.path, fetch.repo_url, fetch.ref, kind="pipeline file")
+            try:
+                graph = load_pipeline(input.path, text)
+            except PipelineFileError as err:
+                raise refuse(str(err), "InvalidPipelineFile") from None
+            texts: dict[str, str] = {}
+            for step in graph.steps:
+                if step.task not in texts:
+                    texts[step.task] = read_task_file(checkout_dir, step.task, fetch.repo_url, fetch.ref)
+                # Metrics are not known yet: a number stands in for each value read from one.
+                env = {**step.env, **fetch.env_overrides, **step.params, **dict.fromkeys(step.env_from, "0")}
+                checked = dataclasses.replace(fetch, env_overrides=env)
+                await self._check_task(checked, step.name, texts[step.task], step.document)
+        except ApplicationError as err:
+            raise masked(err, redact) from None
+        activity.logger.info("Checked out %s at %s", redact_url_credentials(fetch.repo_url), sha)
+        return FetchPipelineResult(commit_sha=sha, graph=graph)
+
+    async def _fresh_checkout(self, input: FetchTasksInput) -> tuple[Path, str]:
+        check_secret_names(input.secret_names, self._policy)
+        checkout_dir = self._checkout_dir(input.checkout_name)
+        async with self._checkout_locks[checkout_dir]:
+            sha = await self._checkout(input.repo_url, input.ref, checkout_dir, replace=True)
+            mark_used(checkout_dir)
+        return checkout_dir, sha
+
+    async def _check_task(self, input: FetchTasksInput, step: str, text: str, document: int = 0) -> None:
+        """Build the task as a launch would, against the worker's policy (raises if refused)."""
+        spec = TaskSpec(
+            step=step,
+            job_name="validate",
+            yaml_text=text,
+            env_overrides=input.env_overrides,
+            secret_names=input.secret_names,
+            checkout_name=input.checkout_name,
+            yaml_document=document,
+        )
+        await self._blocking(self._build_task, spec, "")
 
     @activity.defn
     async def remove_checkout(self, input: RemoveCheckoutInput) -> None:
@@ -375,7 +415,7 @@ class SkyPilotActivities:
                 raise refuse(f"{what} has no task file", "InvalidTask")
             text = read_task_file(checkout_dir, spec.yaml_path, spec.repo_url, spec.commit_sha)
         try:
-            config = load_task_yaml(text, what)
+            config = load_task_yaml(text, what, spec.yaml_document)
             check_task_keys(config, what, self._policy)
             check_volumes(config.get("volumes"), what, self._policy)
             check_managed_secrets(config, what, self._policy)

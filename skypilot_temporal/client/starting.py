@@ -23,22 +23,25 @@ from skypilot_temporal.client.following import Reconnecting
 from skypilot_temporal.errors import ConfigError
 from skypilot_temporal.operations import search_attributes
 from skypilot_temporal.operations.schedules import ScheduleRequest, create_or_update
-from skypilot_temporal.payloads import PipelineInput, SweepInput
+from skypilot_temporal.payloads import PipelineFileInput, PipelineInput, SweepInput
 from skypilot_temporal.trust.codec import PayloadDecryptionError
 from skypilot_temporal.trust.redaction import redact_url_credentials
 
 T = TypeVar("T")
-RunInput = PipelineInput | SweepInput
+RunInput = PipelineInput | SweepInput | PipelineFileInput
 
 
 def pipeline_of(run: RunInput) -> PipelineInput:
-    return run.pipeline if isinstance(run, SweepInput) else run
+    return run if isinstance(run, PipelineInput) else run.pipeline
 
 
 def summary_and_details(run: RunInput) -> tuple[str, str]:
     """The Web UI's summary and details of `run` (credentials in the repository URL masked)."""
     pipeline = pipeline_of(run)
     what = f"{redact_url_credentials(pipeline.repo_url)}@{pipeline.ref}"
+    if isinstance(run, PipelineFileInput):
+        details = f"pipeline file: {run.path}; infra: {pipeline.infra or 'from the tasks'}"
+        return f"SkyPilot pipeline file {run.path}: {what}", details
     details = (
         f"tasks: {pipeline.preprocess_yaml}, {pipeline.train_yaml}, "
         f"{pipeline.eval_yaml}; infra: {pipeline.infra or 'from the tasks'}"

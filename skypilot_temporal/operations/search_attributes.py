@@ -40,6 +40,7 @@ KIND_OF_WORKFLOW = {
     "SkyPilotWorkflow": "pipeline",
     "SweepWorkflow": "sweep",
     "SweepVariantWorkflow": "sweep-variant",
+    "PipelineFileWorkflow": "pipeline-file",
 }
 
 

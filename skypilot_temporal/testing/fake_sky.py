@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ from skypilot_temporal.testing.fake_managed_jobs import FakeManagedJobs
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 100, "FAILED_SETUP": 100, "FAILED_DRIVER": 100, "CANCELLED": 103}
 SAFETY_TIMEOUT = 60.0  # nothing in a test should wait this long: fail instead of hanging
 DEFAULT_USER = "worker-a"
+_RUN_TOKEN = re.compile(r"-[0-9a-f]{8}-")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class FakeJob:
     plan: JobPlan
     status: str = "RUNNING"
     user: str = DEFAULT_USER
+    started_at: float = field(default_factory=time.monotonic)
     finished_at: float | None = None
     envs: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
@@ -558,10 +561,19 @@ class FakeSky:
         ]
 
     def plan_for(self, task: sky.Task) -> JobPlan:
-        """How the job of `task` (named "<prefix>-<step>") behaves: the plan of its step, or of
-        its step in one sweep variant (fake.plan("train@v2", ...))."""
-        step = (task.name or "").rsplit("-", 1)[-1]
-        return self.plans.get(f"{step}@{task.envs.get('VARIANT_ID')}") or self.plans.get(step, JobPlan())
+        """How the job of `task` (named "<prefix>-<run token>-<step>") behaves: the plan of its
+        step (a step with "-" in its name: of the whole name, else of its last part), or of its
+        step in one sweep variant (fake.plan("train@v2", ...))."""
+        name = task.name or ""
+        # The last "-<8 hex>-": a prefix may end in 8 hex, sharing its "-" with the run token.
+        tokens = [i for i in range(len(name)) if _RUN_TOKEN.match(name, i)]
+        steps = [name[tokens[-1] + 10 :]] if tokens else []
+        steps.append(name.rsplit("-", 1)[-1])
+        variant = task.envs.get("VARIANT_ID")
+        for step in steps:
+            if plan := self.plans.get(f"{step}@{variant}") or self.plans.get(step):
+                return plan
+        return JobPlan()
 
     def _submit(self, cluster: FakeCluster, task: sky.Task, user: str, ran_setup: bool) -> int:
         plan = self.plan_for(task)

@@ -295,22 +295,25 @@ def _ref_not_found(repo_url: str, ref: str) -> ApplicationError:
     return refuse(f"ref {ref!r} not found in repository {redact_url_credentials(repo_url)!r}", "RefNotFound")
 
 
-def read_task_file(checkout_dir: Path, relative: str, repo_url: str, ref: str) -> str:
-    """The task file at `relative` in the checkout of `repo_url` at `ref`, as text."""
-    path = resolve_inside(checkout_dir, relative, "task file")
+def read_task_file(
+    checkout_dir: Path, relative: str, repo_url: str, ref: str, kind: str = "task file"
+) -> str:
+    """The task file (or pipeline file: `kind`) at `relative` in the checkout of `repo_url` at
+    `ref`, as text."""
+    path = resolve_inside(checkout_dir, relative, kind)
     if not path.is_file():
         raise refuse(
-            f"task file {relative!r} not found in {redact_url_credentials(repo_url)!r} at {ref!r}",
+            f"{kind} {relative!r} not found in {redact_url_credentials(repo_url)!r} at {ref!r}",
             "TaskFileNotFound",
         )
     if path.stat().st_size > MAX_TASK_FILE_BYTES:
         raise refuse(
-            f"task file {relative!r} is larger than {MAX_TASK_FILE_BYTES // 1024} KB", "TaskFileTooLarge"
+            f"{kind} {relative!r} is larger than {MAX_TASK_FILE_BYTES // 1024} KB", "TaskFileTooLarge"
         )
     try:
         return path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
-        raise refuse(f"task file {relative!r} is not UTF-8 text", "InvalidTaskYaml") from None
+        raise refuse(f"{kind} {relative!r} is not UTF-8 text", "InvalidTaskYaml") from None
 
 
 def mark_used(checkout_dir: Path) -> None:

@@ -71,9 +71,10 @@ class TaskPolicy:
         )
 
 
-def load_task_yaml(text: str, what: str) -> dict[str, Any]:
+def load_task_yaml(text: str, what: str, document: int = 0) -> dict[str, Any]:
     """Parse a task file, refusing YAML aliases (an alias bomb expands exponentially) and absurd
-    nesting before anything is built from it."""
+    nesting before anything is built from it. `document` > 0: the task is that YAML document of
+    the file (a SkyPilot multi-task file: a `name:` document, then the tasks)."""
     depth = 0
     try:
         for event in yaml.parse(text, Loader=_YAML_LOADER):
@@ -88,7 +89,11 @@ def load_task_yaml(text: str, what: str) -> dict[str, Any]:
                     raise refuse(f"{what} is nested deeper than {MAX_YAML_DEPTH} levels", "InvalidTaskYaml")
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
-        config = yaml.load(text, Loader=_YAML_LOADER)
+        if document:
+            documents = list(yaml.load_all(text, Loader=_YAML_LOADER))
+            config = documents[document] if document < len(documents) else None
+        else:
+            config = yaml.load(text, Loader=_YAML_LOADER)
     except ApplicationError:
         raise
     except Exception as exc:  # YAMLError, and e.g. ValueError for a timestamp like 2001-13-45

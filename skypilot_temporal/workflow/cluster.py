@@ -12,6 +12,7 @@ has up, together, as cleanup, shielded from a further cancel.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from temporalio import workflow
@@ -44,9 +45,11 @@ class Cluster:
         # The workflow run whose launch created the cluster, once a launch here reports it.
         self._created_by_run = ""
 
-    async def launch(self, yaml_path: str, step: str = "") -> StepResult:
+    async def launch(
+        self, yaml_path: str, step: str = "", *, env: Mapping[str, str] | None = None, document: int = 0
+    ) -> StepResult:
         """Launch the task at `yaml_path` on this cluster (bringing it up), as step `step`
-        (default: the cluster's role)."""
+        (default: the cluster's role); `env`, `document`: as `Pipeline.task_spec`."""
         step = step or self.role
         self._up()  # before launching: a failed launch can leave the cluster INIT
         try:
@@ -58,7 +61,7 @@ class Cluster:
                 SkyPilotActivities.launch_task,
                 LaunchInput(
                     self.name,
-                    self.pipeline.task_spec(step, yaml_path),
+                    self.pipeline.task_spec(step, yaml_path, env, document),
                     infra=self.pipeline.input.infra,
                     reuse_provisioned=self._provisioning is not None,
                     cluster_created_by_run=self._created_by_run,
@@ -70,7 +73,9 @@ class Cluster:
             if self._provisioning and not workflow.patched(STEPS_OVERLAP_TEARDOWNS):
                 await self.pipeline.teardowns_done()
 
-    async def exec(self, yaml_path: str, step: str) -> StepResult:
+    async def exec(
+        self, yaml_path: str, step: str, *, env: Mapping[str, str] | None = None, document: int = 0
+    ) -> StepResult:
         """Run the task at `yaml_path` on this (launched) cluster with `sky exec`: step `step`."""
         return await self._run_job(
             step,
@@ -78,7 +83,7 @@ class Cluster:
             SkyPilotActivities.exec_task,
             ExecInput(
                 self.name,
-                self.pipeline.task_spec(step, yaml_path),
+                self.pipeline.task_spec(step, yaml_path, env, document),
                 cluster_created_by_run=self._created_by_run,
             ),
         )

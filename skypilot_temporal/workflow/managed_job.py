@@ -1,6 +1,6 @@
 """A pipeline step run as a SkyPilot managed job (see workflow/pipeline.py, activity/managed_jobs.py).
 
-    trained = await managed_job(pipeline, "train", "train.yaml")
+    trained = await managed_job(pipeline, "train.yaml", step="train")
 
 SkyPilot's jobs controller launches the job's cluster, relaunches the job on a new one when that
 cluster is preempted or lost, and tears it down when the job ends: the run owns the job, not a
@@ -13,6 +13,7 @@ cancels it (and waits until the controller confirms), like it tears down the clu
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from datetime import timedelta
 
 from temporalio import workflow
@@ -31,9 +32,12 @@ with workflow.unsafe.imports_passed_through():
     from skypilot_temporal.workflow.step_board import failed_job
 
 
-async def managed_job(pipeline: Pipeline, yaml_path: str, step: str) -> StepResult:
-    """Run the task at `yaml_path` as a managed job, as step `step`; its result once it ended."""
-    spec = pipeline.task_spec(step, yaml_path)
+async def managed_job(
+    pipeline: Pipeline, yaml_path: str, step: str, *, env: Mapping[str, str] | None = None, document: int = 0
+) -> StepResult:
+    """Run the task at `yaml_path` as a managed job, as step `step`; its result once it ended.
+    `env`, `document`: as `Pipeline.task_spec`."""
+    spec = pipeline.task_spec(step, yaml_path, env, document)
     async with pipeline.board.step(step, f"managed job {step}") as progress:
         # Owed from before the submit: a cancel can land as the submit ends, its job id unseen.
         owed = f"cancel managed job {spec.job_name}"

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -47,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from skypilot_temporal.operations import metrics
     from skypilot_temporal.payloads import (
         DownInput,
+        FetchPipelineInput,
         FetchTasksInput,
         PipelineInput,
         PipelineProgress,
@@ -56,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         TaskSpec,
     )
+    from skypilot_temporal.pipeline_file.graph import PipelineGraph
     from skypilot_temporal.trust.redaction import redact_url_credentials
     from skypilot_temporal.workflow.step_board import FETCH_TASKS, StepBoard
 
@@ -106,14 +109,7 @@ class Pipeline:
         async with self.board.step(FETCH_TASKS, self._fetch_summary()) as progress:
             tasks = await workflow.execute_activity_method(
                 SkyPilotActivities.fetch_tasks,
-                FetchTasksInput(
-                    repo_url=input.repo_url,
-                    ref=input.ref,
-                    yaml_paths=list(yaml_paths),
-                    checkout_name=self.tasks.checkout_name,
-                    env_overrides=input.env_overrides,
-                    secret_names=input.secret_names,
-                ),
+                self._fetch_input(list(yaml_paths)),
                 start_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
                 schedule_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
                 retry_policy=self.retry_policy(maximum_attempts=5),
@@ -122,6 +118,34 @@ class Pipeline:
         self.tasks.commit_sha, self.tasks.yaml_texts = tasks.commit_sha, tasks.yaml_texts
         self.board.set_commit(tasks.commit_sha)
         return self.tasks
+
+    async def fetch_pipeline_file(self, path: str) -> PipelineGraph:
+        """Step 1 of a pipeline-file run: check out the task repository at the ref, read and check
+        the pipeline file at `path` and every task it names; the steps' timeouts apply from now."""
+        input = self.input
+        async with self.board.step(FETCH_TASKS, self._fetch_summary()) as progress:
+            fetched = await workflow.execute_activity_method(
+                SkyPilotActivities.fetch_pipeline,
+                FetchPipelineInput(path, self._fetch_input([])),
+                start_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
+                schedule_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
+                retry_policy=self.retry_policy(maximum_attempts=5),
+                summary=progress.summary,
+            )
+        self.tasks.commit_sha = fetched.commit_sha
+        self.board.set_commit(fetched.commit_sha)
+        graph = fetched.graph
+        timeouts = input.timeouts
+        by_step = {}
+        for step in graph.steps:  # the file's, else the run's for the declared name; retries alike
+            seconds = step.timeout_seconds or timeouts.for_step(step.declared or step.name)
+            for attempt in range(step.retries + 1):
+                by_step[step.name if attempt == 0 else f"{step.name}-retry{attempt}"] = seconds
+        # A timeout the run itself names (run_workflow.py --timeout STEP=S) wins over the file.
+        self.input = dataclasses.replace(
+            input, timeouts=dataclasses.replace(timeouts, steps={**by_step, **timeouts.steps})
+        )
+        return graph
 
     def use_tasks(self, tasks: RunTasks) -> None:
         """Run the tasks another run fetched (a sweep's variants): its checkout stays its own."""
@@ -198,14 +222,22 @@ class Pipeline:
             raise failure
         return await main
 
-    def task_spec(self, step: str, yaml_path: str) -> TaskSpec:
+    def task_spec(
+        self, step: str, yaml_path: str, env: Mapping[str, str] | None = None, document: int = 0
+    ) -> TaskSpec:
+        """Step `step`'s task: the file at `yaml_path` (its YAML document `document`), with `env`
+        (default: the run's env overrides) on top."""
         return TaskSpec(
             step=step,
             job_name=self.job_name(step),
             yaml_text="",  # read from the checkout: task files stay out of the run's history
             yaml_path=yaml_path,
+            yaml_document=document,
             # Tasks keep their files apart per run with PIPELINE_RUN_ID.
-            env_overrides={"PIPELINE_RUN_ID": self.prefix, **self.input.env_overrides},
+            env_overrides={
+                "PIPELINE_RUN_ID": self.prefix,
+                **(self.input.env_overrides if env is None else env),
+            },
             secret_names=self.input.secret_names,
             checkout_name=self.tasks.checkout_name,
             repo_url=self.input.repo_url,
@@ -365,6 +397,17 @@ class Pipeline:
                 "(run_workflow.py --cluster-prefix NAME starts workflow skypilot-NAME)"
             )
         self.refuse(problems)
+
+    def _fetch_input(self, yaml_paths: list[str]) -> FetchTasksInput:
+        input = self.input
+        return FetchTasksInput(
+            repo_url=input.repo_url,
+            ref=input.ref,
+            yaml_paths=yaml_paths,
+            checkout_name=self.tasks.checkout_name,
+            env_overrides=input.env_overrides,
+            secret_names=input.secret_names,
+        )
 
     def _fetch_summary(self) -> str:
         return f"fetch tasks from {redact_url_credentials(self.input.repo_url)}@{self.input.ref}"

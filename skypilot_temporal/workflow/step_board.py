@@ -111,6 +111,19 @@ class StepBoard:
         metrics.run_ended(outcome)
         self.redraw()
 
+    def plan(self, entries: list[str]) -> None:
+        """More steps the run expects, known once it started (a pipeline file's), pending."""
+        for entry in entries:
+            self._plan(entry)
+        self.redraw()
+
+    def skip(self, name: str, why: str) -> None:
+        """Step `name` will not run: `why` (a condition that did not hold, a step it needs that
+        did not succeed)."""
+        step = self._steps.get(name) or self.add(name, name)
+        step.status, step.error = "skipped", why
+        self.redraw()
+
     def add(self, name: str, summary: str, cluster: str = "") -> StepProgress:
         self._steps[name] = StepProgress(name, summary, cluster_name=cluster)
         return self._steps[name]

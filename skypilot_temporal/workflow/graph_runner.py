@@ -1,0 +1,177 @@
+"""Run a pipeline file's graph on the building blocks (workflow side).
+
+    results = await GraphRunner(pipeline, graph).run()
+
+Steps start as soon as every step they need has succeeded, at most `graph.max_parallel` at once.
+A step on a shared cluster launches it if it is the cluster's first step, else execs on it; the
+cluster goes down (as "<cluster>-down", alongside the steps still running) once every step on it
+has ended. A step whose `when` does not hold is skipped, and so is everything that needs it. A
+failed step stops the steps running (their SkyPilot jobs are cancelled) unless the file says
+`on_failure: continue`; either way the run fails, and `Pipeline.running()` tears down whatever
+is still up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from skypilot_temporal.payloads import StepResult
+    from skypilot_temporal.pipeline_file.graph import GraphStep, PipelineGraph, dependents, resolve
+    from skypilot_temporal.workflow.cluster import Cluster
+    from skypilot_temporal.workflow.managed_job import managed_job
+    from skypilot_temporal.workflow.pipeline import Pipeline
+    from skypilot_temporal.workflow.step_board import is_cancellation
+
+# A job that ran and did not succeed: the step's `retries` run it again. (Not a cancel, a
+# timeout or a task the policy refused: running those again gives the same answer.)
+RETRIED_JOB_FAILURES = {"JobFailed", "JobFailedSetup", "JobFailedDriver"}
+
+
+class GraphRunner:
+    def __init__(self, pipeline: Pipeline, graph: PipelineGraph) -> None:
+        self.pipeline = pipeline
+        self.graph = graph
+        self.clusters = {role: Cluster(pipeline, role) for role in graph.cluster_users()}
+        # step -> succeeded | failed | cancelled | skipped, once it ended
+        self.ended: dict[str, str] = {}
+        self.results: dict[str, StepResult] = {}
+        self.metrics: dict[str, dict[str, float]] = {}
+        self._torn_down: set[str] = set()
+
+    def plan(self) -> list[str]:
+        """The board's plan entries of the graph: its steps, then its clusters' teardowns."""
+        entries = []
+        for step in self.graph.steps:
+            if step.managed:
+                entries.append(f"managed {step.name}")
+            else:
+                entries.append(f"{'launch' if step.launches else 'exec'} {step.name} on {step.cluster}")
+        return entries + [f"down {role}" for role in self.clusters]
+
+    async def run(self) -> list[StepResult]:
+        """Run the graph to its end; the results of the steps that succeeded, in graph order."""
+        pending = [step.name for step in self.graph.steps]
+        running: dict[str, asyncio.Task[None]] = {}
+        failures: list[BaseException] = []
+        try:
+            while pending or running:
+                self._skip_unreachable(pending)
+                ready = [n for n in pending if self._ready(n)]
+                for name in ready[: max(0, self.graph.max_parallel - len(running))]:
+                    pending.remove(name)
+                    running[name] = asyncio.create_task(self._run_step(self.graph.step(name)))
+                if not running:
+                    break
+                await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
+                for name, task in list(running.items()):  # in start order: deterministic
+                    if not task.done():
+                        continue
+                    del running[name]
+                    error = task.exception() if not task.cancelled() else asyncio.CancelledError()
+                    if error is not None and not is_cancellation(error):
+                        failures.append(error)
+                    self._tear_down_finished_clusters()
+                if failures and self.graph.on_failure == "stop":
+                    await self._stop(running)
+                    break
+        except BaseException:  # a cancel of the run: its steps cancel their SkyPilot side first
+            await self._stop(running)
+            raise
+        await self.pipeline.teardowns_done()
+        if failures:
+            raise failures[0]
+        return [self.results[s.name] for s in self.graph.steps if s.name in self.results]
+
+    # ---------------------------------------------------------------- one step
+
+    async def _run_step(self, step: GraphStep) -> None:
+        try:
+            env = self._env(step)
+            if env is None:
+                return
+            for attempt in range(step.retries + 1):
+                name = step.name if attempt == 0 else f"{step.name}-retry{attempt}"
+                try:
+                    result = await self._run_job(step, name, env)
+                    break
+                except ActivityError as err:
+                    cause = err.cause
+                    failed_job = isinstance(cause, ApplicationError) and cause.type in RETRIED_JOB_FAILURES
+                    if not failed_job or attempt == step.retries:
+                        raise
+            self.results[step.name] = result
+            self.metrics[step.name] = dict(result.metrics)
+            self.ended[step.name] = "succeeded"
+        except BaseException as err:
+            self.ended[step.name] = "cancelled" if is_cancellation(err) else "failed"
+            raise
+
+    async def _run_job(self, step: GraphStep, name: str, env: dict[str, str]) -> StepResult:
+        if step.managed:
+            return await managed_job(self.pipeline, step.task, name, env=env, document=step.document)
+        cluster = self.clusters[step.cluster]
+        # A retry of the launching step launches again: the cluster may not have come up.
+        if step.launches:
+            return await cluster.launch(step.task, name, env=env, document=step.document)
+        return await cluster.exec(step.task, name, env=env, document=step.document)
+
+    def _env(self, step: GraphStep) -> dict[str, str] | None:
+        """The step's env: the file's, the run's overrides, its matrix values, the values it
+        reads from earlier steps. None (and the step skipped) if a `when` does not hold."""
+        for condition in step.when:
+            actual, _ = resolve(self.graph, condition.ref, self.metrics)
+            number = actual if isinstance(actual, float) else None
+            if not condition.holds(number):
+                seen = "not reported" if actual is None else f"{actual:g}" if number is not None else actual
+                self._skip(step.name, f"when {condition} did not hold ({seen})")
+                return None
+        env = {**step.env, **self.pipeline.input.env_overrides, **step.params}
+        if step.variant:
+            env["VARIANT_ID"] = step.variant
+        for name, ref in step.env_from.items():
+            value, source = resolve(self.graph, ref, self.metrics)
+            if value is None:
+                raise ApplicationError(
+                    f"step {step.name!r}: {name} reads {ref}, which "
+                    + (f"step {source!r} did not report" if source else "no variant reported"),
+                    type="MissingMetric",
+                    non_retryable=True,
+                )
+            env[name] = str(value)
+        return env
+
+    # ---------------------------------------------------------------- the graph around it
+
+    def _ready(self, name: str) -> bool:
+        return all(self.ended.get(need) == "succeeded" for need in self.graph.step(name).needs)
+
+    def _skip_unreachable(self, pending: list[str]) -> None:
+        """Skip the pending steps a step they need will never let run (failed, skipped, stopped)."""
+        blocked = [n for n, status in self.ended.items() if status != "succeeded"]
+        for name in [n for n in pending if n in dependents(self.graph, blocked)]:
+            pending.remove(name)
+            failed = next(n for n in self.graph.step(name).needs if self.ended.get(n) != "succeeded")
+            self._skip(name, f"needs {failed}, which did not succeed")
+
+    def _skip(self, name: str, why: str) -> None:
+        self.ended[name] = "skipped"
+        self.pipeline.board.skip(name, why)
+
+    def _tear_down_finished_clusters(self) -> None:
+        for role, users in self.graph.cluster_users().items():
+            cluster = self.clusters[role]
+            if role in self._torn_down or not all(u in self.ended for u in users):
+                continue
+            self._torn_down.add(role)
+            if cluster.name in self.pipeline.board.clusters_up:  # not if its first step never ran
+                self.pipeline.teardown_in_background(cluster.name, f"{role}-down")
+
+    async def _stop(self, running: dict[str, asyncio.Task[Any]]) -> None:
+        for task in running.values():
+            task.cancel()
+        await asyncio.gather(*running.values(), return_exceptions=True)
