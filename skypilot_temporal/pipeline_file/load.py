@@ -329,10 +329,10 @@ class _Builder:
             by_role.setdefault(role, []).append(name)
         for role, users in by_role.items():
             implicit = [u for u in users if "cluster" not in self.declared[u]]
-            if len(users) > 1 and implicit:
+            if len(implicit) > 1:
                 raise self.fail(
-                    implicit[0],
-                    f"its own cluster would be named {role!r}, as another step's: give it `cluster:`",
+                    implicit[1],
+                    f"its own cluster would be named {role!r}, as {implicit[0]!r}'s: give it `cluster:`",
                 )
             for earlier, later in itertools.pairwise(users):
                 if earlier not in ancestors[later]:

@@ -153,9 +153,10 @@ class GraphRunner:
     def _skip_unreachable(self, pending: list[str]) -> None:
         """Skip the pending steps a step they need will never let run (failed, skipped, stopped)."""
         blocked = [n for n, status in self.ended.items() if status != "succeeded"]
-        for name in [n for n in pending if n in dependents(self.graph, blocked)]:
+        unreachable = dependents(self.graph, blocked)
+        for name in [n for n in pending if n in unreachable]:
             pending.remove(name)
-            failed = next(n for n in self.graph.step(name).needs if self.ended.get(n) != "succeeded")
+            failed = next(n for n in self.graph.step(name).needs if n in blocked or n in unreachable)
             self._skip(name, f"needs {failed}, which did not succeed")
 
     def _skip(self, name: str, why: str) -> None:

@@ -15,7 +15,8 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from skypilot_temporal.payloads import PipelineFileInput, PipelineResult
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
-from testing.in_process import Pipeline, make_task_repo, running_worker
+from testing.in_process import Pipeline, make_task_repo
+from workflows import SkyPilotWorkflow
 
 DIAMOND = """
 name: diamond
@@ -100,3 +101,232 @@ async def test_a_diamond_runs_in_the_order_its_needs_say_with_the_trainings_at_o
     small, large = (fake.jobs_named(s)[0] for s in ("train-small", "train-large"))
     assert small.started_at < large.finished_at and large.started_at < small.finished_at
     pipeline.assert_no_cluster_left()
+
+
+SIX_STEPS = """
+steps:
+  preprocess:
+    task: data_preprocessing.yaml
+  train:
+    task: train.yaml
+    needs: [preprocess]
+  eval:
+    task: eval.yaml
+    needs: [train]
+    cluster: train
+"""
+
+
+async def test_the_six_steps_as_a_file_give_the_steps_clusters_and_outcome_of_skypilotworkflow(
+    pipeline: Pipeline, tmp_path: Path
+):
+    pipeline.fake.plan("eval", logs=["METRIC eval_accuracy=0.9"])
+    seed = await pipeline.start()
+    seed_result = await seed.result()
+    seed_progress = await seed.query(SkyPilotWorkflow.progress)
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": SIX_STEPS})
+    handle = await start_file(pipeline, repo)
+    result = await handle.result()
+    progress = await handle.query(PipelineFileWorkflow.progress)
+
+    def shape(steps: list[Any], prefix: str) -> list[tuple[str, str, str]]:
+        return sorted((s.name, s.status, s.cluster_name.removeprefix(prefix)) for s in steps)
+
+    seed_prefix = seed_result.steps[0].cluster_name.removesuffix("preprocess")
+    prefix = result.steps[0].cluster_name.removesuffix("preprocess")
+    assert shape(progress.steps, prefix) == shape(seed_progress.steps, seed_prefix)
+    assert [(s.step, s.job_status, s.metrics) for s in result.steps] == [
+        (s.step, s.job_status, s.metrics) for s in seed_result.steps
+    ]
+    assert progress.status == seed_progress.status == "succeeded"
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_failed_branch_stops_the_other_and_leaves_nothing(pipeline: Pipeline, tmp_path: Path):
+    fake = pipeline.fake
+    fake.plan("train-small", status="FAILED", seconds=0.3, logs=["diverged"])
+    fake.plan("train-large", until_cancelled=True)
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": DIAMOND})
+    handle = await start_file(pipeline, repo)
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert "step 'train-small'" in str(failed.value.cause), failed.value.cause
+    statuses = {s.name: s.status for s in (await handle.query(PipelineFileWorkflow.progress)).steps}
+    assert statuses["train-small"] == "failed" and statuses["train-large"] == "cancelled"
+    assert statuses["eval"] == statuses["compare"] == "skipped"
+    assert [j.status for j in fake.jobs_named("train-large")] == ["CANCELLED"]
+    pipeline.assert_no_cluster_left()
+
+
+async def test_on_failure_continue_runs_what_does_not_need_the_failed_step(
+    pipeline: Pipeline, tmp_path: Path
+):
+    fake = pipeline.fake
+    fake.plan("train-small", status="FAILED", logs=["diverged"])
+    fake.plan("eval", logs=["METRIC eval_accuracy=0.8"])
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": "on_failure: continue\n" + DIAMOND})
+    handle = await start_file(pipeline, repo)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    progress = await handle.query(PipelineFileWorkflow.progress)
+    statuses = {s.name: s.status for s in progress.steps}
+    assert statuses["train-large"] == statuses["eval"] == "succeeded"
+    assert statuses["compare"] == "skipped"
+    assert "needs train-small" in next(s.error for s in progress.steps if s.name == "compare")
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_condition_that_does_not_hold_skips_the_step_and_what_needs_it(
+    pipeline: Pipeline, tmp_path: Path
+):
+    pipeline.fake.plan("check", logs=["METRIC score=0.4"])
+    text = """
+steps:
+  check: {task: eval.yaml}
+  deploy:
+    task: train.yaml
+    needs: [check]
+    when: [{metric: check.score, op: ">=", value: 0.5}]
+  announce: {task: eval.yaml, needs: [deploy]}
+  always: {task: eval.yaml, needs: [check], when: [{metric: check.score, op: "<", value: 0.5}]}
+"""
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    result = await handle.result()
+    progress = await handle.query(PipelineFileWorkflow.progress)
+    steps = {s.name: s for s in progress.steps}
+    assert steps["deploy"].status == steps["announce"].status == "skipped"
+    assert steps["deploy"].error == "when check.score >= 0.5 did not hold (0.4)"
+    assert [s.step for s in result.steps] == ["check", "always"]
+    assert pipeline.fake.jobs_named("deploy") == []
+    pipeline.assert_no_cluster_left()
+
+
+MATRIX = """
+matrices:
+  lr: {LR: [0.1, 0.01, 0.001]}
+steps:
+  prepare: {task: data_preprocessing.yaml}
+  train: {task: train.yaml, matrix: lr, needs: [prepare], cluster: train}
+  eval:
+    task: eval.yaml
+    matrix: lr
+    needs: [train]
+    cluster: train
+    select: {metric: eval_accuracy, goal: max}
+  report:
+    task: eval.yaml
+    needs: [eval]
+    env_from: {BEST_ACCURACY: eval.eval_accuracy, BEST_LR: eval.matrix.LR}
+"""
+
+
+async def test_a_matrix_fans_a_group_of_steps_out_and_a_later_step_reads_the_best_variant(
+    pipeline: Pipeline, tmp_path: Path
+):
+    fake = pipeline.fake
+    for variant, accuracy in (("v1", 0.7), ("v2", 0.93), ("v3", 0.81)):
+        fake.plan(f"eval-{variant}", logs=[f"METRIC eval_accuracy={accuracy}"])
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": MATRIX}))
+    result = await handle.result()
+    names = [s.step for s in result.steps]
+    assert names == ["prepare", "train-v1", "train-v2", "train-v3", "eval-v1", "eval-v2", "eval-v3", "report"]
+    prefix = result.steps[0].cluster_name.removesuffix("prepare")
+    # Each variant's eval runs on its own variant's train cluster.
+    assert sorted(c for _, c in fake.called("exec")) == [f"{prefix}trainv{n}" for n in (1, 2, 3)]
+    assert job_envs(fake, "train-v2")["LR"] == "0.01" and job_envs(fake, "train-v2")["VARIANT_ID"] == "v2"
+    envs = job_envs(fake, "report")
+    assert envs["BEST_ACCURACY"] == "0.93" and envs["BEST_LR"] == "0.01"
+    pipeline.assert_no_cluster_left()
+
+
+async def test_never_more_steps_at_once_than_max_parallel(pipeline: Pipeline, tmp_path: Path):
+    steps = "\n".join(f"  s{n}: {{task: train.yaml}}" for n in range(6))
+    for n in range(6):
+        pipeline.fake.plan(f"s{n}", seconds=0.3)
+    text = f"max_parallel: 2\nsteps:\n{steps}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    await handle.result()
+    jobs = [j for n in range(6) for j in pipeline.fake.jobs_named(f"s{n}")]
+    at_once = max(sum(1 for j in jobs if j.started_at <= t.started_at < (j.finished_at or 0)) for t in jobs)
+    assert at_once == 2
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_failed_job_runs_again_as_many_times_as_its_retries(pipeline: Pipeline, tmp_path: Path):
+    pipeline.fake.plan("flaky", status="FAILED", logs=["oops"])
+    pipeline.fake.plan("flaky-retry1", status="FAILED", logs=["oops again"])
+    pipeline.fake.plan("flaky-retry2", logs=["METRIC ok=1"])
+    text = "steps:\n  flaky: {task: train.yaml, retries: 2}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    result = await handle.result()
+    assert [s.step for s in result.steps] == ["flaky-retry2"]
+    assert [
+        j.status for j in pipeline.fake.jobs_named("flaky") + pipeline.fake.jobs_named("flaky-retry1")
+    ] == [
+        "FAILED",
+        "FAILED",
+    ]
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_skypilot_multi_task_yaml_runs_as_a_chain(pipeline: Pipeline, tmp_path: Path):
+    chain = (
+        "name: chain\n---\n"
+        "name: prep\nrun: echo prep\n---\n"
+        "name: train\nenvs: {EPOCHS: '2'}\nrun: echo train\n"
+    )
+    pipeline.fake.plan("prep", seconds=0.2)
+    handle = await start_file(
+        pipeline, repo_with(pipeline, tmp_path, {"chain.yaml": chain}), path="chain.yaml"
+    )
+    result = await handle.result()
+    assert [s.step for s in result.steps] == ["prep", "train"]
+    prep, train = (pipeline.fake.jobs_named(s)[0] for s in ("prep", "train"))
+    assert prep.finished_at is not None and prep.finished_at <= train.started_at
+    assert train.envs["EPOCHS"] == "2"
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_cancel_stops_every_running_step_and_leaves_nothing(pipeline: Pipeline, tmp_path: Path):
+    fake = pipeline.fake
+    fake.plan("train-small", until_cancelled=True)
+    fake.plan("train-large", until_cancelled=True)
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": DIAMOND}))
+    await asyncio.to_thread(fake.wait_for_job, "train-small")
+    await asyncio.to_thread(fake.wait_for_job, "train-large")
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert {j.status for j in fake.jobs_named("train-small") + fake.jobs_named("train-large")} == {
+        "CANCELLED"
+    }
+    pipeline.assert_no_cluster_left()
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        (
+            {
+                "pipeline.yaml": "steps:\n  a: {task: train.yaml, needs: [b]}\n  b: {task: train.yaml, needs: [a]}\n"
+            },
+            "pipeline.yaml: needs form a cycle: a -> b -> a",
+        ),
+        ({"pipeline.yaml": "steps:\n  a: {task: nope.yaml}\n"}, "task file 'nope.yaml' not found"),
+        ({"pipeline.yaml": "steps:\n  a: {task: ../../etc/passwd}\n"}, "outside the task repository"),
+        ({}, "pipeline file 'pipeline.yaml' not found"),
+        (
+            {"pipeline.yaml": "steps:\n  a: {task: bad.yaml}\n", "bad.yaml": "run: x\nvolume_mounts: []\n"},
+            "volume_mounts",
+        ),
+    ],
+)
+async def test_a_bad_pipeline_file_fails_the_run_in_one_line_before_any_cluster(
+    pipeline: Pipeline, tmp_path: Path, files: dict[str, str], message: str
+):
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, files))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    text = str(failed.value.cause)
+    assert message in text and "\n" not in text, text
+    assert pipeline.fake.ever_launched == set()
