@@ -308,7 +308,8 @@ async def test_a_cancel_stops_every_running_step_and_leaves_nothing(pipeline: Pi
     [
         (
             {
-                "pipeline.yaml": "steps:\n  a: {task: train.yaml, needs: [b]}\n  b: {task: train.yaml, needs: [a]}\n"
+                "pipeline.yaml": "steps:\n  a: {task: train.yaml, needs: [b]}\n"
+                "  b: {task: train.yaml, needs: [a]}\n"
             },
             "pipeline.yaml: needs form a cycle: a -> b -> a",
         ),
