@@ -1,0 +1,250 @@
+"""The pipeline file format: what it expresses, and one line for every problem (task-author input)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from skypilot_temporal.pipeline_file import PipelineFileError, load_pipeline, schema
+from skypilot_temporal.pipeline_file.graph import PipelineGraph, dependents, resolve, selected_variant
+from skypilot_temporal.pipeline_file.load import MAX_GRAPH_STEPS
+from testing import ROOT
+
+
+def load(document: dict[str, Any] | str) -> PipelineGraph:
+    text = document if isinstance(document, str) else yaml.safe_dump(document)
+    return load_pipeline("pipeline.yaml", text)
+
+
+def refused(document: dict[str, Any] | str) -> str:
+    with pytest.raises(PipelineFileError) as raised:
+        load(document)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("pipeline.yaml: "), message
+    return message
+
+
+def test_the_schema_is_valid_and_shipped_with_the_package():
+    jsonschema.Draft202012Validator.check_schema(schema())
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert "pipeline_file/pipeline.schema.json" in pyproject
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "steps:\n  a: {task: x, needs: [b]}\n  b: {task: x, needs: [a]}\n",
+            "needs form a cycle: a -> b -> a",
+        ),
+        ("steps:\n  a: {task: x, needs: [a]}\n", "step 'a': needs itself"),
+        ("steps:\n  a: {task: x, needs: [zz]}\n", "step 'a': needs 'zz', which is not a step of this file"),
+        ("steps:\n  a: {task: x, foo: 1}\n", "step 'a': unknown key 'foo'"),
+        ("stages: {}\nsteps:\n  a: {task: x}\n", "unknown key 'stages'"),
+        ("steps:\n  A B: {task: x}\n", "steps: name 'A B' is not valid: lowercase letters"),
+        ("steps:\n  a: {task: x}\n  a: {task: y}\n", "line 3: 'a' appears twice"),
+        ("x: &a {task: y}\nsteps:\n  a: *a\n", "uses a YAML alias (*a)"),
+        ("steps:\n  a: {needs: []}\n", "step 'a': missing 'task'"),
+        ("steps:\n  a: {task: x, needs: b}\n", "step 'a': needs: 'b' is not a list"),
+        ("steps:\n  a: {task: x, timeout: 0}\n", "step 'a': timeout: 0 is out of range (1..2592000)"),
+        ("steps:\n  a: {task: x, timeout: 2w}\n", "step 'a': timeout: '2w' is not valid"),
+        ("steps:\n  a: {task: x, retries: 9}\n", "step 'a': retries: 9 is out of range (0..5)"),
+        ("max_parallel: 0\nsteps:\n  a: {task: x}\n", "max_parallel: 0 is out of range (1..32)"),
+        ("on_failure: ignore\nsteps:\n  a: {task: x}\n", "on_failure: 'ignore' is not one of stop, continue"),
+        (
+            "steps:\n  a: {task: x, managed: true, cluster: c}\n",
+            "step 'a': a managed job runs on a cluster of its own",
+        ),
+        (
+            "steps:\n  very-long-step-name: {task: x}\n",
+            "step 'very-long-step-name': its name is too long for a cluster",
+        ),
+        (
+            "steps:\n  a-b: {task: x}\n  ab: {task: x}\n",
+            "step 'ab': its own cluster would be named 'ab', as 'a-b''s",
+        ),
+        (
+            "steps:\n  a: {task: x, cluster: c}\n  b: {task: x, cluster: c}\n",
+            "step 'b': shares cluster 'c' with 'a' but",
+        ),
+        (
+            "steps:\n  a: {task: x}\n  b: {task: x, env_from: {X: a.m}}\n",
+            "step 'b': 'a.m': reads step 'a', which it does",
+        ),
+        (
+            "steps:\n  a: {task: x}\n  b: {task: x, needs: [a], env_from: {X: z.m}}\n",
+            "'z.m': 'z' is not a step",
+        ),
+        (
+            "steps:\n  a: {task: x}\n  b: {task: x, needs: [a], when: [{metric: a.m, op: '=~', value: 1}]}\n",
+            "step 'b': when[0].op: '=~' is not one of",
+        ),
+        ("steps:\n  a: {task: x, matrix: m}\n", "step 'a': matrix 'm' is not defined"),
+        ("steps:\n  a: {task: x, select: {metric: acc}}\n", "step 'a': select needs a matrix"),
+        (
+            "matrices: {m: {LR: [1, 2]}}\nsteps:\n  a: {task: x, matrix: m}\n"
+            "  b: {task: x, needs: [a], env_from: {X: a.acc}}\n",
+            "step 'b': 'a.acc': 'a' has variants: give it `select:`",
+        ),
+        (
+            "matrices: {m: {LR: [1, 2]}}\nsteps:\n  a: {task: x, matrix: m, select: {metric: acc}}\n"
+            "  b: {task: x, needs: [a], env_from: {X: a.matrix.BS}}\n",
+            "'a.matrix.BS': 'a' has no matrix value 'BS'",
+        ),
+        (
+            "matrices: {m: {A: [1, 2, 3, 4, 5, 6, 7, 8], B: [1, 2, 3, 4, 5, 6, 7, 8, 9]}}\n"
+            "steps:\n  a: {task: x, matrix: m}\n",
+            "matrix 'm' has 72 combinations: at most 64",
+        ),
+        (
+            "matrices: {m: {A: [1, 2]}}\nsteps:\n  a: {task: x, matrix: m}\n"
+            "  a-v1: {task: x, managed: true}\n",
+            "step 'a-v1' is also the name of a matrix variant",
+        ),
+        ("run: echo hi\nresources: {cpus: 1}\n", "is a single SkyPilot task, not a pipeline"),
+        ("- a\n- b\n", "not a pipeline file"),
+        ("steps: [\n", "not valid YAML: "),
+        ("name: c\n---\n- not a task\n", "document 2 is not a task"),
+    ],
+)
+def test_each_problem_is_one_line_naming_the_file_the_step_and_the_problem(text: str, message: str):
+    assert message in refused(text)
+
+
+def test_a_graph_larger_than_the_bound_is_refused():
+    matrices = {f"m{n}": {"A": list(range(64))} for n in range(4)}
+    steps = {f"s{n}": {"task": "x", "matrix": f"m{n}"} for n in range(4)}
+    assert f"256 steps once matrices are expanded: at most {MAX_GRAPH_STEPS}" in refused(
+        {"matrices": matrices, "steps": steps}
+    )
+
+
+def test_selection_picks_the_best_reported_variant_and_resolves_its_values():
+    graph = load(
+        {
+            "matrices": {"lr": {"LR": [0.1, 0.01, 0.001]}},
+            "steps": {
+                "t": {"task": "x", "matrix": "lr", "select": {"metric": "loss", "goal": "min"}},
+                "r": {"task": "x", "needs": ["t"], "env_from": {"L": "t.loss", "LR": "t.matrix.LR"}},
+            },
+        }
+    )
+    metrics = {"t-v1": {"loss": 0.5}, "t-v2": {"loss": 0.2}, "t-v3": {}}
+    assert selected_variant(graph, "t", metrics) == "t-v2"
+    report = graph.step("r")
+    assert report.needs == ["t-v1", "t-v2", "t-v3"]
+    assert resolve(graph, report.env_from["L"], metrics) == (0.2, "t-v2")
+    assert resolve(graph, report.env_from["LR"], metrics) == ("0.01", "t-v2")
+    assert resolve(graph, report.env_from["L"], {}) == (None, "")
+
+
+def test_steps_sharing_a_cluster_launch_once_then_exec():
+    graph = load(
+        {
+            "steps": {
+                "train": {"task": "t"},
+                "eval": {"task": "e", "needs": ["train"], "cluster": "train"},
+                "export": {"task": "x", "needs": ["eval"], "cluster": "train"},
+            }
+        }
+    )
+    assert [(s.name, s.cluster, s.launches) for s in graph.steps] == [
+        ("train", "train", True),
+        ("eval", "train", False),
+        ("export", "train", False),
+    ]
+
+
+def test_timeouts_take_seconds_or_units():
+    graph = load({"steps": {"a": {"task": "x", "timeout": "90m"}, "b": {"task": "x", "timeout": 30}}})
+    assert [s.timeout_seconds for s in graph.steps] == [5400, 30]
+
+
+def test_a_skypilot_multi_task_yaml_is_a_chain_of_its_tasks():
+    text = "name: p\n---\nname: Prep Data\nrun: a\n---\nrun: b\n---\nname: prep-data\nrun: c\n"
+    graph = load_pipeline("chain.yaml", text)
+    assert [(s.name, s.document, s.needs, s.cluster) for s in graph.steps] == [
+        ("prep-data", 1, [], "task1"),
+        ("task-2", 2, ["prep-data"], "task2"),
+        ("task-3", 3, ["task-2"], "task3"),
+    ]
+
+
+# ---------------------------------------------------------------- generated graphs
+
+NAMES = [f"s{n}" for n in range(12)]
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid pipeline file: each step needs some of the steps before it."""
+    count = draw(st.integers(1, len(NAMES)))
+    steps: dict[str, Any] = {}
+    for index in range(count):
+        earlier = NAMES[:index]
+        needs = draw(st.lists(st.sampled_from(earlier), unique=True, max_size=3)) if earlier else []
+        steps[NAMES[index]] = {"task": "t.yaml", **({"needs": needs} if needs else {})}
+    order = draw(st.permutations(list(steps)))  # the file's order need not be the graph's
+    return {"max_parallel": draw(st.integers(1, 4)), "steps": {n: steps[n] for n in order}}
+
+
+@given(dags())
+@settings(max_examples=200, deadline=None)
+def test_a_valid_graph_expands_in_an_order_that_respects_its_needs(document: dict[str, Any]):
+    graph = load(document)
+    seen: set[str] = set()
+    for step in graph.steps:
+        assert set(step.needs) <= seen
+        seen.add(step.name)
+    assert seen == set(document["steps"])
+    for name in seen:
+        assert name not in dependents(graph, [name])
+
+
+@given(
+    dags(),
+    st.sampled_from(["cycle", "unknown need", "unknown key", "bad name", "bad type"]),
+    st.data(),
+)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_a_broken_graph_is_refused_in_one_line(document: dict[str, Any], breakage: str, data: st.DataObject):
+    steps = document["steps"]
+    names = list(steps)
+    victim = data.draw(st.sampled_from(names))
+    if breakage == "cycle":
+        other = data.draw(st.sampled_from(names))
+        steps[other].setdefault("needs", [])
+        if victim not in steps[other]["needs"]:
+            steps[other]["needs"].append(victim)
+        # victim needs other too: a cycle (or a step needing itself)
+        steps[victim]["needs"] = [*[n for n in steps[victim].get("needs", []) if n != other], other]
+    elif breakage == "unknown need":
+        steps[victim]["needs"] = ["nowhere"]
+    elif breakage == "unknown key":
+        steps[victim]["depends_on"] = []
+    elif breakage == "bad name":
+        steps["Bad Name"] = steps.pop(victim)
+    else:
+        steps[victim]["needs"] = 7
+    refused(document)
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=20,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_any_yaml_is_a_graph_or_one_line_never_a_traceback(document: Any):
+    try:
+        load_pipeline("pipeline.yaml", json.dumps({"steps": document}))
+    except PipelineFileError as err:
+        assert "\n" not in str(err) and str(err).startswith("pipeline.yaml: ")
