@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from skypilot_temporal.payloads import PipelineFileInput, PipelineResult
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
-from testing.in_process import Pipeline, make_task_repo
+from testing.in_process import Pipeline, make_task_repo, running_worker
 from workflows import SkyPilotWorkflow
 
 DIAMOND = """
@@ -331,3 +333,72 @@ async def test_a_bad_pipeline_file_fails_the_run_in_one_line_before_any_cluster(
     text = str(failed.value.cause)
     assert message in text and "\n" not in text, text
     assert pipeline.fake.ever_launched == set()
+
+
+# ---------------------------------------------------------------- generated graphs, run
+
+
+@st.composite
+def runnable_graphs(draw: st.DrawFn) -> tuple[str, int, dict[str, list[str]]]:
+    """A pipeline file's text, its max_parallel, and each step's needs."""
+    count = draw(st.integers(1, 8))
+    names = [f"s{n}" for n in range(count)]
+    needs = {
+        name: draw(st.lists(st.sampled_from(names[:index]), unique=True, max_size=2)) if index else []
+        for index, name in enumerate(names)
+    }
+    limit = draw(st.integers(1, 3))
+    lines = [f"max_parallel: {limit}", "steps:"]
+    lines += [f"  {name}: {{task: train.yaml, needs: [{', '.join(needs[name])}]}}" for name in names]
+    return "\n".join(lines) + "\n", limit, needs
+
+
+@given(runnable_graphs(), st.booleans())
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+def test_a_generated_graph_runs_in_needs_order_within_its_limit_or_fails_in_one_line(
+    env, tmp_path_factory: pytest.TempPathFactory, graph: tuple[str, int, dict[str, list[str]]], broken: bool
+):
+    text, limit, needs = graph
+    if broken:  # the last step needs a step that does not exist
+        text = (
+            text.rstrip("\n").removesuffix("]}")
+            + (", nowhere]}" if needs[f"s{len(needs) - 1}"] else "nowhere]}")
+            + "\n"
+        )
+    fake = FakeSky()
+    for name in needs:
+        fake.plan(name, seconds=0.15)
+    scratch = tmp_path_factory.mktemp("graph")
+    repo = make_task_repo(scratch / "repo", {"pipeline.yaml": text})
+    address = env.client.service_client.config.target_host
+
+    async def run() -> Any:  # its own event loop and client: a sync test, as Hypothesis runs it
+        client = await Client.connect(address, data_converter=env.client.data_converter)
+        task_queue = f"gen-{uuid.uuid4().hex[:8]}"
+        async with running_worker(env, fake, scratch / "checkouts", task_queue, client=client):
+            handle = await client.start_workflow(
+                PipelineFileWorkflow.run,
+                PipelineFileInput("pipeline.yaml", Pipeline(env, fake, repo, task_queue).input()),
+                id=f"gen-{uuid.uuid4().hex[:8]}",
+                task_queue=task_queue,
+                execution_timeout=timedelta(minutes=1),
+            )
+            return await handle.result()
+
+    if broken:
+        with pytest.raises(WorkflowFailureError) as failed:
+            asyncio.run(run())
+        assert "needs 'nowhere', which is not a step of this file" in str(failed.value.cause)
+        assert fake.ever_launched == set()
+        return
+    asyncio.run(run())
+    jobs = {name: fake.jobs_named(name)[0] for name in needs}
+    for name, job in jobs.items():
+        for need in needs[name]:
+            assert (jobs[need].finished_at or 0) <= job.started_at, (name, need)
+    at_once = max(
+        sum(1 for j in jobs.values() if j.started_at <= t.started_at < (j.finished_at or 0))
+        for t in jobs.values()
+    )
+    assert at_once <= limit
+    assert fake.clusters == {}
