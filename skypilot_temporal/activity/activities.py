@@ -65,7 +65,7 @@ from skypilot_temporal.payloads import (
     StepResult,
     TaskSpec,
 )
-from skypilot_temporal.pipeline_file import PipelineFileError, load_pipeline
+from skypilot_temporal.pipeline_file.load import PipelineFileError, load_pipeline
 from skypilot_temporal.trust.checkout import checkout_repo, mark_used, read_task_file, resolve_inside
 from skypilot_temporal.trust.redaction import Redactor, redact_url_credentials
 from skypilot_temporal.trust.task_policy import (

@@ -11,9 +11,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skypilot_temporal.pipeline_file import PipelineFileError, load_pipeline, schema
 from skypilot_temporal.pipeline_file.graph import PipelineGraph, dependents, resolve, selected_variant
-from skypilot_temporal.pipeline_file.load import MAX_GRAPH_STEPS
+from skypilot_temporal.pipeline_file.load import MAX_GRAPH_STEPS, PipelineFileError, load_pipeline, schema
 from testing import ROOT
 
 

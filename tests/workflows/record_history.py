@@ -3,6 +3,7 @@
     .venv/bin/python -m tests.workflows.record_history                     # happy_path.json (plain payloads)
     .venv/bin/python -m tests.workflows.record_history --failed-encrypted  # failed_train_encrypted.json
     .venv/bin/python -m tests.workflows.record_history --searchable        # searchable_happy_path.json
+    .venv/bin/python -m tests.workflows.record_history --pipeline-files    # pipeline_file_*.json
 
 The second is a run whose train job fails, recorded with payload encryption on (the fixed key
 RECORDING_CODEC_KEYS): it guards replay of encrypted histories and of the failure path. The
@@ -22,13 +23,16 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from skypilot_temporal.operations.search_attributes import at_start
-from skypilot_temporal.payloads import PipelineInput
+from skypilot_temporal.payloads import PipelineFileInput, PipelineInput
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.trust.codec import data_converter
+from skypilot_temporal.trust.task_policy import TaskPolicy
+from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
 from testing import HISTORIES, ROOT
-from testing.in_process import REAL_WORKER_POLICY, running_worker, start_dev_server
+from testing.in_process import REAL_WORKER_POLICY, make_git_repo, running_worker, start_dev_server
 from workflows import SkyPilotWorkflow
 
 # Not a secret: the key of the recorded encrypted history, so the replay test can decode it.
@@ -85,6 +89,76 @@ async def record(failed_encrypted: bool = False, searchable: bool = False) -> No
     await env.shutdown()
 
 
+# The generic workflow's histories (pipeline_file_<name>.json): a pipeline file of this
+# project's tasks/, how the fake SDK's jobs behave, and whether the run is cancelled mid-train.
+MANAGED_TRAIN_FILE = """
+steps:
+  prepare: {task: tasks/data_preprocessing.yaml}
+  train: {task: tasks/train.yaml, needs: [prepare], managed: true}
+  eval: {task: tasks/eval.yaml, needs: [train]}
+"""
+PIPELINE_FILE_RUNS: dict[str, tuple[str, dict[str, dict[str, Any]], bool]] = {
+    "diamond": (
+        "tasks/diamond.yaml",
+        {
+            "train-small": {"logs": ["METRIC train_loss=0.25"]},
+            "train-large": {"logs": ["METRIC train_loss=0.2"]},
+            "eval-large": {"logs": ["METRIC eval_accuracy=0.9"]},
+        },
+        False,
+    ),
+    "failed_branch": (
+        "tasks/diamond.yaml",
+        {"train-small": {"status": "FAILED", "seconds": 0.5}, "train-large": {"until_cancelled": True}},
+        False,
+    ),
+    "cancel": ("tasks/diamond.yaml", {"train-large": {"until_cancelled": True}}, True),
+    "managed": ("tasks/managed.yaml", {"train": {"logs": ["METRIC train_loss=0.3"]}}, False),
+}
+
+
+async def record_pipeline_files() -> None:
+    env = await start_dev_server(data_converter(None))
+    with tempfile.TemporaryDirectory() as scratch:
+        files = {f"tasks/{p.name}": p.read_text() for p in (ROOT / "tasks").glob("*.yaml")}
+        repo = make_git_repo(Path(scratch) / "repo", {**files, "tasks/managed.yaml": MANAGED_TRAIN_FILE})
+        for name, (path, plans, cancel) in PIPELINE_FILE_RUNS.items():
+            fake = FakeSky()
+            for step, plan in plans.items():
+                fake.plan(step, **plan)
+            async with running_worker(
+                env,
+                fake,
+                Path(scratch) / name,
+                "record",
+                threads=8,
+                heartbeat_seconds=0.1,
+                environ=None,
+                policy=TaskPolicy(local_repo_dirs=(Path(scratch),)),
+            ):
+                handle = await env.client.start_workflow(
+                    PipelineFileWorkflow.run,
+                    PipelineFileInput(path, PipelineInput(repo_url=str(repo), ref="main")),
+                    id=f"recorded-pipeline-file-{name.replace('_', '-')}",
+                    task_queue="record",
+                )
+                if cancel:
+                    await asyncio.to_thread(fake.wait_for_job, "train-large")
+                    await handle.cancel()
+                try:
+                    await handle.result()
+                except Exception:
+                    if not (cancel or name == "failed_branch"):
+                        raise
+                history = await handle.fetch_history()
+            out = HISTORIES / f"pipeline_file_{name}.json"
+            out.write_text(
+                json.dumps({"workflow_id": handle.id, "history": history.to_json_dict()}, indent=1) + "\n"
+            )
+            print(f"wrote {out}")
+    await env.shutdown()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -93,7 +167,13 @@ if __name__ == "__main__":
         help="record failed_train_encrypted.json (train fails, payloads encrypted), not happy_path.json",
     )
     parser.add_argument("--searchable", action="store_true", help="start the run with its search attributes")
+    parser.add_argument(
+        "--pipeline-files", action="store_true", help="record the generic workflow's pipeline_file_*.json"
+    )
     args = parser.parse_args()
-    asyncio.run(record(failed_encrypted=args.failed_encrypted, searchable=args.searchable))
+    if args.pipeline_files:
+        asyncio.run(record_pipeline_files())
+    else:
+        asyncio.run(record(failed_encrypted=args.failed_encrypted, searchable=args.searchable))
     sys.stdout.flush()
     os._exit(0)

@@ -4,6 +4,7 @@ the fake SDK (order, parallelism, shared clusters, outputs, conditions, failure,
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -12,12 +13,16 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
+from temporalio.converter import DataConverter
+from temporalio.worker import Replayer
 
+from skypilot_temporal import SkyPilotPlugin
 from skypilot_temporal.payloads import PipelineFileInput, PipelineResult
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
-from testing.in_process import Pipeline, make_task_repo, running_worker
+from testing import HISTORIES, ROOT
+from testing.in_process import Pipeline, make_git_repo, make_task_repo, running_worker
 from workflows import SkyPilotWorkflow
 
 DIAMOND = """
@@ -105,29 +110,25 @@ async def test_a_diamond_runs_in_the_order_its_needs_say_with_the_trainings_at_o
     pipeline.assert_no_cluster_left()
 
 
-SIX_STEPS = """
-steps:
-  preprocess:
-    task: data_preprocessing.yaml
-  train:
-    task: train.yaml
-    needs: [preprocess]
-  eval:
-    task: eval.yaml
-    needs: [train]
-    cluster: train
-"""
+def example_tasks_repo(tmp_path: Path) -> Path:
+    """A repository of this project's tasks/ folder (task files and pipeline files)."""
+    files = {f"tasks/{p.name}": p.read_text() for p in (ROOT / "tasks").glob("*.yaml")}
+    return make_git_repo(tmp_path / f"repo-{uuid.uuid4().hex[:6]}", files)
 
 
 async def test_the_six_steps_as_a_file_give_the_steps_clusters_and_outcome_of_skypilotworkflow(
     pipeline: Pipeline, tmp_path: Path
 ):
     pipeline.fake.plan("eval", logs=["METRIC eval_accuracy=0.9"])
-    seed = await pipeline.start()
+    seed = await pipeline.start(
+        preprocess_yaml="tasks/data_preprocessing.yaml",
+        train_yaml="tasks/train.yaml",
+        eval_yaml="tasks/eval.yaml",
+        repo_url=str(example_tasks_repo(tmp_path)),
+    )
     seed_result = await seed.result()
     seed_progress = await seed.query(SkyPilotWorkflow.progress)
-    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": SIX_STEPS})
-    handle = await start_file(pipeline, repo)
+    handle = await start_file(pipeline, example_tasks_repo(tmp_path), "tasks/pipeline.yaml")
     result = await handle.result()
     progress = await handle.query(PipelineFileWorkflow.progress)
 
@@ -402,3 +403,15 @@ def test_a_generated_graph_runs_in_needs_order_within_its_limit_or_fails_in_one_
     )
     assert at_once <= limit
     assert fake.clusters == {}
+
+
+@pytest.mark.parametrize("name", ["diamond", "failed_branch", "cancel", "managed"])
+async def test_recorded_pipeline_file_histories_replay(name: str):
+    """Today's generic workflow must replay the runs recorded earlier (success, a failed branch,
+    a cancel mid-train, a managed step): regenerate them (`python -m
+    tests.workflows.record_history --pipeline-files`) only for an intended, versioned change."""
+    recorded = json.loads((HISTORIES / f"pipeline_file_{name}.json").read_text())
+    history = WorkflowHistory.from_json(recorded["workflow_id"], recorded["history"])
+    # As a platform replays: the plugin registers the workflow and passes the package through.
+    plugin = SkyPilotPlugin(sky=FakeSky(), data_converter=DataConverter.default)
+    await Replayer(workflows=[], plugins=[plugin]).replay_workflow(history)
