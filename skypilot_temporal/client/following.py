@@ -271,17 +271,19 @@ def print_sweep_table(workflow_id: str, result: SweepResult, url: str) -> None:
 
 def print_success(workflow_id: str, result: PipelineResult, url: str) -> None:
     print(f"Workflow {workflow_id} succeeded (commit {result.commit_sha[:12]})")
+    width = max([10, *(len(step.step) for step in result.steps)])
     for step in result.steps:
         metrics = "".join(f"  {k}={v:g}" for k, v in step.metrics.items())
         where = step.cluster_name or "managed"
         recovered = f" after {recoveries_text(step.recoveries)}" if step.recoveries else ""
         print(
-            f"  {step.step:<10} {where}: job {step.job_id} {step.job_status}{recovered} "
+            f"  {step.step:<{width}} {where}: job {step.job_id} {step.job_status}{recovered} "
             f"in {step.duration_seconds:.0f}s{metrics}"
         )
-    last_eval_lines = result.steps[-1].log_tail.splitlines()[-3:] if result.steps else []
-    for line in last_eval_lines:
-        print(f"  eval> {line}")
+    if result.steps:  # the last step's last lines (the six steps': eval's)
+        last = result.steps[-1]
+        for line in last.log_tail.splitlines()[-3:]:
+            print(f"  {last.step}> {line}")
     print(f"  Web UI: {url}")
 
 

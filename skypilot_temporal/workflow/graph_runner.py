@@ -43,15 +43,22 @@ class GraphRunner:
         self.metrics: dict[str, dict[str, float]] = {}
         self._torn_down: set[str] = set()
 
-    def plan(self) -> list[str]:
-        """The board's plan entries of the graph: its steps, then its clusters' teardowns."""
-        entries = []
+    def show_plan(self) -> None:
+        """Every step of the graph, pending, with what it does, on which cluster and after which
+        steps (the progress query, the Web UI's details, the activities' summaries); then each
+        cluster's teardown."""
+        board, prefix = self.pipeline.board, self.pipeline.prefix
         for step in self.graph.steps:
+            after = f" after {', '.join(step.needs)}" if step.needs else ""
             if step.managed:
-                entries.append(f"managed {step.name}")
+                board.add(step.name, f"managed job {step.name}{after}")
             else:
-                entries.append(f"{'launch' if step.launches else 'exec'} {step.name} on {step.cluster}")
-        return entries + [f"down {role}" for role in self.clusters]
+                verb = "launch" if step.launches else "exec"
+                cluster = f"{prefix}-{step.cluster}"
+                board.add(step.name, f"{verb} {step.name} on {cluster}{after}", cluster)
+        for role, cluster in self.clusters.items():
+            board.add(f"{role}-down", f"down {cluster.name}", cluster.name)
+        board.redraw()
 
     async def run(self) -> list[StepResult]:
         """Run the graph to its end; the results of the steps that succeeded, in graph order."""

@@ -34,6 +34,6 @@ class PipelineFileWorkflow(PipelineHandlers):
         async with pipeline.running():
             graph = await pipeline.fetch_pipeline_file(input.path)
             steps = GraphRunner(pipeline, graph)
-            pipeline.board.plan(steps.plan())
+            steps.show_plan()
             results = await steps.run()
         return pipeline.result(results)

@@ -111,12 +111,6 @@ class StepBoard:
         metrics.run_ended(outcome)
         self.redraw()
 
-    def plan(self, entries: list[str]) -> None:
-        """More steps the run expects, known once it started (a pipeline file's), pending."""
-        for entry in entries:
-            self._plan(entry)
-        self.redraw()
-
     def skip(self, name: str, why: str) -> None:
         """Step `name` will not run: `why` (a condition that did not hold, a step it needs that
         did not succeed)."""

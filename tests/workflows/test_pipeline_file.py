@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
+from test_scripts import assert_one_line_error, run_script, starter_env
 
 from skypilot_temporal import SkyPilotPlugin
 from skypilot_temporal.payloads import PipelineFileInput, PipelineResult
@@ -415,3 +416,41 @@ async def test_recorded_pipeline_file_histories_replay(name: str):
     # As a platform replays: the plugin registers the workflow and passes the package through.
     plugin = SkyPilotPlugin(sky=FakeSky(), data_converter=DataConverter.default)
     await Replayer(workflows=[], plugins=[plugin]).replay_workflow(history)
+
+
+# ---------------------------------------------------------------- the starter
+
+
+async def test_the_starter_runs_a_pipeline_file_and_shows_each_step_and_cluster(
+    pipeline: Pipeline, tmp_path: Path
+):
+    pipeline.fake.plan("train-small", seconds=0.5, logs=["METRIC train_loss=0.25"])
+    pipeline.fake.plan("train-large", seconds=0.5, logs=["METRIC train_loss=0.2"])
+    pipeline.fake.plan("eval", logs=["METRIC eval_accuracy=0.9"])
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": DIAMOND})
+    env = {**starter_env(pipeline), "PIPELINE_REPO_URL": str(repo)}
+    rc, stdout, stderr = await run_script("run_workflow.py", "--pipeline", "pipeline.yaml", env_overrides=env)
+    assert rc == 0, (stdout, stderr)
+    lines = stdout.splitlines()
+    started = [line.split()[1] for line in lines if line.startswith("  ▶")]
+    assert started[:2] == ["fetch-tasks", "prepare"] and set(started[2:4]) == {"train-small", "train-large"}
+    assert any(
+        "▶ eval" in line and "exec eval on" in line and "-large after train-large" in line for line in lines
+    )
+    assert "succeeded" in lines[-2] or any(
+        line.startswith("Workflow ") and "succeeded" in line for line in lines
+    )
+    # Both trainings started before either ended: the lines show them running side by side.
+    first_end = next(i for i, line in enumerate(lines) if line.startswith("  ✓ train-"))
+    assert all(any(f"▶ {s}" in line for line in lines[:first_end]) for s in ("train-small", "train-large"))
+
+
+async def test_the_starter_refuses_pipeline_options_that_do_not_go_together(pipeline: Pipeline):
+    for flags, message in (
+        (["--sweep", "LR=1,2"], "--pipeline does not take --sweep"),
+        (["--managed-train"], "--pipeline does not take --managed-train"),
+    ):
+        rc, stdout, stderr = await run_script(
+            "run_workflow.py", "--pipeline", "p.yaml", *flags, env_overrides=starter_env(pipeline)
+        )
+        assert_one_line_error(rc, stdout, stderr, message)

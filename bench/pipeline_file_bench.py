@@ -1,0 +1,200 @@
+"""Pipeline files on the fake SDK: parallelism, orchestration cost per step, the largest graph.
+
+    .venv/bin/python -m bench.pipeline_file_bench            # ~3 min
+    .venv/bin/python -m bench.pipeline_file_bench --quick    # one sample per row
+
+Every job and provisioning takes STEP seconds on the fake SDK, so a graph's critical path is
+known; the ratios are measured side by side in one run (absolute times move between days):
+1. the diamond (tasks/diamond.yaml) against its critical path (goal: within 1.1x);
+2. the diamond against the same steps one after another (max_parallel: 1);
+3. the generic workflow's orchestration cost per step (tasks/pipeline.yaml, the six steps) against
+   SkyPilotWorkflow's on the same steps and Temporal's floor (no-op activities; goal: 1.3x);
+4. the largest graph the bounds allow, 200 steps: its history and its slowest workflow task
+   (goal: no workflow task over 1 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
+from temporalio.testing import WorkflowEnvironment
+
+from bench.floor import no_op_chain_seconds
+from bench.report import machine_lines, met_mark, print_table
+from skypilot_temporal.payloads import PipelineFileInput, PipelineInput
+from skypilot_temporal.testing.fake_sky import FakeSky
+from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
+from testing import ROOT
+from testing.in_process import benchmark_worker, make_git_repo, start_dev_server
+from workflows import SkyPilotWorkflow
+
+STEP = 0.5  # seconds of every simulated job and provisioning
+# The diamond's critical path: prepare (provision + job), train-large (provision + job), eval
+# on its cluster (job), compare (provision + job); one after another it is all nine.
+DIAMOND_CRITICAL_PATH, DIAMOND_SERIAL = 7 * STEP, 9 * STEP
+SIX_STEP_ACTIVITIES = 7  # fetch, 3 jobs, 2 teardowns, checkout removal
+LARGEST = """
+max_parallel: 32
+matrices:
+  chains: {CHAIN: [%s]}
+steps:
+%s
+"""
+
+
+def largest_graph() -> str:
+    """20 chains of 10 steps (200), each chain on one cluster: the first launches, nine exec."""
+    layers = []
+    for layer in range(10):
+        needs = f", needs: [l{layer - 1}]" if layer else ""
+        layers.append(f"  l{layer}: {{task: tasks/train.yaml, matrix: chains, cluster: c{needs}}}")
+    return LARGEST % (", ".join(str(n) for n in range(20)), "\n".join(layers))
+
+
+async def run_file(
+    env: WorkflowEnvironment, repo: Path, path: str, fake: FakeSky, workflow: Any = PipelineFileWorkflow
+) -> tuple[float, WorkflowHistory]:
+    task_queue = f"pfb-{uuid.uuid4().hex[:8]}"
+    async with benchmark_worker(env, fake, task_queue, threads=150, concurrency=100):
+        pipeline = PipelineInput(
+            repo_url=str(repo),
+            ref="main",
+            retry_initial_interval_seconds=0.1,
+            preprocess_yaml="tasks/data_preprocessing.yaml",
+            train_yaml="tasks/train.yaml",
+            eval_yaml="tasks/eval.yaml",
+        )
+        run = PipelineFileInput(path, pipeline) if workflow is PipelineFileWorkflow else pipeline
+        started = time.monotonic()
+        handle = await env.client.start_workflow(
+            workflow.run, run, id=f"pfb-{uuid.uuid4().hex[:10]}", task_queue=task_queue
+        )
+        await handle.result()
+        return time.monotonic() - started, await handle.fetch_history()
+
+
+def simulated() -> FakeSky:
+    fake = FakeSky(provision_seconds=STEP)
+    for step in (
+        "prepare",
+        "train-small",
+        "train-large",
+        "eval-large",
+        "compare",
+        "preprocess",
+        "train",
+        "eval",
+    ):
+        fake.plan(step, seconds=STEP)
+    return fake
+
+
+def slowest_workflow_task(history: WorkflowHistory) -> float:
+    started: dict[int, float] = {}
+    slowest = 0.0
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            started[event.event_id] = event.event_time.ToDatetime().timestamp()
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+            attributes = event.workflow_task_completed_event_attributes
+            begun = started.get(attributes.started_event_id)
+            if begun is not None:
+                slowest = max(slowest, event.event_time.ToDatetime().timestamp() - begun)
+    return slowest
+
+
+async def main(quick: bool) -> None:
+    runs = 1 if quick else 3
+    env = await start_dev_server()
+    with TemporaryDirectory() as scratch:
+        files = {f"tasks/{p.name}": p.read_text() for p in (ROOT / "tasks").glob("*.yaml")}
+        diamond = (ROOT / "tasks" / "diamond.yaml").read_text()
+        files["tasks/diamond-serial.yaml"] = "max_parallel: 1\n" + diamond
+        files["tasks/largest.yaml"] = largest_graph()
+        repo = make_git_repo(Path(scratch) / "repo", files)
+        walls: dict[str, list[float]] = {"diamond": [], "serial": [], "generic": [], "six": [], "floor": []}
+        for _ in range(runs):
+            walls["diamond"].append((await run_file(env, repo, "tasks/diamond.yaml", simulated()))[0])
+            walls["serial"].append((await run_file(env, repo, "tasks/diamond-serial.yaml", simulated()))[0])
+            walls["generic"].append((await run_file(env, repo, "tasks/pipeline.yaml", simulated()))[0])
+            walls["six"].append((await run_file(env, repo, "", simulated(), SkyPilotWorkflow))[0])
+            walls["floor"].append(await no_op_chain_seconds(env, SIX_STEP_ACTIVITIES))
+        largest_wall, largest = await run_file(env, repo, "tasks/largest.yaml", FakeSky())
+    await env.shutdown()
+
+    median = {k: statistics.median(v) for k, v in walls.items()}
+    six_simulated = 5 * STEP  # 2 provisionings + 3 jobs
+    per_step = {k: (median[k] - six_simulated) / 6 * 1000 for k in ("generic", "six")}
+    floor = median["floor"] / SIX_STEP_ACTIVITIES * 1000
+    events = len(largest.events)
+    size = sum(e.ByteSize() for e in largest.events)
+    slowest = slowest_workflow_task(largest)
+    ratio = median["diamond"] / DIAMOND_CRITICAL_PATH
+    print(
+        "\n".join(
+            ["", "python -m bench.pipeline_file_bench" + (" --quick" if quick else ""), *machine_lines()]
+        )
+    )
+    rows = [
+        (
+            1,
+            f"diamond vs its critical path ({STEP:g} s steps, median of {runs})",
+            f"{median['diamond']:.1f} s",
+            f"{DIAMOND_CRITICAL_PATH:.1f} s",
+            f"{ratio:.2f}x",
+            "<= 1.1x",
+            met_mark(ratio <= 1.1),
+        ),
+        (
+            2,
+            "diamond vs the same steps one after another",
+            f"{median['diamond']:.1f} s",
+            f"{median['serial']:.1f} s",
+            f"{median['diamond'] / median['serial']:.2f}x",
+            f"~{DIAMOND_CRITICAL_PATH / DIAMOND_SERIAL:.2f}x",
+            "",
+        ),
+        (
+            3,
+            "orchestration per step: pipeline file (six steps)",
+            f"{per_step['generic']:.1f} ms",
+            f"{per_step['six']:.1f} ms (SkyPilotWorkflow)",
+            f"{per_step['generic'] / per_step['six']:.2f}x",
+            "",
+            "",
+        ),
+        (
+            3,
+            "  against Temporal's floor",
+            f"{per_step['generic']:.1f} ms",
+            f"{floor:.1f} ms (no-op activity)",
+            f"{per_step['generic'] / floor:.2f}x",
+            "<= 1.3x",
+            met_mark(per_step["generic"] <= 1.3 * floor),
+        ),
+        (
+            4,
+            "200 steps (20 chains of 10 on 20 clusters, 32 at once)",
+            f"{largest_wall:.1f} s",
+            f"{events} events, {size / 1e6:.2f} MB history",
+            f"slowest workflow task {slowest * 1000:.0f} ms",
+            "< 1 s",
+            met_mark(slowest < 1.0),
+        ),
+    ]
+    print_table(["row", "measure", "result", "baseline", "ratio", "goal", "met"], rows)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one sample per row")
+    asyncio.run(main(parser.parse_args().quick))
