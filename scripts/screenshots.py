@@ -5,8 +5,9 @@
 
 Brings the local stack up (scripts/local_stack.sh up), starts its own worker on its own task
 queue, runs the pipeline twice at once with run_workflow.py (one succeeds; one fails in train with
-FAIL_TRAINING=1), and photographs the terminal of run_workflow.py and the Temporal Web UI in
-headless Chromium (testing/browser.py). About three minutes; needs root and Debian's chromium.
+FAIL_TRAINING=1), then the pipeline file tasks/diamond.yaml, and photographs the terminal of
+run_workflow.py and the Temporal Web UI in headless Chromium (testing/browser.py). About six
+minutes; needs root and Debian's chromium.
 Run from the repository root.
 """
 
@@ -163,12 +164,15 @@ async def take_pictures(out: Path, task_queue: str) -> None:
     await succeeds.start(env)
     await fails.start(env)
     exits = asyncio.gather(succeeds.read_until_exit(), fails.read_until_exit())
+    diamond = Run(f"{batch}-diamond", ["--pipeline", "tasks/diamond.yaml"], task_queue)
     try:
         await photograph(out, succeeds, fails, exits)
+        await diamond.start(env)  # after the others: the two cores are its alone
+        await photograph_diamond(out, diamond)
     except BaseException:
-        # Leave nothing running: cancel both runs and let the worker tear their clusters down.
+        # Leave nothing running: cancel the runs and let the worker tear their clusters down.
         client = await Client.connect(TEMPORAL_ADDRESS, data_converter=configured_data_converter())
-        for run in (succeeds, fails):
+        for run in (succeeds, fails, diamond):
             handle = client.get_workflow_handle(run.workflow_id)
             with contextlib.suppress(Exception):
                 await handle.cancel()
@@ -218,6 +222,23 @@ async def photograph(out: Path, succeeds: Run, fails: Run, exits: asyncio.Future
             out / "ui-failed-run.png",
             1100,
             f"cleanup: down {batch}-fails-train",
+        )
+
+
+async def photograph_diamond(out: Path, diamond: Run) -> None:
+    """A pipeline file's run (tasks/diamond.yaml): its terminal, and its timeline in the Web UI,
+    where the two trainings run side by side."""
+    code = await asyncio.wait_for(diamond.read_until_exit(), TIMEOUT_SECONDS)
+    if code != 0:
+        raise SystemExit("screenshots.py: error: the diamond failed:\n" + "\n".join(diamond.lines[-8:]))
+    async with browser_page(width=1440, height=900) as page:
+        await terminal_picture(page, diamond, out / "terminal-diamond.png")
+        await ui_picture(
+            page,
+            workflow_url(diamond.workflow_id, await diamond.run_id(), "timeline"),
+            out / "ui-diamond.png",
+            1000,
+            f"exec eval-large on {diamond.workflow_id}-large",
         )
 
 

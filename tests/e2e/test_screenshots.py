@@ -25,6 +25,8 @@ PICTURES = {
     "ui-running-step.png",
     "ui-progress-query.png",
     "ui-failed-run.png",
+    "terminal-diamond.png",
+    "ui-diamond.png",
 }
 
 
