@@ -454,3 +454,27 @@ async def test_the_starter_refuses_pipeline_options_that_do_not_go_together(pipe
             "run_workflow.py", "--pipeline", "p.yaml", *flags, env_overrides=starter_env(pipeline)
         )
         assert_one_line_error(rc, stdout, stderr, message)
+
+
+async def test_a_managed_step_runs_as_a_managed_job_with_its_env_and_no_cluster_of_the_run(
+    pipeline: Pipeline, tmp_path: Path
+):
+    fake = pipeline.fake
+    fake.plan("train", logs=["METRIC train_loss=0.25"])
+    text = """
+steps:
+  prepare: {task: data_preprocessing.yaml}
+  train: {task: train.yaml, needs: [prepare], managed: true, env: {EPOCHS: "7"}}
+  eval: {task: eval.yaml, needs: [train], env_from: {LOSS: train.train_loss}}
+"""
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    result = await handle.result()
+    [job] = fake.jobs.named("train")
+    assert job.envs["EPOCHS"] == "7" and job_envs(fake, "eval")["LOSS"] == "0.25"
+    trained = next(s for s in result.steps if s.step == "train")
+    assert (trained.job_id, trained.job_status) == (job.job_id, "SUCCEEDED")
+    prefix = result.steps[0].cluster_name.removesuffix("prepare")
+    assert [args[1] for args in fake.called("launch")] == [f"{prefix}prepare", f"{prefix}eval"]
+    progress = await handle.query(PipelineFileWorkflow.progress)
+    assert "train-down" not in {s.name for s in progress.steps}
+    pipeline.assert_no_cluster_left()
