@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import math
 import os
+import re
 import sys
 import typing
 import uuid
@@ -63,6 +64,7 @@ from skypilot_temporal.workflow.pipeline_file_workflow import MAX_PATH_CHARS, Pi
 from workflows import PIPELINES, SkyPilotWorkflow, SweepWorkflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
+STEP_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 PROJECT_DIR = Path(__file__).resolve().parent
 # What --follow can attach to: each pipeline's type name and what its run returns.
 RUN_TYPES = {
@@ -117,10 +119,15 @@ def sweep_input(pipeline: PipelineInput, args: argparse.Namespace) -> SweepInput
 
 
 def step_timeout(text: str) -> tuple[str, int]:
-    key, value = key_value(text)
+    """STEP=SECONDS: a StepTimeouts field (train, eval, heartbeat, ...), or any other step's name
+    (a pipeline file's steps)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
     names = [f.name for f in dataclasses.fields(StepTimeouts) if f.name != "steps"]
-    if key.replace("-", "_") not in names:
-        raise argparse.ArgumentTypeError(f"unknown step {key!r} (one of: {', '.join(names)})")
+    if not sep or not (key.replace("-", "_") in names or STEP_NAME.fullmatch(key)):
+        raise argparse.ArgumentTypeError(
+            f"expected STEP=SECONDS (STEP: {', '.join(names)}, or a pipeline file's step), got {text!r}"
+        )
     try:
         seconds = int(value)
     except ValueError:
@@ -128,7 +135,16 @@ def step_timeout(text: str) -> tuple[str, int]:
     limit = MAX_HEARTBEAT_SECONDS if key == "heartbeat" else MAX_STEP_TIMEOUT_SECONDS
     if not 1 <= seconds <= limit:
         raise argparse.ArgumentTypeError(f"timeout for {key!r} must be between 1 and {limit} seconds")
-    return key.replace("-", "_"), seconds
+    return (key.replace("-", "_") if key.replace("-", "_") in names else key), seconds
+
+
+def step_timeouts(given: list[tuple[str, int]] | None) -> StepTimeouts:
+    fields = {f.name for f in dataclasses.fields(StepTimeouts)}
+    named = dict(given or [])
+    return StepTimeouts(
+        **{k: v for k, v in named.items() if k in fields},
+        steps={k: v for k, v in named.items() if k not in fields},
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=step_timeout,
         metavar="STEP=SECONDS",
-        help="per-step timeout, e.g. train=7200 (repeatable)",
+        help="per-step timeout, e.g. train=7200, or a pipeline file's step (repeatable)",
     )
     parser.add_argument(
         "--keep-clusters-on-failure",
@@ -281,6 +297,13 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
     for name in secrets:
         if not ENV_NAME.fullmatch(name):
             raise config.ConfigError(f"--secret takes a variable name, got {name!r}")
+    timeouts = step_timeouts(args.timeout)
+    if timeouts.steps and not args.pipeline:
+        names = ", ".join(f.name for f in dataclasses.fields(StepTimeouts) if f.name != "steps")
+        raise config.ConfigError(
+            f"--timeout: unknown step {next(iter(timeouts.steps))!r} (one of: {names}; other names "
+            "are a pipeline file's steps, with --pipeline)"
+        )
     pipeline = PipelineInput(
         repo_url=repo,
         ref=args.ref,
@@ -293,7 +316,7 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
         keep_clusters_on_failure=args.keep_clusters_on_failure,
         overlap_provisioning=args.overlap_provisioning,
         managed_train=args.managed_train,
-        timeouts=StepTimeouts(**dict(args.timeout or [])),
+        timeouts=timeouts,
     )
     if problems := input_problems(pipeline):
         raise config.ConfigError("; ".join(problems))
@@ -332,7 +355,9 @@ def run_input(pipeline: PipelineInput, args: argparse.Namespace) -> RunInput:
         ("--managed-train", args.managed_train),
     ):
         if given:
-            raise config.ConfigError(f"--pipeline does not take {flag}: the pipeline file says what runs")
+            raise config.ConfigError(
+                f"--pipeline (or PIPELINE_FILE) does not take {flag}: the pipeline file says what runs"
+            )
     if len(args.pipeline) > MAX_PATH_CHARS:
         raise config.ConfigError(f"--pipeline: a path of at most {MAX_PATH_CHARS} characters")
     return PipelineFileInput(args.pipeline, pipeline)

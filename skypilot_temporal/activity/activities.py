@@ -173,7 +173,7 @@ class SkyPilotActivities:
                 if step.task not in texts:
                     texts[step.task] = read_task_file(checkout_dir, step.task, fetch.repo_url, fetch.ref)
                 # Metrics are not known yet: a number stands in for each value read from one.
-                env = {**step.env, **fetch.env_overrides, **step.params, **dict.fromkeys(step.env_from, "0")}
+                env = {**graph.env_of(step, fetch.env_overrides), **dict.fromkeys(step.env_from, "0")}
                 checked = dataclasses.replace(fetch, env_overrides=env)
                 await self._check_task(checked, step.name, texts[step.task], step.document)
         except ApplicationError as err:

@@ -64,7 +64,7 @@ class GraphStep:
     # The first step on its cluster launches it; the later ones exec on it.
     launches: bool = True
     managed: bool = False
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # the step's own, over the file's
     env_from: dict[str, MetricRef] = field(default_factory=dict)
     when: list[Condition] = field(default_factory=list)
     timeout_seconds: int = 0  # 0: the run's timeout for the step's declared name
@@ -90,12 +90,21 @@ class PipelineGraph:
     steps: list[GraphStep]  # in an order that respects `needs`
     max_parallel: int = 4
     on_failure: str = "stop"  # stop | continue
+    env: dict[str, str] = field(default_factory=dict)  # every step's
     # Matrix groups: declared step -> its variants' step names, and how one is selected.
     groups: dict[str, list[str]] = field(default_factory=dict)
     selections: dict[str, Selection] = field(default_factory=dict)
 
     def step(self, name: str) -> GraphStep:
         return next(s for s in self.steps if s.name == name)
+
+    def env_of(self, step: GraphStep, run_env: Mapping[str, str]) -> dict[str, str]:
+        """A step's env before the values it reads from other steps: the file's, the step's, the
+        run's overrides (`run_env`), then its matrix values and variant id."""
+        env = {**self.env, **step.env, **run_env, **step.params}
+        if step.variant:
+            env["VARIANT_ID"] = step.variant
+        return env
 
     def cluster_users(self) -> dict[str, list[str]]:
         """Each cluster role -> the steps that run on it, in order."""

@@ -9,9 +9,11 @@ task policy, like any task.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -27,6 +29,10 @@ MAX_VARIANTS = 64
 MAX_DEFAULT_PARALLEL = 4
 MAX_STEP_TIMEOUT_SECONDS = 30 * 24 * 3600
 MAX_ENV_BYTES = 64 * 1024
+# The expanded graph is step 1's result, in the run's history: well under Temporal's 2 MB payload.
+MAX_GRAPH_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+RESERVED_STEP_NAMES = re.compile(r"fetch-tasks|cleanup|.*-down|.*-retry[0-9]+|.*-v[0-9]+")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _CLUSTER = re.compile(r"[a-z][a-z0-9]{0,11}")
@@ -64,7 +70,19 @@ def load_pipeline(path: str, text: str) -> PipelineGraph:
     if "steps" not in document and ("run" in document or "resources" in document):
         raise PipelineFileError(f"{path}: is a single SkyPilot task, not a pipeline (it has no `steps:`)")
     _check_schema(path, document)
-    return _Builder(path, document).build()
+    try:
+        graph = _Builder(path, document).build()
+    except PipelineFileError:
+        raise
+    except Exception as exc:  # whatever a value within the schema trips on: still one line
+        raise PipelineFileError(f"{path}: cannot be read: {_short(f'{type(exc).__name__}: {exc}')}") from None
+    size = len(json.dumps(dataclasses.asdict(graph)))
+    if size > MAX_GRAPH_BYTES:
+        raise PipelineFileError(
+            f"{path}: its steps, expanded, hold {size // 1024} KB of env and settings: at most "
+            f"{MAX_GRAPH_BYTES // 1024} KB (they travel in the run's history)"
+        )
+    return graph
 
 
 # ---------------------------------------------------------------- parsing
@@ -72,11 +90,18 @@ def load_pipeline(path: str, text: str) -> PipelineGraph:
 
 def _documents(path: str, text: str) -> list[Any]:
     try:
-        for event in yaml.parse(text, Loader=_YAML_LOADER):
+        depth = 0
+        for event in yaml.parse(text, Loader=_YAML_LOADER):  # events: no recursion, whatever the nesting
             if isinstance(event, yaml.AliasEvent):
                 raise PipelineFileError(
                     f"{path}: uses a YAML alias (*{event.anchor}): aliases are not allowed"
                 )
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise PipelineFileError(f"{path}: nested deeper than {MAX_DEPTH} levels")
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
         composed = list(yaml.compose_all(text, Loader=_YAML_LOADER))
         for node in composed:
             _refuse_duplicate_keys(path, node)
@@ -90,10 +115,9 @@ def _documents(path: str, text: str) -> list[Any]:
         raise PipelineFileError(f"{path}: not valid YAML: {_short(str(exc))}") from None
 
 
-def _refuse_duplicate_keys(path: str, node: yaml.Node | None, depth: int = 0) -> None:
-    """YAML keeps the last of two equal keys silently: two steps with one name would be one."""
-    if depth > 32:
-        raise PipelineFileError(f"{path}: nested deeper than 32 levels")
+def _refuse_duplicate_keys(path: str, node: yaml.Node | None) -> None:
+    """YAML keeps the last of two equal keys silently: two steps with one name would be one.
+    (Nesting is bounded before composing: the recursion is too.)"""
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
@@ -103,10 +127,10 @@ def _refuse_duplicate_keys(path: str, node: yaml.Node | None, depth: int = 0) ->
                         f"{path}: line {key.start_mark.line + 1}: {key.value!r} appears twice"
                     )
                 seen.add(key.value)
-            _refuse_duplicate_keys(path, value, depth + 1)
+            _refuse_duplicate_keys(path, value)
     elif isinstance(node, yaml.SequenceNode):
         for item in node.value:
-            _refuse_duplicate_keys(path, item, depth + 1)
+            _refuse_duplicate_keys(path, item)
 
 
 def _check_schema(path: str, document: Mapping[str, Any]) -> None:
@@ -136,7 +160,7 @@ def _what(error: jsonschema.ValidationError) -> str:
     if "propertyNames" in error.schema_path:
         return f"name {value} is not valid: {described}"
     if kind == "additionalProperties":
-        extra = sorted(set(instance) - set(rule.get("properties", {})))
+        extra = sorted(set(instance) - set(rule.get("properties", {})), key=str)
         return f"unknown key {_short(extra[0])}" if extra else error.message
     if kind == "required":
         missing = [k for k in expected if k not in instance]
@@ -201,18 +225,24 @@ class _Builder:
             max_parallel=int(self.document.get("max_parallel", MAX_DEFAULT_PARALLEL)),
             on_failure=str(self.document.get("on_failure", "stop")),
         )
-        base_env = {k: _text(v) for k, v in self.document.get("env", {}).items()}
+        graph.env = {k: _text(v) for k, v in self.document.get("env", {}).items()}
         for name in order:
             spec = self.declared[name]
             matrix = spec.get("matrix", "")
+            if RESERVED_STEP_NAMES.fullmatch(name):
+                raise self.fail(
+                    name,
+                    "the name is reserved: fetch-tasks, cleanup and names ending in -down, "
+                    "-retry<N> or -v<N> are steps the run adds itself",
+                )
             if "select" in spec:
                 if not matrix:
                     raise self.fail(name, "select needs a matrix (it picks one of the step's variants)")
                 graph.selections[name] = Selection(
                     spec["select"]["metric"], spec["select"].get("goal", "max")
                 )
-            env = {**base_env, **{k: _text(v) for k, v in spec.get("env", {}).items()}}
-            if sum(len(k) + len(v) for k, v in env.items()) > MAX_ENV_BYTES:
+            env = {k: _text(v) for k, v in spec.get("env", {}).items()}
+            if sum(len(k) + len(v) for k, v in {**graph.env, **env}.items()) > MAX_ENV_BYTES:
                 raise self.fail(name, f"env is larger than {MAX_ENV_BYTES // 1024} KB")
             env_from = {k: self._ref(name, v, ancestors) for k, v in spec.get("env_from", {}).items()}
             when = [
@@ -221,6 +251,13 @@ class _Builder:
             ]
             for ref in [*env_from.values(), *(c.ref for c in when)]:
                 self._check_ref_source(name, ref)
+            if param := next((c.ref for c in when if c.ref.param), None):
+                raise self.fail(
+                    name, f"when: {str(param)!r} is a matrix value, not a metric: compare a metric"
+                )
+            timeout = _seconds(spec["timeout"]) if "timeout" in spec else 0
+            if timeout > MAX_STEP_TIMEOUT_SECONDS:
+                raise self.fail(name, f"timeout {spec['timeout']!r} is longer than 30 days")
             instances = variants[matrix] if matrix else [("", {})]
             if matrix:
                 graph.groups[name] = [f"{name}-{v}" for v, _ in instances]
@@ -234,12 +271,12 @@ class _Builder:
                         needs=self._needs(spec, matrix, variant, variants),
                         cluster=f"{cluster}{variant}" if cluster else "",
                         managed=bool(spec.get("managed", False)),
-                        env={**env, **params},
+                        env=env,
                         env_from={k: self._same_variant(r, matrix, variant) for k, r in env_from.items()},
                         when=[
                             Condition(self._same_variant(c.ref, matrix, variant), c.op, c.value) for c in when
                         ],
-                        timeout_seconds=_seconds(spec["timeout"]) if "timeout" in spec else 0,
+                        timeout_seconds=timeout,
                         retries=int(spec.get("retries", 0)),
                         declared=name,
                         variant=variant,
@@ -292,11 +329,12 @@ class _Builder:
     def _variants(self) -> dict[str, list[tuple[str, dict[str, str]]]]:
         variants = {}
         for name, matrix in self.matrices.items():
+            count = math.prod(len(values) for values in matrix.values())
+            if count > MAX_VARIANTS:
+                raise self.fail("", f"matrix {name!r} has {count} combinations: at most {MAX_VARIANTS}")
             combos = list(
                 itertools.product(*([(k, _text(v)) for v in values] for k, values in matrix.items()))
             )
-            if len(combos) > MAX_VARIANTS:
-                raise self.fail("", f"matrix {name!r} has {len(combos)} combinations: at most {MAX_VARIANTS}")
             variants[name] = [(f"v{n}", dict(combo)) for n, combo in enumerate(combos, 1)]
         for step, spec in self.declared.items():
             if spec.get("matrix") and spec["matrix"] not in self.matrices:
@@ -416,13 +454,24 @@ def _skypilot_chain(path: str, documents: list[Any]) -> PipelineGraph:
     tasks = documents[1:]
     if len(tasks) > MAX_GRAPH_STEPS:
         raise PipelineFileError(f"{path}: {len(tasks)} tasks: at most {MAX_GRAPH_STEPS}")
+    if bad := next((n for n, task in enumerate(tasks, 2) if not isinstance(task, dict)), None):
+        raise PipelineFileError(f"{path}: document {bad} is not a task (a YAML mapping)")
+    # A task's step is its name, lowercased, at most 24 characters; `task-<n>` where that name is
+    # missing, taken twice, reserved, or looks like another task's `task-<n>`.
+    wanted = [
+        re.sub(r"[^a-z0-9]+", "-", str(t.get("name", "")).lower()).strip("-")[:24].strip("-") for t in tasks
+    ]
+    names = [
+        name
+        if name[:1].isalpha()
+        and wanted.count(name) == 1
+        and not RESERVED_STEP_NAMES.fullmatch(name)
+        and not re.fullmatch(r"task-[0-9]+", name)
+        else f"task-{number}"
+        for number, name in enumerate(wanted, 1)
+    ]
     steps: list[GraphStep] = []
-    for number, task in enumerate(tasks, 1):
-        if not isinstance(task, dict):
-            raise PipelineFileError(f"{path}: document {number + 1} is not a task (a YAML mapping)")
-        name = re.sub(r"[^a-z0-9]+", "-", str(task.get("name", "")).lower()).strip("-")[:24].strip("-")
-        if not name or not name[0].isalpha() or name in {s.name for s in steps}:
-            name = f"task-{number}"
+    for number, name in enumerate(names, 1):
         steps.append(
             GraphStep(
                 name=name,

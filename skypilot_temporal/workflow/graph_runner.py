@@ -54,8 +54,8 @@ class GraphRunner:
                 board.add(step.name, f"managed job {step.name}{after}")
             else:
                 verb = "launch" if step.launches else "exec"
-                cluster = f"{prefix}-{step.cluster}"
-                board.add(step.name, f"{verb} {step.name} on {cluster}{after}", cluster)
+                name = f"{prefix}-{step.cluster}"
+                board.add(step.name, f"{verb} {step.name} on {name}{after}", name)
         for role, cluster in self.clusters.items():
             board.add(f"{role}-down", f"down {cluster.name}", cluster.name)
         board.redraw()
@@ -68,6 +68,7 @@ class GraphRunner:
         try:
             while pending or running:
                 self._skip_unreachable(pending)
+                self._tear_down_finished_clusters()
                 ready = [n for n in pending if self._ready(n)]
                 for name in ready[: max(0, self.graph.max_parallel - len(running))]:
                     pending.remove(name)
@@ -82,13 +83,14 @@ class GraphRunner:
                     error = task.exception() if not task.cancelled() else asyncio.CancelledError()
                     if error is not None and not is_cancellation(error):
                         failures.append(error)
-                    self._tear_down_finished_clusters()
                 if failures and self.graph.on_failure == "stop":
                     await self._stop(running)
                     break
         except BaseException:  # a cancel of the run: its steps cancel their SkyPilot side first
             await self._stop(running)
             raise
+        if not failures or self.graph.on_failure == "continue":
+            self._tear_down_finished_clusters()  # the last steps' (after a stop: running() does it)
         await self.pipeline.teardowns_done()
         if failures:
             raise failures[0]
@@ -98,7 +100,11 @@ class GraphRunner:
 
     async def _run_step(self, step: GraphStep) -> None:
         try:
-            env = self._env(step)
+            try:
+                env = self._env(step)
+            except ApplicationError as err:  # a value it reads was not reported: the step fails
+                async with self.pipeline.board.step(step.name):
+                    raise err
             if env is None:
                 return
             for attempt in range(step.retries + 1):
@@ -137,9 +143,7 @@ class GraphRunner:
                 seen = "not reported" if actual is None else f"{actual:g}" if number is not None else actual
                 self._skip(step.name, f"when {condition} did not hold ({seen})")
                 return None
-        env = {**step.env, **self.pipeline.input.env_overrides, **step.params}
-        if step.variant:
-            env["VARIANT_ID"] = step.variant
+        env = self.graph.env_of(step, self.pipeline.input.env_overrides)
         for name, ref in step.env_from.items():
             value, source = resolve(self.graph, ref, self.metrics)
             if value is None:
@@ -171,9 +175,15 @@ class GraphRunner:
         self.pipeline.board.skip(name, why)
 
     def _tear_down_finished_clusters(self) -> None:
+        """Down, alongside the steps still running, each cluster whose steps have all ended; not
+        one a failed step ran on when the run keeps failed clusters for debugging (`running()`
+        keeps it, then tears it down)."""
+        keep_failed = self.pipeline.input.keep_clusters_on_failure
         for role, users in self.graph.cluster_users().items():
             cluster = self.clusters[role]
             if role in self._torn_down or not all(u in self.ended for u in users):
+                continue
+            if keep_failed and any(self.ended[u] == "failed" for u in users):
                 continue
             self._torn_down.add(role)
             if cluster.name in self.pipeline.board.clusters_up:  # not if its first step never ran

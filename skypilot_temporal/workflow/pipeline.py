@@ -137,14 +137,14 @@ class Pipeline:
         graph = fetched.graph
         timeouts = input.timeouts
         by_step = {}
-        for step in graph.steps:  # the file's, else the run's for the declared name; retries alike
-            seconds = step.timeout_seconds or timeouts.for_step(step.declared or step.name)
+        for step in graph.steps:
+            # One the run names (run_workflow.py --timeout STEP=S: the step, or the step a variant
+            # comes from), else the file's, else the run's for the declared name; retries alike.
+            named = timeouts.steps.get(step.name) or timeouts.steps.get(step.declared)
+            seconds = named or step.timeout_seconds or timeouts.for_step(step.declared or step.name)
             for attempt in range(step.retries + 1):
                 by_step[step.name if attempt == 0 else f"{step.name}-retry{attempt}"] = seconds
-        # A timeout the run itself names (run_workflow.py --timeout STEP=S) wins over the file.
-        self.input = dataclasses.replace(
-            input, timeouts=dataclasses.replace(timeouts, steps={**by_step, **timeouts.steps})
-        )
+        self.input = dataclasses.replace(input, timeouts=dataclasses.replace(timeouts, steps=by_step))
         return graph
 
     def use_tasks(self, tasks: RunTasks) -> None:

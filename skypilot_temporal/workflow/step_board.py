@@ -40,6 +40,7 @@ class StepBoard:
         self.stopped_by: BaseException | None = None
         self._steps: dict[str, StepProgress] = {}
         self._running: list[tuple[str, bool]] = []  # (name, background) of the steps running now
+        self._failed_by: list[tuple[BaseException, str]] = []  # each step's failure, as raised
         for entry in plan:
             self._plan(entry)
 
@@ -78,6 +79,7 @@ class StepBoard:
                 raise
             step.status = "failed"
             step.error = str(err.cause if isinstance(err, ActivityError) and err.cause else err)
+            self._failed_by.append((err, step.name))
             job = failed_job(err)
             if job:
                 step.job_id, step.job_status = job
@@ -124,7 +126,13 @@ class StepBoard:
 
     def failure(self, err: ActivityError) -> ApplicationError:
         """The run's failure: names the step, cluster and job; carries the job's log tail."""
-        step = next((s for s in self._steps.values() if s.status == "failed"), None)
+        # The step this error failed (steps may fail in parallel), else the first that failed.
+        failed = next((name for error, name in self._failed_by if error is err), None)
+        step = (
+            self._steps[failed]
+            if failed
+            else next((s for s in self._steps.values() if s.status == "failed"), None)
+        )
         where = f"step '{step.name}'" if step else "a step"
         if step and step.cluster_name:
             where += f" on cluster {step.cluster_name}"

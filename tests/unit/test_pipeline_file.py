@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import jsonschema
@@ -104,7 +105,7 @@ def test_the_schema_is_valid_and_shipped_with_the_package():
         (
             "matrices: {m: {A: [1, 2]}}\nsteps:\n  a: {task: x, matrix: m}\n"
             "  a-v1: {task: x, managed: true}\n",
-            "step 'a-v1' is also the name of a matrix variant",
+            "step 'a-v1': the name is reserved",
         ),
         ("run: echo hi\nresources: {cpus: 1}\n", "is a single SkyPilot task, not a pipeline"),
         ("- a\n- b\n", "not a pipeline file"),
@@ -166,12 +167,12 @@ def test_timeouts_take_seconds_or_units():
 
 
 def test_a_skypilot_multi_task_yaml_is_a_chain_of_its_tasks():
-    text = "name: p\n---\nname: Prep Data\nrun: a\n---\nrun: b\n---\nname: prep-data\nrun: c\n"
+    text = "name: p\n---\nname: Prep Data\nrun: a\n---\nrun: b\n---\nname: train\nrun: c\n"
     graph = load_pipeline("chain.yaml", text)
     assert [(s.name, s.document, s.needs, s.cluster) for s in graph.steps] == [
         ("prep-data", 1, [], "task1"),
         ("task-2", 2, ["prep-data"], "task2"),
-        ("task-3", 3, ["task-2"], "task3"),
+        ("train", 3, ["task-2"], "task3"),
     ]
 
 
@@ -245,5 +246,90 @@ def test_a_broken_graph_is_refused_in_one_line(document: dict[str, Any], breakag
 def test_any_yaml_is_a_graph_or_one_line_never_a_traceback(document: Any):
     try:
         load_pipeline("pipeline.yaml", json.dumps({"steps": document}))
+    except PipelineFileError as err:
+        assert "\n" not in str(err) and str(err).startswith("pipeline.yaml: ")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("steps: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested deeper than 32 levels"),
+        ("steps:\n  a: {task: x, 1: y, foo: z}\n", "step 'a': unknown key"),
+        (
+            "steps:\n  a: {task: x}\n  b: {task: x, needs: [a], when: [{metric: a.m, op: '>', value: "
+            + "9" * 401
+            + "}]}\n",
+            "step 'b'",
+        ),
+        (
+            "steps:\n  a: {task: x, timeout: 9999999d}\n",
+            "step 'a': timeout '9999999d' is longer than 30 days",
+        ),
+        ("steps:\n  fetch-tasks: {task: x}\n", "step 'fetch-tasks': the name is reserved"),
+        ("steps:\n  train-down: {task: x}\n", "step 'train-down': the name is reserved"),
+        ("steps:\n  train-retry1: {task: x, cluster: t}\n", "step 'train-retry1': the name is reserved"),
+        (
+            "matrices: {m: {LR: [1, 2]}}\nsteps:\n  a: {task: x, matrix: m, select: {metric: acc}}\n"
+            "  b: {task: x, needs: [a], when: [{metric: a.matrix.LR, op: '<', value: 2}]}\n",
+            "step 'b': when: 'a.matrix.LR' is a matrix value, not a metric",
+        ),
+    ],
+)
+def test_hostile_files_are_refused_in_one_line(text: str, message: str):
+    assert message in refused(text)
+
+
+def test_a_matrix_too_large_is_refused_before_it_is_built():
+    values = list(range(64))
+    started = time.monotonic()
+    matrix = {f"K{n}": list(values) for n in range(8)}
+    message = refused({"matrices": {"m": matrix}, "steps": {"a": {"task": "x", "matrix": "m"}}})
+    assert f"has {64**8} combinations: at most 64" in message
+    assert time.monotonic() - started < 1
+
+
+def test_an_expanded_graph_too_large_for_history_is_refused():
+    env = {f"E{n}": "x" * 1000 for n in range(60)}
+    steps = {f"s{n}": {"task": "x", "matrix": "m", "env": dict(env)} for n in range(3)}
+    message = refused({"matrices": {"m": {"A": list(range(64))}}, "steps": steps})
+    assert "KB of env and settings: at most 1024 KB" in message
+
+
+def test_chain_step_names_are_unique_whatever_the_tasks_are_named():
+    text = (
+        "name: c\n---\nname: task-3\nrun: a\n---\nrun: b\n---\nrun: c\n---\n"
+        "name: Prep\nrun: d\n---\nname: prep\nrun: e\n"
+    )
+    graph = load_pipeline("chain.yaml", text)
+    names = [s.name for s in graph.steps]
+    assert names == ["task-1", "task-2", "task-3", "task-4", "task-5"]
+    assert [s.document for s in graph.steps] == [1, 2, 3, 4, 5]
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.one_of(st.text(max_size=8), st.integers(), st.booleans()), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["steps", "matrices", "env", "max_parallel", "on_failure", "name", "x"]),
+        yaml_values,
+        max_size=5,
+    ),
+    st.integers(0, 2),
+)
+@settings(max_examples=400, deadline=None)
+def test_any_document_is_a_graph_or_one_line_never_a_traceback(
+    document: dict[str, Any], extra_documents: int
+):
+    text = yaml.safe_dump(document) + "---\n{}\n" * extra_documents
+    try:
+        load_pipeline("pipeline.yaml", text)
     except PipelineFileError as err:
         assert "\n" not in str(err) and str(err).startswith("pipeline.yaml: ")

@@ -16,10 +16,13 @@ from hypothesis import strategies as st
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
+from test_faults import wait_until
 from test_scripts import assert_one_line_error, run_script, starter_env
 
 from skypilot_temporal import SkyPilotPlugin
-from skypilot_temporal.payloads import PipelineFileInput, PipelineResult
+from skypilot_temporal.activity.activities import SkyPilotActivities
+from skypilot_temporal.naming import cluster_prefix_for
+from skypilot_temporal.payloads import PipelineFileInput, PipelineResult, TaskSpec
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
 from testing import HISTORIES, ROOT
@@ -447,8 +450,8 @@ async def test_the_starter_runs_a_pipeline_file_and_shows_each_step_and_cluster(
 
 async def test_the_starter_refuses_pipeline_options_that_do_not_go_together(pipeline: Pipeline):
     for flags, message in (
-        (["--sweep", "LR=1,2"], "--pipeline does not take --sweep"),
-        (["--managed-train"], "--pipeline does not take --managed-train"),
+        (["--sweep", "LR=1,2"], "--pipeline (or PIPELINE_FILE) does not take --sweep"),
+        (["--managed-train"], "--pipeline (or PIPELINE_FILE) does not take --managed-train"),
     ):
         rc, stdout, stderr = await run_script(
             "run_workflow.py", "--pipeline", "p.yaml", *flags, env_overrides=starter_env(pipeline)
@@ -478,3 +481,163 @@ steps:
     progress = await handle.query(PipelineFileWorkflow.progress)
     assert "train-down" not in {s.name for s in progress.steps}
     pipeline.assert_no_cluster_left()
+
+
+# ---------------------------------------------------------------- review findings
+
+
+async def activity_spans(handle: WorkflowHandle, client: Client) -> dict[str, tuple[float, float]]:
+    """Each activity's summary -> (scheduled, closed) in epoch seconds, from the run's history."""
+    summaries: dict[int, str] = {}
+    spans: dict[str, tuple[float, float]] = {}
+    async for event in handle.fetch_history_events():
+        at = event.event_time.ToDatetime().timestamp()
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            [summary] = await client.data_converter.decode([event.user_metadata.summary])
+            summaries[event.event_id] = summary
+            spans[summary] = (at, at)
+        for kind in ("completed", "failed", "canceled"):
+            field = f"activity_task_{kind}_event_attributes"
+            if event.HasField(field):
+                summary = summaries[getattr(event, field).scheduled_event_id]
+                spans[summary] = (spans[summary][0], at)
+    return spans
+
+
+async def test_a_cluster_goes_down_once_its_last_step_ended_while_later_steps_run(
+    pipeline: Pipeline, tmp_path: Path
+):
+    pipeline.fake.plan("train-small", logs=["METRIC train_loss=0.25"])
+    pipeline.fake.plan("eval", logs=["METRIC eval_accuracy=0.9"])
+    pipeline.fake.plan("compare", seconds=0.5)
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": DIAMOND}))
+    result = await handle.result()
+    prefix = result.steps[0].cluster_name.removesuffix("-prepare")
+    spans = await activity_spans(handle, pipeline.env.client)
+    compare = next(v for k, v in spans.items() if k.startswith("launch compare"))
+    assert spans[f"down {prefix}-prepare"][1] < compare[0]
+    assert spans[f"down {prefix}-small"][1] < compare[1]  # train-small's cluster went during compare
+
+
+async def test_a_skipped_tail_lets_its_cluster_go_while_other_branches_run(
+    pipeline: Pipeline, tmp_path: Path
+):
+    fake = pipeline.fake
+    fake.plan("a", status="FAILED")
+    fake.plan("long", seconds=2.0)
+    text = """
+on_failure: continue
+steps:
+  a: {task: train.yaml, cluster: c}
+  b: {task: eval.yaml, needs: [a], cluster: c}
+  long: {task: train.yaml}
+"""
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    spans = await activity_spans(handle, pipeline.env.client)
+    prefix = cluster_prefix_for(handle.id)
+    assert spans[f"down {prefix}-c"][1] < spans[f"launch long on {prefix}-long"][1]
+    pipeline.assert_no_cluster_left()
+
+
+async def test_a_failed_steps_cluster_is_kept_for_debugging_when_the_run_asks(
+    pipeline: Pipeline, tmp_path: Path
+):
+    fake = pipeline.fake
+    fake.plan("a", status="FAILED")
+    fake.plan("long", seconds=1.0)
+    text = "on_failure: continue\nsteps:\n  a: {task: train.yaml, cluster: c}\n  long: {task: train.yaml}\n"
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": text})
+    handle = await start_file(pipeline, repo, keep_clusters_on_failure=True)
+    prefix = cluster_prefix_for(handle.id)
+
+    async def kept() -> bool:
+        progress = await handle.query(PipelineFileWorkflow.progress)
+        return progress.status.startswith("failed: clusters kept")
+
+    await wait_until(kept, timeout=30, what="the failed run keeping its clusters")
+    assert f"{prefix}-c" in fake.clusters and f"{prefix}-long" not in fake.clusters
+    await handle.signal(PipelineFileWorkflow.release_clusters)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    pipeline.assert_no_cluster_left()
+
+
+async def test_the_runs_failure_names_the_step_that_failed_not_an_earlier_retried_one(
+    pipeline: Pipeline, tmp_path: Path
+):
+    fake = pipeline.fake
+    fake.plan("a", status="FAILED")
+    fake.plan("b", status="FAILED", logs=["b broke"])
+    text = "steps:\n  a: {task: train.yaml, retries: 1}\n  b: {task: train.yaml, needs: [a]}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert failed.value.cause.message.startswith("step 'b' on cluster "), failed.value.cause
+
+
+async def test_a_value_a_step_reads_that_was_not_reported_fails_that_step(pipeline: Pipeline, tmp_path: Path):
+    text = "steps:\n  a: {task: train.yaml}\n  b: {task: eval.yaml, needs: [a], env_from: {LOSS: a.loss}}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert "step 'b': LOSS reads a.loss, which step 'a' did not report" in str(failed.value.cause)
+    statuses = {s.name: s.status for s in (await handle.query(PipelineFileWorkflow.progress)).steps}
+    assert statuses["b"] == "failed"
+    assert pipeline.fake.jobs_named("b") == []
+    pipeline.assert_no_cluster_left()
+
+
+@pytest.mark.parametrize("status", ["CANCELLED"])
+async def test_only_a_failed_job_is_retried(pipeline: Pipeline, tmp_path: Path, status: str):
+    pipeline.fake.plan("a", status=status)
+    text = "steps:\n  a: {task: train.yaml, retries: 2}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    assert len(pipeline.fake.jobs_named("a")) == 1 and pipeline.fake.jobs_named("a-retry1") == []
+
+
+async def test_step_one_checks_every_steps_task_with_that_steps_env_before_any_cluster(
+    env, fake_sky: FakeSky, tmp_path: Path
+):
+    checked: list[tuple[str, int, dict[str, str]]] = []
+
+    class Recording(SkyPilotActivities):  # what step 1 builds and checks, as a launch would
+        def _build_task(self, spec: TaskSpec, infra: str) -> Any:
+            if spec.job_name == "validate":
+                checked.append((spec.step, spec.yaml_document, dict(spec.env_overrides)))
+            return super()._build_task(spec, infra)
+
+    text = """
+env: {BASE: b}
+matrices: {m: {LR: [1, 2]}}
+steps:
+  one: {task: train.yaml, env: {OWN: "1"}}
+  two: {task: train.yaml, needs: [one], matrix: m, env_from: {X: one.loss}}
+"""
+    repo = make_task_repo(tmp_path / "repo", {"pipeline.yaml": text})
+    pipeline = Pipeline(env, fake_sky, repo, f"rec-{uuid.uuid4().hex[:6]}")
+    fake_sky.plan("one", status="FAILED")  # nothing after step 1 matters here
+    async with running_worker(
+        env, fake_sky, tmp_path / "co", pipeline.task_queue, activities_class=Recording
+    ):
+        handle = await start_file(pipeline, repo, env_overrides={"RUN": "r"})
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert [(step, doc) for step, doc, _ in checked] == [("one", 0), ("two-v1", 0), ("two-v2", 0)]
+    envs = {step: e for step, _, e in checked}
+    assert envs["one"] == {"BASE": "b", "OWN": "1", "RUN": "r"}
+    assert envs["two-v2"] == {"BASE": "b", "RUN": "r", "LR": "2", "VARIANT_ID": "v2", "X": "0"}
+
+
+async def test_step_one_checks_each_task_of_a_skypilot_chain(pipeline: Pipeline, tmp_path: Path):
+    chain = "name: c\n---\nname: ok\nrun: echo\n---\nname: bad\nrun: echo\nvolume_mounts: []\n"
+    handle = await start_file(
+        pipeline, repo_with(pipeline, tmp_path, {"chain.yaml": chain}), path="chain.yaml"
+    )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert "task 'bad'" in str(failed.value.cause) and "volume_mounts" in str(failed.value.cause)
+    assert pipeline.fake.ever_launched == set()
