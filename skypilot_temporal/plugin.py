@@ -64,7 +64,8 @@ CHECKOUT_PRUNE_PERIOD_SECONDS = 3600
 
 
 class SkyPilotPlugin(SimplePlugin):
-    """Registers SkyPilot pipelines' activities, reaper, codec, tracing and sandbox settings.
+    """Registers SkyPilot pipelines' activities, the reaper, the generic pipeline-file workflow
+    (PipelineFileWorkflow: do not list it again), codec, tracing and sandbox settings.
 
     `sky`: the SkyPilot client SDK to call (default: the `sky` module; tests pass a FakeSky).
     `environ`: where secrets a task may receive are read (default: this process's environment).

@@ -38,9 +38,16 @@ from testing import ROOT
 from testing.in_process import WORKER_POLICY
 
 # Recorded histories and runs in flight name these: renaming one breaks them (tests/workflows/histories).
-WORKFLOW_TYPES = {"SkyPilotWorkflow", "SweepWorkflow", "SweepVariantWorkflow", "ClusterReaperWorkflow"}
+WORKFLOW_TYPES = {
+    "SkyPilotWorkflow",
+    "SweepWorkflow",
+    "SweepVariantWorkflow",
+    "ClusterReaperWorkflow",
+    "PipelineFileWorkflow",
+}
 ACTIVITY_TYPES = {
     "fetch_tasks",
+    "fetch_pipeline",
     "launch_task",
     "exec_task",
     "down_cluster",
