@@ -83,18 +83,16 @@ async def run_file(
 
 
 def simulated() -> FakeSky:
+    """Every job and provisioning STEP seconds; the metrics the diamond's compare reads."""
     fake = FakeSky(provision_seconds=STEP)
-    for step in (
-        "prepare",
-        "train-small",
-        "train-large",
-        "eval-large",
-        "compare",
-        "preprocess",
-        "train",
-        "eval",
-    ):
-        fake.plan(step, seconds=STEP)
+    reported = {
+        "train-small": ["METRIC train_loss=0.2"],
+        "train-large": ["METRIC train_loss=0.1"],
+        "eval-large": ["METRIC eval_accuracy=0.9"],
+    }
+    steps = ("prepare", "train-small", "train-large", "eval-large", "compare", "preprocess", "train", "eval")
+    for step in steps:
+        fake.plan(step, seconds=STEP, logs=reported.get(step, ["done"]))
     return fake
 
 
