@@ -201,25 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STEP=SECONDS",
         help="per-step timeout, e.g. train=7200, or a pipeline file's step (repeatable)",
     )
-    parser.add_argument(
-        "--keep-clusters-on-failure",
-        action="store_true",
-        default=config.env_bool("PIPELINE_KEEP_CLUSTERS_ON_FAILURE"),
-        help="debugging: leave the clusters of a failed run up",
-    )
-    parser.add_argument(
-        "--overlap-provisioning",
-        action="store_true",
-        default=config.env_bool("PIPELINE_OVERLAP_PROVISIONING"),
-        help="bring the train cluster up while preprocess runs (the train job still waits for it)",
-    )
-    parser.add_argument(
-        "--managed-train",
-        action="store_true",
-        default=config.env_bool("PIPELINE_MANAGED_TRAIN"),
-        help="run train as a SkyPilot managed job: relaunched if its cluster is preempted or lost "
-        "(eval then runs on a cluster of its own)",
-    )
+    for flag, setting, meaning in (
+        (
+            "--keep-clusters-on-failure",
+            "PIPELINE_KEEP_CLUSTERS_ON_FAILURE",
+            "debugging: leave the clusters of a failed run up",
+        ),
+        (
+            "--overlap-provisioning",
+            "PIPELINE_OVERLAP_PROVISIONING",
+            "bring the train cluster up while preprocess runs (the train job still waits for it)",
+        ),
+        (
+            "--managed-train",
+            "PIPELINE_MANAGED_TRAIN",
+            "run train as a SkyPilot managed job: relaunched if its cluster is preempted or lost "
+            "(eval then runs on a cluster of its own)",
+        ),
+    ):
+        parser.add_argument(flag, action="store_true", default=config.env_bool(setting), help=meaning)
     parser.add_argument(
         "--pipeline",
         metavar="PATH",
