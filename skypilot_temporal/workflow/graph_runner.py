@@ -36,6 +36,7 @@ class GraphRunner:
     def __init__(self, pipeline: Pipeline, graph: PipelineGraph) -> None:
         self.pipeline = pipeline
         self.graph = graph
+        self.steps = {step.name: step for step in graph.steps}
         self.clusters = {role: Cluster(pipeline, role) for role in graph.cluster_users()}
         # step -> succeeded | failed | cancelled | skipped, once it ended
         self.ended: dict[str, str] = {}
@@ -72,7 +73,7 @@ class GraphRunner:
                 ready = [n for n in pending if self._ready(n)]
                 for name in ready[: max(0, self.graph.max_parallel - len(running))]:
                     pending.remove(name)
-                    running[name] = asyncio.create_task(self._run_step(self.graph.step(name)))
+                    running[name] = asyncio.create_task(self._run_step(self.steps[name]))
                 if not running:
                     break
                 await workflow.wait(list(running.values()), return_when=asyncio.FIRST_COMPLETED)
@@ -159,15 +160,17 @@ class GraphRunner:
     # ---------------------------------------------------------------- the graph around it
 
     def _ready(self, name: str) -> bool:
-        return all(self.ended.get(need) == "succeeded" for need in self.graph.step(name).needs)
+        return all(self.ended.get(need) == "succeeded" for need in self.steps[name].needs)
 
     def _skip_unreachable(self, pending: list[str]) -> None:
         """Skip the pending steps a step they need will never let run (failed, skipped, stopped)."""
         blocked = [n for n, status in self.ended.items() if status != "succeeded"]
+        if not blocked:
+            return
         unreachable = dependents(self.graph, blocked)
         for name in [n for n in pending if n in unreachable]:
             pending.remove(name)
-            failed = next(n for n in self.graph.step(name).needs if n in blocked or n in unreachable)
+            failed = next(n for n in self.steps[name].needs if n in blocked or n in unreachable)
             self._skip(name, f"needs {failed}, which did not succeed")
 
     def _skip(self, name: str, why: str) -> None:

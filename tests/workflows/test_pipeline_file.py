@@ -13,7 +13,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
+from temporalio.client import (
+    Client,
+    ScheduleActionStartWorkflow,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowHistory,
+)
 from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 from test_faults import wait_until
@@ -22,6 +28,7 @@ from test_scripts import assert_one_line_error, run_script, starter_env
 from skypilot_temporal import SkyPilotPlugin
 from skypilot_temporal.activity.activities import SkyPilotActivities
 from skypilot_temporal.naming import cluster_prefix_for
+from skypilot_temporal.operations.search_attributes import PIPELINE_KIND
 from skypilot_temporal.payloads import PipelineFileInput, PipelineResult, TaskSpec
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
@@ -642,3 +649,41 @@ async def test_step_one_checks_each_task_of_a_skypilot_chain(pipeline: Pipeline,
         await handle.result()
     assert "task 'bad'" in str(failed.value.cause) and "volume_mounts" in str(failed.value.cause)
     assert pipeline.fake.ever_launched == set()
+
+
+async def test_a_pipeline_file_can_be_scheduled_and_its_runs_are_searchable_by_kind(
+    pipeline: Pipeline, tmp_path: Path
+):
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": "steps:\n  only: {task: train.yaml}\n"})
+    env = {**starter_env(pipeline), "PIPELINE_REPO_URL": str(repo)}
+    schedule_id = f"pf-sched-{uuid.uuid4().hex[:6]}"
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py",
+        "--pipeline",
+        "pipeline.yaml",
+        "--every",
+        "1h",
+        "--schedule-id",
+        schedule_id,
+        env_overrides=env,
+    )
+    assert rc == 0, (stdout, stderr)
+    handle = pipeline.env.client.get_schedule_handle(schedule_id)
+    try:
+        action = (await handle.describe()).schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        assert action.workflow == "PipelineFileWorkflow"
+        assert action.typed_search_attributes.get(PIPELINE_KIND) == "pipeline-file"
+        await handle.trigger()
+
+        async def ran() -> list[Any]:
+            found = [
+                w async for w in pipeline.env.client.list_workflows(f"TemporalScheduledById='{schedule_id}'")
+            ]
+            return [w for w in found if w.status is not None and w.status.name == "COMPLETED"]
+
+        [run] = await wait_until(ran, timeout=60, what="the scheduled pipeline-file run completing")
+        assert run.typed_search_attributes.get(PIPELINE_KIND) == "pipeline-file"
+    finally:
+        await handle.delete()
+    pipeline.assert_no_cluster_left()
