@@ -687,3 +687,15 @@ async def test_a_pipeline_file_can_be_scheduled_and_its_runs_are_searchable_by_k
     finally:
         await handle.delete()
     pipeline.assert_no_cluster_left()
+
+
+async def test_follow_attaches_to_a_pipeline_file_run(pipeline: Pipeline, tmp_path: Path):
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": "steps:\n  only: {task: train.yaml}\n"})
+    handle = await start_file(pipeline, repo)
+    await handle.result()
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--follow", handle.id, env_overrides=starter_env(pipeline)
+    )
+    assert rc == 0, (stdout, stderr)
+    assert stdout.startswith(f"Following workflow {handle.id}\n") and "✓ only " in stdout
+    assert f"Workflow {handle.id} succeeded" in stdout
