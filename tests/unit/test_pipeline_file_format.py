@@ -333,3 +333,74 @@ def test_any_document_is_a_graph_or_one_line_never_a_traceback(
         load_pipeline("pipeline.yaml", text)
     except PipelineFileError as err:
         assert "\n" not in str(err) and str(err).startswith("pipeline.yaml: ")
+
+
+# ---------------------------------------------------------------- edges (mutation pass)
+
+
+def test_comparisons_at_equality_and_across():
+    from skypilot_temporal.pipeline_file.graph import Condition, MetricRef
+
+    ref = MetricRef("a", "m")
+    holds = {
+        op: [Condition(ref, op, 0.5).holds(v) for v in (0.4, 0.5, 0.6)]
+        for op in (">", ">=", "<", "<=", "==", "!=")
+    }
+    assert holds == {
+        ">": [False, False, True],
+        ">=": [False, True, True],
+        "<": [True, False, False],
+        "<=": [True, True, False],
+        "==": [False, True, False],
+        "!=": [True, False, True],
+    }
+    assert Condition(ref, ">=", 0.5).holds(None) is False
+
+
+def test_a_steps_env_is_the_files_then_its_own_then_the_runs_then_its_matrix_values():
+    graph = load(
+        {
+            "env": {"A": "file", "B": "file", "C": "file", "LR": "file"},
+            "matrices": {"m": {"LR": [0.1]}},
+            "steps": {"t": {"task": "x", "matrix": "m", "env": {"B": "step", "C": "step"}}},
+        }
+    )
+    env = graph.env_of(graph.step("t-v1"), {"C": "run", "LR": "run"})
+    assert env == {"A": "file", "B": "step", "C": "run", "LR": "0.1", "VARIANT_ID": "v1"}
+
+
+def nested(levels: int) -> str:
+    return "steps:\n  a: {task: x}\nx: " + "[" * (levels - 1) + "]" * (levels - 1) + "\n"
+
+
+def test_bounds_hold_exactly_at_their_limits():
+    # The document is one level; `x` (an unknown key, refused after) holds the rest.
+    assert "nested deeper" not in refused(nested(32))
+    assert "nested deeper than 32 levels" in refused(nested(33))
+    load("steps:\n  a: {task: x, timeout: 30d}\n")
+    assert "longer than 30 days" in refused("steps:\n  a: {task: x, timeout: 31d}\n")
+    matrices = {"m": {"A": list(range(50))}, "n": {"A": list(range(50))}}
+    two_hundred = {f"s{k}": {"task": "x", "matrix": "m" if k % 2 else "n"} for k in range(4)}
+    assert len(load({"matrices": matrices, "steps": two_hundred}).steps) == 200
+    one_more = {**two_hundred, "extra": {"task": "x"}}
+    assert "201 steps once matrices are expanded: at most 200" in refused(
+        {"matrices": matrices, "steps": one_more}
+    )
+
+
+@pytest.mark.parametrize("name", ["cleanup", "fetch-tasks", "train-down", "train-retry2", "train-v1"])
+def test_the_runs_own_step_names_are_reserved(name: str):
+    assert f"step {name!r}: the name is reserved" in refused({"steps": {name: {"task": "x"}}})
+
+
+def test_a_step_beyond_a_failed_chain_is_skipped_naming_the_step_it_needs():
+    graph = load(
+        {
+            "steps": {
+                "a": {"task": "x"},
+                "b": {"task": "x", "needs": ["a"]},
+                "c": {"task": "x", "needs": ["b"]},
+            }
+        }
+    )
+    assert dependents(graph, ["a"]) == {"b", "c"}

@@ -29,7 +29,7 @@ from skypilot_temporal import SkyPilotPlugin
 from skypilot_temporal.activity.activities import SkyPilotActivities
 from skypilot_temporal.naming import cluster_prefix_for
 from skypilot_temporal.operations.search_attributes import PIPELINE_KIND
-from skypilot_temporal.payloads import PipelineFileInput, PipelineResult, TaskSpec
+from skypilot_temporal.payloads import PipelineFileInput, PipelineResult, StepTimeouts, TaskSpec
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
 from testing import HISTORIES, ROOT
@@ -210,6 +210,7 @@ steps:
     steps = {s.name: s for s in progress.steps}
     assert steps["deploy"].status == steps["announce"].status == "skipped"
     assert steps["deploy"].error == "when check.score >= 0.5 did not hold (0.4)"
+    assert steps["announce"].error == "needs deploy, which did not succeed"
     assert [s.step for s in result.steps] == ["check", "always"]
     assert pipeline.fake.jobs_named("deploy") == []
     pipeline.assert_no_cluster_left()
@@ -699,3 +700,41 @@ async def test_follow_attaches_to_a_pipeline_file_run(pipeline: Pipeline, tmp_pa
     assert rc == 0, (stdout, stderr)
     assert stdout.startswith(f"Following workflow {handle.id}\n") and "✓ only " in stdout
     assert f"Workflow {handle.id} succeeded" in stdout
+
+
+async def scheduled_timeouts(handle: WorkflowHandle, client: Client) -> dict[str, int]:
+    """Each activity's summary -> its start-to-close timeout in seconds, from the history."""
+    found = {}
+    async for event in handle.fetch_history_events():
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            [summary] = await client.data_converter.decode([event.user_metadata.summary])
+            found[summary] = event.activity_task_scheduled_event_attributes.start_to_close_timeout.seconds
+    return found
+
+
+async def test_a_steps_timeout_is_the_runs_for_it_else_the_files_else_the_runs_for_its_name(
+    pipeline: Pipeline, tmp_path: Path
+):
+    fake = pipeline.fake
+    fake.plan("a", status="FAILED")
+    text = """
+matrices: {m: {LR: [1]}}
+steps:
+  a: {task: train.yaml, timeout: 90s, retries: 1}
+  b: {task: train.yaml, timeout: 90s}
+  train: {task: train.yaml, matrix: m}
+  other: {task: train.yaml}
+"""
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": text})
+    # (Under the test run's 2-minute execution timeout, which caps an activity's.)
+    timeouts = StepTimeouts(heartbeat=5, train=80, other_steps=100, steps={"b": 60})
+    handle = await start_file(pipeline, repo, timeouts=timeouts)
+    await handle.result()  # a fails once, and its retry succeeds
+    seconds = {
+        k.split()[1]: v
+        for k, v in (await scheduled_timeouts(handle, pipeline.env.client)).items()
+        if k.startswith("launch")
+    }
+    assert seconds["a"] == seconds["a-retry1"] == 90  # the file's, retries alike
+    assert seconds["b"] == 60  # the run's for the step wins over the file's
+    assert seconds["train-v1"] == 80 and seconds["other"] == 100  # the run's for the name
