@@ -115,6 +115,11 @@ class PipelineGraph:
         return users
 
 
+def attempt_name(step: str, attempt: int) -> str:
+    """The name attempt `attempt` of a step runs under: the step's, then `<step>-retry<n>`."""
+    return step if attempt == 0 else f"{step}-retry{attempt}"
+
+
 def selected_variant(
     graph: PipelineGraph, group: str, metrics: Mapping[str, Mapping[str, float]]
 ) -> str | None:

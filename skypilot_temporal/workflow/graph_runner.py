@@ -21,7 +21,13 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from skypilot_temporal.payloads import StepResult
-    from skypilot_temporal.pipeline_file.graph import GraphStep, PipelineGraph, dependents, resolve
+    from skypilot_temporal.pipeline_file.graph import (
+        GraphStep,
+        PipelineGraph,
+        attempt_name,
+        dependents,
+        resolve,
+    )
     from skypilot_temporal.workflow.cluster import Cluster
     from skypilot_temporal.workflow.managed_job import managed_job
     from skypilot_temporal.workflow.pipeline import Pipeline
@@ -109,7 +115,7 @@ class GraphRunner:
             if env is None:
                 return
             for attempt in range(step.retries + 1):
-                name = step.name if attempt == 0 else f"{step.name}-retry{attempt}"
+                name = attempt_name(step.name, attempt)
                 try:
                     result = await self._run_job(step, name, env)
                     break

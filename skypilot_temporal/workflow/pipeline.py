@@ -58,7 +58,7 @@ with workflow.unsafe.imports_passed_through():
         StepResult,
         TaskSpec,
     )
-    from skypilot_temporal.pipeline_file.graph import PipelineGraph
+    from skypilot_temporal.pipeline_file.graph import PipelineGraph, attempt_name
     from skypilot_temporal.trust.redaction import redact_url_credentials
     from skypilot_temporal.workflow.step_board import FETCH_TASKS, StepBoard
 
@@ -105,35 +105,17 @@ class Pipeline:
 
     async def fetch_tasks(self, *yaml_paths: str) -> RunTasks:
         """Step 1: check out the task repository at the ref, read and check the task YAMLs."""
-        input = self.input
-        async with self.board.step(FETCH_TASKS, self._fetch_summary()) as progress:
-            tasks = await workflow.execute_activity_method(
-                SkyPilotActivities.fetch_tasks,
-                self._fetch_input(list(yaml_paths)),
-                start_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
-                schedule_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
-                retry_policy=self.retry_policy(maximum_attempts=5),
-                summary=progress.summary,
-            )
-        self.tasks.commit_sha, self.tasks.yaml_texts = tasks.commit_sha, tasks.yaml_texts
-        self.board.set_commit(tasks.commit_sha)
+        tasks = await self._step_one(SkyPilotActivities.fetch_tasks, self._fetch_input(list(yaml_paths)))
+        self.tasks.yaml_texts = tasks.yaml_texts
         return self.tasks
 
     async def fetch_pipeline_file(self, path: str) -> PipelineGraph:
         """Step 1 of a pipeline-file run: check out the task repository at the ref, read and check
         the pipeline file at `path` and every task it names; the steps' timeouts apply from now."""
         input = self.input
-        async with self.board.step(FETCH_TASKS, self._fetch_summary()) as progress:
-            fetched = await workflow.execute_activity_method(
-                SkyPilotActivities.fetch_pipeline,
-                FetchPipelineInput(path, self._fetch_input([])),
-                start_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
-                schedule_to_close_timeout=timedelta(seconds=input.timeouts.fetch_tasks),
-                retry_policy=self.retry_policy(maximum_attempts=5),
-                summary=progress.summary,
-            )
-        self.tasks.commit_sha = fetched.commit_sha
-        self.board.set_commit(fetched.commit_sha)
+        fetched = await self._step_one(
+            SkyPilotActivities.fetch_pipeline, FetchPipelineInput(path, self._fetch_input([]))
+        )
         graph = fetched.graph
         timeouts = input.timeouts
         by_step = {}
@@ -143,7 +125,7 @@ class Pipeline:
             named = timeouts.steps.get(step.name) or timeouts.steps.get(step.declared)
             seconds = named or step.timeout_seconds or timeouts.for_step(step.declared or step.name)
             for attempt in range(step.retries + 1):
-                by_step[step.name if attempt == 0 else f"{step.name}-retry{attempt}"] = seconds
+                by_step[attempt_name(step.name, attempt)] = seconds
         self.input = dataclasses.replace(input, timeouts=dataclasses.replace(timeouts, steps=by_step))
         return graph
 
@@ -397,6 +379,22 @@ class Pipeline:
                 "(run_workflow.py --cluster-prefix NAME starts workflow skypilot-NAME)"
             )
         self.refuse(problems)
+
+    async def _step_one(self, activity: Callable[..., Awaitable[T]], arg: Any) -> T:
+        """Run step 1's activity (`fetch-tasks`); the run's commit is the one it checked out."""
+        timeout = timedelta(seconds=self.input.timeouts.fetch_tasks)
+        async with self.board.step(FETCH_TASKS, self._fetch_summary()) as progress:
+            fetched = await workflow.execute_activity_method(
+                activity,
+                arg,
+                start_to_close_timeout=timeout,
+                schedule_to_close_timeout=timeout,
+                retry_policy=self.retry_policy(maximum_attempts=5),
+                summary=progress.summary,
+            )
+        self.tasks.commit_sha = fetched.commit_sha  # type: ignore[attr-defined]
+        self.board.set_commit(self.tasks.commit_sha)
+        return fetched
 
     def _fetch_input(self, yaml_paths: list[str]) -> FetchTasksInput:
         input = self.input
