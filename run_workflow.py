@@ -20,14 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import itertools
-import math
 import os
-import re
 import sys
 import typing
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -39,11 +34,7 @@ from temporalio.service import RPCError
 from skypilot_temporal import config
 from skypilot_temporal.bounds import (
     ENV_NAME,
-    MAX_HEARTBEAT_SECONDS,
-    MAX_STEP_TIMEOUT_SECONDS,
-    MAX_SWEEP_VARIANTS,
     input_problems,
-    sweep_problems,
 )
 from skypilot_temporal.client.following import (
     Reconnecting,
@@ -55,96 +46,31 @@ from skypilot_temporal.client.following import (
     print_sweep_table,
     quiet_runtime,
 )
+from skypilot_temporal.client.options import (
+    DEFAULT_MAX_PARALLEL,
+    DEFAULT_SELECT,
+    key_value,
+    step_timeout,
+    step_timeouts,
+    sweep_of,
+    sweep_values,
+    workflow_id_for,
+)
 from skypilot_temporal.client.starting import RunInput, attach, decryption_error, schedule_runs, start_run
-from skypilot_temporal.naming import CLUSTER_MARKER, MAX_PREFIX_LENGTH, cluster_prefix_for
 from skypilot_temporal.operations.schedules import OVERLAP_POLICIES, ScheduleRequest, parse_every
-from skypilot_temporal.payloads import PipelineFileInput, PipelineInput, StepTimeouts, SweepInput, SweepResult
+from skypilot_temporal.payloads import PipelineFileInput, PipelineInput, SweepInput, SweepResult
 from skypilot_temporal.trust.checkout import check_repo_url_syntax, validate_ref
 from skypilot_temporal.workflow.pipeline_file_workflow import MAX_PATH_CHARS, PipelineFileWorkflow
 from workflows import PIPELINES, SkyPilotWorkflow, SweepWorkflow
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DETACHED = 0, 1, 2, 3
-STEP_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 PROJECT_DIR = Path(__file__).resolve().parent
 # What --follow can attach to: each pipeline's type name and what its run returns.
 RUN_TYPES = {
     pipeline.__name__: typing.get_type_hints(pipeline.run)["return"]
     for pipeline in [*PIPELINES, PipelineFileWorkflow]
 }
-DEFAULT_MAX_PARALLEL, DEFAULT_SELECT = 4, "eval_accuracy:max"
 T = TypeVar("T")
-
-
-def key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip() or not key.strip().isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), value
-
-
-def sweep_values(text: str) -> tuple[str, list[str]]:
-    key, sep, values = text.partition("=")
-    if not sep or not ENV_NAME.fullmatch(key.strip()):
-        raise argparse.ArgumentTypeError(f"expected NAME=V1,V2,... with NAME a variable name, got {text!r}")
-    values_list = [v.strip() for v in values.split(",")]
-    if not all(values_list):
-        raise argparse.ArgumentTypeError(f"{text!r} has an empty value")
-    return key.strip(), values_list
-
-
-def sweep_input(pipeline: PipelineInput, args: argparse.Namespace) -> SweepInput:
-    """The cartesian product of the --sweep values, in the order given."""
-    names = [name for name, _ in args.sweep]
-    twice = [name for i, name in enumerate(names) if name in names[:i]]
-    if twice:
-        raise config.ConfigError(f"--sweep gives {twice[0]!r} twice: give all its values in one")
-    if args.overlap_provisioning:
-        raise config.ConfigError("--overlap-provisioning does not apply to a sweep")
-    count = math.prod(len(values) for _, values in args.sweep)
-    if count > MAX_SWEEP_VARIANTS:
-        raise config.ConfigError(f"--sweep makes {count} variants: at most {MAX_SWEEP_VARIANTS}")
-    combinations = itertools.product(*(values for _, values in args.sweep))
-    metric, _, direction = (args.select or DEFAULT_SELECT).partition(":")
-    sweep = SweepInput(
-        pipeline,
-        variants=[dict(zip(names, combo, strict=True)) for combo in combinations],
-        max_parallel=DEFAULT_MAX_PARALLEL if args.max_parallel is None else args.max_parallel,
-        select_metric=metric,
-        select_direction=direction or "max",
-        fail_fast=args.fail_fast,
-    )
-    if problems := sweep_problems(sweep):
-        raise config.ConfigError("; ".join(problems))
-    return sweep
-
-
-def step_timeout(text: str) -> tuple[str, int]:
-    """STEP=SECONDS: a StepTimeouts field (train, eval, heartbeat, ...), or any other step's name
-    (a pipeline file's steps)."""
-    key, sep, value = text.partition("=")
-    key = key.strip()
-    names = [f.name for f in dataclasses.fields(StepTimeouts) if f.name != "steps"]
-    if not sep or not (key.replace("-", "_") in names or STEP_NAME.fullmatch(key)):
-        raise argparse.ArgumentTypeError(
-            f"expected STEP=SECONDS (STEP: {', '.join(names)}, or a pipeline file's step), got {text!r}"
-        )
-    try:
-        seconds = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"timeout for {key!r} must be whole seconds") from None
-    limit = MAX_HEARTBEAT_SECONDS if key == "heartbeat" else MAX_STEP_TIMEOUT_SECONDS
-    if not 1 <= seconds <= limit:
-        raise argparse.ArgumentTypeError(f"timeout for {key!r} must be between 1 and {limit} seconds")
-    return (key.replace("-", "_") if key.replace("-", "_") in names else key), seconds
-
-
-def step_timeouts(given: list[tuple[str, int]] | None) -> StepTimeouts:
-    fields = {f.name for f in dataclasses.fields(StepTimeouts)}
-    named = dict(given or [])
-    return StepTimeouts(
-        **{k: v for k, v in named.items() if k in fields},
-        steps={k: v for k, v in named.items() if k not in fields},
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,13 +223,7 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
     for name in secrets:
         if not ENV_NAME.fullmatch(name):
             raise config.ConfigError(f"--secret takes a variable name, got {name!r}")
-    timeouts = step_timeouts(args.timeout)
-    if timeouts.steps and not args.pipeline:
-        names = ", ".join(f.name for f in dataclasses.fields(StepTimeouts) if f.name != "steps")
-        raise config.ConfigError(
-            f"--timeout: unknown step {next(iter(timeouts.steps))!r} (one of: {names}; other names "
-            "are a pipeline file's steps, with --pipeline)"
-        )
+    timeouts = step_timeouts(args.timeout, pipeline_file=bool(args.pipeline))
     pipeline = PipelineInput(
         repo_url=repo,
         ref=args.ref,
@@ -323,22 +243,6 @@ def pipeline_input(args: argparse.Namespace) -> PipelineInput:
     return pipeline
 
 
-def workflow_id_for(args: argparse.Namespace) -> str:
-    """The run's workflow id. Its clusters are named after it (naming.cluster_prefix_for), so a
-    fixed --cluster-prefix is a fixed workflow id: Temporal refuses a second running one."""
-    if args.cluster_prefix:
-        if args.workflow_id:
-            raise config.ConfigError("give --cluster-prefix or --workflow-id, not both")
-        workflow_id = CLUSTER_MARKER + args.cluster_prefix.removeprefix(CLUSTER_MARKER)
-        if cluster_prefix_for(workflow_id) != workflow_id:
-            raise config.ConfigError(
-                f"--cluster-prefix {args.cluster_prefix!r}: use lowercase letters, digits and single '-' "
-                f"(at most {MAX_PREFIX_LENGTH - len(CLUSTER_MARKER)} characters)"
-            )
-        return workflow_id
-    return args.workflow_id or f"{CLUSTER_MARKER}{uuid.uuid4().hex[:8]}"
-
-
 def workflow_of(run: RunInput) -> type[SkyPilotWorkflow] | type[SweepWorkflow] | type[PipelineFileWorkflow]:
     if isinstance(run, PipelineFileInput):
         return PipelineFileWorkflow
@@ -348,7 +252,11 @@ def workflow_of(run: RunInput) -> type[SkyPilotWorkflow] | type[SweepWorkflow] |
 def run_input(pipeline: PipelineInput, args: argparse.Namespace) -> RunInput:
     """What to start: the six steps, a sweep of them, or a pipeline file."""
     if not args.pipeline:
-        return sweep_input(pipeline, args) if args.sweep else pipeline
+        if not args.sweep:
+            return pipeline
+        if args.overlap_provisioning:
+            raise config.ConfigError("--overlap-provisioning does not apply to a sweep")
+        return sweep_of(pipeline, args.sweep, args.max_parallel, args.select, args.fail_fast)
     for flag, given in (
         ("--sweep", args.sweep),
         ("--overlap-provisioning", args.overlap_provisioning),
@@ -364,7 +272,7 @@ def run_input(pipeline: PipelineInput, args: argparse.Namespace) -> RunInput:
 
 
 async def start(client: Client, run: RunInput, args: argparse.Namespace) -> RunHandle:
-    workflow_id = workflow_id_for(args)
+    workflow_id = workflow_id_for(args.cluster_prefix, args.workflow_id)
     in_use = ""
     if args.cluster_prefix:
         in_use = f"cluster prefix {args.cluster_prefix!r} is in use by the running workflow {workflow_id!r}"
