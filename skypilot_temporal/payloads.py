@@ -134,6 +134,8 @@ class PipelineProgress:
     clusters_up: list[str]
     # A sweep's variants (empty for a single pipeline).
     variants: list[VariantProgress] = field(default_factory=list)
+    # What runs, in a line (a pipeline file's name, file and parallelism; empty for the others).
+    heading: str = ""
 
 
 @dataclass

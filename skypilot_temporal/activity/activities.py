@@ -164,18 +164,25 @@ class SkyPilotActivities:
         try:
             checkout_dir, sha = await self._fresh_checkout(fetch)
             text = read_task_file(checkout_dir, input.path, fetch.repo_url, fetch.ref, kind="pipeline file")
-            try:
-                graph = load_pipeline(input.path, text)
+            try:  # a file that is large, or expands to many steps, must not hold up the event loop
+                graph = await self._blocking(load_pipeline, input.path, text)
             except PipelineFileError as err:
                 raise refuse(str(err), "InvalidPipelineFile") from None
             texts: dict[str, str] = {}
             for step in graph.steps:
-                if step.task not in texts:
-                    texts[step.task] = read_task_file(checkout_dir, step.task, fetch.repo_url, fetch.ref)
-                # Metrics are not known yet: a number stands in for each value read from one.
-                env = {**graph.env_of(step, fetch.env_overrides), **dict.fromkeys(step.env_from, "0")}
-                checked = dataclasses.replace(fetch, env_overrides=env)
-                await self._check_task(checked, step.name, texts[step.task], step.document)
+                try:
+                    if step.task not in texts:
+                        texts[step.task] = read_task_file(checkout_dir, step.task, fetch.repo_url, fetch.ref)
+                    # Metrics are not known yet: a number stands in for each value read from one.
+                    env = {**graph.env_of(step, fetch.env_overrides), **dict.fromkeys(step.env_from, "0")}
+                    checked = dataclasses.replace(fetch, env_overrides=env)
+                    await self._check_task(checked, step.name, texts[step.task], step.document)
+                except ApplicationError as err:
+                    if not err.non_retryable:
+                        raise
+                    raise refuse(
+                        f"{input.path}: step {step.name!r}: {err.message}", err.type or "InvalidTask"
+                    ) from None
         except ApplicationError as err:
             raise masked(err, redact) from None
         activity.logger.info("Checked out %s at %s", redact_url_credentials(fetch.repo_url), sha)

@@ -180,6 +180,9 @@ def print_new_steps(
     progress: PipelineProgress | None, printed: dict[str, str], marks: dict[str, str]
 ) -> None:
     """Print the step starts and ends not printed yet; `printed` maps summary -> last status."""
+    if progress and progress.heading and "heading" not in printed:
+        printed["heading"] = progress.heading
+        print(progress.heading.replace("`", ""), flush=True)
     for step in progress.steps if progress else []:
         if step.status in ("pending", "skipped") or printed.get(step.summary) == step.status:
             continue

@@ -30,6 +30,7 @@ from skypilot_temporal.payloads import PipelineInput, StepTimeouts, SweepInput
 STEP_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 DEFAULT_MAX_PARALLEL, DEFAULT_SELECT = 4, "eval_accuracy:max"
 TIMEOUT_FIELDS = tuple(f.name for f in dataclasses.fields(StepTimeouts) if f.name != "steps")
+RUN_WIDE_TIMEOUTS = ("fetch_tasks", "teardown", "heartbeat", "other_steps")
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -71,11 +72,14 @@ def step_timeout(text: str) -> tuple[str, int]:
 
 
 def step_timeouts(given: Sequence[tuple[str, int]] | None, pipeline_file: bool) -> StepTimeouts:
-    """The --timeout values as StepTimeouts; a name that is no field is a pipeline file's step."""
+    """The --timeout values as StepTimeouts; a name that is no field is a pipeline file's step.
+    In a pipeline file's run every name but the run-wide ones is a step of the file (one named
+    `train` too: the run's value for it must win over the file's)."""
     named = dict(given or [])
+    fields = RUN_WIDE_TIMEOUTS if pipeline_file else TIMEOUT_FIELDS
     timeouts = StepTimeouts(
-        **{k: v for k, v in named.items() if k in TIMEOUT_FIELDS},
-        steps={k: v for k, v in named.items() if k not in TIMEOUT_FIELDS},
+        **{k: v for k, v in named.items() if k in fields},
+        steps={k: v for k, v in named.items() if k not in fields},
     )
     if timeouts.steps and not pipeline_file:
         raise ConfigError(

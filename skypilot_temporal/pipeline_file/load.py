@@ -32,6 +32,13 @@ MAX_ENV_BYTES = 64 * 1024
 # The expanded graph is step 1's result, in the run's history: well under Temporal's 2 MB payload.
 MAX_GRAPH_BYTES = 1024 * 1024
 MAX_DEPTH = 32
+# A file's YAML nodes, counted while it is parsed: refused before anything is built from it.
+MAX_YAML_NODES = 50_000
+# `needs` entries once matrices are expanded (a step needing every variant of a 64-variant group).
+MAX_GRAPH_NEEDS = 4096
+# Every attempt of every step carries its env in its activity input: all of it goes into the
+# run's history, which Temporal ends at 50 MB (no cleanup runs then).
+MAX_HISTORY_ENV_BYTES = 8 * 1024 * 1024
 RESERVED_STEP_NAMES = re.compile(r"fetch-tasks|cleanup|.*-down|.*-retry[0-9]+|.*-v[0-9]+")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -82,6 +89,16 @@ def load_pipeline(path: str, text: str) -> PipelineGraph:
             f"{path}: its steps, expanded, hold {size // 1024} KB of env and settings: at most "
             f"{MAX_GRAPH_BYTES // 1024} KB (they travel in the run's history)"
         )
+    sent = sum(
+        (step.retries + 1) * sum(len(k) + len(v) for k, v in graph.env_of(step, {}).items())
+        for step in graph.steps
+    )
+    if sent > MAX_HISTORY_ENV_BYTES:
+        raise PipelineFileError(
+            f"{path}: its steps' env, sent again with every attempt, comes to {sent // 1024} KB: at most "
+            f"{MAX_HISTORY_ENV_BYTES // 1024} KB (it travels in the run's history, which Temporal "
+            "ends at 50 MB)"
+        )
     return graph
 
 
@@ -90,8 +107,12 @@ def load_pipeline(path: str, text: str) -> PipelineGraph:
 
 def _documents(path: str, text: str) -> list[Any]:
     try:
-        depth = 0
+        depth = nodes = 0
         for event in yaml.parse(text, Loader=_YAML_LOADER):  # events: no recursion, whatever the nesting
+            if isinstance(event, yaml.NodeEvent):
+                nodes += 1
+                if nodes > MAX_YAML_NODES:
+                    raise PipelineFileError(f"{path}: more than {MAX_YAML_NODES} YAML values")
             if isinstance(event, yaml.AliasEvent):
                 raise PipelineFileError(
                     f"{path}: uses a YAML alias (*{event.anchor}): aliases are not allowed"
@@ -121,6 +142,10 @@ def _refuse_duplicate_keys(path: str, node: yaml.Node | None) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key, value in node.value:
+            if key.tag == "tag:yaml.org,2002:merge":  # `<<:` would merge keys past the check below
+                raise PipelineFileError(
+                    f"{path}: line {key.start_mark.line + 1}: uses a YAML merge key (<<): not allowed"
+                )
             if isinstance(key, yaml.ScalarNode):
                 if key.value in seen:
                     raise PipelineFileError(
@@ -192,9 +217,9 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _seconds(value: int | str) -> int:
-    if isinstance(value, int):
-        return value
+def _seconds(value: int | float | str) -> int:
+    if isinstance(value, int | float):  # the schema's integer: 10.0 is one too
+        return int(value)
     return int(value[:-1]) * _UNITS[value[-1]]
 
 
@@ -217,6 +242,7 @@ class _Builder:
         order = self._order()
         ancestors = self._ancestors(order)
         variants = self._variants()
+        self._check_expanded_size(variants)
         clusters = self._clusters(order, ancestors, variants)
         graph = PipelineGraph(
             file=self.path,
@@ -245,6 +271,8 @@ class _Builder:
             if sum(len(k) + len(v) for k, v in {**graph.env, **env}.items()) > MAX_ENV_BYTES:
                 raise self.fail(name, f"env is larger than {MAX_ENV_BYTES // 1024} KB")
             env_from = {k: self._ref(name, v, ancestors) for k, v in spec.get("env_from", {}).items()}
+            if any(not math.isfinite(float(c["value"])) for c in spec.get("when", [])):
+                raise self.fail(name, "when: a value must be a finite number")
             when = [
                 Condition(self._ref(name, c["metric"], ancestors), c["op"], float(c["value"]))
                 for c in spec.get("when", [])
@@ -292,6 +320,25 @@ class _Builder:
             raise self.fail("", f"step {clash!r} is also the name of a matrix variant: rename one")
         self._mark_launches(graph)
         return graph
+
+    def _check_expanded_size(self, variants: Mapping[str, list[tuple[str, dict[str, str]]]]) -> None:
+        """The expanded graph's steps and needs, counted before any of it is built."""
+
+        def width(step: str) -> int:
+            matrix = self.declared[step].get("matrix", "")
+            return len(variants[matrix]) if matrix else 1
+
+        steps = sum(width(name) for name in self.declared)
+        if steps > MAX_GRAPH_STEPS:
+            raise self.fail("", f"{steps} steps once matrices are expanded: at most {MAX_GRAPH_STEPS}")
+        needs = 0
+        for name, spec in self.declared.items():
+            matrix = spec.get("matrix", "")
+            for need in spec.get("needs", []):
+                same = matrix and self.declared[need].get("matrix", "") == matrix
+                needs += width(name) * (1 if same else width(need))
+        if needs > MAX_GRAPH_NEEDS:
+            raise self.fail("", f"{needs} needs once matrices are expanded: at most {MAX_GRAPH_NEEDS}")
 
     def _order(self) -> list[str]:
         """The declared steps in an order that respects `needs` (file order where free)."""

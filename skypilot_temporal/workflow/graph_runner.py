@@ -14,6 +14,7 @@ is still up.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from temporalio import workflow
@@ -36,6 +37,10 @@ with workflow.unsafe.imports_passed_through():
 # A job that ran and did not succeed: the step's `retries` run it again. (Not a cancel, a
 # timeout or a task the policy refused: running those again gives the same answer.)
 RETRIED_JOB_FAILURES = {"JobFailed", "JobFailedSetup", "JobFailedDriver"}
+# What an exec on a shared cluster gets when SkyPilot's autodown took the cluster down while the
+# step waited for others (a branch can take hours): the step launches the cluster again.
+CLUSTER_GONE = {"ClusterDoesNotExist", "ClusterNotUpError"}
+RELAUNCH_GONE_CLUSTERS = "pipeline-file-relaunch-gone-clusters"
 
 
 class GraphRunner:
@@ -54,8 +59,14 @@ class GraphRunner:
         """Every step of the graph, pending, with what it does, on which cluster and after which
         steps (the progress query, the Web UI's details, the activities' summaries); then each
         cluster's teardown."""
-        board, prefix = self.pipeline.board, self.pipeline.prefix
-        for step in self.graph.steps:
+        board, prefix, graph = self.pipeline.board, self.pipeline.prefix, self.graph
+        # Task-author text in the Web UI's Markdown: only characters that cannot format it.
+        name = re.sub(r"[^A-Za-z0-9 ._/-]", "", graph.name or graph.file).strip() or "pipeline"
+        board.heading = (
+            f"`{name}` ({len(graph.steps)} steps, at most {graph.max_parallel} at once, "
+            f"on_failure: {graph.on_failure})"
+        )
+        for step in graph.steps:
             after = f" after {', '.join(step.needs)}" if step.needs else ""
             if step.managed:
                 board.add(step.name, f"managed job {step.name}{after}")
@@ -138,7 +149,18 @@ class GraphRunner:
         # A retry of the launching step launches again: the cluster may not have come up.
         if step.launches:
             return await cluster.launch(step.task, name, env=env, document=step.document)
-        return await cluster.exec(step.task, name, env=env, document=step.document)
+        try:
+            return await cluster.exec(step.task, name, env=env, document=step.document)
+        except ActivityError as err:
+            gone = isinstance(err.cause, ApplicationError) and err.cause.type in CLUSTER_GONE
+            if not (gone and workflow.patched(RELAUNCH_GONE_CLUSTERS)):
+                raise
+        self.pipeline.board.add(
+            name,
+            f"launch {name} on {cluster.name} (launched again: SkyPilot took it down while idle)",
+            cluster.name,
+        )
+        return await cluster.launch(step.task, name, env=env, document=step.document)
 
     def _env(self, step: GraphStep) -> dict[str, str] | None:
         """The step's env: the file's, the run's overrides, its matrix values, the values it

@@ -118,6 +118,13 @@ class Pipeline:
         )
         graph = fetched.graph
         timeouts = input.timeouts
+        known = {name for step in graph.steps for name in (step.name, step.declared)}
+        if unknown := next((name for name in timeouts.steps if name not in known), None):
+            raise ApplicationError(
+                f"--timeout names step {unknown!r}, which {path} does not have",
+                type="InvalidInput",
+                non_retryable=True,
+            )
         by_step = {}
         for step in graph.steps:
             # One the run names (run_workflow.py --timeout STEP=S: the step, or the step a variant

@@ -36,6 +36,7 @@ class StepBoard:
         self.search = RunAttributes()
         self.clusters_up: list[str] = []
         self.variants: list[VariantProgress] = []
+        self.heading = ""  # a line under the status: what runs (a pipeline file's run)
         # The error of background work that stopped the step running then (shown as cancelled).
         self.stopped_by: BaseException | None = None
         self._steps: dict[str, StepProgress] = {}
@@ -51,6 +52,7 @@ class StepBoard:
             steps=list(self._steps.values()),
             clusters_up=list(self.clusters_up),
             variants=list(self.variants),
+            heading=self.heading,
         )
 
     @contextlib.asynccontextmanager
@@ -156,6 +158,8 @@ class StepBoard:
     def redraw(self) -> None:
         """The Web UI's current details: the status, one line per step and variant, clusters up."""
         lines = [f"**{self.status}** — commit `{self.commit_sha[:12] or '?'}`", ""]
+        if self.heading:
+            lines += [self.heading, ""]
         for step in self._steps.values():
             job = f" — job {step.job_id}" if step.job_id is not None else ""
             if step.job_id is not None and step.summary.startswith("managed"):

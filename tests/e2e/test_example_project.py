@@ -84,6 +84,9 @@ def test_the_example_installs_from_the_wheel_and_its_own_tests_pass(platform):
         "import importlib.resources as r; print([f.name for f in r.files('skypilot_temporal').iterdir()])",
         cwd=example,
     )
+    # The pipeline file's schema ships in the wheel: the installed loader reads it.
+    loaded = "from skypilot_temporal.pipeline_file.load import schema; print(schema()['title'])"
+    assert run(python, "-c", loaded, cwd=example).strip()
     key = run(venv / "bin" / "skypilot-temporal", "new-key", "k1", cwd=example)
     assert key.startswith("k1:"), key
     assert "1 passed" in run(python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", cwd=example)

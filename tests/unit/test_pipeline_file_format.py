@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import tracemalloc
 from typing import Any
 
 import jsonschema
@@ -164,6 +165,9 @@ def test_steps_sharing_a_cluster_launch_once_then_exec():
 def test_timeouts_take_seconds_or_units():
     graph = load({"steps": {"a": {"task": "x", "timeout": "90m"}, "b": {"task": "x", "timeout": 30}}})
     assert [s.timeout_seconds for s in graph.steps] == [5400, 30]
+    assert (
+        load("steps:\n  a: {task: x, timeout: 10.0}\n").steps[0].timeout_seconds == 10
+    )  # the schema's integer
 
 
 def test_a_skypilot_multi_task_yaml_is_a_chain_of_its_tasks():
@@ -273,6 +277,16 @@ def test_any_yaml_is_a_graph_or_one_line_never_a_traceback(document: Any):
             "  b: {task: x, needs: [a], when: [{metric: a.matrix.LR, op: '<', value: 2}]}\n",
             "step 'b': when: 'a.matrix.LR' is a matrix value, not a metric",
         ),
+        (
+            "steps:\n  a: {task: x}\n"
+            "  b: {task: x, needs: [a], when: [{metric: a.m, op: '>', value: .nan}]}\n",
+            "step 'b': when: a value must be a finite number",
+        ),
+        ("steps:\n  <<: {a: {task: x}}\n  a: {task: y}\n", "line 2: uses a YAML merge key (<<): not allowed"),
+        (
+            "steps:\n  a: {task: x, needs: [" + ", ".join(["b"] * 60_000) + "]}\n",
+            "more than 50000 YAML values",
+        ),
     ],
 )
 def test_hostile_files_are_refused_in_one_line(text: str, message: str):
@@ -286,6 +300,42 @@ def test_a_matrix_too_large_is_refused_before_it_is_built():
     message = refused({"matrices": {"m": matrix}, "steps": {"a": {"task": "x", "matrix": "m"}}})
     assert f"has {64**8} combinations: at most 64" in message
     assert time.monotonic() - started < 1
+
+
+def test_a_graph_that_expands_to_too_many_steps_or_needs_is_refused_before_it_is_built():
+    """16 KB of file: 100 steps of two 64-variant matrices, each of the second needing all 32 of
+    the first. Built before it was counted, it took 700 MB; counted first, almost nothing."""
+    values = list(range(64))
+    first = {f"s{n}": {"task": "x", "matrix": "m1"} for n in range(32)}
+    second = {f"t{n}": {"task": "x", "matrix": "m2", "needs": sorted(first)} for n in range(68)}
+    document = {"matrices": {"m1": {"X": values}, "m2": {"Y": list(values)}}, "steps": {**first, **second}}
+    tracemalloc.start()
+    try:
+        message = refused(document)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "6400 steps once matrices are expanded: at most 200" in message
+    assert peak < 30 * 2**20, f"{peak / 2**20:.0f} MB"
+    # Within the step bound, needs across matrices multiply: 3 steps of 64 each needing all 64.
+    fan = {"a": {"task": "x", "matrix": "m1"}, "b": {"task": "x", "matrix": "m2", "needs": ["a"]}}
+    fan["c"] = {"task": "x", "matrix": "m3", "needs": ["a", "b"]}
+    matrices = {name: {"V": list(range(64))} for name in ("m1", "m2", "m3")}
+    assert "12288 needs once matrices are expanded: at most 4096" in refused(
+        {"matrices": matrices, "steps": fan}
+    )
+
+
+def test_env_sent_again_with_every_attempt_is_bounded_by_what_history_holds():
+    """200 steps of 60 KB env each, 6 attempts each: 70 MB, and Temporal ends a run at 50 MB."""
+    env = {f"E{n}": "x" * 1000 for n in range(60)}
+    steps = {f"s{n}": {"task": "x", "retries": 5, "matrix": "m"} for n in range(50)}
+    document = {"on_failure": "continue", "env": env, "matrices": {"m": {"V": [1, 2, 3, 4]}}, "steps": steps}
+    assert "sent again with every attempt, comes to 70528 KB: at most 8192 KB" in refused(document)
+    document["env"] = {f"E{n}": "x" * 1000 for n in range(30)}
+    for step in steps.values():
+        step["retries"] = 0
+    assert len(load(document).steps) == 200  # 30 KB once each: 6 MB
 
 
 def test_an_expanded_graph_too_large_for_history_is_refused():

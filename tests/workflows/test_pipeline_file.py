@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sky import exceptions
 from temporalio.client import (
     Client,
     ScheduleActionStartWorkflow,
@@ -28,8 +30,9 @@ from test_scripts import assert_one_line_error, run_script, starter_env
 from skypilot_temporal import SkyPilotPlugin
 from skypilot_temporal.activity.activities import SkyPilotActivities
 from skypilot_temporal.naming import cluster_prefix_for
+from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
 from skypilot_temporal.operations.search_attributes import PIPELINE_KIND
-from skypilot_temporal.payloads import PipelineFileInput, PipelineResult, StepTimeouts, TaskSpec
+from skypilot_temporal.payloads import PipelineFileInput, PipelineResult, ReaperInput, StepTimeouts, TaskSpec
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
 from testing import HISTORIES, ROOT
@@ -452,9 +455,22 @@ async def test_the_starter_runs_a_pipeline_file_and_shows_each_step_and_cluster(
     assert "succeeded" in lines[-2] or any(
         line.startswith("Workflow ") and "succeeded" in line for line in lines
     )
+    assert "diamond (5 steps, at most 4 at once, on_failure: stop)" in lines  # what runs, once
     # Both trainings started before either ended: the lines show them running side by side.
     first_end = next(i for i, line in enumerate(lines) if line.startswith("  ✓ train-"))
     assert all(any(f"▶ {s}" in line for line in lines[:first_end]) for s in ("train-small", "train-large"))
+
+
+async def test_the_details_name_the_pipeline_without_letting_its_name_format_them(
+    pipeline: Pipeline, tmp_path: Path
+):
+    text = "name: '[click](http://x) `*a*`'\nmax_parallel: 2\nsteps:\n  only: {task: train.yaml}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    await handle.result()
+    progress = await handle.query(PipelineFileWorkflow.progress)
+    assert progress.heading == "`clickhttp//x a` (1 steps, at most 2 at once, on_failure: stop)"
+    details = (await handle.query("__temporal_workflow_metadata")).current_details
+    assert details.splitlines()[2] == progress.heading  # under the status line, in the Web UI
 
 
 async def test_the_starter_refuses_pipeline_options_that_do_not_go_together(pipeline: Pipeline):
@@ -648,8 +664,50 @@ async def test_step_one_checks_each_task_of_a_skypilot_chain(pipeline: Pipeline,
     )
     with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
-    assert "task 'bad'" in str(failed.value.cause) and "volume_mounts" in str(failed.value.cause)
+    message = str(failed.value.cause)
+    assert "chain.yaml: step 'bad': task 'bad'" in message and "volume_mounts" in message
     assert pipeline.fake.ever_launched == set()
+
+
+async def test_a_missing_task_file_names_the_pipeline_file_and_the_step(pipeline: Pipeline, tmp_path: Path):
+    text = "steps:\n  ok: {task: train.yaml}\n  lost: {task: nope.yaml, needs: [ok]}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    message = str(failed.value.cause)
+    assert "pipeline.yaml: step 'lost': " in message and "nope.yaml" in message and "\n" not in message
+    assert pipeline.fake.ever_launched == set()
+
+
+async def test_a_timeout_for_a_step_the_file_does_not_have_fails_the_run_in_one_line(
+    pipeline: Pipeline, tmp_path: Path
+):
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": "steps:\n  only: {task: train.yaml}\n"})
+    handle = await start_file(pipeline, repo, timeouts=StepTimeouts(steps={"olny": 60}))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert failed.value.cause.message == "--timeout names step 'olny', which pipeline.yaml does not have"
+    assert pipeline.fake.ever_launched == set()
+
+
+async def test_the_pipeline_file_is_read_off_the_workers_event_loop(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A large file, or one that expands to many steps, must not hold up every activity's
+    heartbeats on the worker: the loader runs in the SDK thread pool."""
+    import skypilot_temporal.activity.activities as activities_module
+
+    threads: list[str] = []
+    real_load = activities_module.load_pipeline
+
+    def load(path: str, text: str) -> Any:
+        threads.append(threading.current_thread().name)
+        return real_load(path, text)
+
+    monkeypatch.setattr(activities_module, "load_pipeline", load)
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": "steps:\n  only: {task: train.yaml}\n"})
+    await (await start_file(pipeline, repo)).result()
+    assert threads and threads[0] != threading.main_thread().name
 
 
 async def test_a_pipeline_file_can_be_scheduled_and_its_runs_are_searchable_by_kind(
@@ -738,3 +796,90 @@ steps:
     assert seconds["a"] == seconds["a-retry1"] == 90  # the file's, retries alike
     assert seconds["b"] == 60  # the run's for the step wins over the file's
     assert seconds["train-v1"] == 80 and seconds["other"] == 100  # the run's for the name
+
+
+async def test_a_shared_cluster_skypilot_took_down_while_idle_is_launched_again_for_its_next_step(
+    pipeline: Pipeline, tmp_path: Path
+):
+    """A later user of a shared cluster may wait hours for another branch; SkyPilot's autodown can
+    take the idle cluster down meanwhile: the step launches it again instead of failing."""
+    fake = pipeline.fake
+    fake.plan("slow", seconds=1.0)
+    text = """
+steps:
+  first: {task: train.yaml, cluster: c}
+  slow: {task: train.yaml}
+  later: {task: eval.yaml, needs: [first, slow], cluster: c}
+"""
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    prefix = cluster_prefix_for(handle.id)
+    await asyncio.to_thread(fake.wait_for_job, "slow")
+    await asyncio.to_thread(fake.wait_for_job, "first", "SUCCEEDED")
+    fake._do_down(f"{prefix}-c")  # SkyPilot's autodown of the idle cluster
+    result = await handle.result()
+    assert {s.step: s.job_status for s in result.steps}["later"] == "SUCCEEDED"
+    assert [c for _, c, _ in fake.called("launch")].count(f"{prefix}-c") == 2
+    progress = await handle.query(PipelineFileWorkflow.progress)
+    later = next(s for s in progress.steps if s.name == "later")
+    assert "launched again" in later.summary
+    pipeline.assert_no_cluster_left()
+
+
+# ---------------------------------------------------------------- faults, as for the six steps
+
+
+async def test_a_retried_launch_and_exec_step_reattach_instead_of_submitting_again(
+    pipeline: Pipeline, tmp_path: Path
+):
+    """The API server drops the log stream of each step's first attempt: the retry finds the job
+    by its name (launch and exec alike), never a second job."""
+    fake = pipeline.fake
+    fake.plan("first", seconds=0.3)
+    fake.plan("then", seconds=0.3)
+    text = (
+        "steps:\n  first: {task: train.yaml, cluster: c}\n"
+        "  then: {task: eval.yaml, needs: [first], cluster: c}\n"
+    )
+    dropped = exceptions.ApiServerConnectionError("http://x")
+    fake.fail_next("tail_logs", dropped)
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    await asyncio.to_thread(fake.wait_for_job, "first", "SUCCEEDED")
+    fake.fail_next("tail_logs", dropped)
+    result = await handle.result()
+    assert [s.job_status for s in result.steps] == ["SUCCEEDED", "SUCCEEDED"]
+    assert len(fake.jobs_named("first")) == len(fake.jobs_named("then")) == 1
+    assert len(fake.called("launch")) == len(fake.called("exec")) == 1
+    pipeline.assert_no_cluster_left()
+
+
+async def test_the_reaper_leaves_a_running_pipeline_files_clusters_and_variants_alone(
+    pipeline: Pipeline, tmp_path: Path
+):
+    fake = pipeline.fake
+    fake.plan("long-v1", until_cancelled=True)
+    fake.plan("long-v2", until_cancelled=True)
+    text = "matrices: {m: {LR: [1, 2]}}\nsteps:\n  long: {task: train.yaml, matrix: m, cluster: t}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    prefix = cluster_prefix_for(handle.id)
+    ours = {f"{prefix}-tv1", f"{prefix}-tv2"}
+
+    async def both_running() -> bool:
+        return ours <= {c.name for c in fake.clusters.values() if any(j.status == "RUNNING" for j in c.jobs)}
+
+    await wait_until(both_running, what="both variants run")
+    for name in ours:
+        fake.clusters[name].launched_at -= 3600
+    fake.add_job("skypilot-gone1-tv1", "x")  # a closed run's variant cluster
+    fake.clusters["skypilot-gone1-tv1"].launched_at -= 3600
+    reaped = await pipeline.env.client.execute_workflow(
+        ClusterReaperWorkflow.run,
+        ReaperInput(grace_seconds=60),
+        id=f"reaper-{handle.id}",
+        task_queue=pipeline.task_queue,
+    )
+    assert reaped.reaped == ["skypilot-gone1-tv1"]
+    assert ours <= set(fake.clusters)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    pipeline.assert_no_cluster_left()

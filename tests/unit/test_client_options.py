@@ -1,0 +1,33 @@
+"""A starter's option values (skypilot_temporal.client.options): where each --timeout lands."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from skypilot_temporal.client.options import step_timeout, step_timeouts
+from skypilot_temporal.errors import ConfigError
+
+
+def test_in_a_pipeline_files_run_a_step_named_like_a_seed_step_is_that_files_step():
+    """`--timeout train=60` with --pipeline is the file's step `train` (the run's value must win
+    over the file's `timeout:`), not the seed's train field; run-wide names stay fields."""
+    given = [step_timeout(t) for t in ("train=60", "eval=70", "other-steps=80", "heartbeat=9", "prep=90")]
+    timeouts = step_timeouts(given, pipeline_file=True)
+    assert timeouts.steps == {"train": 60, "eval": 70, "prep": 90}
+    assert (timeouts.other_steps, timeouts.heartbeat) == (80, 9)
+    six = step_timeouts(given[:4], pipeline_file=False)
+    assert (six.train, six.eval, six.steps) == (60, 70, {})
+
+
+def test_a_step_name_without_a_pipeline_file_is_refused_naming_the_fields():
+    with pytest.raises(ConfigError, match=r"unknown step 'prep'.*with --pipeline"):
+        step_timeouts([step_timeout("prep=90")], pipeline_file=False)
+
+
+@pytest.mark.parametrize("text", ["train", "train=x", "Train=5", "heartbeat=999999", "train=0"])
+def test_a_bad_timeout_is_one_usage_line(text: str):
+    with pytest.raises(argparse.ArgumentTypeError) as raised:
+        step_timeout(text)
+    assert "\n" not in str(raised.value)
