@@ -62,8 +62,9 @@ class GraphRunner:
         board, prefix, graph = self.pipeline.board, self.pipeline.prefix, self.graph
         # Task-author text in the Web UI's Markdown: only characters that cannot format it.
         name = re.sub(r"[^A-Za-z0-9 ._/-]", "", graph.name or graph.file).strip() or "pipeline"
+        steps = f"{len(graph.steps)} step{'' if len(graph.steps) == 1 else 's'}"
         board.heading = (
-            f"`{name}` ({len(graph.steps)} steps, at most {graph.max_parallel} at once, "
+            f"`{name}` ({steps}, at most {graph.max_parallel} at once, "
             f"on_failure: {graph.on_failure})"
         )
         for step in graph.steps:

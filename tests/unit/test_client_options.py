@@ -21,6 +21,12 @@ def test_in_a_pipeline_files_run_a_step_named_like_a_seed_step_is_that_files_ste
     assert (six.train, six.eval, six.steps) == (60, 70, {})
 
 
+def test_in_a_pipeline_files_run_fetch_tasks_and_teardown_stay_run_wide():
+    given = [step_timeout(t) for t in ("fetch-tasks=30", "teardown=40")]
+    timeouts = step_timeouts(given, pipeline_file=True)
+    assert (timeouts.fetch_tasks, timeouts.teardown, timeouts.steps) == (30, 40, {})
+
+
 def test_a_step_name_without_a_pipeline_file_is_refused_naming_the_fields():
     with pytest.raises(ConfigError, match=r"unknown step 'prep'.*with --pipeline"):
         step_timeouts([step_timeout("prep=90")], pipeline_file=False)

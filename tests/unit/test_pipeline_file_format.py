@@ -438,6 +438,43 @@ def test_bounds_hold_exactly_at_their_limits():
     )
 
 
+def test_yaml_values_are_counted_exactly_up_to_their_bound():
+    """Nine values besides the items of `x` (the document, its keys, `steps`, `a`, ...): 49_991
+    items make 50_000, refused only after, for the unknown key; one more is refused while parsing."""
+
+    def with_items(count: int) -> str:
+        return "steps:\n  a: {task: x}\nx: [" + ", ".join(["1"] * count) + "]\n"
+
+    assert "unknown key 'x'" in refused(with_items(49_991))
+    assert "more than 50000 YAML values" in refused(with_items(49_992))
+
+
+def test_needs_are_counted_exactly_up_to_their_bound_within_a_matrix_and_across():
+    """63 x 64 needs across two matrices, then 64 within one (a variant needs its own): 4096, the
+    bound; one more, between two plain steps, is refused."""
+    matrices = {"m1": {"V": list(range(64))}, "m2": {"V": list(range(63))}}
+    steps: dict[str, Any] = {
+        "a": {"task": "x", "matrix": "m1"},
+        "b": {"task": "x", "matrix": "m2", "needs": ["a"]},
+        "e": {"task": "x", "matrix": "m1", "needs": ["a"]},
+    }
+    graph = load({"matrices": matrices, "steps": steps})
+    assert sum(len(s.needs) for s in graph.steps) == 4096
+    steps |= {"d": {"task": "x"}, "c": {"task": "x", "needs": ["d"]}}
+    assert "4097 needs once matrices are expanded: at most 4096" in refused(
+        {"matrices": matrices, "steps": steps}
+    )
+
+
+def test_env_over_every_attempt_is_accepted_at_exactly_its_bound():
+    """64 KB of file env (16 values of 4 KB, the most one holds) for 32 steps of 4 attempts: 8 MB."""
+    env = {f"E{n:02}": "x" * 4093 for n in range(16)}
+    steps = {f"s{n}": {"task": "x", "retries": 3} for n in range(32)}
+    assert len(load({"env": env, "steps": steps}).steps) == 32
+    steps["one-more"] = {"task": "x"}
+    assert "comes to 8256 KB: at most 8192 KB" in refused({"env": env, "steps": steps})
+
+
 @pytest.mark.parametrize("name", ["cleanup", "fetch-tasks", "train-down", "train-retry2", "train-v1"])
 def test_the_runs_own_step_names_are_reserved(name: str):
     assert f"step {name!r}: the name is reserved" in refused({"steps": {name: {"task": "x"}}})

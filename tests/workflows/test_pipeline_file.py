@@ -7,6 +7,7 @@ import asyncio
 import json
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -468,9 +469,25 @@ async def test_the_details_name_the_pipeline_without_letting_its_name_format_the
     handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
     await handle.result()
     progress = await handle.query(PipelineFileWorkflow.progress)
-    assert progress.heading == "`clickhttp//x a` (1 steps, at most 2 at once, on_failure: stop)"
+    assert progress.heading == "`clickhttp//x a` (1 step, at most 2 at once, on_failure: stop)"
     details = (await handle.query("__temporal_workflow_metadata")).current_details
     assert details.splitlines()[2] == progress.heading  # under the status line, in the Web UI
+
+
+@pytest.mark.parametrize(
+    "name, shown",
+    [("", "pipeline.yaml"), ("name: '*[]*'\n", "pipeline"), ("name: ' <b> x '\n", "b x")],
+)
+async def test_the_heading_names_the_file_without_a_name_and_pipeline_without_a_showable_one(
+    pipeline: Pipeline, tmp_path: Path, name: str, shown: str
+):
+    text = name + "steps:\n  only: {task: train.yaml}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    await handle.result()
+    heading = f"`{shown}` (1 step, at most 4 at once, on_failure: stop)"
+    assert (await handle.query(PipelineFileWorkflow.progress)).heading == heading
+    details = (await handle.query("__temporal_workflow_metadata")).current_details
+    assert details.splitlines()[1:4] == ["", heading, ""]  # a paragraph of its own
 
 
 async def test_the_starter_refuses_pipeline_options_that_do_not_go_together(pipeline: Pipeline):
@@ -679,6 +696,16 @@ async def test_a_missing_task_file_names_the_pipeline_file_and_the_step(pipeline
     assert pipeline.fake.ever_launched == set()
 
 
+async def test_a_task_problem_keeps_its_type_under_the_files_and_steps_names(
+    pipeline: Pipeline, tmp_path: Path
+):
+    text = "steps:\n  lost: {task: nope.yaml}\n"
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert failed.value.cause.type == "TaskFileNotFound", failed.value.cause
+
+
 async def test_a_timeout_for_a_step_the_file_does_not_have_fails_the_run_in_one_line(
     pipeline: Pipeline, tmp_path: Path
 ):
@@ -688,6 +715,16 @@ async def test_a_timeout_for_a_step_the_file_does_not_have_fails_the_run_in_one_
         await handle.result()
     assert failed.value.cause.message == "--timeout names step 'olny', which pipeline.yaml does not have"
     assert pipeline.fake.ever_launched == set()
+
+
+async def test_a_timeout_for_a_step_the_file_does_not_have_is_bad_input_never_retried(
+    pipeline: Pipeline, tmp_path: Path
+):
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": "steps:\n  only: {task: train.yaml}\n"})
+    handle = await start_file(pipeline, repo, timeouts=StepTimeouts(steps={"olny": 60}))
+    with pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    assert (failed.value.cause.type, failed.value.cause.non_retryable) == ("InvalidInput", True)
 
 
 async def test_the_pipeline_file_is_read_off_the_workers_event_loop(
@@ -798,6 +835,44 @@ steps:
     assert seconds["train-v1"] == 80 and seconds["other"] == 100  # the run's for the name
 
 
+async def test_a_timeout_may_name_a_matrix_step_or_one_of_its_variants(pipeline: Pipeline, tmp_path: Path):
+    text = "matrices: {m: {LR: [1, 2]}}\nsteps:\n  t: {task: train.yaml, matrix: m}\n"
+    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": text})
+    handle = await start_file(pipeline, repo, timeouts=StepTimeouts(steps={"t": 70, "t-v2": 50}))
+    await handle.result()
+    seconds = {
+        k.split()[1]: v
+        for k, v in (await scheduled_timeouts(handle, pipeline.env.client)).items()
+        if k.startswith("launch")
+    }
+    assert (seconds["t-v1"], seconds["t-v2"]) == (70, 50)
+
+
+async def step_succeeded(handle: WorkflowHandle, step: str) -> bool:
+    """Whether the run saw `step` succeed (its activity ended: not only its job)."""
+    progress = await handle.query(PipelineFileWorkflow.progress)
+    return any(s.name == step and s.status == "succeeded" for s in progress.steps)
+
+
+async def run_with_shared_cluster_taken(
+    pipeline: Pipeline, tmp_path: Path, take: Callable[[str], Any]
+) -> WorkflowHandle:
+    """A run whose step `later` waits for `slow` while its cluster, `first`'s, is taken (down,
+    stopped) by `take(cluster)`."""
+    pipeline.fake.plan("slow", seconds=2.0)
+    text = """
+steps:
+  first: {task: train.yaml, cluster: c}
+  slow: {task: train.yaml}
+  later: {task: eval.yaml, needs: [first, slow], cluster: c}
+"""
+    handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
+    await wait_until(lambda: step_succeeded(handle, "first"), what="first succeeding")
+    take(f"{cluster_prefix_for(handle.id)}-c")
+    await handle.result()
+    return handle
+
+
 async def test_a_shared_cluster_skypilot_took_down_while_idle_is_launched_again_for_its_next_step(
     pipeline: Pipeline, tmp_path: Path
 ):
@@ -814,7 +889,7 @@ steps:
     handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
     prefix = cluster_prefix_for(handle.id)
     await asyncio.to_thread(fake.wait_for_job, "slow")
-    await asyncio.to_thread(fake.wait_for_job, "first", "SUCCEEDED")
+    await wait_until(lambda: step_succeeded(handle, "first"), what="first succeeding")  # not its job only
     fake._do_down(f"{prefix}-c")  # SkyPilot's autodown of the idle cluster
     result = await handle.result()
     assert {s.step: s.job_status for s in result.steps}["later"] == "SUCCEEDED"
@@ -823,6 +898,31 @@ steps:
     later = next(s for s in progress.steps if s.name == "later")
     assert "launched again" in later.summary
     pipeline.assert_no_cluster_left()
+
+
+async def test_a_shared_cluster_skypilot_stopped_while_idle_is_launched_again_for_its_next_step(
+    pipeline: Pipeline, tmp_path: Path
+):
+    """An exec on a stopped cluster gets ClusterNotUpError (not ClusterDoesNotExist): the same."""
+    fake = pipeline.fake
+
+    def stop(cluster: str) -> None:
+        fake.clusters[cluster].status = "STOPPED"
+
+    handle = await run_with_shared_cluster_taken(pipeline, tmp_path, stop)
+    assert [c for _, c, _ in fake.called("launch")].count(f"{cluster_prefix_for(handle.id)}-c") == 2
+    pipeline.assert_no_cluster_left()
+
+
+async def test_launching_a_gone_cluster_again_is_behind_its_patch(pipeline: Pipeline, tmp_path: Path):
+    """Where an older worker's history failed the step, a replay must fail it too."""
+    handle = await run_with_shared_cluster_taken(pipeline, tmp_path, pipeline.fake._do_down)
+    patches = [
+        json.loads(e.marker_recorded_event_attributes.details["patch-data"].payloads[0].data)["id"]
+        async for e in handle.fetch_history_events()
+        if e.marker_recorded_event_attributes.marker_name == "core_patch"
+    ]
+    assert "pipeline-file-relaunch-gone-clusters" in patches, patches
 
 
 # ---------------------------------------------------------------- faults, as for the six steps

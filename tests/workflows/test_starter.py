@@ -4,6 +4,7 @@ message saying only what the workflow reports."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import subprocess
@@ -376,3 +377,16 @@ def test_a_failure_lists_clusters_on_its_first_line_and_keeps_the_log_tail():
         "last log lines:",
         "loss is NaN",
     ]
+
+
+# ------------------------------------------------------------------ the heading
+
+
+def test_the_heading_is_printed_once_without_its_markdown_and_only_when_the_run_has_one(capsys):
+    printed: dict[str, str] = {}
+    following.print_new_steps(progress(status="running"), printed, {})  # a run of the six steps
+    assert capsys.readouterr().out == ""
+    headed = dataclasses.replace(progress(status="running"), heading="`d` (1 steps, at most 4 at once)")
+    following.print_new_steps(headed, printed, {})
+    following.print_new_steps(headed, printed, {})
+    assert capsys.readouterr().out == "d (1 steps, at most 4 at once)\n"
