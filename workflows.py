@@ -31,6 +31,7 @@ with workflow.unsafe.imports_passed_through():
     from skypilot_temporal.payloads import (
         PipelineInput,
         PipelineResult,
+        ReleasedClusters,
         StepResult,
         SweepInput,
         SweepResult,
@@ -39,7 +40,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from skypilot_temporal.trust.redaction import redact_url_credentials
     from skypilot_temporal.workflow.cluster import Cluster
-    from skypilot_temporal.workflow.fan_out import best_variant, release_kept_clusters, run_variants
+    from skypilot_temporal.workflow.fan_out import (
+        best_variant,
+        pass_release_to_variants,
+        run_variants,
+        running_variants,
+    )
     from skypilot_temporal.workflow.managed_job import managed_job
     from skypilot_temporal.workflow.pipeline import Pipeline, PipelineHandlers
 
@@ -127,7 +133,20 @@ class SweepWorkflow(PipelineHandlers):
     async def release_clusters(self) -> None:  # type: ignore[override]
         """Tear down kept clusters now: the sweep's own and those of its variants."""
         self.pipeline.release_clusters()
-        await release_kept_clusters(self.pipeline.board.variants)
+        await pass_release_to_variants(self.pipeline.board.variants)
+
+    @workflow.update
+    async def release_kept_clusters(self) -> ReleasedClusters:  # type: ignore[override]
+        """Tear down kept clusters now: the sweep's own, and the release passed on to the
+        variants still running (each tears down what it keeps)."""
+        own = self.pipeline.release_kept_clusters() if self.pipeline.keeping_clusters else None
+        variants = await pass_release_to_variants(self.pipeline.board.variants)
+        return ReleasedClusters(clusters=own.clusters if own else [], variants=variants)
+
+    @release_kept_clusters.validator
+    def _anything_to_release(self) -> None:
+        if not running_variants(self.pipeline.board.variants):
+            self.pipeline.check_anything_to_release()
 
     def _variant_pipeline(self, base: PipelineInput, variant: VariantProgress) -> PipelineInput:
         """The variant's input: its parameters as env overrides, its id, and the sweep's data

@@ -127,6 +127,15 @@ class VariantProgress:
 
 
 @dataclass
+class ReleasedClusters:
+    """What the `release_kept_clusters` Update released: the clusters this run now tears down,
+    and (a sweep) the variant runs it passed the release on to."""
+
+    clusters: list[str]
+    variants: list[str] = field(default_factory=list)
+
+
+@dataclass
 class PipelineProgress:
     status: str  # running | cleaning up | succeeded | failed | cancelled
     commit_sha: str

@@ -108,12 +108,18 @@ def row_metrics(metrics: dict[str, float], select_metric: str) -> dict[str, floa
     return {name: metrics[name] for name in names[:MAX_VARIANT_METRICS]}
 
 
-async def release_kept_clusters(variants: Sequence[VariantProgress]) -> None:
-    """Pass the `release_clusters` signal on to the variants still running (a failed one may
-    be keeping its clusters for debugging); one that has just ended is no error."""
-    running = [v.workflow_id for v in variants if v.status == "running" and v.workflow_id]
+def running_variants(variants: Sequence[VariantProgress]) -> list[str]:
+    """The workflow ids of the variants still running (a failed one may be keeping its clusters)."""
+    return [v.workflow_id for v in variants if v.status == "running" and v.workflow_id]
+
+
+async def pass_release_to_variants(variants: Sequence[VariantProgress]) -> list[str]:
+    """Pass the `release_clusters` signal on to the variants still running; one that has just
+    ended is no error. The workflow ids it signalled."""
+    running = running_variants(variants)
     signals = (workflow.get_external_workflow_handle(i).signal("release_clusters") for i in running)
     await asyncio.gather(*signals, return_exceptions=True)
+    return running
 
 
 def best_variant(variants: Sequence[VariantProgress], metric: str, direction: str) -> VariantProgress | None:

@@ -64,8 +64,7 @@ class GraphRunner:
         name = re.sub(r"[^A-Za-z0-9 ._/-]", "", graph.name or graph.file).strip() or "pipeline"
         steps = f"{len(graph.steps)} step{'' if len(graph.steps) == 1 else 's'}"
         board.heading = (
-            f"`{name}` ({steps}, at most {graph.max_parallel} at once, "
-            f"on_failure: {graph.on_failure})"
+            f"`{name}` ({steps}, at most {graph.max_parallel} at once, on_failure: {graph.on_failure})"
         )
         for step in graph.steps:
             after = f" after {', '.join(step.needs)}" if step.needs else ""

@@ -53,6 +53,7 @@ with workflow.unsafe.imports_passed_through():
         PipelineInput,
         PipelineProgress,
         PipelineResult,
+        ReleasedClusters,
         RemoveCheckoutInput,
         RunTasks,
         StepResult,
@@ -95,6 +96,7 @@ class Pipeline:
         self.owns_checkout = True
         self.board = StepBoard(self.prefix, self._fetch_summary(), list(plan))
         self.release_requested = False
+        self.keeping_clusters = False  # a failed run's clusters, kept for debugging now
         # What the run's cleanup must still do besides tearing down clusters (e.g. cancel a
         # managed job that has not ended), by key; a block removes its entry once done.
         self.pending_cleanups: dict[str, Callable[[], Awaitable[Any]]] = {}
@@ -171,6 +173,16 @@ class Pipeline:
     def release_clusters(self) -> None:
         """Tear down the clusters a failed run kept for debugging, now."""
         self.release_requested = True
+
+    def check_anything_to_release(self) -> None:
+        """Refuse a release Update that would do nothing (before it reaches history)."""
+        if not self.keeping_clusters or self.release_requested:
+            raise ValueError(f"nothing to release: this run keeps no clusters (it is {self.board.status})")
+
+    def release_kept_clusters(self) -> ReleasedClusters:
+        """Tear down the kept clusters now; which they are."""
+        self.release_clusters()
+        return ReleasedClusters(clusters=list(self.board.clusters_up))
 
     # ------------------------------------------------------------------ for new kinds of step
 
@@ -366,8 +378,10 @@ class Pipeline:
             minutes,
         )
         self.board.redraw()
+        self.keeping_clusters = True
         with contextlib.suppress(asyncio.TimeoutError):
             await workflow.wait_condition(lambda: self.release_requested, timeout=timedelta(minutes=minutes))
+        self.keeping_clusters = False
         self.board.status = "cleaning up"
 
     def refuse(self, problems: Sequence[str], what: str = "pipeline") -> None:
@@ -422,7 +436,7 @@ class Pipeline:
 
 
 class PipelineHandlers:
-    """The progress query and the release signal, for any workflow with a `pipeline`."""
+    """The progress query, and the release Update and signal, for any workflow with a `pipeline`."""
 
     pipeline: Pipeline
 
@@ -432,8 +446,18 @@ class PipelineHandlers:
 
     @workflow.signal
     def release_clusters(self) -> None:
-        """Tear down the clusters a failed run kept for debugging, now."""
+        """Tear down the clusters a failed run kept for debugging, now (unacknowledged: the
+        Update below tells the caller what it released, or that there was nothing to)."""
         self.pipeline.release_clusters()
+
+    @workflow.update
+    async def release_kept_clusters(self) -> ReleasedClusters:
+        """Tear down the clusters a failed run keeps for debugging, now: which they are."""
+        return self.pipeline.release_kept_clusters()
+
+    @release_kept_clusters.validator
+    def _anything_to_release(self) -> None:
+        self.pipeline.check_anything_to_release()
 
 
 def _failure(task: asyncio.Task[Any]) -> BaseException | None:

@@ -314,3 +314,28 @@ async def test_release_clusters_reaches_a_variant_that_keeps_its_clusters(pipeli
     result = await handle.result()
     assert [v.status for v in result.variants] == ["failed", "succeeded"]
     pipeline.assert_no_cluster_left()
+
+
+async def test_the_release_update_reaches_a_variant_that_keeps_its_clusters(pipeline: Pipeline):
+    pipeline.fake.plan("train@v1", status="FAILED")
+    handle = await pipeline.env.client.start_workflow(
+        SweepWorkflow.run,
+        SweepInput(pipeline.input(keep_clusters_on_failure=True), lr_grid("0.1", "0.01")),
+        id=f"sweep-{uuid.uuid4().hex[:8]}",
+        task_queue=pipeline.task_queue,
+        execution_timeout=timedelta(minutes=2),
+    )
+    variant = pipeline.env.client.get_workflow_handle(f"{handle.id}-v1")
+    for _ in range(500):
+        with contextlib.suppress(RPCError):
+            if (await variant.query(SweepVariantWorkflow.progress)).status.startswith(
+                "failed: clusters kept"
+            ):
+                break
+        await asyncio.sleep(0.02)
+    assert pipeline.fake.clusters, "the failed variant's cluster is kept for debugging"
+    released = await handle.execute_update(SweepWorkflow.release_kept_clusters)
+    assert released.clusters == [] and f"{handle.id}-v1" in released.variants  # the sweep keeps none
+    result = await handle.result()
+    assert [v.status for v in result.variants] == ["failed", "succeeded"]
+    pipeline.assert_no_cluster_left()

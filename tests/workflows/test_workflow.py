@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sky import exceptions
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowFailureError, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import (
     Interceptor,
@@ -193,6 +193,35 @@ async def test_keep_clusters_on_failure_keeps_them_while_the_run_stays_open(pipe
         await handle.result()
     assert err.value.cause.type == "JobFailed"
     pipeline.assert_no_cluster_left()
+
+
+async def test_the_release_update_says_what_it_released_and_refuses_when_nothing_is_kept(
+    pipeline: Pipeline,
+):
+    """The Update is acknowledged: a caller learns at once whether there was anything to release;
+    a refused one leaves nothing in the run's history."""
+    pipeline.fake.plan("train", status="FAILED", seconds=2)
+    handle = await pipeline.start(keep_clusters_on_failure=True, keep_clusters_minutes=30)
+    with pytest.raises(WorkflowUpdateFailedError) as refused:
+        await handle.execute_update(SkyPilotWorkflow.release_kept_clusters)
+    assert "nothing to release: this run keeps no clusters" in str(refused.value.cause)
+    deadline = asyncio.get_running_loop().time() + 20
+    while not (await handle.query(SkyPilotWorkflow.progress)).status.startswith("failed: clusters kept"):
+        assert asyncio.get_running_loop().time() < deadline, "the failed run never kept its clusters"
+        await asyncio.sleep(0.1)
+    released = await handle.execute_update(SkyPilotWorkflow.release_kept_clusters)
+    assert released.clusters == [f"{cluster_prefix_for(handle.id)}-train"] and released.variants == []
+    with pytest.raises(WorkflowUpdateFailedError):  # released once: nothing left to release
+        await handle.execute_update(SkyPilotWorkflow.release_kept_clusters)
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    pipeline.assert_no_cluster_left()
+    accepted = [
+        e
+        async for e in handle.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    ]
+    assert len(accepted) == 1
 
 
 async def test_a_cancel_ends_the_keep_clusters_wait_and_tears_them_down(pipeline: Pipeline):
