@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import Priority
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
@@ -50,13 +51,22 @@ from skypilot_temporal.client.options import (
     DEFAULT_MAX_PARALLEL,
     DEFAULT_SELECT,
     key_value,
+    priority_key,
+    run_priority,
     step_timeout,
     step_timeouts,
     sweep_of,
     sweep_values,
     workflow_id_for,
 )
-from skypilot_temporal.client.starting import RunInput, attach, decryption_error, schedule_runs, start_run
+from skypilot_temporal.client.starting import (
+    RunInput,
+    attach,
+    decryption_error,
+    pipeline_of,
+    schedule_runs,
+    start_run,
+)
 from skypilot_temporal.operations.schedules import OVERLAP_POLICIES, ScheduleRequest, parse_every
 from skypilot_temporal.payloads import PipelineFileInput, PipelineInput, SweepInput, SweepResult
 from skypilot_temporal.trust.checkout import check_repo_url_syntax, validate_ref
@@ -194,6 +204,20 @@ def build_parser() -> argparse.ArgumentParser:
         "after (buffer-one), or run both (allow-all)",
     )
     parser.add_argument("--task-queue", default=config.task_queue(), help="Temporal task queue")
+    parser.add_argument(
+        "--priority",
+        type=priority_key,
+        default=None,
+        metavar="1-5",
+        help="Temporal priority of the run's steps on a backlogged task queue: 1 first (default 3)",
+    )
+    parser.add_argument(
+        "--fairness-key",
+        default=config.env_str("PIPELINE_FAIRNESS_KEY"),
+        metavar="TEAM",
+        help="share a backlogged task queue fairly between keys (default: the task repository's "
+        "owner, e.g. github.com/acme)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--no-wait", action="store_true", help="start the run and exit")
     mode.add_argument(
@@ -271,12 +295,12 @@ def run_input(pipeline: PipelineInput, args: argparse.Namespace) -> RunInput:
     return PipelineFileInput(args.pipeline, pipeline)
 
 
-async def start(client: Client, run: RunInput, args: argparse.Namespace) -> RunHandle:
+async def start(client: Client, run: RunInput, args: argparse.Namespace, priority: Priority) -> RunHandle:
     workflow_id = workflow_id_for(args.cluster_prefix, args.workflow_id)
     in_use = ""
     if args.cluster_prefix:
         in_use = f"cluster prefix {args.cluster_prefix!r} is in use by the running workflow {workflow_id!r}"
-    return await start_run(client, workflow_of(run), run, workflow_id, args.task_queue, in_use)
+    return await start_run(client, workflow_of(run), run, workflow_id, args.task_queue, in_use, priority)
 
 
 def schedule_request(args: argparse.Namespace) -> ScheduleRequest | None:
@@ -305,8 +329,10 @@ def schedule_request(args: argparse.Namespace) -> ScheduleRequest | None:
     return request
 
 
-async def create_schedule(client: Client, run: RunInput, request: ScheduleRequest, task_queue: str) -> int:
-    verb = await schedule_runs(client, workflow_of(run), run, request, task_queue)
+async def create_schedule(
+    client: Client, run: RunInput, request: ScheduleRequest, task_queue: str, priority: Priority
+) -> int:
+    verb = await schedule_runs(client, workflow_of(run), run, request, task_queue, priority)
     print(
         f"{verb.capitalize()} schedule {request.schedule_id}: {request.when()}, overlap {request.overlap}; "
         f"each run is a new workflow {request.schedule_id}-<start time>\n"
@@ -325,16 +351,17 @@ async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
     if pipeline and not args.sweep and sweep_options:
         raise config.ConfigError("--max-parallel, --select and --fail-fast need --sweep")
     run = run_input(pipeline, args) if pipeline else None
+    priority = run_priority(args.priority, args.fairness_key, pipeline_of(run).repo_url) if run else None
     recurring = schedule_request(args)
     client: Client = await config.connect_temporal(runtime=quiet_runtime())
     if run is not None and recurring is not None:
-        return await create_schedule(client, run, recurring, args.task_queue)
+        return await create_schedule(client, run, recurring, args.task_queue, priority or Priority.default)
     temporal = Reconnecting(client.service_client.config.target_host)
     if run is None:
         handle = await attach(client, args.follow, temporal, RUN_TYPES)
         run_id, verb = handle.run_id, "Following"
     else:
-        handle = await start(client, run, args)
+        handle = await start(client, run, args, priority or Priority.default)
         run_id, verb = handle.result_run_id, "Started"
     url = config.workflow_ui_url(client.namespace, handle.id, run_id)
     print(f"{verb} workflow {handle.id}\n  Web UI: {url}", flush=True)

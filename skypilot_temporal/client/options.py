@@ -12,9 +12,13 @@ import argparse
 import dataclasses
 import itertools
 import math
+import posixpath
 import re
 import uuid
 from collections.abc import Sequence
+from urllib.parse import urlsplit
+
+from temporalio.common import Priority
 
 from skypilot_temporal.bounds import (
     ENV_NAME,
@@ -31,6 +35,8 @@ STEP_NAME = re.compile(r"[a-z][a-z0-9-]{0,62}")
 DEFAULT_MAX_PARALLEL, DEFAULT_SELECT = 4, "eval_accuracy:max"
 TIMEOUT_FIELDS = tuple(f.name for f in dataclasses.fields(StepTimeouts) if f.name != "steps")
 RUN_WIDE_TIMEOUTS = ("fetch_tasks", "teardown", "heartbeat", "other_steps")
+# Temporal's defaults: priority keys 1 (first) to 5, 3 when unset; fairness keys of at most 64 bytes.
+MAX_PRIORITY, MAX_FAIRNESS_KEY_BYTES = 5, 64
 
 
 def key_value(text: str) -> tuple[str, str]:
@@ -133,3 +139,37 @@ def workflow_id_for(cluster_prefix: str | None, workflow_id: str | None) -> str:
             )
         return fixed
     return workflow_id or f"{CLUSTER_MARKER}{uuid.uuid4().hex[:8]}"
+
+
+def priority_key(text: str) -> int:
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_PRIORITY:
+        raise argparse.ArgumentTypeError(f"expected 1 (runs first) to {MAX_PRIORITY}, got {text!r}")
+    return int(text)
+
+
+def run_priority(priority: int | None, fairness_key: str, repo_url: str) -> Priority:
+    """Temporal's Priority for a run, its steps and its sweep's variants (they inherit it):
+    `priority` (None: Temporal's default, 3), and a fairness key that shares a task queue's
+    backlog between teams: `fairness_key`, else the task repository's owner (host and first path
+    part), so one team's big sweep cannot starve another team's run."""
+    key = fairness_key.strip() or fairness_key_of(repo_url)
+    if len(key.encode()) > MAX_FAIRNESS_KEY_BYTES:
+        raise ConfigError(f"--fairness-key: at most {MAX_FAIRNESS_KEY_BYTES} bytes, got {len(key.encode())}")
+    return Priority(priority_key=priority, fairness_key=key or None)
+
+
+def fairness_key_of(repo_url: str) -> str:
+    """A repository's owner as a fairness key: `github.com/acme` for any acme repository (a local
+    path: its parent directory), cut to what Temporal takes. Never user info or a query."""
+    if "://" in repo_url:
+        try:
+            parts = urlsplit(repo_url)
+            owner = f"{parts.hostname or ''}/{parts.path.strip('/').split('/')[0]}"
+        except ValueError:
+            owner = ""
+    elif "@" in repo_url and ":" in repo_url:  # user@host:owner/repo
+        host, _, path = repo_url.rsplit("@", 1)[-1].partition(":")
+        owner = f"{host}/{path.strip('/').split('/')[0]}"
+    else:
+        owner = posixpath.dirname(repo_url.rstrip("/")) or repo_url
+    return owner.encode()[:MAX_FAIRNESS_KEY_BYTES].decode(errors="ignore")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from temporalio.client import Client, ScheduleActionStartWorkflow, WorkflowHandle
-from temporalio.common import TypedSearchAttributes
+from temporalio.common import Priority, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -74,7 +74,13 @@ async def searchable(
 
 
 async def start_run(
-    client: Client, workflow: Any, run: RunInput, workflow_id: str, task_queue: str, in_use: str = ""
+    client: Client,
+    workflow: Any,
+    run: RunInput,
+    workflow_id: str,
+    task_queue: str,
+    in_use: str = "",
+    priority: Priority = Priority.default,
 ) -> WorkflowHandle[Any, Any]:
     """Start `workflow` (a `@workflow.defn` class) on `run`; ConfigError, one line, if Temporal
     refuses (`in_use`: what to say when the id is taken by a running workflow)."""
@@ -91,6 +97,7 @@ async def start_run(
                 static_summary=summary,
                 static_details=details,
                 search_attributes=attributes,
+                priority=priority,
             ),
         )
     except WorkflowAlreadyStartedError:
@@ -102,7 +109,12 @@ async def start_run(
 
 
 async def schedule_runs(
-    client: Client, workflow: Any, run: RunInput, request: ScheduleRequest, task_queue: str
+    client: Client,
+    workflow: Any,
+    run: RunInput,
+    request: ScheduleRequest,
+    task_queue: str,
+    priority: Priority = Priority.default,
 ) -> str:
     """Create or update the schedule `request` of runs of `workflow` on `run`: "created" or
     "updated"; ConfigError, one line, if Temporal refuses."""
@@ -117,6 +129,7 @@ async def schedule_runs(
             static_summary=summary,
             static_details=details,
             typed_search_attributes=attributes,
+            priority=priority,
         )
         return create_or_update(client, request, action)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from temporalio.common import Priority
 
-from skypilot_temporal.client.options import step_timeout, step_timeouts
+from skypilot_temporal.client.options import fairness_key_of, run_priority, step_timeout, step_timeouts
 from skypilot_temporal.errors import ConfigError
 
 
@@ -37,3 +38,26 @@ def test_a_bad_timeout_is_one_usage_line(text: str):
     with pytest.raises(argparse.ArgumentTypeError) as raised:
         step_timeout(text)
     assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "repo, key",
+    [
+        ("https://github.com/acme/ml-tasks", "github.com/acme"),
+        ("https://token@gitlab.com/acme/sub/repo?x=1", "gitlab.com/acme"),  # no credentials
+        ("git@github.com:acme/tasks.git", "github.com/acme"),
+        ("ssh://git@host:2222/team/repo", "host/team"),
+        ("/srv/tasks/ml", "/srv/tasks"),
+        ("https://[not-a-url", ""),
+    ],
+)
+def test_a_runs_fairness_key_is_its_repositorys_owner(repo: str, key: str):
+    assert fairness_key_of(repo) == key
+    assert run_priority(None, "", repo) == Priority(priority_key=None, fairness_key=key or None)
+
+
+def test_a_fairness_key_given_wins_and_is_bounded():
+    assert run_priority(2, " team-b ", "https://github.com/acme/x") == Priority(2, "team-b")
+    assert len(fairness_key_of("/" + "é" * 80 + "/repo").encode()) <= 64
+    with pytest.raises(ConfigError, match=r"^--fairness-key: at most 64 bytes, got 65$"):
+        run_priority(None, "k" * 65, "x")

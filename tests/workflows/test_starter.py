@@ -390,3 +390,46 @@ def test_the_heading_is_printed_once_without_its_markdown_and_only_when_the_run_
     following.print_new_steps(headed, printed, {})
     following.print_new_steps(headed, printed, {})
     assert capsys.readouterr().out == "d (1 steps, at most 4 at once)\n"
+
+
+async def started_priority(handle: WorkflowHandle) -> tuple[int, str]:
+    async for event in handle.fetch_history_events():
+        priority = event.workflow_execution_started_event_attributes.priority
+        return priority.priority_key, priority.fairness_key
+    raise AssertionError("no history")
+
+
+async def test_the_starter_gives_a_run_its_priority_and_fairness_key(pipeline: Pipeline):
+    """Steps and a sweep's variants inherit the run's Priority (Temporal's rule); the fairness
+    key defaults to the task repository's owner, so each team gets its share of a backlog."""
+    workflow_id = f"prio-{uuid.uuid4().hex[:8]}"
+    args = ["--no-wait", "--workflow-id", workflow_id, "--priority", "1", "--fairness-key", "team-a"]
+    rc, stdout, stderr = await run_script("run_workflow.py", *args, env_overrides=starter_env(pipeline))
+    assert rc == 0, (stdout, stderr)
+    handle = pipeline.env.client.get_workflow_handle(workflow_id)
+    await handle.result()
+    assert await started_priority(handle) == (1, "team-a")
+    default_id = f"{workflow_id}-default"
+    rc, stdout, stderr = await run_script(
+        "run_workflow.py", "--no-wait", "--workflow-id", default_id, env_overrides=starter_env(pipeline)
+    )
+    assert rc == 0, (stdout, stderr)
+    handle = pipeline.env.client.get_workflow_handle(default_id)
+    await handle.result()
+    assert await started_priority(handle) == (0, os.path.dirname(pipeline.input().repo_url))
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--priority", "0"], "argument --priority: expected 1 (runs first) to 5, got '0'"),
+        (["--priority", "high"], "argument --priority: expected 1 (runs first) to 5, got 'high'"),
+        (["--fairness-key", "t" * 65], "--fairness-key: at most 64 bytes, got 65"),
+    ],
+)
+async def test_a_bad_priority_or_fairness_key_is_one_line_before_anything_starts(
+    pipeline: Pipeline, flags: list[str], message: str
+):
+    rc, stdout, stderr = await run_script("run_workflow.py", *flags, env_overrides=starter_env(pipeline))
+    assert rc == 2, (stdout, stderr)
+    assert message in stderr and "Traceback" not in stderr, stderr
