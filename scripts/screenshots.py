@@ -2,12 +2,14 @@
 
     .venv/bin/python -m scripts.screenshots              # writes assets/
     .venv/bin/python -m scripts.screenshots --out DIR
+    .venv/bin/python -m scripts.screenshots --out DIR --record runs.json   # and name the runs
 
 Brings the local stack up (scripts/local_stack.sh up), starts its own worker on its own task
 queue, runs the pipeline twice at once with run_workflow.py (one succeeds; one fails in train with
 FAIL_TRAINING=1), then the pipeline file tasks/diamond.yaml, and photographs the terminal of
 run_workflow.py and the Temporal Web UI in headless Chromium (testing/browser.py). About six
-minutes; needs root and Debian's chromium.
+minutes; needs root and Debian's chromium. `--record` writes the runs' workflow ids (the end-to-end
+suite checks the Web UI on these runs instead of making its own).
 Run from the repository root.
 """
 
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import html
+import json
 import signal
 import sys
 import time
@@ -141,13 +144,14 @@ async def settled_picture(page: Page, path: Path) -> None:
 
 
 async def running_step_picture(page: Page, url: str, path: Path) -> None:
-    """The pending train activity once its heartbeat carries a job id and an epoch log line."""
+    """The pending train activity once its heartbeat carries its phase, job id and an epoch log
+    line (the end-to-end suite relies on this check)."""
     deadline = time.monotonic() + 300  # a train launch takes minutes on a busy 2-core machine
     while True:
         await page.goto(url)
         await page.wait_for_timeout(SETTLE_MS)
         body = await page.locator("body").inner_text()
-        if '"job_id": 1' in body and "epoch " in body:
+        if '"phase": "running"' in body and '"job_id": 1' in body and "epoch " in body:
             break
         if time.monotonic() > deadline:
             raise SystemExit("screenshots.py: error: the train step's heartbeat never showed its job")
@@ -156,7 +160,7 @@ async def running_step_picture(page: Page, url: str, path: Path) -> None:
     print(f"[screenshots] {path}", flush=True)
 
 
-async def take_pictures(out: Path, task_queue: str) -> None:
+async def take_pictures(out: Path, task_queue: str, record: Path | None = None) -> None:
     batch = f"skypilot-{uuid.uuid4().hex[:6]}"
     succeeds = Run(batch, ["--env", "EPOCHS=60"], task_queue)
     fails = Run(f"{batch}-fails", ["--env", "FAIL_TRAINING=1"], task_queue)
@@ -165,6 +169,9 @@ async def take_pictures(out: Path, task_queue: str) -> None:
     await fails.start(env)
     exits = asyncio.gather(succeeds.read_until_exit(), fails.read_until_exit())
     diamond = Run(f"{batch}-diamond", ["--pipeline", "tasks/diamond.yaml"], task_queue)
+    if record:
+        runs = {"succeeded": succeeds, "failed": fails, "diamond": diamond}
+        record.write_text(json.dumps({name: run.workflow_id for name, run in runs.items()}))
     try:
         await photograph(out, succeeds, fails, exits)
         await diamond.start(env)  # after the others: the two cores are its alone
@@ -246,6 +253,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="Regenerate assets/*.png from real runs of the pipeline.")
     parser.add_argument("--out", type=Path, default=ROOT / "assets", help="where to write the pictures")
     parser.add_argument("--task-queue", default="skypilot-screenshots", help="the worker's own task queue")
+    parser.add_argument("--record", type=Path, help="write the runs' workflow ids to this JSON file")
     args = parser.parse_args()
     try:
         chromium_path()
@@ -258,7 +266,7 @@ def main() -> int:
     bring_stack_up(state)
     worker = start_worker(args.task_queue, state / "screenshots-worker.log")
     try:
-        asyncio.run(take_pictures(args.out.resolve(), args.task_queue))
+        asyncio.run(take_pictures(args.out.resolve(), args.task_queue, args.record))
     finally:
         worker.kill(signal.SIGTERM)
     return 0

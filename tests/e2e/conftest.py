@@ -9,15 +9,21 @@ testing.local_stack.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from temporalio.client import Client
 
 from skypilot_temporal.trust.codec import configured_data_converter
+from testing import ROOT
 from testing.local_stack import (
     SKY_API,
     TEMPORAL_ADDRESS,
@@ -75,3 +81,27 @@ def worker(tmp_path_factory) -> Iterator[tuple[str, WorkerProcess]]:
 async def stack(temporal, sky_sdk, worker, tmp_path) -> AsyncIterator[Stack]:
     task_queue, _ = worker
     yield Stack(temporal, sky_sdk, task_queue, tmp_path)
+
+
+@dataclass
+class Pictures:
+    """One run of the screenshot script (`python -m scripts.screenshots`): its exit, output,
+    pictures, and the workflow ids of its runs (succeeded, failed, diamond)."""
+
+    returncode: int
+    output: str
+    out: Path
+    runs: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def pictures(temporal, sky_sdk, tmp_path_factory) -> Pictures:
+    """The screenshot script, run once: its real runs are also the ones the Web UI tests read
+    (the same runs twice would cost CI minutes for nothing)."""
+    out = tmp_path_factory.mktemp("pictures")
+    record = out.parent / "runs.json"
+    command = [sys.executable, "-m", "scripts.screenshots", "--out", str(out), "--record", str(record)]
+    command += ["--task-queue", f"shots-{uuid.uuid4().hex[:6]}"]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    runs = json.loads(record.read_text()) if record.exists() else {}
+    return Pictures(result.returncode, result.stdout + result.stderr, out, runs)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import re
 import struct
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
+from e2e.conftest import Pictures
 from testing import ROOT
 
 pytestmark = pytest.mark.e2e
@@ -44,24 +42,9 @@ def test_the_docs_show_every_picture_in_assets():
     assert {path.name for path in (ROOT / "assets").glob("*.png")} == PICTURES
 
 
-def test_one_command_regenerates_every_picture(tmp_path: Path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scripts.screenshots",
-            "--out",
-            str(tmp_path),
-            "--task-queue",
-            f"shots-{uuid.uuid4().hex[:6]}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert {path.name for path in tmp_path.iterdir()} == PICTURES
+def test_one_command_regenerates_every_picture(pictures: Pictures):
+    assert pictures.returncode == 0, pictures.output
+    assert {path.name for path in pictures.out.iterdir()} == PICTURES
     for name in PICTURES:
-        width, height = png_size(tmp_path / name)
+        width, height = png_size(pictures.out / name)
         assert width >= 900 and height >= 200, (name, width, height)

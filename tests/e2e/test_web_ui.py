@@ -1,8 +1,9 @@
 """What a user sees of a real run in the Temporal Web UI, checked in headless Chromium.
 
 Each assertion looks for text that only this project puts on the page: the workflow summary,
-the activity summaries (without them the UI shows only `launch_task`, `down_cluster`, ...),
-the heartbeat details of a running step and the failure message.
+the activity summaries (without them the UI shows only `launch_task`, `down_cluster`, ...) and
+the failure message. The runs are the screenshot script's (the `pictures` fixture): that script
+also fails unless a running step's heartbeat in the UI shows its phase, job id and a log line.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import uuid
 
 import pytest
 from playwright.async_api import Page, expect
+from temporalio.client import Client
 
-from e2e.test_pipeline_e2e import result_of, stored_history_bytes, wait_for_job
+from e2e.conftest import Pictures
+from e2e.test_pipeline_e2e import result_of, stored_history_bytes
 from skypilot_temporal.naming import cluster_prefix_for
 from testing import ROOT
 from testing.browser import browser_page, wait_for_user_metadata, workflow_url
@@ -38,8 +41,8 @@ def step_summaries(prefix: str) -> list[str]:
     ]
 
 
-async def open_run(page: Page, stack: Stack, workflow_id: str, tab: str = "history") -> None:
-    run_id = (await stack.temporal.get_workflow_handle(workflow_id).describe()).run_id
+async def open_run(page: Page, temporal: Client, workflow_id: str, tab: str = "history") -> None:
+    run_id = (await temporal.get_workflow_handle(workflow_id).describe()).run_id
     await page.goto(workflow_url(workflow_id, run_id, tab))
     await expect(page.get_by_text(workflow_id).first).to_be_visible()
 
@@ -56,38 +59,18 @@ async def run_progress_query(page: Page) -> None:
     await expect(page.get_by_role("button", name="Refresh Query")).to_be_visible()
 
 
-async def test_a_running_step_shows_its_phase_job_and_last_log_line(stack: Stack):
-    rc, _, stderr, workflow_id = await stack.start_pipeline("--env", "EPOCHS=40", wait=False)
-    assert rc == 0, stderr
-    prefix = cluster_prefix_for(workflow_id)
-    await wait_for_job(stack, f"{prefix}-train", "train")
-    await asyncio.sleep(8)  # a heartbeat or two with epoch lines
-    async with browser_page() as page:
-        await open_run(page, stack, workflow_id)
-        # The workflow's current details: the step list with the running step and its job.
-        await expect(page.get_by_text(f"launch train on {prefix}-train").first).to_be_visible()
-        await expect(page.get_by_text("Running").first).to_be_visible()
-        # The pending activity's heartbeat: phase, job id, last log line.
-        await page.goto(page.url.replace("/history", "/pending-activities"))
-        body = page.locator("body")
-        await expect(body).to_contain_text('"phase": "running"', timeout=30_000)
-        await expect(body).to_contain_text('"job_id": 1')
-        await expect(body).to_contain_text("epoch ")
-    await stack.temporal.get_workflow_handle(workflow_id).cancel()
-
-
-async def test_a_completed_run_shows_its_summary_and_six_steps(stack: Stack):
-    rc, stdout, stderr, workflow_id = await stack.start_pipeline()
-    assert rc == 0, stdout + stderr
+async def test_a_completed_run_shows_its_summary_and_six_steps(pictures: Pictures, temporal: Client):
+    assert pictures.returncode == 0, pictures.output
+    workflow_id = pictures.runs["succeeded"]
     prefix = cluster_prefix_for(workflow_id)
     async with browser_page() as page:
-        await open_run(page, stack, workflow_id)
+        await open_run(page, temporal, workflow_id)
         await expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
         await expect(page.get_by_text(f"SkyPilot pipeline: {ROOT}@HEAD").first).to_be_visible()
         for summary in step_summaries(prefix):
             await expect(page.get_by_text(summary, exact=True).first).to_be_attached()
         # User Metadata: the summary and details, and the current details (step list, commit).
-        commit = (await result_of(stack.temporal, workflow_id))["commit_sha"]
+        commit = (await result_of(temporal, workflow_id))["commit_sha"]
         await page.goto(page.url.replace("/history", "/user-metadata"))
         await wait_for_user_metadata(
             page,
@@ -106,13 +89,13 @@ async def test_a_completed_run_shows_its_summary_and_six_steps(stack: Stack):
         await expect(body).to_contain_text('"job_status": "SUCCEEDED"')
 
 
-async def test_a_failed_run_shows_the_failing_step_and_its_cleanup(stack: Stack):
-    rc, stdout, stderr, workflow_id = await stack.start_pipeline("--env", "FAIL_TRAINING=1")
-    assert rc == 1, stdout + stderr
+async def test_a_failed_run_shows_the_failing_step_and_its_cleanup(pictures: Pictures, temporal: Client):
+    assert pictures.returncode == 0, pictures.output  # the script checks this run failed (exit 1)
+    workflow_id = pictures.runs["failed"]
     prefix = cluster_prefix_for(workflow_id)
     started = time.monotonic()
     async with browser_page() as page:
-        await open_run(page, stack, workflow_id)
+        await open_run(page, temporal, workflow_id)
         await expect(page.get_by_text("Failed", exact=True).first).to_be_visible()
         body = page.locator("body")
         await expect(body).to_contain_text(f"step 'train' on cluster {prefix}-train failed")
@@ -136,7 +119,7 @@ async def test_payloads_are_encrypted_and_only_the_codec_server_shows_them(stack
     raw = await stored_history_bytes(workflow_id)
     assert marker.encode() not in raw and b"binary/encrypted" in raw
     async with browser_page() as page:
-        await open_run(page, stack, workflow_id)
+        await open_run(page, stack.temporal, workflow_id)
         body = page.locator("body")
         await expect(body).to_contain_text(f"task file 'tasks/{marker}.yaml' not found", timeout=30_000)
         codec_pid = int((ROOT / ".state" / "codec.pid").read_text())
