@@ -95,13 +95,17 @@ class Pictures:
 
 
 @pytest.fixture(scope="session")
-def pictures(temporal, sky_sdk, tmp_path_factory) -> Pictures:
+def pictures(temporal, sky_sdk, tmp_path_factory) -> Iterator[Pictures]:
     """The screenshot script, run once: its real runs are also the ones the Web UI tests read
-    (the same runs twice would cost CI minutes for nothing)."""
+    (the same runs twice would cost CI minutes for nothing). The script's worker ends with it;
+    one on its task queue stays, as a user's would, to answer the runs' queries and details."""
     out = tmp_path_factory.mktemp("pictures")
-    record = out.parent / "runs.json"
+    record, task_queue = out.parent / "runs.json", f"shots-{uuid.uuid4().hex[:6]}"
     command = [sys.executable, "-m", "scripts.screenshots", "--out", str(out), "--record", str(record)]
-    command += ["--task-queue", f"shots-{uuid.uuid4().hex[:6]}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        [*command, "--task-queue", task_queue], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     runs = json.loads(record.read_text()) if record.exists() else {}
-    return Pictures(result.returncode, result.stdout + result.stderr, out, runs)
+    worker = start_worker_process(task_queue, out.parent / "worker.log", out.parent / "checkouts")
+    yield Pictures(result.returncode, result.stdout + result.stderr, out, runs)
+    worker.kill(signal.SIGTERM)
