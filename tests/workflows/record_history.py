@@ -4,6 +4,7 @@
     .venv/bin/python -m tests.workflows.record_history --failed-encrypted  # failed_train_encrypted.json
     .venv/bin/python -m tests.workflows.record_history --searchable        # searchable_happy_path.json
     .venv/bin/python -m tests.workflows.record_history --pipeline-files    # pipeline_file_*.json
+    .venv/bin/python -m tests.workflows.record_history --sweep-and-reaper  # sweep*.json, reaper.json
 
 The second is a run whose train job fails, recorded with payload encryption on (the fixed key
 RECORDING_CODEC_KEYS): it guards replay of encrypted histories and of the failure path. The
@@ -25,15 +26,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from skypilot_temporal.operations.reaper import ClusterReaperWorkflow
 from skypilot_temporal.operations.search_attributes import at_start
-from skypilot_temporal.payloads import PipelineFileInput, PipelineInput
+from skypilot_temporal.payloads import PipelineFileInput, PipelineInput, ReaperInput, SweepInput
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.trust.codec import data_converter
 from skypilot_temporal.trust.task_policy import TaskPolicy
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
 from testing import HISTORIES, ROOT
 from testing.in_process import REAL_WORKER_POLICY, make_git_repo, running_worker, start_dev_server
-from workflows import SkyPilotWorkflow
+from workflows import SkyPilotWorkflow, SweepWorkflow
 
 # Not a secret: the key of the recorded encrypted history, so the replay test can decode it.
 RECORDING_CODEC_KEYS = {"recorded": bytes(range(32))}
@@ -159,6 +161,52 @@ async def record_pipeline_files() -> None:
     await env.shutdown()
 
 
+async def record_sweep_and_reaper() -> None:
+    """A sweep of two variants (v2's train fails), its two child runs, and a reaper run:
+    sweep.json, sweep_v1.json, sweep_v2.json and reaper.json."""
+    env = await start_dev_server(data_converter(None))
+    fake = FakeSky()
+    fake.plan("eval", logs=["METRIC eval_accuracy=0.9"])
+    fake.plan("train@v2", status="FAILED")
+    with tempfile.TemporaryDirectory() as scratch:
+        async with running_worker(
+            env, fake, Path(scratch), "record", threads=8, heartbeat_seconds=0.1, environ=None,
+            policy=TaskPolicy(local_repo_dirs=(ROOT,)),
+        ):  # fmt: skip
+            pipeline = PipelineInput(
+                repo_url=str(ROOT),
+                ref="HEAD",
+                preprocess_yaml="tasks/data_preprocessing.yaml",
+                train_yaml="tasks/train.yaml",
+                eval_yaml="tasks/eval.yaml",
+            )
+            sweep = await env.client.start_workflow(
+                SweepWorkflow.run,
+                SweepInput(pipeline, [{"LR": "0.1"}, {"LR": "0.01"}]),
+                id="recorded-sweep",
+                task_queue="record",
+            )
+            await sweep.result()
+            reaper = await env.client.start_workflow(
+                ClusterReaperWorkflow.run,
+                ReaperInput(grace_seconds=0),
+                id="recorded-reaper",
+                task_queue="record",
+            )
+            await reaper.result()
+            runs = {"sweep": sweep.id, "sweep_v1": f"{sweep.id}-v1", "sweep_v2": f"{sweep.id}-v2"}
+            runs["reaper"] = reaper.id
+            for name, workflow_id in runs.items():
+                history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+                out = HISTORIES / f"{name}.json"
+                out.write_text(
+                    json.dumps({"workflow_id": workflow_id, "history": history.to_json_dict()}, indent=1)
+                    + "\n"
+                )
+                print(f"wrote {out}")
+    await env.shutdown()
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -170,8 +218,15 @@ if __name__ == "__main__":
     parser.add_argument(
         "--pipeline-files", action="store_true", help="record the generic workflow's pipeline_file_*.json"
     )
+    parser.add_argument(
+        "--sweep-and-reaper",
+        action="store_true",
+        help="record sweep*.json (a sweep, its variants) and reaper.json",
+    )
     args = parser.parse_args()
-    if args.pipeline_files:
+    if args.sweep_and_reaper:
+        asyncio.run(record_sweep_and_reaper())
+    elif args.pipeline_files:
         asyncio.run(record_pipeline_files())
     else:
         asyncio.run(record(failed_encrypted=args.failed_encrypted, searchable=args.searchable))

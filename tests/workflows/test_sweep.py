@@ -10,7 +10,8 @@ from datetime import timedelta
 
 import pytest
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle, WorkflowHistory
+from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.service import RPCError
 from temporalio.worker import Replayer
@@ -25,7 +26,10 @@ from skypilot_temporal.bounds import (
 from skypilot_temporal.naming import cluster_prefix_for
 from skypilot_temporal.operations.search_attributes import at_start
 from skypilot_temporal.payloads import SweepInput, SweepResult, VariantProgress
+from skypilot_temporal.plugin import SkyPilotPlugin
+from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow.fan_out import best_variant
+from testing import HISTORIES
 from testing.in_process import Pipeline, git
 from workflows import SweepVariantWorkflow, SweepWorkflow
 
@@ -339,3 +343,15 @@ async def test_the_release_update_reaches_a_variant_that_keeps_its_clusters(pipe
     result = await handle.result()
     assert [v.status for v in result.variants] == ["failed", "succeeded"]
     pipeline.assert_no_cluster_left()
+
+
+@pytest.mark.parametrize("name", ["sweep", "sweep_v1", "sweep_v2", "reaper"])
+async def test_recorded_sweep_variant_and_reaper_histories_replay(name: str):
+    """Today's sweep, variant and reaper code must replay the runs recorded earlier (a sweep
+    whose v2 failed, both variants, a reaper run): regenerate them (`python -m
+    tests.workflows.record_history --sweep-and-reaper`) only for an intended, versioned change."""
+    recorded = json.loads((HISTORIES / f"{name}.json").read_text())
+    history = WorkflowHistory.from_json(recorded["workflow_id"], recorded["history"])
+    plugin = SkyPilotPlugin(sky=FakeSky(), data_converter=DataConverter.default)
+    replayer = Replayer(workflows=[SweepWorkflow, SweepVariantWorkflow], plugins=[plugin])
+    await replayer.replay_workflow(history)
