@@ -714,17 +714,8 @@ async def test_a_timeout_for_a_step_the_file_does_not_have_fails_the_run_in_one_
     with pytest.raises(WorkflowFailureError) as failed:
         await handle.result()
     assert failed.value.cause.message == "--timeout names step 'olny', which pipeline.yaml does not have"
+    assert (failed.value.cause.type, failed.value.cause.non_retryable) == ("InvalidInput", True)  # bad input
     assert pipeline.fake.ever_launched == set()
-
-
-async def test_a_timeout_for_a_step_the_file_does_not_have_is_bad_input_never_retried(
-    pipeline: Pipeline, tmp_path: Path
-):
-    repo = repo_with(pipeline, tmp_path, {"pipeline.yaml": "steps:\n  only: {task: train.yaml}\n"})
-    handle = await start_file(pipeline, repo, timeouts=StepTimeouts(steps={"olny": 60}))
-    with pytest.raises(WorkflowFailureError) as failed:
-        await handle.result()
-    assert (failed.value.cause.type, failed.value.cause.non_retryable) == ("InvalidInput", True)
 
 
 async def test_the_pipeline_file_is_read_off_the_workers_event_loop(

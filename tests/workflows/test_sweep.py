@@ -296,7 +296,10 @@ async def test_variants_run_on_the_sweeps_checkout_and_leave_it_to_the_sweep(pip
         assert await activities_of(f"{handle.id}-v{n}") == ["launch_task", "exec_task", "down_cluster"]
 
 
-async def test_release_clusters_reaches_a_variant_that_keeps_its_clusters(pipeline: Pipeline):
+@pytest.mark.parametrize("how", ["signal", "update"])
+async def test_a_release_reaches_a_variant_that_keeps_its_clusters(pipeline: Pipeline, how: str):
+    """The release_clusters signal and the release_kept_clusters Update (which also names the
+    variants it passed the release to) both reach a failed variant keeping its cluster."""
     pipeline.fake.plan("train@v1", status="FAILED")
     handle = await pipeline.env.client.start_workflow(
         SweepWorkflow.run,
@@ -314,32 +317,11 @@ async def test_release_clusters_reaches_a_variant_that_keeps_its_clusters(pipeli
                 break
         await asyncio.sleep(0.02)
     assert pipeline.fake.clusters, "the failed variant's cluster is kept for debugging"
-    await handle.signal(SweepWorkflow.release_clusters)
-    result = await handle.result()
-    assert [v.status for v in result.variants] == ["failed", "succeeded"]
-    pipeline.assert_no_cluster_left()
-
-
-async def test_the_release_update_reaches_a_variant_that_keeps_its_clusters(pipeline: Pipeline):
-    pipeline.fake.plan("train@v1", status="FAILED")
-    handle = await pipeline.env.client.start_workflow(
-        SweepWorkflow.run,
-        SweepInput(pipeline.input(keep_clusters_on_failure=True), lr_grid("0.1", "0.01")),
-        id=f"sweep-{uuid.uuid4().hex[:8]}",
-        task_queue=pipeline.task_queue,
-        execution_timeout=timedelta(minutes=2),
-    )
-    variant = pipeline.env.client.get_workflow_handle(f"{handle.id}-v1")
-    for _ in range(500):
-        with contextlib.suppress(RPCError):
-            if (await variant.query(SweepVariantWorkflow.progress)).status.startswith(
-                "failed: clusters kept"
-            ):
-                break
-        await asyncio.sleep(0.02)
-    assert pipeline.fake.clusters, "the failed variant's cluster is kept for debugging"
-    released = await handle.execute_update(SweepWorkflow.release_kept_clusters)
-    assert released.clusters == [] and f"{handle.id}-v1" in released.variants  # the sweep keeps none
+    if how == "signal":
+        await handle.signal(SweepWorkflow.release_clusters)
+    else:
+        released = await handle.execute_update(SweepWorkflow.release_kept_clusters)
+        assert released.clusters == [] and f"{handle.id}-v1" in released.variants  # the sweep keeps none
     result = await handle.result()
     assert [v.status for v in result.variants] == ["failed", "succeeded"]
     pipeline.assert_no_cluster_left()
