@@ -63,7 +63,6 @@ from skypilot_temporal.client.starting import (
     RunInput,
     attach,
     decryption_error,
-    pipeline_of,
     schedule_runs,
     start_run,
 )
@@ -351,17 +350,19 @@ async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
     if pipeline and not args.sweep and sweep_options:
         raise config.ConfigError("--max-parallel, --select and --fail-fast need --sweep")
     run = run_input(pipeline, args) if pipeline else None
-    priority = run_priority(args.priority, args.fairness_key, pipeline_of(run).repo_url) if run else None
+    priority = (
+        run_priority(args.priority, args.fairness_key, pipeline.repo_url) if pipeline else Priority.default
+    )
     recurring = schedule_request(args)
     client: Client = await config.connect_temporal(runtime=quiet_runtime())
     if run is not None and recurring is not None:
-        return await create_schedule(client, run, recurring, args.task_queue, priority or Priority.default)
+        return await create_schedule(client, run, recurring, args.task_queue, priority)
     temporal = Reconnecting(client.service_client.config.target_host)
     if run is None:
         handle = await attach(client, args.follow, temporal, RUN_TYPES)
         run_id, verb = handle.run_id, "Following"
     else:
-        handle = await start(client, run, args, priority or Priority.default)
+        handle = await start(client, run, args, priority)
         run_id, verb = handle.result_run_id, "Started"
     url = config.workflow_ui_url(client.namespace, handle.id, run_id)
     print(f"{verb} workflow {handle.id}\n  Web UI: {url}", flush=True)
