@@ -75,7 +75,7 @@ async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: S
 
     # The Web UI's current details show the managed job, its status and its recovery.
     async with browser_page() as page:
-        await open_run(page, stack, workflow_id, tab="user-metadata")
+        await open_run(page, stack.temporal, workflow_id, tab="user-metadata")
         await wait_for_user_metadata(
             page, f"managed job train — managed job {job.job_id} SUCCEEDED, 1 recovery"
         )
