@@ -43,8 +43,10 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from skypilot_temporal.activity.activities import SkyPilotActivities
 from skypilot_temporal.activity.sdk import SkyPilotSDK, skypilot_sdk
 from skypilot_temporal.errors import ConfigError
-from skypilot_temporal.operations import tracing
+from skypilot_temporal.operations import deployment, tracing
+from skypilot_temporal.operations.deployment import Versioning
 from skypilot_temporal.operations.reaper import (
+    AutoUpgradingClusterReaperWorkflow,
     ClusterReaperWorkflow,
     ReaperActivities,
     ensure_reaper_schedule,
@@ -94,6 +96,7 @@ class SkyPilotPlugin(SimplePlugin):
         # Each worker's SDK thread pools, by task queue; the workers running now.
         self._executors: dict[str, list[concurrent.futures.ThreadPoolExecutor]] = {}
         self._running = 0
+        self._versioning: dict[str, Versioning] = {}  # by task queue, for workers this plugin versions
         if sky is None:
             os.environ.setdefault("SKYPILOT_DISABLE_LOCAL_API_SERVER", "1")
         for name in LOGGERS:
@@ -133,6 +136,16 @@ class SkyPilotPlugin(SimplePlugin):
                 "payload codec keys are configured but this worker's client does not encrypt: "
                 "pass SkyPilotPlugin to Client.connect (plugins=[...]), not only to Worker"
             )
+        versioning = settings.versioning(config.get("workflows", []))
+        if versioning and config.get("deployment_config") is None:
+            config["deployment_config"] = versioning.worker_config()
+            self._versioning[config["task_queue"]] = versioning
+        deployment_config = config.get("deployment_config")
+        if deployment_config is not None and deployment_config.use_worker_versioning:
+            config["workflows"] = [
+                AutoUpgradingClusterReaperWorkflow if workflow is ClusterReaperWorkflow else workflow
+                for workflow in config.get("workflows", [])
+            ]
         activities = self._new_activities(config["task_queue"], config.get("max_concurrent_activities"))
         reaper = ReaperActivities(activities, client)
         config["activities"] = [
@@ -154,12 +167,17 @@ class SkyPilotPlugin(SimplePlugin):
                 settings.checkout_root.expanduser(), settings.checkout_ttl_hours * 3600.0
             )
         )
+        versioning = self._versioning.get(worker.task_queue)
+        promoting = asyncio.create_task(
+            deployment.make_current_if_newer(worker.client, versioning) if versioning else asyncio.sleep(0)
+        )
         self._running += 1
         try:
             await next(worker)
         finally:
             self._running -= 1
             pruning.cancel()
+            promoting.cancel()
             # Threads still following jobs must not hold the worker: the jobs keep running on
             # SkyPilot, and the next attempt re-attaches to them.
             for executor in self._executors.pop(worker.task_queue, []):

@@ -10,13 +10,15 @@ test holds the code, .env.example and docs/configuration.md to them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from skypilot_temporal import config
 from skypilot_temporal.bounds import ENV_NAME
 from skypilot_temporal.errors import ConfigError
+from skypilot_temporal.operations import deployment
+from skypilot_temporal.operations.deployment import Versioning
 from skypilot_temporal.trust.task_policy import TaskPolicy
 
 DEFAULT_CHECKOUT_ROOT = Path("~/.cache/skypilot-temporal/checkouts")
@@ -53,12 +55,27 @@ class WorkerSettings:
     shutdown_grace_seconds: int = 10
     # The operator's limits on task authors: no workflow input can widen them.
     policy: TaskPolicy = field(default_factory=TaskPolicy)
+    # Worker versioning (operations/deployment.py): runs stay on the code they started on.
+    worker_versioning: bool = True
+    deployment_name: str = ""  # "": named after the task queue
+    build_id: str = ""  # "": a hash of the workflow code this worker runs
+    make_current: str = "auto"  # or "never": an operator makes a new version current
     allow_insecure_git: bool = False
     metrics_address: str = DEFAULT_METRICS_ADDRESS  # "off": no Prometheus endpoint
     log_level: str = "INFO"
     log_file: Path | None = None
     log_max_mb: int = 50
     log_backups: int = 3
+
+    def versioning(self, workflows: Iterable[type]) -> Versioning | None:
+        """The deployment and build a worker of these workflows joins (None: unversioned)."""
+        if not self.worker_versioning:
+            return None
+        return Versioning(
+            self.deployment_name or deployment.deployment_name_for(self.task_queue),
+            self.build_id or deployment.code_build_id(workflows),
+            self.make_current,
+        )
 
     @property
     def sdk_thread_count(self) -> int:
@@ -73,6 +90,11 @@ class WorkerSettings:
         if level not in LOG_LEVELS:
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level.lower()!r}")
         log_file = config.env_str("WORKER_LOG_FILE")
+        deployment_name = config.env_str("WORKER_DEPLOYMENT_NAME")
+        versioned = deployment_name.lower() != "off"
+        build_id = config.env_str("WORKER_BUILD_ID")
+        make_current = config.env_str("WORKER_MAKE_CURRENT", "auto").lower()
+        deployment.check_settings(deployment_name if versioned else "", build_id, make_current)
         max_activities = env_int("WORKER_MAX_CONCURRENT_ACTIVITIES", 100, minimum=1, maximum=10_000)
         return cls(
             task_queue=config.task_queue(),
@@ -92,6 +114,10 @@ class WorkerSettings:
             shutdown_grace_seconds=env_int("WORKER_SHUTDOWN_GRACE_SECONDS", 10, maximum=24 * 3600),
             policy=task_policy_from_env(default_local_repos),
             allow_insecure_git=config.env_bool("WORKER_ALLOW_INSECURE_GIT"),
+            worker_versioning=versioned,
+            deployment_name=deployment_name if versioned else "",
+            build_id=build_id,
+            make_current=make_current,
             metrics_address=config.env_str("WORKER_METRICS_ADDRESS", DEFAULT_METRICS_ADDRESS),
             log_level=level,
             log_file=Path(log_file) if log_file else None,
@@ -146,6 +172,9 @@ WORKER_SETTINGS = (
     *POLICY_DIRECTORY_SETTINGS,
     "WORKER_ALLOW_TASK_CONFIG",
     "WORKER_ALLOW_INSECURE_GIT",
+    "WORKER_DEPLOYMENT_NAME",
+    "WORKER_BUILD_ID",
+    "WORKER_MAKE_CURRENT",
     "WORKER_METRICS_ADDRESS",
     "LOG_LEVEL",
     "WORKER_LOG_FILE",

@@ -70,7 +70,7 @@ async def report_search_attributes(client: Client) -> None:
     if missing:
         log.warning(
             "Search attributes NOT registered in namespace %s: %s; runs work but cannot be found by "
-            "them (register each: %s; docs/operating.md)",
+            "them (register each: %s; docs/deploying-and-operating.md)",
             client.namespace,
             ", ".join(missing),
             search_attributes.registration_command("NAME"),
@@ -96,6 +96,11 @@ def log_started(
         "Metrics: %s",
         metrics_status,
     )
+    if not settings.worker_versioning:
+        log.warning(
+            "Worker versioning: off (WORKER_DEPLOYMENT_NAME=off): a deploy changes the code under "
+            "runs in flight"
+        )
     log.info("Tracing: %s", f"OTLP to {plugin.tracing_endpoint}" if plugin.tracing_endpoint else "off")
     log.info(
         "Task policy: secrets tasks may receive: %s; upload directories beyond the checkout: %s; "

@@ -126,14 +126,14 @@ def spawn_worker_process(
 
 
 def start_worker_process(
-    task_queue: str, log_path: Path, checkout_root: Path | None = None, **env: str
+    task_queue: str, log_path: Path, checkout_root: Path | None = None, code: Path = ROOT, **env: str
 ) -> WorkerProcess:
-    """`python run_worker.py` as a user starts it, in `process_env(**env)`, polling `task_queue`
-    (checkouts under `checkout_root`, else the worker's default); returns once it reports it is
-    polling. RuntimeError, with its log, if it has not within 90 s."""
+    """`python run_worker.py` of the tree `code` as a user starts it, in `process_env(**env)`,
+    polling `task_queue` (checkouts under `checkout_root`, else the worker's default); returns once
+    it reports it is polling. RuntimeError, with its log, if it has not within 90 s."""
     if checkout_root is not None:
         env = {"WORKER_CHECKOUT_ROOT": str(checkout_root), **env}
-    worker = spawn_worker_process(log_path, process_env(TEMPORAL_TASK_QUEUE=task_queue, **env))
+    worker = spawn_worker_process(log_path, process_env(TEMPORAL_TASK_QUEUE=task_queue, **env), code)
     deadline = time.monotonic() + 90
     while not worker.polling():
         if worker.proc.poll() is not None or time.monotonic() > deadline:

@@ -67,7 +67,7 @@ async def searchable(
     program = os.path.basename(sys.argv[0]) or "starter"  # as argparse names the program
     print(
         f"{program}: note: the namespace refused the search attributes "
-        f"({refused}); started without them, so not searchable (docs/operating.md)",
+        f"({refused}); started without them, so not searchable (docs/deploying-and-operating.md)",
         file=sys.stderr,
     )
     return await start(TypedSearchAttributes.empty)

@@ -21,7 +21,7 @@ from datetime import timedelta
 
 from temporalio import activity, workflow
 from temporalio.client import Client, ScheduleActionStartWorkflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, VersioningBehavior
 
 with workflow.unsafe.imports_passed_through():
     from skypilot_temporal.activity.activities import SkyPilotActivities
@@ -190,6 +190,16 @@ class ClusterReaperWorkflow:
             retry_policy=RetryPolicy(maximum_attempts=3),
             summary=f"reaper: down {cluster}",
         )
+
+
+# On a versioned worker (pipelines are pinned): a reaper run is seconds long and keeps no state,
+# so it may move to a new version mid-run. Temporal refuses a behaviour on an unversioned worker:
+# the plugin registers this one only on a versioned worker.
+@workflow.defn(name="ClusterReaperWorkflow", versioning_behavior=VersioningBehavior.AUTO_UPGRADE)
+class AutoUpgradingClusterReaperWorkflow(ClusterReaperWorkflow):
+    @workflow.run
+    async def run(self, input: ReaperInput) -> ReaperResult:
+        return await super().run(input)
 
 
 async def ensure_reaper_schedule(client: Client, task_queue: str, period: timedelta, grace: timedelta) -> str:

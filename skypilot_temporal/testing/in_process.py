@@ -89,13 +89,18 @@ async def running_worker(
     threads: int = 32,
     heartbeat_seconds: float = 0.2,
     managed_status_poll_seconds: float = 0.05,
+    versioning: bool = False,
+    make_current: str = "auto",
     **worker_options: Any,
 ) -> AsyncIterator[SkyPilotPlugin]:
     """A worker in this process on `task_queue` running `workflows`, its activities over `fake`,
     registered through SkyPilotPlugin as a real worker's are (no reaper schedule).
 
-    The defaults are a test's: quick heartbeats; `environ` (default: this process's) is where
-    secrets a task may receive come from. `worker_options` go to temporalio's Worker."""
+    The defaults are a test's: quick heartbeats, no worker versioning (`versioning=True`: the
+    worker joins a deployment named after `task_queue` and makes itself current unless
+    `make_current="never"`); `environ`
+    (default: this process's) is where secrets a task may receive come from. `worker_options` go to
+    temporalio's Worker."""
     settings = WorkerSettings(
         task_queue=task_queue,
         checkout_root=checkout_root,
@@ -103,6 +108,8 @@ async def running_worker(
         heartbeat_interval_seconds=heartbeat_seconds,
         reaper_period_seconds=0,
         policy=policy or TaskPolicy(),
+        worker_versioning=versioning,
+        make_current=make_current,
     )
     plugin = SkyPilotPlugin(
         settings,

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from skypilot_temporal import WorkerSettings, config, settings
+from skypilot_temporal.errors import ConfigError
+from skypilot_temporal.operations.deployment import Versioning, code_build_id
 from testing import ROOT
 
 
@@ -93,6 +95,9 @@ SETTING_FIELDS = {
     "REAPER_GRACE_SECONDS": ("31", "reaper_grace_seconds", 31),
     "WORKER_SHUTDOWN_GRACE_SECONDS": ("37", "shutdown_grace_seconds", 37),
     "WORKER_ALLOW_INSECURE_GIT": ("true", "allow_insecure_git", True),
+    "WORKER_DEPLOYMENT_NAME": ("pipelines-eu", "deployment_name", "pipelines-eu"),
+    "WORKER_BUILD_ID": ("build-42", "build_id", "build-42"),
+    "WORKER_MAKE_CURRENT": ("never", "make_current", "never"),
     "WORKER_METRICS_ADDRESS": ("off", "metrics_address", "off"),
     "LOG_LEVEL": ("debug", "log_level", "DEBUG"),
     "WORKER_LOG_FILE": ("/var/log/w.log", "log_file", Path("/var/log/w.log")),
@@ -126,6 +131,29 @@ def test_each_setting_lands_in_its_own_field_and_nowhere_else(monkeypatch, name)
         read = read.policy
     assert getattr(read, field) == expected
     assert changed_fields(read, type(read)()) == {field}
+
+
+def test_worker_versioning_is_on_unless_the_deployment_name_is_off(monkeypatch):
+    clear_worker_settings(monkeypatch)
+    assert WorkerSettings.from_env().versioning([]) == Versioning("skypilot-task-queue", code_build_id([]))
+    monkeypatch.setenv("WORKER_DEPLOYMENT_NAME", "off")
+    assert WorkerSettings.from_env().versioning([]) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WORKER_DEPLOYMENT_NAME", "eu.pipelines"),
+        ("WORKER_BUILD_ID", "v 2"),
+        ("WORKER_MAKE_CURRENT", "sometimes"),
+    ],
+)
+def test_a_bad_versioning_setting_is_refused_in_one_line_naming_it(monkeypatch, name, value):
+    clear_worker_settings(monkeypatch)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"^{name}") as refused:
+        WorkerSettings.from_env()
+    assert "\n" not in str(refused.value)
 
 
 def test_every_worker_setting_has_a_field():

@@ -322,7 +322,9 @@ async def test_without_registered_attributes_runs_work_and_the_worker_says_so(
         assert rc == 0, (stdout, stderr)
         note = stderr.splitlines()
         assert len(note) == 1 and note[0].startswith("run_workflow.py: note: the namespace refused"), stderr
-        assert note[0].endswith("started without them, so not searchable (docs/operating.md)"), stderr
+        assert note[0].endswith(
+            "started without them, so not searchable (docs/deploying-and-operating.md)"
+        ), stderr
         rc, stdout, stderr = await run_script(
             "run_workflow.py", "--every", "1h", "--schedule-id", "hourly", env_overrides=starter_env(pipeline)
         )

@@ -1,5 +1,5 @@
 """Temporal's own operator tools on a running SkyPilot step, with the `temporal` CLI an operator
-uses (docs/operating.md): what each does to the step's SkyPilot job."""
+uses (docs/deploying-and-operating.md): what each does to the step's SkyPilot job."""
 
 from __future__ import annotations
 
