@@ -220,7 +220,7 @@ async def test_a_deploy_between_two_runs_at_once_keeps_each_on_its_version_and_t
         )
         new = await wait_for_current(stack.temporal, task_queue, other_than=old)
         assert not first.done(), "A finished before the deploy: nothing was in flight"
-        runs = [await first, await deploy.start_pipeline()]
+        runs = list(await asyncio.gather(first, deploy.start_pipeline()))
     finally:
         for worker in workers:
             worker.kill(signal.SIGTERM)
