@@ -136,7 +136,7 @@ class SkyPilotPlugin(SimplePlugin):
                 "payload codec keys are configured but this worker's client does not encrypt: "
                 "pass SkyPilotPlugin to Client.connect (plugins=[...]), not only to Worker"
             )
-        versioning = settings.versioning(config.get("workflows", []))
+        versioning = settings.versioning(config.get("workflows", []), config["task_queue"])
         if versioning and config.get("deployment_config") is None:
             config["deployment_config"] = versioning.worker_config()
             self._versioning[config["task_queue"]] = versioning

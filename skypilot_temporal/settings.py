@@ -67,12 +67,13 @@ class WorkerSettings:
     log_max_mb: int = 50
     log_backups: int = 3
 
-    def versioning(self, workflows: Iterable[type]) -> Versioning | None:
-        """The deployment and build a worker of these workflows joins (None: unversioned)."""
+    def versioning(self, workflows: Iterable[type], task_queue: str | None = None) -> Versioning | None:
+        """The deployment and build a worker of these workflows on `task_queue` (default: this
+        setting's) joins; None: unversioned."""
         if not self.worker_versioning:
             return None
         return Versioning(
-            self.deployment_name or deployment.deployment_name_for(self.task_queue),
+            self.deployment_name or deployment.deployment_name_for(task_queue or self.task_queue),
             self.build_id or deployment.code_build_id(workflows),
             self.make_current,
         )

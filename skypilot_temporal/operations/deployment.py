@@ -8,9 +8,10 @@ worker runs (this package and the modules of its workflows), so a deploy that ch
 makes a new version and a restart of the same code joins the same one.
 
 A version receives no work until it is the deployment's current one. With `make_current="auto"` a
-worker makes its own version current when the deployment has none yet or when its version is
-newer than the current one (so a deploy is "start the new workers"; an old worker restarted
-while its runs drain does not take the deployment back). With "never" an operator does it:
+worker makes its own version current when the deployment has none yet, or when its version is
+newer than the current one and has never been current (so a deploy is "start the new workers";
+an old worker restarted while its runs drain, or a new one restarted after a rollback, does not
+take the deployment back). With "never" an operator does it:
 `temporal worker deployment set-current-version`.
 """
 
@@ -25,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from temporalio.api.deployment.v1 import message_pb2 as deployment_messages
 from temporalio.api.workflowservice.v1 import request_response_pb2 as service
 from temporalio.client import Client
 from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
@@ -34,9 +36,11 @@ from temporalio.worker import WorkerDeploymentConfig
 from skypilot_temporal.errors import ConfigError
 
 log = logging.getLogger("skypilot_temporal")
+VersionSummary = deployment_messages.WorkerDeploymentInfo.WorkerDeploymentVersionSummary
 MAKE_CURRENT_CHOICES = ("auto", "never")
-# Temporal joins them as "<deployment>.<build id>": neither may hold a dot.
-_NAME = re.compile(r"[A-Za-z0-9_\-/:@+=]{1,200}")
+# Temporal refuses dots and colons (it joins them as "<deployment>:<build id>", once with a dot)
+# and names starting with "__" (its own).
+_NAME = re.compile(r"(?!__)[A-Za-z0-9_\-/@+=]{1,200}")
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 # Answers meaning "ask again shortly": the version or deployment is still being added, the
 # deployment is busy with other workers' requests, or another worker changed it first.
@@ -77,14 +81,17 @@ def check_settings(deployment_name: str, build_id: str, make_current: str) -> No
     """Raise ConfigError naming a bad setting ("" for a name: its default, not checked here)."""
     for setting, value in (("WORKER_DEPLOYMENT_NAME", deployment_name), ("WORKER_BUILD_ID", build_id)):
         if value and not _NAME.fullmatch(value):
-            raise ConfigError(f"{setting} {value!r}: use 1-200 letters, digits and _-/:@+= (no dots)")
+            raise ConfigError(
+                f"{setting} {value!r}: use 1-200 letters, digits and _-/@+= (no dots or colons, "
+                "not starting with __)"
+            )
     if make_current not in MAKE_CURRENT_CHOICES:
         raise ConfigError(f"WORKER_MAKE_CURRENT must be auto or never, got {make_current!r}")
 
 
 def deployment_name_for(task_queue: str) -> str:
-    """The default deployment: one per task queue, named after it (dots are not allowed)."""
-    return task_queue.replace(".", "-")[:200]
+    """The default deployment: one per task queue, named after it (in the characters allowed)."""
+    return re.sub(r"[^A-Za-z0-9_\-/@+=]", "-", task_queue).lstrip("_")[:200] or "skypilot"
 
 
 def code_build_id(workflows: Iterable[type]) -> str:
@@ -105,11 +112,15 @@ async def make_current_if_newer(client: Client, versioning: Versioning) -> None:
     version's pinned runs."""
     name, build_id = versioning.deployment_name, versioning.build_id
     command = f"temporal worker deployment set-current-version --deployment-name {name} --build-id {build_id}"
+    answers: list[RPCError] = []  # the server's refusals, the last one is the reason given up
     try:
         async with asyncio.timeout(REGISTRATION_SECONDS):
-            was = await _make_current(client, versioning, command)
-    except (RPCError, TimeoutError) as err:
-        reason = err.message if isinstance(err, RPCError) else "the server did not register it in time"
+            was = await _make_current(client, versioning, command, answers)
+    except Exception as err:
+        if isinstance(err, TimeoutError):
+            reason = answers[-1].message if answers else "the server did not add it in time"
+        else:
+            reason = err.message if isinstance(err, RPCError) else str(err)
         log.warning(
             "Worker deployment %s: could not make build %s current (%s); make it current: %s",
             name,
@@ -128,7 +139,9 @@ async def make_current_if_newer(client: Client, versioning: Versioning) -> None:
         )
 
 
-async def _make_current(client: Client, versioning: Versioning, command: str) -> str | None:
+async def _make_current(
+    client: Client, versioning: Versioning, command: str, answers: list[RPCError]
+) -> str | None:
     """The build that was current before this one was made current (None: it was not made
     current, and why is logged). Retries while the server is still adding the version."""
     name, build_id = versioning.deployment_name, versioning.build_id
@@ -142,20 +155,18 @@ async def _make_current(client: Client, versioning: Versioning, command: str) ->
             )
         except RPCError as err:
             if err.status in _NOT_YET:
+                answers.append(err)
                 continue
             raise
         info = deployment.worker_deployment_info
-        created = {
-            s.deployment_version.build_id: s.create_time.ToNanoseconds() for s in info.version_summaries
-        }
-        if build_id not in created:
+        versions = {s.deployment_version.build_id: s for s in info.version_summaries}
+        if build_id not in versions:
             continue  # the server adds a version once its workers poll
         current = info.routing_config.current_deployment_version.build_id
         if current == build_id:
             log.info("Worker deployment %s: build %s is current", name, build_id)
             return None
-        if versioning.make_current == "never" or created.get(current, 0) > created[build_id]:
-            why = "WORKER_MAKE_CURRENT=never" if versioning.make_current == "never" else "it is newer"
+        if why := _why_not_current(versioning, versions[build_id], versions.get(current)):
             log.warning(
                 "Worker deployment %s: build %s is NOT current (current: %s, %s); this worker runs only "
                 "the runs pinned to it until an operator makes it current: %s",
@@ -178,6 +189,18 @@ async def _make_current(client: Client, versioning: Versioning, command: str) ->
             )
         except RPCError as err:
             if err.status in _NOT_YET:
+                answers.append(err)
                 continue  # e.g. another worker changed it first: look again
             raise
         return current
+
+
+def _why_not_current(versioning: Versioning, ours: VersionSummary, current: VersionSummary | None) -> str:
+    """Why this worker leaves its version as it is ("": it makes it current)."""
+    if versioning.make_current == "never":
+        return "WORKER_MAKE_CURRENT=never"
+    if ours.HasField("first_activation_time"):
+        return "this build was current before: an operator moved away from it"
+    if current is not None and current.create_time.ToNanoseconds() > ours.create_time.ToNanoseconds():
+        return "it is newer"
+    return ""

@@ -136,14 +136,25 @@ def test_each_setting_lands_in_its_own_field_and_nowhere_else(monkeypatch, name)
 def test_worker_versioning_is_on_unless_the_deployment_name_is_off(monkeypatch):
     clear_worker_settings(monkeypatch)
     assert WorkerSettings.from_env().versioning([]) == Versioning("skypilot-task-queue", code_build_id([]))
+    monkeypatch.setenv("WORKER_DEPLOYMENT_NAME", "pipelines-eu")
+    monkeypatch.setenv("WORKER_BUILD_ID", "build-42")
+    assert WorkerSettings.from_env().versioning([]) == Versioning("pipelines-eu", "build-42")
     monkeypatch.setenv("WORKER_DEPLOYMENT_NAME", "off")
     assert WorkerSettings.from_env().versioning([]) is None
+
+
+def test_each_task_queue_of_a_plugin_gets_a_deployment_named_after_it():
+    settings = WorkerSettings(build_id="b1")
+    names = {settings.versioning([], queue).deployment_name for queue in ("gpu.jobs", "cpu-jobs")}  # type: ignore[union-attr]
+    assert names == {"gpu-jobs", "cpu-jobs"}
 
 
 @pytest.mark.parametrize(
     ("name", "value"),
     [
         ("WORKER_DEPLOYMENT_NAME", "eu.pipelines"),
+        ("WORKER_DEPLOYMENT_NAME", "eu:pipelines"),
+        ("WORKER_BUILD_ID", "__internal"),
         ("WORKER_BUILD_ID", "v 2"),
         ("WORKER_MAKE_CURRENT", "sometimes"),
     ],

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.workflowservice.v1 import request_response_pb2 as service
 from temporalio.client import WorkflowHandle
 from temporalio.common import VersioningBehavior
 
@@ -114,6 +115,25 @@ async def test_an_old_worker_restarted_while_its_runs_drain_does_not_take_the_de
         await wait_for_log(caplog, f"build {old} is NOT current")
     assert await current_build(client, pipeline.task_queue) == new
     assert f"set-current-version --deployment-name {pipeline.task_queue} --build-id {old}" in caplog.text
+
+
+async def test_a_new_worker_restarted_after_a_rollback_does_not_undo_it(
+    pipeline: Pipeline, next_pipelines: list[type], tmp_path: Path, caplog
+):
+    client, deployment = pipeline.env.client, pipeline.task_queue
+    async with versioned_worker(pipeline, PIPELINES, tmp_path):
+        old = await wait_for_current(client, deployment)
+        async with versioned_worker(pipeline, next_pipelines, tmp_path):
+            new = await wait_for_current(client, deployment, other_than=old)
+        await client.workflow_service.set_worker_deployment_current_version(
+            service.SetWorkerDeploymentCurrentVersionRequest(
+                namespace=client.namespace, deployment_name=deployment, build_id=old
+            )
+        )  # the operator's rollback
+        caplog.set_level(logging.INFO, "skypilot_temporal")
+        async with versioned_worker(pipeline, next_pipelines, tmp_path):
+            await wait_for_log(caplog, f"build {new} is NOT current (current: {old}, this build was current")
+        assert await current_build(client, deployment) == old
 
 
 async def test_with_make_current_never_a_new_version_waits_for_the_operator(
