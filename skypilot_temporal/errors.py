@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from temporalio.exceptions import ApplicationError
 
-from skypilot_temporal.trust.redaction import redact_url_credentials
+from skypilot_temporal.trust.redaction import redact_credentials
 
 # A message is one line a person reads: a hostile 5000-character path is cut short in it.
 MAX_MESSAGE_CHARS = 1000
@@ -91,10 +91,10 @@ def strip_ansi(text: str) -> str:
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """`text` as one readable line: ANSI codes stripped, URL credentials masked, blank lines
+    """`text` as one readable line: ANSI codes stripped, credentials masked, blank lines
     dropped, the others stripped and joined with a space; past `limit` characters it is cut,
     saying how long it was."""
-    lines = (line.strip() for line in redact_url_credentials(strip_ansi(text)).splitlines())
+    lines = (line.strip() for line in redact_credentials(strip_ansi(text)).splitlines())
     text = " ".join(line for line in lines if line)
     if len(text) > limit:
         text = f"{text[: limit - 20]}... ({len(text)} chars)"

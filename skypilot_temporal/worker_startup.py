@@ -17,12 +17,12 @@ from temporalio.service import RPCError
 
 from skypilot_temporal import config
 from skypilot_temporal.activity.sdk import SkyPilotSDK
-from skypilot_temporal.errors import ConfigError, clean_message
+from skypilot_temporal.errors import ConfigError, clean_message, is_named
 from skypilot_temporal.operations import search_attributes
 from skypilot_temporal.operations.metrics import prometheus_runtime
 from skypilot_temporal.plugin import PACKAGE, SkyPilotPlugin
 from skypilot_temporal.settings import WorkerSettings
-from skypilot_temporal.trust.redaction import hide_url_credentials
+from skypilot_temporal.trust.redaction import hide_credentials
 
 log = logging.getLogger(PACKAGE)
 
@@ -35,6 +35,12 @@ def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
     try:
         info = sky_sdk.api_info()
     except Exception as err:
+        if _is_auth_refusal(err):
+            raise ConfigError(
+                f"SkyPilot API server at {url} refused this worker's credentials ({clean_message(err)}): "
+                "set SKYPILOT_SERVICE_ACCOUNT_TOKEN to a service-account token it knows, not expired "
+                "or revoked (docs/configuration.md)"
+            ) from None
         errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(err))
         reason = errno.group(0) if errno else clean_message(err)
         raise ConfigError(
@@ -45,6 +51,14 @@ def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
     if str(getattr(status, "value", status)).lower() != "healthy":
         raise ConfigError(f"SkyPilot API server at {url} is not healthy: {status}")
     return f"{url} (SkyPilot {getattr(info, 'version', '?')})"
+
+
+def _is_auth_refusal(err: Exception) -> bool:
+    """The API server said no to who we are (HTTP 401/403), rather than not answering."""
+    if is_named(err, "ApiServerAuthenticationError"):
+        return True
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    return status in (401, 403)
 
 
 def metrics_runtime(address: str) -> tuple[Runtime | None, str]:
@@ -130,7 +144,7 @@ def configure_logging(settings: WorkerSettings) -> None:
             )
         except OSError as err:
             raise ConfigError(f"WORKER_LOG_FILE '{settings.log_file}': {err.strerror or err}") from None
-    handler.addFilter(hide_url_credentials)
+    handler.addFilter(hide_credentials)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", handlers=[handler]
     )
