@@ -52,6 +52,11 @@ SLURMD_PID=/run/slurmd.pid
 TEMPORAL_PID=$STATE/temporal.pid
 SKY_API_PID=$STATE/skypilot-api.pid
 SKY_SERVER_CONFIG=$STATE/skypilot-server-config.yaml
+# The API server checks who calls: its admin's basic-auth password, and the service account the
+# stack's worker uses (its token: a secret, mode 0600).
+SKY_ADMIN_PASSWORD_FILE=$STATE/skypilot-admin.password
+SKY_WORKER_ACCOUNT=temporal-workers
+SKY_WORKER_TOKEN_FILE=$STATE/skypilot-worker.token
 WORKER_PID=$STATE/worker.pid
 CODEC_PID=$STATE/codec.pid
 # One line per daemon this script started: "<name> <pidfile>". `down` stops exactly these.
@@ -428,11 +433,18 @@ start_skypilot() {
     # Managed jobs: the jobs controller runs inside this API server (Slurm cannot host a
     # controller cluster), and its network check asks this server instead of public IPs
     # (scripts/skypilot_server/sitecustomize.py; only this server's processes load it).
+    # Authentication: basic auth for people (the admin below), service-account tokens for
+    # workers. SkyPilot trusts a caller on 127.0.0.1 that sends no credentials; a token sent is
+    # always checked, and a server other hosts reach checks everyone.
+    ensure_admin_password
+    local admin_hash
+    admin_hash=$("$VENV/bin/python" -c 'import sys; from passlib.hash import sha512_crypt; print(sha512_crypt.hash(sys.stdin.read().strip()))' < "$SKY_ADMIN_PASSWORD_FILE")
     env -u SKYPILOT_DISABLE_LOCAL_API_SERVER -u SKYPILOT_API_SERVER_ENDPOINT \
+      ENABLE_SERVICE_ACCOUNTS=true SKYPILOT_INITIAL_BASIC_AUTH="admin:$admin_hash" \
       SKYPILOT_GLOBAL_CONFIG="$SKY_SERVER_CONFIG" \
       PYTHONPATH="$REPO/scripts/skypilot_server${PYTHONPATH:+:$PYTHONPATH}" \
       SKYPILOT_STACK_NETWORK_CHECK_URL="http://127.0.0.1:$SKY_API_PORT/api/health" \
-      SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api start --host 127.0.0.1 \
+      SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api start --host 127.0.0.1 --enable-basic-auth \
       >"$STATE/skypilot-api-start.log" 2>&1 || { cat "$STATE/skypilot-api-start.log" >&2; die "sky api start failed"; }
     port_pid "$SKY_API_PORT" > "$SKY_API_PID"
     mark_started skypilot "$SKY_API_PID"
@@ -447,6 +459,32 @@ start_skypilot() {
     *"Slurm: enabled"*) log "skypilot: Slurm infra enabled ($SLURM_CLUSTER)" ;;
     *) printf '%s\n' "$out" >&2; die "sky check slurm did not enable Slurm" ;;
   esac
+}
+
+ensure_admin_password() {
+  [ -s "$SKY_ADMIN_PASSWORD_FILE" ] && return
+  (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$SKY_ADMIN_PASSWORD_FILE")
+}
+
+sky_token_works() {
+  [ -s "$SKY_WORKER_TOKEN_FILE" ] || return 1
+  curl -fsS -m 5 -o /dev/null -H "Authorization: Bearer $(cat "$SKY_WORKER_TOKEN_FILE")" \
+    "http://127.0.0.1:$SKY_API_PORT/api/health"
+}
+
+# The service account the stack's worker (and its reaper) calls the API server as.
+ensure_worker_token() {
+  if ! curl -fsS -m 5 "http://127.0.0.1:$SKY_API_PORT/api/health" | grep -q '"service_account_token_enabled": *true'; then
+    log "skypilot: WARNING: this API server (started earlier) has no authentication; 'down' then 'up' to turn it on"
+    return
+  fi
+  if sky_token_works; then log "skypilot: worker service account $SKY_WORKER_ACCOUNT (token in $SKY_WORKER_TOKEN_FILE)"; return; fi
+  cd "$REPO"
+  SKYPILOT_ADMIN_PASSWORD_FILE=$SKY_ADMIN_PASSWORD_FILE "$VENV/bin/python" -m scripts.skypilot_tokens issue \
+    "$SKY_WORKER_ACCOUNT" --out "$SKY_WORKER_TOKEN_FILE" --api "http://127.0.0.1:$SKY_API_PORT" >/dev/null \
+    || die "could not issue the worker's service-account token"
+  sky_token_works || die "the API server refuses the token it just issued"
+  log "skypilot: worker service account $SKY_WORKER_ACCOUNT (token in $SKY_WORKER_TOKEN_FILE)"
 }
 
 # ------------------------------------------------------------------------------ payload codec
@@ -485,7 +523,10 @@ start_worker() {
   cd "$REPO"
   # The log file rotates (WORKER_LOG_FILE); worker.out only catches what happens before logging.
   # SkyPilot's autodown costs ~20 s per launch on this Slurm; the cluster reaper protects it.
+  local token=${SKYPILOT_SERVICE_ACCOUNT_TOKEN:-}
+  [ -z "$token" ] && [ -s "$SKY_WORKER_TOKEN_FILE" ] && token=$(cat "$SKY_WORKER_TOKEN_FILE")
   SKYPILOT_API_SERVER_ENDPOINT=${SKYPILOT_API_SERVER_ENDPOINT:-http://127.0.0.1:$SKY_API_PORT} \
+    SKYPILOT_SERVICE_ACCOUNT_TOKEN=$token \
     TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-127.0.0.1:$TEMPORAL_PORT} \
     WORKER_LOG_FILE=${WORKER_LOG_FILE:-$STATE/worker.log} \
     AUTODOWN_IDLE_MINUTES=${AUTODOWN_IDLE_MINUTES:-0} \
@@ -562,6 +603,7 @@ case "${1:-}" in
     start_sshd
     offline_shims
     start_skypilot
+    ensure_worker_token
     [ "${2:-}" = "--with-worker" ] && start_worker
     log "stack up: Temporal 127.0.0.1:$TEMPORAL_PORT (UI http://localhost:$TEMPORAL_UI_PORT), SkyPilot API http://127.0.0.1:$SKY_API_PORT, Slurm $SLURM_CLUSTER"
     ;;

@@ -40,7 +40,6 @@ NON_RETRYABLE_SKY_ERRORS = frozenset(
         "UserRequestRejectedByPolicy",
         "StorageSpecError",
         "PermissionDeniedError",
-        "ApiServerAuthenticationError",
         "APIVersionMismatchError",
         "APINotSupportedError",
         "ValueError",
@@ -77,6 +76,10 @@ _UNREACHABLE_ERRORS = frozenset(
     }
 )
 _UNREACHABLE_MESSAGES = ("no skypilot api server endpoint is configured", "could not connect to skypilot")
+
+
+# `sky.get` says a refusal only in its text: "Failed to get request ...: 401 {...}".
+_REFUSED = re.compile(r"\b40[13]\b.{0,200}(unauthori[sz]ed|token|authenticat)", re.IGNORECASE | re.DOTALL)
 
 
 class ConfigError(Exception):
@@ -127,6 +130,16 @@ def is_server_unreachable(exc: BaseException) -> bool:
     return any(marker in str(exc).lower() for marker in _UNREACHABLE_MESSAGES)
 
 
+def is_credentials_refused(exc: BaseException) -> bool:
+    """The SkyPilot API server refused who the worker is (HTTP 401/403: a wrong, expired or
+    revoked service-account token), as the SDK says it in each of its calls."""
+    if is_named(exc, "ApiServerAuthenticationError"):
+        return True
+    if getattr(getattr(exc, "response", None), "status_code", None) in (401, 403):
+        return True
+    return _REFUSED.search(str(exc)) is not None
+
+
 def is_retryable(exc: BaseException) -> bool:
     if is_server_unreachable(exc):
         return True
@@ -142,6 +155,14 @@ def to_application_error(exc: BaseException, what: str, always_retry: bool = Fal
     """Classify a SkyPilot SDK exception as a retryable or non-retryable ApplicationError."""
     if isinstance(exc, ApplicationError):
         return exc
+    if is_credentials_refused(exc):
+        # Retried: a run of days should wait for the operator to fix the token, not fail.
+        return ApplicationError(
+            f"{what}: {type(exc).__name__}: the SkyPilot API server refused this worker's credentials "
+            f"({clean_message(exc)}); "
+            "fix SKYPILOT_SERVICE_ACCOUNT_TOKEN and restart the worker: the step retries until then",
+            type="ApiServerAuthenticationError",
+        )
     return ApplicationError(
         f"{what}: {type(exc).__name__}: {clean_message(exc)}",
         type=type(exc).__name__,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 
 from temporalio import activity
@@ -17,7 +18,7 @@ from temporalio.service import RPCError
 
 from skypilot_temporal import config
 from skypilot_temporal.activity.sdk import SkyPilotSDK
-from skypilot_temporal.errors import ConfigError, clean_message, is_named
+from skypilot_temporal.errors import ConfigError, clean_message, is_credentials_refused
 from skypilot_temporal.operations import search_attributes
 from skypilot_temporal.operations.metrics import prometheus_runtime
 from skypilot_temporal.plugin import PACKAGE, SkyPilotPlugin
@@ -32,10 +33,15 @@ def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
     from sky.server import common as server_common
 
     url = server_common.redact_url_password(server_common.get_server_url())
+    token = os.environ.get("SKYPILOT_SERVICE_ACCOUNT_TOKEN", "")
+    if token and not token.startswith("sky_"):
+        raise ConfigError(
+            "SKYPILOT_SERVICE_ACCOUNT_TOKEN is not a SkyPilot service-account token (they start with sky_)"
+        )
     try:
         info = sky_sdk.api_info()
     except Exception as err:
-        if _is_auth_refusal(err):
+        if is_credentials_refused(err):
             raise ConfigError(
                 f"SkyPilot API server at {url} refused this worker's credentials ({clean_message(err)}): "
                 "set SKYPILOT_SERVICE_ACCOUNT_TOKEN to a service-account token it knows, not expired "
@@ -51,14 +57,6 @@ def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
     if str(getattr(status, "value", status)).lower() != "healthy":
         raise ConfigError(f"SkyPilot API server at {url} is not healthy: {status}")
     return f"{url} (SkyPilot {getattr(info, 'version', '?')})"
-
-
-def _is_auth_refusal(err: Exception) -> bool:
-    """The API server said no to who we are (HTTP 401/403), rather than not answering."""
-    if is_named(err, "ApiServerAuthenticationError"):
-        return True
-    status = getattr(getattr(err, "response", None), "status_code", None)
-    return status in (401, 403)
 
 
 def metrics_runtime(address: str) -> tuple[Runtime | None, str]:

@@ -598,3 +598,15 @@ def test_the_worker_refuses_to_start_in_one_line_when_the_api_server_refuses_its
     message = str(refused.value)
     assert "refused this worker's credentials" in message and "SKYPILOT_SERVICE_ACCOUNT_TOKEN" in message
     assert TOKEN not in message and "\n" not in message
+
+
+def test_the_worker_refuses_a_token_that_is_not_a_skypilot_one_before_calling(monkeypatch):
+    monkeypatch.setenv("SKYPILOT_SERVICE_ACCOUNT_TOKEN", "ghp_not-a-skypilot-token")
+
+    class Sdk:
+        def api_info(self):
+            raise AssertionError("no call with a malformed token")
+
+    with pytest.raises(ConfigError, match=r"^SKYPILOT_SERVICE_ACCOUNT_TOKEN is not a SkyPilot") as refused:
+        worker_startup.check_skypilot_api_server(Sdk())  # type: ignore[arg-type]
+    assert "ghp_not" not in str(refused.value)
