@@ -438,7 +438,7 @@ start_skypilot() {
     # always checked, and a server other hosts reach checks everyone.
     ensure_admin_password
     local admin_hash
-    admin_hash=$("$VENV/bin/python" -c 'import sys; from passlib.hash import sha512_crypt; print(sha512_crypt.hash(sys.stdin.read().strip()))' < "$SKY_ADMIN_PASSWORD_FILE")
+    admin_hash=$("$VENV/bin/python" -c 'import sys; from passlib.hash import sha512_crypt; print(sha512_crypt.using(rounds=5000).hash(sys.stdin.read().strip()))' < "$SKY_ADMIN_PASSWORD_FILE")
     env -u SKYPILOT_DISABLE_LOCAL_API_SERVER -u SKYPILOT_API_SERVER_ENDPOINT \
       ENABLE_SERVICE_ACCOUNTS=true SKYPILOT_INITIAL_BASIC_AUTH="admin:$admin_hash" \
       SKYPILOT_GLOBAL_CONFIG="$SKY_SERVER_CONFIG" \
@@ -466,24 +466,38 @@ ensure_admin_password() {
   (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$SKY_ADMIN_PASSWORD_FILE")
 }
 
-sky_token_works() {
-  [ -s "$SKY_WORKER_TOKEN_FILE" ] || return 1
-  curl -fsS -m 5 -o /dev/null -H "Authorization: Bearer $(cat "$SKY_WORKER_TOKEN_FILE")" \
-    "http://127.0.0.1:$SKY_API_PORT/api/health"
+# The HTTP status of the API server's health check with the worker's token (000: no answer).
+sky_token_status() {
+  local code
+  for _ in 1 2 3 4 5 6; do
+    code=$(curl -sS -m 10 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(cat "$SKY_WORKER_TOKEN_FILE")" \
+      "http://127.0.0.1:$SKY_API_PORT/api/health" 2>/dev/null) || true
+    [ "$code" != 000 ] && break
+    sleep 5
+  done
+  echo "${code:-000}"
 }
 
 # The service account the stack's worker (and its reaper) calls the API server as.
 ensure_worker_token() {
-  if ! curl -fsS -m 5 "http://127.0.0.1:$SKY_API_PORT/api/health" | grep -q '"service_account_token_enabled": *true'; then
-    log "skypilot: WARNING: this API server (started earlier) has no authentication; 'down' then 'up' to turn it on"
-    return
+  local health
+  health=$(curl -fsS -m 30 "http://127.0.0.1:$SKY_API_PORT/api/health" 2>/dev/null) || die "the SkyPilot API server does not answer its health check"
+  case "$health" in
+    *'"service_account_token_enabled":true'*|*'"service_account_token_enabled": true'*) ;;
+    *) log "skypilot: WARNING: this API server (started earlier) has no authentication; 'down' then 'up' to turn it on"; return ;;
+  esac
+  if [ -s "$SKY_WORKER_TOKEN_FILE" ]; then
+    case $(sky_token_status) in
+      200) log "skypilot: worker service account $SKY_WORKER_ACCOUNT (token in $SKY_WORKER_TOKEN_FILE)"; return ;;
+      401|403) log "skypilot: the worker's token is refused: issuing a new one" ;;
+      *) die "the SkyPilot API server does not answer with the worker's token" ;;
+    esac
   fi
-  if sky_token_works; then log "skypilot: worker service account $SKY_WORKER_ACCOUNT (token in $SKY_WORKER_TOKEN_FILE)"; return; fi
   cd "$REPO"
   SKYPILOT_ADMIN_PASSWORD_FILE=$SKY_ADMIN_PASSWORD_FILE "$VENV/bin/python" -m scripts.skypilot_tokens issue \
     "$SKY_WORKER_ACCOUNT" --out "$SKY_WORKER_TOKEN_FILE" --api "http://127.0.0.1:$SKY_API_PORT" >/dev/null \
-    || die "could not issue the worker's service-account token"
-  sky_token_works || die "the API server refuses the token it just issued"
+    || die "could not issue the worker's service-account token (if ~/.sky outlived $STATE, its admin password is an older one: 'down', remove ~/.sky/ and 'up')"
+  [ "$(sky_token_status)" = 200 ] || die "the API server refuses the token it just issued"
   log "skypilot: worker service account $SKY_WORKER_ACCOUNT (token in $SKY_WORKER_TOKEN_FILE)"
 }
 
@@ -526,11 +540,10 @@ start_worker() {
   local token=${SKYPILOT_SERVICE_ACCOUNT_TOKEN:-}
   [ -z "$token" ] && [ -s "$SKY_WORKER_TOKEN_FILE" ] && token=$(cat "$SKY_WORKER_TOKEN_FILE")
   SKYPILOT_API_SERVER_ENDPOINT=${SKYPILOT_API_SERVER_ENDPOINT:-http://127.0.0.1:$SKY_API_PORT} \
-    SKYPILOT_SERVICE_ACCOUNT_TOKEN=$token \
     TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-127.0.0.1:$TEMPORAL_PORT} \
     WORKER_LOG_FILE=${WORKER_LOG_FILE:-$STATE/worker.log} \
     AUTODOWN_IDLE_MINUTES=${AUTODOWN_IDLE_MINUTES:-0} \
-    setsid "$VENV/bin/python" run_worker.py </dev/null >"$STATE/worker.out" 2>&1 &
+    env ${token:+"SKYPILOT_SERVICE_ACCOUNT_TOKEN=$token"} setsid "$VENV/bin/python" run_worker.py </dev/null >"$STATE/worker.out" 2>&1 &
   echo $! > "$WORKER_PID"
   mark_started worker "$WORKER_PID"
   for _ in $(seq 300); do

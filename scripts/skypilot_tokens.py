@@ -3,6 +3,7 @@ has no command for them; a production server's dashboard does the same under Use
 
     python -m scripts.skypilot_tokens issue NAME --out FILE     # create, or rotate if NAME exists
     python -m scripts.skypilot_tokens rotate NAME --out FILE    # a new value; the old one stops working
+    python -m scripts.skypilot_tokens delete NAME               # once it owns no cluster
 
 The admin's basic-auth password is read from $SKYPILOT_ADMIN_PASSWORD_FILE (written by
 scripts/local_stack.sh). The token goes to FILE (mode 0600), never to the output.
@@ -35,7 +36,10 @@ def admin_session(password: str) -> requests.Session:
 def _call(session: requests.Session, method: str, url: str, **kwargs: Any) -> Any:
     response = session.request(method, url, timeout=TIMEOUT, **kwargs)
     if response.status_code >= 400:
-        detail = response.json().get("detail", response.text) if response.content else response.reason
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text or response.reason
         raise SystemExit(f"skypilot_tokens: {method} {url}: HTTP {response.status_code}: {detail}")
     return response.json()
 
@@ -74,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.skypilot_tokens", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("action", choices=["issue", "rotate"])
+    parser.add_argument("action", choices=["issue", "rotate", "delete"])
     parser.add_argument("name")
-    parser.add_argument("--out", type=Path, required=True, help="where the token goes (mode 0600)")
+    parser.add_argument("--out", type=Path, help="where the token goes (mode 0600)")
     parser.add_argument("--role", default="admin", choices=["admin", "user"])
     parser.add_argument(
         "--api", default=os.environ.get("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:46580")
@@ -88,13 +92,15 @@ def main(argv: list[str] | None = None) -> int:
             "skypilot_tokens: set SKYPILOT_ADMIN_PASSWORD_FILE to the admin's password file", file=sys.stderr
         )
         return 2
-    session = admin_session(args.api.rstrip("/"), Path(password_file).read_text().strip())
+    session = admin_session(Path(password_file).read_text().strip())
     api = args.api.rstrip("/")
     token = (
         issue(session, api, args.name, args.role)
         if args.action == "issue"
         else rotate(session, api, args.name)
     )
+    if args.out is None:
+        parser.error("--out is required")
     write_secret(args.out, token)
     print(f"service account {args.name}: token written to {args.out}")
     return 0

@@ -78,8 +78,9 @@ _UNREACHABLE_ERRORS = frozenset(
 _UNREACHABLE_MESSAGES = ("no skypilot api server endpoint is configured", "could not connect to skypilot")
 
 
-# `sky.get` says a refusal only in its text: "Failed to get request ...: 401 {...}".
-_REFUSED = re.compile(r"\b40[13]\b.{0,200}(unauthori[sz]ed|token|authenticat)", re.IGNORECASE | re.DOTALL)
+# `sky.get` says a refusal only in its text: "Failed to get request ID: 401 {...}" (a cloud's own
+# 401/403, e.g. inside InvalidCloudCredentials, is not the API server refusing the worker).
+_REFUSED = re.compile(r"^Failed to get request \S+: 40[13]\b")
 
 
 class ConfigError(Exception):

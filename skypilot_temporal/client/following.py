@@ -233,28 +233,35 @@ async def print_pauses(
     """A line when an operator pauses a step (`temporal activity pause`, the Web UI) and when it
     resumes. The workflow is not told of a pause, so its progress query cannot say it: the run's
     pending activities do, and its history names each one's step."""
-    paused = {a.activity_id for a in description.raw_description.pending_activities if a.paused}
+    pending = description.raw_description.pending_activities
+    paused = {a.activity_id for a in pending if a.paused}
     known = {key.removeprefix("paused "): name for key, name in printed.items() if key.startswith("paused ")}
     for activity_id in known.keys() - paused:
         del printed[f"paused {activity_id}"]
-        print(f"  {marks['running']} {known[activity_id]:<16} resumed", flush=True)
+        if any(a.activity_id == activity_id for a in pending):  # else it ended: its own line says how
+            print(f"  {marks['running']} {known[activity_id]:<16} resumed", flush=True)
     if not paused - known.keys():
         return
     names = {step.summary: step.name for step in progress.steps} if progress else {}
-    async for event in handle.fetch_history_events():
-        scheduled = event.activity_task_scheduled_event_attributes
-        if event.event_type != EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            continue
-        if scheduled.activity_id not in paused or scheduled.activity_id in known:
-            continue
-        name = scheduled.activity_type.name
+    try:  # each newly paused activity's scheduled event: its step's summary
+        scheduled = [
+            event
+            async for event in handle.fetch_history_events()
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and event.activity_task_scheduled_event_attributes.activity_id in paused - known.keys()
+        ]
+    except RPCError:
+        return  # a hint only: the next poll asks again, and the follow loop reports an outage
+    for event in scheduled:
+        activity_id = event.activity_task_scheduled_event_attributes.activity_id
+        name = event.activity_task_scheduled_event_attributes.activity_type.name
         if event.user_metadata.HasField("summary"):
             [summary] = await converter.decode([event.user_metadata.summary], [str])
             name = names.get(summary, name)
-        printed[f"paused {scheduled.activity_id}"] = name
+        printed[f"paused {activity_id}"] = name
         print(
             f"  {marks['paused']} {name:<16} paused by an operator: its SkyPilot job keeps running "
-            f"(resume: temporal activity unpause -w {handle.id} -a {scheduled.activity_id})",
+            f"(resume: temporal activity unpause -w {handle.id} -a {activity_id})",
             flush=True,
         )
 

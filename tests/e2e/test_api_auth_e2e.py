@@ -89,7 +89,7 @@ async def test_a_token_revoked_mid_run_waits_for_the_fix_and_another_accounts_ca
     try:
         launch_a = await wait_for(
             lambda: next(
-                (r for r in stacks["a"].requests_on(f"{prefixes['a']}-preprocess") if r.name == "launch"),
+                (r for r in stacks["a"].requests_on(f"{prefixes['a']}-preprocess") if r.name == "sky.launch"),
                 None,
             ),
             300,
@@ -111,7 +111,7 @@ async def test_a_token_revoked_mid_run_waits_for_the_fix_and_another_accounts_ca
             for r in stacks["a"].requests_on(f"{prefixes['a']}-preprocess")
             if r.request_id == launch_a.request_id
         ]
-        assert again.status.value != "CANCELLED", again.status
+        assert again.status != "CANCELLED", again.status
         await wait_for(lambda: REFUSED in workers["a"].log(), 180, "A's step to say why it waits")
         workers["a"].kill(signal.SIGTERM)
         restarted = start_worker_process(
@@ -123,6 +123,14 @@ async def test_a_token_revoked_mid_run_waits_for_the_fix_and_another_accounts_ca
         for process in [*workers.values(), restarted]:
             if process is not None:
                 process.kill(signal.SIGTERM)
+        for name in accounts.values():  # owning no cluster now, they can go
+            subprocess.run(
+                [sys.executable, "-m", "scripts.skypilot_tokens", "delete", name, "--api", SKY_API],
+                cwd=ROOT,
+                env={**os.environ, "SKYPILOT_ADMIN_PASSWORD_FILE": str(ADMIN_PASSWORD_FILE)},
+                capture_output=True,
+                timeout=60,
+            )
     logs = "".join(process.log() for process in [*workers.values(), restarted] if process)
     assert not any(token in logs for token in [*tokens.values(), fixed])
     assert fixed not in stdout_a + stderr_a
