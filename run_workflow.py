@@ -368,7 +368,7 @@ async def start_or_attach_and_follow(args: argparse.Namespace) -> int:
     print(f"{verb} workflow {handle.id}\n  Web UI: {url}", flush=True)
     if args.no_wait:
         return EXIT_OK
-    progress = await follow(handle, temporal)
+    progress = await follow(handle, temporal, client.data_converter)
     try:
         result = await temporal.call(handle.result)
     except WorkflowFailureError as err:

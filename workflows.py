@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         VariantInput,
         VariantProgress,
     )
-    from skypilot_temporal.trust.redaction import redact_url_credentials
+    from skypilot_temporal.trust.redaction import redact_credentials
     from skypilot_temporal.workflow.cluster import Cluster
     from skypilot_temporal.workflow.fan_out import (
         best_variant,
@@ -119,7 +119,7 @@ class SweepWorkflow(PipelineHandlers):
                 input.select_metric,
             )
         return SweepResult(
-            repo_url=redact_url_credentials(base.repo_url),
+            repo_url=redact_credentials(base.repo_url),
             commit_sha=tasks.commit_sha,
             preprocess=preprocessed,
             variants=pipeline.board.variants,

@@ -52,6 +52,11 @@ SLURMD_PID=/run/slurmd.pid
 TEMPORAL_PID=$STATE/temporal.pid
 SKY_API_PID=$STATE/skypilot-api.pid
 SKY_SERVER_CONFIG=$STATE/skypilot-server-config.yaml
+# The API server checks who calls: its admin's basic-auth password, and the service account the
+# stack's worker uses (its token: a secret, mode 0600).
+SKY_ADMIN_PASSWORD_FILE=$STATE/skypilot-admin.password
+SKY_WORKER_ACCOUNT=temporal-workers
+SKY_WORKER_TOKEN_FILE=$STATE/skypilot-worker.token
 WORKER_PID=$STATE/worker.pid
 CODEC_PID=$STATE/codec.pid
 # One line per daemon this script started: "<name> <pidfile>". `down` stops exactly these.
@@ -428,11 +433,18 @@ start_skypilot() {
     # Managed jobs: the jobs controller runs inside this API server (Slurm cannot host a
     # controller cluster), and its network check asks this server instead of public IPs
     # (scripts/skypilot_server/sitecustomize.py; only this server's processes load it).
+    # Authentication: basic auth for people (the admin below), service-account tokens for
+    # workers. SkyPilot trusts a caller on 127.0.0.1 that sends no credentials; a token sent is
+    # always checked, and a server other hosts reach checks everyone.
+    ensure_admin_password
+    local admin_hash
+    admin_hash=$("$VENV/bin/python" -c 'import sys; from passlib.hash import sha512_crypt; print(sha512_crypt.using(rounds=5000).hash(sys.stdin.read().strip()))' < "$SKY_ADMIN_PASSWORD_FILE")
     env -u SKYPILOT_DISABLE_LOCAL_API_SERVER -u SKYPILOT_API_SERVER_ENDPOINT \
+      ENABLE_SERVICE_ACCOUNTS=true SKYPILOT_INITIAL_BASIC_AUTH="admin:$admin_hash" \
       SKYPILOT_GLOBAL_CONFIG="$SKY_SERVER_CONFIG" \
       PYTHONPATH="$REPO/scripts/skypilot_server${PYTHONPATH:+:$PYTHONPATH}" \
       SKYPILOT_STACK_NETWORK_CHECK_URL="http://127.0.0.1:$SKY_API_PORT/api/health" \
-      SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api start --host 127.0.0.1 \
+      SKYPILOT_API_SERVER_LOCAL_PORT=$SKY_API_PORT "$VENV/bin/sky" api start --host 127.0.0.1 --enable-basic-auth \
       >"$STATE/skypilot-api-start.log" 2>&1 || { cat "$STATE/skypilot-api-start.log" >&2; die "sky api start failed"; }
     port_pid "$SKY_API_PORT" > "$SKY_API_PID"
     mark_started skypilot "$SKY_API_PID"
@@ -447,6 +459,46 @@ start_skypilot() {
     *"Slurm: enabled"*) log "skypilot: Slurm infra enabled ($SLURM_CLUSTER)" ;;
     *) printf '%s\n' "$out" >&2; die "sky check slurm did not enable Slurm" ;;
   esac
+}
+
+ensure_admin_password() {
+  [ -s "$SKY_ADMIN_PASSWORD_FILE" ] && return
+  (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$SKY_ADMIN_PASSWORD_FILE")
+}
+
+# The HTTP status of the API server's health check with the worker's token (000: no answer).
+sky_token_status() {
+  local code
+  for _ in 1 2 3 4 5 6; do
+    code=$(curl -sS -m 10 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(cat "$SKY_WORKER_TOKEN_FILE")" \
+      "http://127.0.0.1:$SKY_API_PORT/api/health" 2>/dev/null) || true
+    [ "$code" != 000 ] && break
+    sleep 5
+  done
+  echo "${code:-000}"
+}
+
+# The service account the stack's worker (and its reaper) calls the API server as.
+ensure_worker_token() {
+  local health
+  health=$(curl -fsS -m 30 "http://127.0.0.1:$SKY_API_PORT/api/health" 2>/dev/null) || die "the SkyPilot API server does not answer its health check"
+  case "$health" in
+    *'"service_account_token_enabled":true'*|*'"service_account_token_enabled": true'*) ;;
+    *) log "skypilot: WARNING: this API server (started earlier) has no authentication; 'down' then 'up' to turn it on"; return ;;
+  esac
+  if [ -s "$SKY_WORKER_TOKEN_FILE" ]; then
+    case $(sky_token_status) in
+      200) log "skypilot: worker service account $SKY_WORKER_ACCOUNT (token in $SKY_WORKER_TOKEN_FILE)"; return ;;
+      401|403) log "skypilot: the worker's token is refused: issuing a new one" ;;
+      *) die "the SkyPilot API server does not answer with the worker's token" ;;
+    esac
+  fi
+  cd "$REPO"
+  SKYPILOT_ADMIN_PASSWORD_FILE=$SKY_ADMIN_PASSWORD_FILE "$VENV/bin/python" -m scripts.skypilot_tokens issue \
+    "$SKY_WORKER_ACCOUNT" --out "$SKY_WORKER_TOKEN_FILE" --api "http://127.0.0.1:$SKY_API_PORT" >/dev/null \
+    || die "could not issue the worker's service-account token (if ~/.sky outlived $STATE, its admin password is an older one: 'down', remove ~/.sky/ and 'up')"
+  [ "$(sky_token_status)" = 200 ] || die "the API server refuses the token it just issued"
+  log "skypilot: worker service account $SKY_WORKER_ACCOUNT (token in $SKY_WORKER_TOKEN_FILE)"
 }
 
 # ------------------------------------------------------------------------------ payload codec
@@ -485,11 +537,13 @@ start_worker() {
   cd "$REPO"
   # The log file rotates (WORKER_LOG_FILE); worker.out only catches what happens before logging.
   # SkyPilot's autodown costs ~20 s per launch on this Slurm; the cluster reaper protects it.
+  local token=${SKYPILOT_SERVICE_ACCOUNT_TOKEN:-}
+  [ -z "$token" ] && [ -s "$SKY_WORKER_TOKEN_FILE" ] && token=$(cat "$SKY_WORKER_TOKEN_FILE")
   SKYPILOT_API_SERVER_ENDPOINT=${SKYPILOT_API_SERVER_ENDPOINT:-http://127.0.0.1:$SKY_API_PORT} \
     TEMPORAL_ADDRESS=${TEMPORAL_ADDRESS:-127.0.0.1:$TEMPORAL_PORT} \
     WORKER_LOG_FILE=${WORKER_LOG_FILE:-$STATE/worker.log} \
     AUTODOWN_IDLE_MINUTES=${AUTODOWN_IDLE_MINUTES:-0} \
-    setsid "$VENV/bin/python" run_worker.py </dev/null >"$STATE/worker.out" 2>&1 &
+    env ${token:+"SKYPILOT_SERVICE_ACCOUNT_TOKEN=$token"} setsid "$VENV/bin/python" run_worker.py </dev/null >"$STATE/worker.out" 2>&1 &
   echo $! > "$WORKER_PID"
   mark_started worker "$WORKER_PID"
   for _ in $(seq 300); do
@@ -562,6 +616,7 @@ case "${1:-}" in
     start_sshd
     offline_shims
     start_skypilot
+    ensure_worker_token
     [ "${2:-}" = "--with-worker" ] && start_worker
     log "stack up: Temporal 127.0.0.1:$TEMPORAL_PORT (UI http://localhost:$TEMPORAL_UI_PORT), SkyPilot API http://127.0.0.1:$SKY_API_PORT, Slurm $SLURM_CLUSTER"
     ;;

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from temporalio.exceptions import ApplicationError
 
-from skypilot_temporal.trust.redaction import redact_url_credentials
+from skypilot_temporal.trust.redaction import redact_credentials
 
 # A message is one line a person reads: a hostile 5000-character path is cut short in it.
 MAX_MESSAGE_CHARS = 1000
@@ -40,7 +40,6 @@ NON_RETRYABLE_SKY_ERRORS = frozenset(
         "UserRequestRejectedByPolicy",
         "StorageSpecError",
         "PermissionDeniedError",
-        "ApiServerAuthenticationError",
         "APIVersionMismatchError",
         "APINotSupportedError",
         "ValueError",
@@ -79,6 +78,11 @@ _UNREACHABLE_ERRORS = frozenset(
 _UNREACHABLE_MESSAGES = ("no skypilot api server endpoint is configured", "could not connect to skypilot")
 
 
+# `sky.get` says a refusal only in its text: "Failed to get request ID: 401 {...}" (a cloud's own
+# 401/403, e.g. inside InvalidCloudCredentials, is not the API server refusing the worker).
+_REFUSED = re.compile(r"^Failed to get request \S+: 40[13]\b")
+
+
 class ConfigError(Exception):
     """Bad configuration: reported as one line, never a traceback."""
 
@@ -91,10 +95,10 @@ def strip_ansi(text: str) -> str:
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    """`text` as one readable line: ANSI codes stripped, URL credentials masked, blank lines
+    """`text` as one readable line: ANSI codes stripped, credentials masked, blank lines
     dropped, the others stripped and joined with a space; past `limit` characters it is cut,
     saying how long it was."""
-    lines = (line.strip() for line in redact_url_credentials(strip_ansi(text)).splitlines())
+    lines = (line.strip() for line in redact_credentials(strip_ansi(text)).splitlines())
     text = " ".join(line for line in lines if line)
     if len(text) > limit:
         text = f"{text[: limit - 20]}... ({len(text)} chars)"
@@ -127,6 +131,16 @@ def is_server_unreachable(exc: BaseException) -> bool:
     return any(marker in str(exc).lower() for marker in _UNREACHABLE_MESSAGES)
 
 
+def is_credentials_refused(exc: BaseException) -> bool:
+    """The SkyPilot API server refused who the worker is (HTTP 401/403: a wrong, expired or
+    revoked service-account token), as the SDK says it in each of its calls."""
+    if is_named(exc, "ApiServerAuthenticationError"):
+        return True
+    if getattr(getattr(exc, "response", None), "status_code", None) in (401, 403):
+        return True
+    return _REFUSED.search(str(exc)) is not None
+
+
 def is_retryable(exc: BaseException) -> bool:
     if is_server_unreachable(exc):
         return True
@@ -142,6 +156,14 @@ def to_application_error(exc: BaseException, what: str, always_retry: bool = Fal
     """Classify a SkyPilot SDK exception as a retryable or non-retryable ApplicationError."""
     if isinstance(exc, ApplicationError):
         return exc
+    if is_credentials_refused(exc):
+        # Retried: a run of days should wait for the operator to fix the token, not fail.
+        return ApplicationError(
+            f"{what}: {type(exc).__name__}: the SkyPilot API server refused this worker's credentials "
+            f"({clean_message(exc)}); "
+            "fix SKYPILOT_SERVICE_ACCOUNT_TOKEN and restart the worker: the step retries until then",
+            type="ApiServerAuthenticationError",
+        )
     return ApplicationError(
         f"{what}: {type(exc).__name__}: {clean_message(exc)}",
         type=type(exc).__name__,

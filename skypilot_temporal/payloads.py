@@ -21,6 +21,7 @@ STATUS_MARKS = {
     "failed": "✗",
     "cancelled": "⊘",
     "skipped": "–",
+    "paused": "‖",
 }
 ASCII_STATUS_MARKS = {
     "pending": ".",
@@ -30,6 +31,7 @@ ASCII_STATUS_MARKS = {
     "failed": "x",
     "cancelled": "-",
     "skipped": "_",
+    "paused": "|",
 }
 
 

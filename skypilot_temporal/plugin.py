@@ -54,7 +54,7 @@ from skypilot_temporal.operations.reaper import (
 from skypilot_temporal.settings import WorkerSettings
 from skypilot_temporal.trust.checkout import prune_checkouts
 from skypilot_temporal.trust.codec import configured_data_converter
-from skypilot_temporal.trust.redaction import hide_url_credentials
+from skypilot_temporal.trust.redaction import hide_credentials
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
 
 PACKAGE = "skypilot_temporal"
@@ -100,8 +100,8 @@ class SkyPilotPlugin(SimplePlugin):
         if sky is None:
             os.environ.setdefault("SKYPILOT_DISABLE_LOCAL_API_SERVER", "1")
         for name in LOGGERS:
-            if hide_url_credentials not in logging.getLogger(name).filters:
-                logging.getLogger(name).addFilter(hide_url_credentials)
+            if hide_credentials not in logging.getLogger(name).filters:
+                logging.getLogger(name).addFilter(hide_credentials)
         super().__init__(
             PLUGIN_NAME,
             data_converter=self._with_codec if self._converter.payload_codec else None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import re
 
 from temporalio import activity
@@ -17,12 +18,12 @@ from temporalio.service import RPCError
 
 from skypilot_temporal import config
 from skypilot_temporal.activity.sdk import SkyPilotSDK
-from skypilot_temporal.errors import ConfigError, clean_message
+from skypilot_temporal.errors import ConfigError, clean_message, is_credentials_refused
 from skypilot_temporal.operations import search_attributes
 from skypilot_temporal.operations.metrics import prometheus_runtime
 from skypilot_temporal.plugin import PACKAGE, SkyPilotPlugin
 from skypilot_temporal.settings import WorkerSettings
-from skypilot_temporal.trust.redaction import hide_url_credentials
+from skypilot_temporal.trust.redaction import hide_credentials
 
 log = logging.getLogger(PACKAGE)
 
@@ -32,9 +33,20 @@ def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
     from sky.server import common as server_common
 
     url = server_common.redact_url_password(server_common.get_server_url())
+    token = os.environ.get("SKYPILOT_SERVICE_ACCOUNT_TOKEN", "")
+    if token and not token.startswith("sky_"):
+        raise ConfigError(
+            "SKYPILOT_SERVICE_ACCOUNT_TOKEN is not a SkyPilot service-account token (they start with sky_)"
+        )
     try:
         info = sky_sdk.api_info()
     except Exception as err:
+        if is_credentials_refused(err):
+            raise ConfigError(
+                f"SkyPilot API server at {url} refused this worker's credentials ({clean_message(err)}): "
+                "set SKYPILOT_SERVICE_ACCOUNT_TOKEN to a service-account token it knows, not expired "
+                "or revoked (docs/configuration.md)"
+            ) from None
         errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", str(err))
         reason = errno.group(0) if errno else clean_message(err)
         raise ConfigError(
@@ -130,7 +142,7 @@ def configure_logging(settings: WorkerSettings) -> None:
             )
         except OSError as err:
             raise ConfigError(f"WORKER_LOG_FILE '{settings.log_file}': {err.strerror or err}") from None
-    handler.addFilter(hide_url_credentials)
+    handler.addFilter(hide_credentials)
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", handlers=[handler]
     )

@@ -67,7 +67,7 @@ from skypilot_temporal.payloads import (
 )
 from skypilot_temporal.pipeline_file.load import PipelineFileError, load_pipeline
 from skypilot_temporal.trust.checkout import checkout_repo, mark_used, read_task_file, resolve_inside
-from skypilot_temporal.trust.redaction import Redactor, redact_url_credentials
+from skypilot_temporal.trust.redaction import Redactor, redact_credentials
 from skypilot_temporal.trust.task_policy import (
     TaskPolicy,
     check_built_task,
@@ -152,7 +152,7 @@ class SkyPilotActivities:
                 await self._check_task(input, relative, text)
         except ApplicationError as err:
             raise masked(err, redact) from None
-        activity.logger.info("Checked out %s at %s", redact_url_credentials(input.repo_url), sha)
+        activity.logger.info("Checked out %s at %s", redact_credentials(input.repo_url), sha)
         return FetchTasksResult(commit_sha=sha, yaml_texts=yaml_texts)
 
     @activity.defn
@@ -185,7 +185,7 @@ class SkyPilotActivities:
                     ) from None
         except ApplicationError as err:
             raise masked(err, redact) from None
-        activity.logger.info("Checked out %s at %s", redact_url_credentials(fetch.repo_url), sha)
+        activity.logger.info("Checked out %s at %s", redact_credentials(fetch.repo_url), sha)
         return FetchPipelineResult(commit_sha=sha, graph=graph)
 
     async def _fresh_checkout(self, input: FetchTasksInput) -> tuple[Path, str]:

@@ -42,7 +42,7 @@ from skypilot_temporal.errors import (
 from skypilot_temporal.naming import OWNER_LABEL
 from skypilot_temporal.operations import metrics
 from skypilot_temporal.payloads import JobProgress, TaskSpec
-from skypilot_temporal.trust.redaction import redact_url_credentials
+from skypilot_temporal.trust.redaction import redact_credentials
 
 T = TypeVar("T")
 # Runs a blocking SDK call in the worker's bounded thread pool and returns its result.
@@ -102,7 +102,7 @@ class SkyPilotJobs:
         what: str,
         cancel_skypilot: bool = True,
         always_retry: bool = False,
-        redact: Callable[[str], str] = redact_url_credentials,
+        redact: Callable[[str], str] = redact_credentials,
         cancel_with: Callable[[JobProgress], Awaitable[None]] | None = None,
     ) -> AsyncIterator[None]:
         """Around every SkyPilot step: heartbeat `progress`; on a cancel the workflow asked for,

@@ -15,7 +15,13 @@ from datetime import timedelta
 from typing import Any, TextIO, TypeVar
 
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.converter import DataConverter
 from temporalio.exceptions import ApplicationError, CancelledError, TerminatedError
 from temporalio.exceptions import TimeoutError as WorkflowTimeoutError
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
@@ -216,12 +222,59 @@ async def watch_history(handle: RunHandle, changed: asyncio.Event) -> None:
         await asyncio.sleep(RECONNECT_MIN_SECONDS)
 
 
-async def follow(handle: RunHandle, temporal: Reconnecting) -> PipelineProgress | None:
+async def print_pauses(
+    handle: RunHandle,
+    description: WorkflowExecutionDescription,
+    progress: PipelineProgress | None,
+    printed: dict[str, str],
+    marks: dict[str, str],
+    converter: DataConverter,
+) -> None:
+    """A line when an operator pauses a step (`temporal activity pause`, the Web UI) and when it
+    resumes. The workflow is not told of a pause, so its progress query cannot say it: the run's
+    pending activities do, and its history names each one's step."""
+    pending = description.raw_description.pending_activities
+    paused = {a.activity_id for a in pending if a.paused}
+    known = {key.removeprefix("paused "): name for key, name in printed.items() if key.startswith("paused ")}
+    for activity_id in known.keys() - paused:
+        del printed[f"paused {activity_id}"]
+        if any(a.activity_id == activity_id for a in pending):  # else it ended: its own line says how
+            print(f"  {marks['running']} {known[activity_id]:<16} resumed", flush=True)
+    if not paused - known.keys():
+        return
+    names = {step.summary: step.name for step in progress.steps} if progress else {}
+    try:  # each newly paused activity's scheduled event: its step's summary
+        scheduled = [
+            event
+            async for event in handle.fetch_history_events()
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and event.activity_task_scheduled_event_attributes.activity_id in paused - known.keys()
+        ]
+    except RPCError:
+        return  # a hint only: the next poll asks again, and the follow loop reports an outage
+    for event in scheduled:
+        activity_id = event.activity_task_scheduled_event_attributes.activity_id
+        name = event.activity_task_scheduled_event_attributes.activity_type.name
+        if event.user_metadata.HasField("summary"):
+            [summary] = await converter.decode([event.user_metadata.summary], [str])
+            name = names.get(summary, name)
+        printed[f"paused {activity_id}"] = name
+        print(
+            f"  {marks['paused']} {name:<16} paused by an operator: its SkyPilot job keeps running "
+            f"(resume: temporal activity unpause -w {handle.id} -a {activity_id})",
+            flush=True,
+        )
+
+
+async def follow(
+    handle: RunHandle, temporal: Reconnecting, converter: DataConverter = DataConverter.default
+) -> PipelineProgress | None:
     """Print one line per step as it starts and ends (cleanup included) until the run ends.
 
     Plain text only, so the output reads the same in a terminal and in a file. Returns what the
     ended run's progress query reports (None: no answer). The run is queried when its history
-    moves, not on a timer: a query is a workflow task on the worker.
+    moves, not on a timer: a query is a workflow task on the worker. `converter`: the client's
+    (it reads a paused step's name from the history).
     """
     marks = status_marks(sys.stdout)
     printed: dict[str, str] = {}  # summaries are unique
@@ -234,6 +287,7 @@ async def follow(handle: RunHandle, temporal: Reconnecting) -> PipelineProgress 
             # Queried after the describe, so the progress of an ended run is its final state.
             progress = await query_progress(handle, temporal)
             print_new_steps(progress, printed, marks)
+            await print_pauses(handle, description, progress, printed, marks, converter)
             if description.status not in (None, WorkflowExecutionStatus.RUNNING):
                 return progress
             with contextlib.suppress(asyncio.TimeoutError):

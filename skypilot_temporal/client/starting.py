@@ -25,7 +25,7 @@ from skypilot_temporal.operations import search_attributes
 from skypilot_temporal.operations.schedules import ScheduleRequest, create_or_update
 from skypilot_temporal.payloads import PipelineFileInput, PipelineInput, SweepInput
 from skypilot_temporal.trust.codec import PayloadDecryptionError
-from skypilot_temporal.trust.redaction import redact_url_credentials
+from skypilot_temporal.trust.redaction import redact_credentials
 
 T = TypeVar("T")
 RunInput = PipelineInput | SweepInput | PipelineFileInput
@@ -38,7 +38,7 @@ def pipeline_of(run: RunInput) -> PipelineInput:
 def summary_and_details(run: RunInput) -> tuple[str, str]:
     """The Web UI's summary and details of `run` (credentials in the repository URL masked)."""
     pipeline = pipeline_of(run)
-    what = f"{redact_url_credentials(pipeline.repo_url)}@{pipeline.ref}"
+    what = f"{redact_credentials(pipeline.repo_url)}@{pipeline.ref}"
     if isinstance(run, PipelineFileInput):
         details = f"pipeline file: {run.path}; infra: {pipeline.infra or 'from the tasks'}"
         return f"SkyPilot pipeline file {run.path}: {what}", details

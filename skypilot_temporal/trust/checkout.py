@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 from temporalio.exceptions import ApplicationError
 
 from skypilot_temporal.errors import clean_message, one_line, refuse
-from skypilot_temporal.trust.redaction import redact_url_credentials
+from skypilot_temporal.trust.redaction import redact_credentials
 
 # Task YAMLs travel through workflow history: keep them far below the 2 MB payload limit.
 MAX_TASK_FILE_BYTES = 256 * 1024
@@ -79,7 +79,7 @@ async def _git(
         raise
     if proc.returncode != 0:
         message = stderr.decode(errors="replace").strip() or f"git {args[0]} failed"
-        raise GitError(redact_url_credentials(message))
+        raise GitError(redact_credentials(message))
     return stdout.decode(errors="replace").strip()
 
 
@@ -102,7 +102,7 @@ def resolve_inside(root: Path, relative: str, what: str) -> Path:
 def check_repo_url_syntax(repo_url: str) -> str:
     """The URL's scheme ("" for a local path or `user@host:path`); refuses what git must never
     be handed, or what is no URL at all. Needs no worker setting: the starter checks it too."""
-    shown = redact_url_credentials(repo_url)
+    shown = redact_credentials(repo_url)
     # `transport::address` hands the URL to a git remote helper (ext:: runs a command).
     if not repo_url or repo_url.startswith("-") or "\0" in repo_url or _GIT_REMOTE_HELPER.match(repo_url):
         raise refuse(f"invalid repository {shown!r}", "InvalidRepository")
@@ -161,7 +161,7 @@ def check_repo_url(
     the text it would decode again (`file:///allowed/%2e%2e/...`).
     """
     scheme = check_repo_url_syntax(repo_url)
-    shown = redact_url_credentials(repo_url)
+    shown = redact_credentials(repo_url)
     local = local_repo_path(repo_url)
     if local is not None:
         checked = _check_local_repo(local, shown, local_repo_dirs, checkout_root)
@@ -285,14 +285,14 @@ async def _fetch_commit(source: RepoSource, repo_url: str, ref: str, repo_dir: P
 def _clone_error(repo_url: str, message: str) -> ApplicationError:
     transient = any(marker in message.lower() for marker in _TRANSIENT_GIT_ERRORS)
     return ApplicationError(
-        one_line(f"cannot clone repository {redact_url_credentials(repo_url)!r}: {message}"),
+        one_line(f"cannot clone repository {redact_credentials(repo_url)!r}: {message}"),
         type="RepositoryUnavailable" if transient else "RepositoryNotFound",
         non_retryable=not transient,
     )
 
 
 def _ref_not_found(repo_url: str, ref: str) -> ApplicationError:
-    return refuse(f"ref {ref!r} not found in repository {redact_url_credentials(repo_url)!r}", "RefNotFound")
+    return refuse(f"ref {ref!r} not found in repository {redact_credentials(repo_url)!r}", "RefNotFound")
 
 
 def read_task_file(
@@ -303,7 +303,7 @@ def read_task_file(
     path = resolve_inside(checkout_dir, relative, kind)
     if not path.is_file():
         raise refuse(
-            f"{kind} {relative!r} not found in {redact_url_credentials(repo_url)!r} at {ref!r}",
+            f"{kind} {relative!r} not found in {redact_credentials(repo_url)!r} at {ref!r}",
             "TaskFileNotFound",
         )
     if path.stat().st_size > MAX_TASK_FILE_BYTES:

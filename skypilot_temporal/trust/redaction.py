@@ -1,5 +1,5 @@
 """Masking of secret values in every text that leaves the worker (logs, log tails, heartbeat
-details, failure messages), and of credentials in URLs."""
+details, failure messages), of credentials in URLs and of SkyPilot service-account tokens."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ MASK = "***"
 MIN_SECRET_LINE_CHARS = 6
 # `scheme://user:password@host`: the user info before the @ (an https token is often the user).
 _URL_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*)://([^/@\s'\"]+)@")
+# A SkyPilot service-account token (SKYPILOT_SERVICE_ACCOUNT_TOKEN): "sky_" and a JWT.
+_SKYPILOT_TOKEN = re.compile(r"\bsky_[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+")
 
 
 class Redactor:
@@ -35,12 +37,14 @@ class Redactor:
     def __call__(self, text: str) -> str:
         if self._pattern is not None:
             text = self._pattern.sub(MASK, text)
-        return redact_url_credentials(text)
+        return redact_credentials(text)
 
 
-def redact_url_credentials(text: str) -> str:
-    """`https://user:token@host/x` -> `https://***@host/x`, anywhere in `text`. An ssh user name
-    alone (`ssh://git@host/x`) is not a credential and stays."""
+def redact_credentials(text: str) -> str:
+    """`https://user:token@host/x` -> `https://***@host/x` and `sky_<token>` -> `sky_***`,
+    anywhere in `text`. An ssh user name alone (`ssh://git@host/x`) is not a credential and stays."""
+    if "sky_" in text:
+        text = _SKYPILOT_TOKEN.sub(f"sky_{MASK}", text)
     return _URL_USERINFO.sub(_mask_userinfo, text) if "@" in text else text
 
 
@@ -51,10 +55,10 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     return f"{scheme}://{MASK}@"
 
 
-def hide_url_credentials(record: logging.LogRecord) -> bool:
+def hide_credentials(record: logging.LogRecord) -> bool:
     """A logging filter: no log line shows a password or token of a URL (a repository, the API
-    server endpoint)."""
+    server endpoint) or a SkyPilot service-account token."""
     message = record.getMessage()
-    if "@" in message:
-        record.msg, record.args = redact_url_credentials(message), None
+    if "@" in message or "sky_" in message:
+        record.msg, record.args = redact_credentials(message), None
     return True

@@ -60,7 +60,7 @@ with workflow.unsafe.imports_passed_through():
         TaskSpec,
     )
     from skypilot_temporal.pipeline_file.graph import PipelineGraph, attempt_name
-    from skypilot_temporal.trust.redaction import redact_url_credentials
+    from skypilot_temporal.trust.redaction import redact_credentials
     from skypilot_temporal.workflow.step_board import FETCH_TASKS, StepBoard
 
 T = TypeVar("T")
@@ -168,7 +168,7 @@ class Pipeline:
 
     def result(self, steps: Sequence[StepResult]) -> PipelineResult:
         """The run's result: its repository (URL credentials masked), commit and `steps`."""
-        return PipelineResult(redact_url_credentials(self.input.repo_url), self.tasks.commit_sha, list(steps))
+        return PipelineResult(redact_credentials(self.input.repo_url), self.tasks.commit_sha, list(steps))
 
     def release_clusters(self) -> None:
         """Tear down the clusters a failed run kept for debugging, now."""
@@ -429,7 +429,7 @@ class Pipeline:
         )
 
     def _fetch_summary(self) -> str:
-        return f"fetch tasks from {redact_url_credentials(self.input.repo_url)}@{self.input.ref}"
+        return f"fetch tasks from {redact_credentials(self.input.repo_url)}@{self.input.ref}"
 
     def _retry_interval(self) -> timedelta:
         return timedelta(seconds=self.input.retry_initial_interval_seconds)

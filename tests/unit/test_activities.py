@@ -103,7 +103,7 @@ async def test_exec_on_a_missing_cluster_is_non_retryable(activities):
         (exceptions.NoCloudAccessError("no cloud access"), False),
         (exceptions.InvalidCloudCredentials("bad creds"), False),
         (exceptions.APIVersionMismatchError("client 1 server 2"), False),
-        (exceptions.ApiServerAuthenticationError("http://x"), False),
+        (exceptions.ApiServerAuthenticationError("http://x"), True),
         (ValueError("invalid task"), False),
         (exceptions.CommandError(255, "ssh", "allocation vanished", None), True),
         (exceptions.ClusterSetUpError("setup of the runtime failed"), True),
@@ -118,6 +118,28 @@ async def test_sdk_errors_are_classified(activities, fake_sky: FakeSky, error, r
     assert err.value.type == type(error).__name__
     assert "train on wf1-train" in err.value.message
     assert "\x1b[" not in err.value.message
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        exceptions.ApiServerAuthenticationError("http://127.0.0.1:46580"),
+        RuntimeError(
+            'Failed to get request 5e1f: 401 {"detail":"Service account token has been revoked or rotated"}'
+        ),
+    ],
+)
+async def test_a_refused_token_mid_run_is_retried_and_says_what_to_fix(
+    activities, fake_sky: FakeSky, refusal
+):
+    """A token revoked while a run goes: the step waits (retries) for the operator to fix it, and
+    its failure says so, rather than failing a run of days."""
+    fake_sky.fail_next("launch", refusal)
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.launch_task, launch_input())
+    assert not err.value.non_retryable and err.value.type == "ApiServerAuthenticationError"
+    assert "refused this worker's credentials" in err.value.message
+    assert "SKYPILOT_SERVICE_ACCOUNT_TOKEN" in err.value.message
 
 
 async def test_log_tail_is_bounded_whatever_the_job_prints(activities, fake_sky: FakeSky):

@@ -4,20 +4,24 @@ bombs, git transports, credentials in repository URLs."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from skypilot_temporal import SkyPilotPlugin, worker_startup
 from skypilot_temporal.activity.activities import SkyPilotActivities
 from skypilot_temporal.activity.job_log import JobLogSink
 from skypilot_temporal.bounds import input_problems
+from skypilot_temporal.errors import ConfigError
 from skypilot_temporal.payloads import FetchTasksInput, JobProgress, LaunchInput, PipelineInput, TaskSpec
 from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.trust.checkout import check_repo_url
-from skypilot_temporal.trust.redaction import Redactor, redact_url_credentials
+from skypilot_temporal.trust.redaction import Redactor, redact_credentials
 from skypilot_temporal.trust.task_policy import TaskPolicy
 from testing import TASK_REPO_DIRS
 from testing.in_process import WORKER_ENVIRON, Pipeline, git, make_git_repo
@@ -388,11 +392,11 @@ async def test_git_refuses_a_redirect_to_an_insecure_transport_too(activities, t
 
 
 def test_credentials_in_a_url_are_hidden_but_an_ssh_user_is_not():
-    assert redact_url_credentials("cannot clone https://bob:hunter2@git.example.com/r") == (
+    assert redact_credentials("cannot clone https://bob:hunter2@git.example.com/r") == (
         "cannot clone https://***@git.example.com/r"
     )
-    assert redact_url_credentials("https://ghp_abcdef@github.com/o/r") == "https://***@github.com/o/r"
-    assert redact_url_credentials("ssh://git@github.com/o/r") == "ssh://git@github.com/o/r"
+    assert redact_credentials("https://ghp_abcdef@github.com/o/r") == "https://***@github.com/o/r"
+    assert redact_credentials("ssh://git@github.com/o/r") == "ssh://git@github.com/o/r"
 
 
 async def test_a_repo_url_with_credentials_never_shows_them(pipeline: Pipeline, caplog):
@@ -517,7 +521,7 @@ async def test_step_1_failure_messages_are_masked(activities, tmp_path):
 def test_an_ssh_password_in_a_url_is_hidden_and_exception_text_is_cleaned():
     from skypilot_temporal.errors import clean_message
 
-    assert redact_url_credentials("ssh://u:pw@h/r") == "ssh://***@h/r"
+    assert redact_credentials("ssh://u:pw@h/r") == "ssh://***@h/r"
     assert "pw" not in clean_message(RuntimeError("cannot reach https://u:pw@api.example.com"))
 
 
@@ -559,3 +563,50 @@ async def test_second_review_storage_paths_without_a_scheme_and_internal_keys(
     with pytest.raises(ApplicationError) as err:
         await fetch_one(activities, repo)
     assert err.value.non_retryable and shown in err.value.message, err.value.message
+
+
+TOKEN = "sky_eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzYS0xMjMifQ.c2lnbmF0dXJlLXZhbHVl"
+
+
+def test_a_skypilot_service_account_token_is_hidden_wherever_it_appears(caplog):
+    assert redact_credentials(f"401: Authorization: Bearer {TOKEN} refused") == (
+        "401: Authorization: Bearer sky_*** refused"
+    )
+    assert redact_credentials("sky_launch failed on sky_status.py") == "sky_launch failed on sky_status.py"
+    SkyPilotPlugin(sky=FakeSky())  # its log filters, as on a worker
+    with caplog.at_level(logging.INFO, "temporalio.activity"):
+        logging.getLogger("temporalio.activity").info("calling with %s", TOKEN)
+    assert TOKEN not in caplog.text and "sky_***" in caplog.text
+
+
+@pytest.mark.parametrize("refusal", ["http 401", "authentication error"])
+def test_the_worker_refuses_to_start_in_one_line_when_the_api_server_refuses_its_token(refusal):
+    class Refused(Exception):
+        response = SimpleNamespace(status_code=401)
+
+    class ApiServerAuthenticationError(Exception):
+        pass
+
+    error = Refused if refusal == "http 401" else ApiServerAuthenticationError
+
+    class Sdk:
+        def api_info(self):
+            raise error(f"401 Client Error: Unauthorized (token {TOKEN} is revoked)")
+
+    with pytest.raises(ConfigError) as refused:
+        worker_startup.check_skypilot_api_server(Sdk())  # type: ignore[arg-type]
+    message = str(refused.value)
+    assert "refused this worker's credentials" in message and "SKYPILOT_SERVICE_ACCOUNT_TOKEN" in message
+    assert TOKEN not in message and "\n" not in message
+
+
+def test_the_worker_refuses_a_token_that_is_not_a_skypilot_one_before_calling(monkeypatch):
+    monkeypatch.setenv("SKYPILOT_SERVICE_ACCOUNT_TOKEN", "ghp_not-a-skypilot-token")
+
+    class Sdk:
+        def api_info(self):
+            raise AssertionError("no call with a malformed token")
+
+    with pytest.raises(ConfigError, match=r"^SKYPILOT_SERVICE_ACCOUNT_TOKEN is not a SkyPilot") as refused:
+        worker_startup.check_skypilot_api_server(Sdk())  # type: ignore[arg-type]
+    assert "ghp_not" not in str(refused.value)

@@ -9,6 +9,7 @@ import subprocess
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import WorkflowHandle
 
+from skypilot_temporal.client import following
 from skypilot_temporal.payloads import StepTimeouts
 from skypilot_temporal.testing.fake_sky import FakeSky
 from testing.in_process import TEMPORAL_CLI, Pipeline
@@ -93,3 +94,34 @@ async def test_a_longer_timeout_given_to_a_running_step_lets_it_finish(pipeline:
     result = await handle.result()
     assert [step.job_status for step in result.steps][:2] == ["SUCCEEDED", "SUCCEEDED"]
     assert train_jobs(pipeline.fake) == ["SUCCEEDED"]
+
+
+async def test_the_starter_says_when_a_step_is_paused_and_when_it_resumes(
+    pipeline: Pipeline, monkeypatch, capsys
+):
+    """A pause writes no history event and the workflow is not told of it: `--follow` finds it
+    in the run's pending activities (within its safety poll) and names the step from the history."""
+    monkeypatch.setattr(following, "SAFETY_POLL_SECONDS", 0.3)
+    pipeline.fake.plan("train", seconds=4)
+    handle = await pipeline.start()
+    client = pipeline.env.client
+    follower = asyncio.create_task(
+        following.follow(handle, following.Reconnecting("test"), client.data_converter)
+    )
+    await asyncio.to_thread(pipeline.fake.wait_for_job, "train")
+    activity_id = await wait_until(handle, "launch_task", PendingActivityState.PENDING_ACTIVITY_STATE_STARTED)
+    temporal_cli(pipeline, "activity", "pause", "-w", handle.id, "-a", activity_id, "--reason", "look")
+    output = ""
+    for _ in range(100):
+        output += capsys.readouterr().out
+        if "paused by an operator" in output:
+            break
+        await asyncio.sleep(0.1)
+    temporal_cli(pipeline, "activity", "unpause", "-w", handle.id, "-a", activity_id)
+    await follower
+    output += capsys.readouterr().out
+    paused = next(line for line in output.splitlines() if "paused by an operator" in line)
+    assert paused.split()[1] == "train", paused
+    assert f"temporal activity unpause -w {handle.id} -a {activity_id}" in paused
+    resumed = output.index("train            resumed")
+    assert output.index(paused) < resumed < output.index("succeeded  cluster", output.index(paused)), output

@@ -1,0 +1,110 @@
+"""Service-account tokens of the local stack's SkyPilot API server (its REST API: SkyPilot's CLI
+has no command for them; a production server's dashboard does the same under Users).
+
+    python -m scripts.skypilot_tokens issue NAME --out FILE     # create, or rotate if NAME exists
+    python -m scripts.skypilot_tokens rotate NAME --out FILE    # a new value; the old one stops working
+    python -m scripts.skypilot_tokens delete NAME               # once it owns no cluster
+
+The admin's basic-auth password is read from $SKYPILOT_ADMIN_PASSWORD_FILE (written by
+scripts/local_stack.sh). The token goes to FILE (mode 0600), never to the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ADMIN_USER = "admin"
+TIMEOUT = 30
+ENDPOINT = "/users/service-account-tokens"
+
+
+def admin_session(password: str) -> requests.Session:
+    session = requests.Session()
+    session.auth = (ADMIN_USER, password)
+    # From 127.0.0.1 the server skips basic auth without reading the header (a loopback caller
+    # is trusted); a proxy header makes it check the admin's password, which the endpoint needs.
+    session.headers["X-Forwarded-For"] = "192.0.2.1"
+    return session
+
+
+def _call(session: requests.Session, method: str, url: str, **kwargs: Any) -> Any:
+    response = session.request(method, url, timeout=TIMEOUT, **kwargs)
+    if response.status_code >= 400:
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text or response.reason
+        raise SystemExit(f"skypilot_tokens: {method} {url}: HTTP {response.status_code}: {detail}")
+    return response.json()
+
+
+def token_id(session: requests.Session, api: str, name: str) -> str | None:
+    tokens = _call(session, "GET", api + ENDPOINT)
+    return next((str(t["token_id"]) for t in tokens if t.get("token_name") == name), None)
+
+
+def rotate(session: requests.Session, api: str, name: str) -> str:
+    existing = token_id(session, api, name)
+    if existing is None:
+        raise SystemExit(f"skypilot_tokens: no service account named {name!r}")
+    answer = _call(session, "POST", f"{api}{ENDPOINT}/rotate", json={"token_id": existing})
+    return str(answer["token"])
+
+
+def issue(session: requests.Session, api: str, name: str, role: str) -> str:
+    """A token of service account `name`: a new account, or a new value of the existing one (it
+    keeps its user id, so the clusters it owns)."""
+    if token_id(session, api, name) is not None:
+        return rotate(session, api, name)
+    body = {"token_name": name, "role": role, "expires_in_days": 0}
+    return str(_call(session, "POST", api + ENDPOINT, json=body)["token"])
+
+
+def write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(value)
+    path.with_suffix(".tmp").replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.skypilot_tokens", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("action", choices=["issue", "rotate", "delete"])
+    parser.add_argument("name")
+    parser.add_argument("--out", type=Path, help="where the token goes (mode 0600)")
+    parser.add_argument("--role", default="admin", choices=["admin", "user"])
+    parser.add_argument(
+        "--api", default=os.environ.get("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:46580")
+    )
+    args = parser.parse_args(argv)
+    password_file = os.environ.get("SKYPILOT_ADMIN_PASSWORD_FILE", "")
+    if not password_file or not Path(password_file).is_file():
+        print(
+            "skypilot_tokens: set SKYPILOT_ADMIN_PASSWORD_FILE to the admin's password file", file=sys.stderr
+        )
+        return 2
+    session = admin_session(Path(password_file).read_text().strip())
+    api = args.api.rstrip("/")
+    token = (
+        issue(session, api, args.name, args.role)
+        if args.action == "issue"
+        else rotate(session, api, args.name)
+    )
+    if args.out is None:
+        parser.error("--out is required")
+    write_secret(args.out, token)
+    print(f"service account {args.name}: token written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
