@@ -53,8 +53,9 @@ TEMPORAL_PID=$STATE/temporal.pid
 SKY_API_PID=$STATE/skypilot-api.pid
 SKY_SERVER_CONFIG=$STATE/skypilot-server-config.yaml
 # The API server checks who calls: its admin's basic-auth password, and the service account the
-# stack's worker uses (its token: a secret, mode 0600).
-SKY_ADMIN_PASSWORD_FILE=$STATE/skypilot-admin.password
+# stack's worker uses (its token: a secret, mode 0600). The password lives beside the server's
+# database (~/.sky), which creates the admin once: a fresh $STATE beside an older ~/.sky keeps both.
+SKY_ADMIN_PASSWORD_FILE=$HOME/.sky/local-stack-admin.password
 SKY_WORKER_ACCOUNT=temporal-workers
 SKY_WORKER_TOKEN_FILE=$STATE/skypilot-worker.token
 WORKER_PID=$STATE/worker.pid
@@ -463,6 +464,7 @@ start_skypilot() {
 
 ensure_admin_password() {
   [ -s "$SKY_ADMIN_PASSWORD_FILE" ] && return
+  mkdir -p "$(dirname "$SKY_ADMIN_PASSWORD_FILE")"
   (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$SKY_ADMIN_PASSWORD_FILE")
 }
 
@@ -496,7 +498,7 @@ ensure_worker_token() {
   cd "$REPO"
   SKYPILOT_ADMIN_PASSWORD_FILE=$SKY_ADMIN_PASSWORD_FILE "$VENV/bin/python" -m scripts.skypilot_tokens issue \
     "$SKY_WORKER_ACCOUNT" --out "$SKY_WORKER_TOKEN_FILE" --api "http://127.0.0.1:$SKY_API_PORT" >/dev/null \
-    || die "could not issue the worker's service-account token (if ~/.sky outlived $STATE, its admin password is an older one: 'down', remove ~/.sky/ and 'up')"
+    || die "could not issue the worker's service-account token (if $SKY_ADMIN_PASSWORD_FILE was lost, ~/.sky's admin has another password: 'down', remove ~/.sky/ and 'up')"
   [ "$(sky_token_status)" = 200 ] || die "the API server refuses the token it just issued"
   log "skypilot: worker service account $SKY_WORKER_ACCOUNT (token in $SKY_WORKER_TOKEN_FILE)"
 }

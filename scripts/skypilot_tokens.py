@@ -5,8 +5,9 @@ has no command for them; a production server's dashboard does the same under Use
     python -m scripts.skypilot_tokens rotate NAME --out FILE    # a new value; the old one stops working
     python -m scripts.skypilot_tokens delete NAME               # once it owns no cluster
 
-The admin's basic-auth password is read from $SKYPILOT_ADMIN_PASSWORD_FILE (written by
-scripts/local_stack.sh). The token goes to FILE (mode 0600), never to the output.
+The admin's basic-auth password is read from $SKYPILOT_ADMIN_PASSWORD_FILE (default
+~/.sky/local-stack-admin.password, written by scripts/local_stack.sh). The token goes to FILE
+(mode 0600), never to the output.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import requests
 ADMIN_USER = "admin"
 TIMEOUT = 30
 ENDPOINT = "/users/service-account-tokens"
+DEFAULT_PASSWORD_FILE = Path.home() / ".sky" / "local-stack-admin.password"
 
 
 def admin_session(password: str) -> requests.Session:
@@ -37,9 +39,11 @@ def _call(session: requests.Session, method: str, url: str, **kwargs: Any) -> An
     response = session.request(method, url, timeout=TIMEOUT, **kwargs)
     if response.status_code >= 400:
         try:
-            detail = response.json().get("detail", response.text)
+            body = response.json()
         except ValueError:
-            detail = response.text or response.reason
+            body = response.text or response.reason
+        # FastAPI's errors are {"detail": ...}; the basic-auth middleware answers a bare string.
+        detail = body.get("detail", body) if isinstance(body, dict) else body
         raise SystemExit(f"skypilot_tokens: {method} {url}: HTTP {response.status_code}: {detail}")
     return response.json()
 
@@ -66,6 +70,12 @@ def issue(session: requests.Session, api: str, name: str, role: str) -> str:
     return str(_call(session, "POST", api + ENDPOINT, json=body)["token"])
 
 
+def delete(session: requests.Session, api: str, name: str) -> None:
+    existing = token_id(session, api, name)
+    if existing is not None:
+        _call(session, "POST", f"{api}{ENDPOINT}/delete", json={"token_id": existing})
+
+
 def write_secret(path: Path, value: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path.with_suffix(".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -86,21 +96,26 @@ def main(argv: list[str] | None = None) -> int:
         "--api", default=os.environ.get("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:46580")
     )
     args = parser.parse_args(argv)
-    password_file = os.environ.get("SKYPILOT_ADMIN_PASSWORD_FILE", "")
-    if not password_file or not Path(password_file).is_file():
+    password_file = Path(os.environ.get("SKYPILOT_ADMIN_PASSWORD_FILE") or DEFAULT_PASSWORD_FILE)
+    if not password_file.is_file():
         print(
-            "skypilot_tokens: set SKYPILOT_ADMIN_PASSWORD_FILE to the admin's password file", file=sys.stderr
+            f"skypilot_tokens: no admin password file {password_file} (set SKYPILOT_ADMIN_PASSWORD_FILE)",
+            file=sys.stderr,
         )
         return 2
-    session = admin_session(Path(password_file).read_text().strip())
+    session = admin_session(password_file.read_text().strip())
     api = args.api.rstrip("/")
+    if args.action == "delete":
+        delete(session, api, args.name)
+        print(f"service account {args.name}: deleted")
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
     token = (
         issue(session, api, args.name, args.role)
         if args.action == "issue"
         else rotate(session, api, args.name)
     )
-    if args.out is None:
-        parser.error("--out is required")
     write_secret(args.out, token)
     print(f"service account {args.name}: token written to {args.out}")
     return 0

@@ -4,7 +4,6 @@ issued by scripts/skypilot_tokens.py, as scripts/local_stack.sh does for its own
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,6 @@ from testing.local_stack import SKY_API, Stack, process_env, spawn_worker_proces
 
 pytestmark = pytest.mark.e2e
 
-ADMIN_PASSWORD_FILE = Path(os.environ.get("STACK_STATE_DIR", ROOT / ".state")) / "skypilot-admin.password"
 REFUSED = "refused this worker's credentials"
 
 
@@ -29,7 +27,6 @@ def service_account_token(name: str, out: Path, action: str = "issue") -> str:
     subprocess.run(
         [sys.executable, "-m", "scripts.skypilot_tokens", action, name, "--out", str(out), "--api", SKY_API],
         cwd=ROOT,
-        env={**os.environ, "SKYPILOT_ADMIN_PASSWORD_FILE": str(ADMIN_PASSWORD_FILE)},
         check=True,
         capture_output=True,
         timeout=60,
@@ -127,7 +124,6 @@ async def test_a_token_revoked_mid_run_waits_for_the_fix_and_another_accounts_ca
             subprocess.run(
                 [sys.executable, "-m", "scripts.skypilot_tokens", "delete", name, "--api", SKY_API],
                 cwd=ROOT,
-                env={**os.environ, "SKYPILOT_ADMIN_PASSWORD_FILE": str(ADMIN_PASSWORD_FILE)},
                 capture_output=True,
                 timeout=60,
             )
