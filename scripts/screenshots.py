@@ -146,7 +146,7 @@ async def settled_picture(page: Page, path: Path) -> None:
 async def running_step_picture(page: Page, url: str, path: Path) -> None:
     """The pending train activity once its heartbeat carries its phase, job id and an epoch log
     line (the end-to-end suite relies on this check)."""
-    deadline = time.monotonic() + 300  # a train launch takes minutes on a busy 2-core machine
+    deadline = time.monotonic() + 600  # a train launch takes minutes on a busy 2-core machine
     while True:
         await page.goto(url)
         await page.wait_for_timeout(SETTLE_MS)
@@ -154,9 +154,11 @@ async def running_step_picture(page: Page, url: str, path: Path) -> None:
         if '"phase": "running"' in body and '"job_id": 1' in body and "epoch " in body:
             break
         if time.monotonic() > deadline:
-            # Seen since 2026-12-06 (issue 27 note): under investigation; the picture is still taken.
-            print("[screenshots] WARNING: the train step's heartbeat never showed its job", flush=True)
-            break
+            tail = " | ".join(body.splitlines()[-12:])
+            raise SystemExit(
+                "screenshots.py: error: the train step's heartbeat never showed its phase, job id and an "
+                f"epoch line on {url}: {tail}"
+            )
         await asyncio.sleep(2)
     await page.screenshot(path=path)
     print(f"[screenshots] {path}", flush=True)
