@@ -53,6 +53,11 @@ def token_id(session: requests.Session, api: str, name: str) -> str | None:
     return next((str(t["token_id"]) for t in tokens if t.get("token_name") == name), None)
 
 
+def token_names(session: requests.Session, api: str) -> list[str]:
+    """Every service-account token's name (SkyPilot's own too: `managed-job-<job>-<id>`)."""
+    return [str(t.get("token_name")) for t in _call(session, "GET", api + ENDPOINT)]
+
+
 def rotate(session: requests.Session, api: str, name: str) -> str:
     existing = token_id(session, api, name)
     if existing is None:

@@ -433,7 +433,10 @@ class SkyPilotActivities:
             raise refuse(f"{what} is invalid: {clean_message(exc)}", "InvalidTask") from None
         try:
             task = self._sky.Task.from_yaml_config(
-                config,
+                # SkyPilot hands a managed job a token of the launching user (the worker's service
+                # account) unless its task says no: a task author's job must not call the API
+                # server as the worker. (A task may not set the key itself: check_task_keys.)
+                {**config, "api_server_access": False},
                 env_overrides=list(spec.env_overrides.items()) or None,
                 secrets_overrides=list(self._secrets_for(spec).items()) or None,
             )

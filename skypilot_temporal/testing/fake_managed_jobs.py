@@ -34,6 +34,9 @@ TERMINAL = {s.value for s in ManagedJobStatus.terminal_statuses()}
 EXIT_CODES = {"SUCCEEDED": 0, "CANCELLED": 103}
 
 
+API_TOKEN_VARIABLE = "SKYPILOT_SERVICE_ACCOUNT_TOKEN"
+
+
 @dataclass
 class FakeManagedJob:
     job_id: int
@@ -56,6 +59,9 @@ class FakeManagedJobs:
         self._server = server
         self.launch_seconds = 0.0  # the launch request in flight before the job has a row
         self.start_seconds = 0.0  # PENDING/STARTING before RUNNING
+        # An API server with service accounts on (ENABLE_SERVICE_ACCOUNTS=true) gives every managed
+        # job whose task does not say `api_server_access: false` a token of the launching user.
+        self.service_accounts = True
         self.managed: list[FakeManagedJob] = []
         self._ids = itertools.count(1)
 
@@ -203,6 +209,8 @@ class FakeManagedJobs:
             secrets={k: v if isinstance(v, str) else v.get_secret_value() for k, v in task.secrets.items()},
             labels=next((dict(r.labels or {}) for r in task.resources), {}),
         )
+        if self.service_accounts and task.api_server_access:
+            job.secrets[API_TOKEN_VARIABLE] = f"sky_job-token-of-{request.user}"
         self.managed.append(job)
 
         def run() -> None:

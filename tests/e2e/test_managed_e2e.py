@@ -14,9 +14,10 @@ import pytest
 
 from e2e.test_pipeline_e2e import DATA_DIR, result_of, status_of
 from e2e.test_web_ui import open_run
+from scripts.skypilot_tokens import DEFAULT_PASSWORD_FILE, admin_session, token_names
 from skypilot_temporal.naming import cluster_prefix_for
 from testing.browser import browser_page, wait_for_user_metadata
-from testing.local_stack import Stack, managed_job_allocations, managed_jobs, slurm_allocations
+from testing.local_stack import SKY_API, Stack, managed_job_allocations, managed_jobs, slurm_allocations
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -44,6 +45,11 @@ async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: S
         return (jobs[0], allocations) if allocations else None
 
     job, first_allocations = await wait_until(train_running, 600, "the managed train job to run")
+    # The API server (service accounts on) gives a managed job a token of its launcher unless the
+    # task opts out: the worker's tasks do, so no token acts as the worker inside the job.
+    admin = admin_session(DEFAULT_PASSWORD_FILE.read_text().strip())
+    job_tokens = [n for n in token_names(admin, SKY_API) if n.startswith(f"managed-job-{prefix}")]
+    assert job_tokens == [], job_tokens
     await asyncio.sleep(8)  # a few epochs in
     subprocess.run(["scancel", *first_allocations], check=True)
     preempted_at = time.monotonic()

@@ -548,6 +548,7 @@ async def test_git_itself_refuses_an_insecure_transport_it_is_redirected_to(
         ("file_mounts:\n  /m:\n    name: b\n    mode: COPY\n    source: //root/.ssh\nrun: ls", "//root/.ssh"),
         ("workdir: .\nfile_mounts_mapping:\n  /x: ../../../../root\nrun: ls", "file_mounts_mapping"),
         ("_metadata: {}\nrun: ls", "_metadata"),
+        ("api_server_access: true\nrun: ls", "api_server_access"),  # the worker's identity in a job
         (
             "resources:\n  _cluster_config_overrides:\n    kubernetes:\n"
             "      remote_identity: LOCAL_CREDENTIALS\nrun: ls",

@@ -67,6 +67,14 @@ async def test_a_managed_train_runs_as_one_managed_job_and_eval_on_its_own_clust
     ).replay_workflow(history)
 
 
+async def test_a_managed_job_gets_no_api_server_token_of_the_worker(pipeline: Pipeline):
+    """An API server with service accounts gives a managed job a token of the user who launched
+    it unless the task opts out: the task author's job would call the API server as the worker."""
+    await (await pipeline.start(managed_train=True)).result()
+    [job] = pipeline.fake.jobs.named("train")
+    assert "SKYPILOT_SERVICE_ACCOUNT_TOKEN" not in job.secrets, job.secrets
+
+
 async def test_a_preempted_managed_train_recovers_and_the_run_counts_the_recovery(pipeline: Pipeline):
     pipeline.fake.plan("train", seconds=1.0)
     handle = await pipeline.start(managed_train=True)
