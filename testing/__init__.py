@@ -8,6 +8,7 @@
   it up, the environment of the processes pointed at it, `run_worker.py` processes, and `Stack`,
   an end-to-end test's handle on it.
 - `testing.browser`: the Temporal Web UI in headless Chromium.
+- `testing.waiting`: `eventually`, polling a check until it holds or failing with what never came.
 
 Everything imports from the repository root: pytest puts it on the path (pyproject.toml's
 `pythonpath`), and the scripts that use this run as modules from there (`python -m bench.run`).

@@ -4,9 +4,7 @@ goes down), and what the Temporal server says of a worker deployment and a run's
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 from pathlib import Path
 
 from temporalio.api.workflowservice.v1 import request_response_pb2 as service
@@ -14,6 +12,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from testing import ROOT
+from testing.waiting import eventually
 
 EXTRA_STEP = "eval-again"
 _CHANGES = (
@@ -65,12 +64,14 @@ async def current_build(client: Client, deployment: str) -> str:
 
 async def wait_for_current(client: Client, deployment: str, other_than: str = "", timeout: float = 60) -> str:
     """The build id of the deployment's current version once it has one other than `other_than`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (build := await current_build(client, deployment)) and build != other_than:
-            return build
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no new current version of deployment {deployment} in {timeout:.0f} s")
+
+    async def new_current() -> str:
+        build = await current_build(client, deployment)
+        return build if build != other_than else ""
+
+    return await eventually(
+        new_current, f"a new current version of deployment {deployment}", timeout, every=0.1
+    )
 
 
 async def version_of(handle: WorkflowHandle) -> tuple[str, int]:

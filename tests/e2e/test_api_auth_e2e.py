@@ -7,7 +7,6 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from skypilot_temporal.naming import cluster_prefix_for
 from testing import ROOT
 from testing.local_stack import SKY_API, Stack, process_env, spawn_worker_process, start_worker_process
+from testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -49,15 +49,6 @@ def test_a_worker_whose_token_the_server_refuses_does_not_start_and_says_why_in_
     assert "Traceback" not in output and unknown not in output
 
 
-async def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := await asyncio.to_thread(condition):
-            return found
-        await asyncio.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_a_token_revoked_mid_run_waits_for_the_fix_and_another_accounts_cancel_leaves_it_alone(
     temporal, sky_sdk, tmp_path: Path
 ):
@@ -83,17 +74,20 @@ async def test_a_token_revoked_mid_run_waits_for_the_fix_and_another_accounts_ca
     ids = {key: f"e2e-auth-{key}-{suffix}" for key in accounts}
     runs = {key: asyncio.create_task(stacks[key].start_pipeline(workflow_id=ids[key])) for key in accounts}
     prefixes = {key: cluster_prefix_for(ids[key]) for key in accounts}
+
+    def launch_of_a():
+        requests = stacks["a"].requests_on(f"{prefixes['a']}-preprocess")
+        return next((r for r in requests if r.name == "sky.launch"), None)
+
+    def a_says_refused() -> bool:
+        return REFUSED in workers["a"].log()
+
     try:
-        launch_a = await wait_for(
-            lambda: next(
-                (r for r in stacks["a"].requests_on(f"{prefixes['a']}-preprocess") if r.name == "sky.launch"),
-                None,
-            ),
+        launch_a = await eventually(lambda: asyncio.to_thread(launch_of_a), "A's preprocess launch", 300)
+        await eventually(
+            lambda: asyncio.to_thread(stacks["b"].requests_on, f"{prefixes['b']}-preprocess"),
+            "B's preprocess launch",
             300,
-            "A's preprocess launch",
-        )
-        await wait_for(
-            lambda: stacks["b"].requests_on(f"{prefixes['b']}-preprocess"), 300, "B's preprocess launch"
         )
         fixed = service_account_token(
             accounts["a"], tmp_path / "a.token", "rotate"
@@ -109,7 +103,7 @@ async def test_a_token_revoked_mid_run_waits_for_the_fix_and_another_accounts_ca
             if r.request_id == launch_a.request_id
         ]
         assert again.status != "CANCELLED", again.status
-        await wait_for(lambda: REFUSED in workers["a"].log(), 180, "A's step to say why it waits")
+        await eventually(lambda: asyncio.to_thread(a_says_refused), "A's step to say why it waits", 180)
         workers["a"].kill(signal.SIGTERM)
         restarted = start_worker_process(
             queues["a"], tmp_path / "a2.log", tmp_path / "checkouts-a", SKYPILOT_SERVICE_ACCOUNT_TOKEN=fixed

@@ -7,8 +7,6 @@ import asyncio
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
 
@@ -18,18 +16,9 @@ from scripts.skypilot_tokens import DEFAULT_PASSWORD_FILE, admin_session, token_
 from skypilot_temporal.naming import cluster_prefix_for
 from testing.browser import browser_page, wait_for_user_metadata
 from testing.local_stack import SKY_API, Stack, managed_job_allocations, managed_jobs, slurm_allocations
+from testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
-T = TypeVar("T")
-
-
-async def wait_until(condition: Callable[[], T | None], timeout: float, what: str, poll: float = 2.0) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := await asyncio.to_thread(condition):
-            return found
-        await asyncio.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: Stack):
@@ -44,7 +33,9 @@ async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: S
         allocations = managed_job_allocations(jobs[0]) if jobs else {}
         return (jobs[0], allocations) if allocations else None
 
-    job, first_allocations = await wait_until(train_running, 600, "the managed train job to run")
+    job, first_allocations = await eventually(
+        lambda: asyncio.to_thread(train_running), "the managed train job to run", 600, every=2
+    )
     # The API server (service accounts on) gives a managed job a token of its launcher unless the
     # task opts out: the worker's tasks do, so no token acts as the worker inside the job.
     admin = admin_session(DEFAULT_PASSWORD_FILE.read_text().strip())
@@ -63,7 +54,12 @@ async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: S
             else None
         )
 
-    await wait_until(relaunched, 600, "SkyPilot to relaunch the train job on a new allocation")
+    await eventually(
+        lambda: asyncio.to_thread(relaunched),
+        "SkyPilot to relaunch the train job on a new allocation",
+        600,
+        every=2,
+    )
     recovery_seconds = time.monotonic() - preempted_at
     rc, stdout, stderr, _ = await run
 

@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from testing.local_stack import (
     start_worker_process,
 )
 from testing.prometheus import scrape, value
+from testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -55,14 +55,6 @@ def temporal_cli(*args: str) -> str:
 def listed(query: str) -> list[str]:
     rows = json.loads(temporal_cli("workflow", "list", "--query", query, "--output", "json") or "[]")
     return [row["execution"]["workflowId"] for row in rows]
-
-
-async def poll(check, what: str, timeout: float) -> object:
-    deadline = time.monotonic() + timeout
-    while not (found := await asyncio.to_thread(check)):
-        assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
-        await asyncio.sleep(1)
-    return found
 
 
 @contextlib.asynccontextmanager
@@ -135,14 +127,18 @@ async def scheduled_run_found_measured_traced(
         assert created.stdout.startswith(f"Created schedule {schedule_id}: cron '0 3 * * *' (UTC)")
         temporal_cli("schedule", "trigger", "--schedule-id", schedule_id)
         scheduled = f"TemporalScheduledById='{schedule_id}'"
-        run_ids = await poll(lambda: listed(scheduled), "the triggered run", timeout=60)
-        assert isinstance(run_ids, list) and len(run_ids) == 1
+        run_ids = await eventually(lambda: asyncio.to_thread(listed, scheduled), "the triggered run", 60)
+        assert len(run_ids) == 1
         workflow_id = run_ids[0]
         assert workflow_id.startswith(f"{schedule_id}-")
 
         sha = git("rev-parse", "HEAD", cwd=ROOT)
         training_now = f"PipelineStep='train' AND CommitSha='{sha}'"
-        await poll(lambda: workflow_id in listed(training_now), training_now, timeout=300)
+
+        def training() -> bool:
+            return workflow_id in listed(training_now)
+
+        await eventually(lambda: asyncio.to_thread(training), training_now, 300)
         async with browser_page() as page:  # the Web UI's run list, filtered on the same query
             await page.goto(f"{workflows_url()}?query={quote(training_now)}")
             await expect(page.get_by_text(workflow_id).first).to_be_visible(timeout=30_000)
@@ -167,7 +163,7 @@ async def scheduled_run_found_measured_traced(
             names = (b"RunWorkflow:SkyPilotWorkflow", b"RunActivity:launch_task", b"RunActivity:down_cluster")
             return all(name in sent for name in names) and workflow_id.encode() in sent
 
-        await poll(traced, "the run's spans at the OTLP collector", timeout=60)
+        await eventually(lambda: asyncio.to_thread(traced), "the run's spans at the OTLP collector", 60)
 
         prefix = cluster_prefix_for(workflow_id)
         assert Stack(temporal, sky_sdk, task_queue, tmp_path).clusters(prefix) == []

@@ -34,6 +34,7 @@ from testing.local_stack import (
     process_env,
     start_worker_process,
 )
+from testing.waiting import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -75,12 +76,10 @@ async def activity_attempts(temporal: Client, workflow_id: str) -> dict[str, lis
 
 
 async def wait_for_job(stack: Stack, cluster: str, step: str, status: str = "RUNNING", timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (await asyncio.to_thread(stack.job_statuses, cluster)).get(step) == status:
-            return
-        await asyncio.sleep(2)
-    raise AssertionError(f"job of step {step} on {cluster} never {status}")
+    async def reached() -> bool:
+        return (await asyncio.to_thread(stack.job_statuses, cluster)).get(step) == status
+
+    await eventually(reached, f"job of step {step} on {cluster} to be {status}", timeout, every=2)
 
 
 async def stored_history_bytes(workflow_id: str) -> bytes:
@@ -211,7 +210,13 @@ async def test_a_deploy_between_two_runs_at_once_keeps_each_on_its_version_and_t
         old = await wait_for_current(stack.temporal, task_queue)
         first_id = f"e2e-deploy-a-{uuid.uuid4().hex[:6]}"
         first = asyncio.create_task(deploy.start_pipeline(workflow_id=first_id))
-        await wait_for_cluster(stack, first_id, first)  # A is in flight: its first cluster is coming up
+
+        async def a_cluster() -> list[str]:
+            assert not first.done(), "the first run brought up no cluster (it ended)"
+            return await asyncio.to_thread(stack.clusters, cluster_prefix_for(first_id))
+
+        # A is in flight: its first cluster is coming up
+        await eventually(a_cluster, "the first run brought up no cluster", 300)
         code = copy_of_next_version(tmp_path / "v2-code")
         workers.append(
             await asyncio.to_thread(
@@ -252,16 +257,6 @@ async def test_a_deploy_between_two_runs_at_once_keeps_each_on_its_version_and_t
     assert overlap > 0.3 * min(end - start for start, end in spans), spans
     for *_, workflow_id in runs:
         assert_no_cluster_left(stack, cluster_prefix_for(workflow_id))
-
-
-async def wait_for_cluster(stack: Stack, workflow_id: str, starter: asyncio.Task) -> None:
-    """Until the run has a cluster (while its starter runs)."""
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not starter.done():
-        if await asyncio.to_thread(stack.clusters, cluster_prefix_for(workflow_id)):
-            return
-        await asyncio.sleep(1)
-    raise AssertionError("the first run brought up no cluster")
 
 
 async def activity_steps(client: Client, workflow_id: str) -> list[str]:

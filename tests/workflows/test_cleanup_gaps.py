@@ -8,7 +8,6 @@ import asyncio
 import concurrent.futures
 import dataclasses
 import threading
-import time
 
 import pytest
 import requests
@@ -24,14 +23,7 @@ from skypilot_temporal.payloads import DownInput, JobProgress, LaunchInput
 from skypilot_temporal.testing.fake_sky import FakeSky
 from testing.activity_env import CLUSTER, launch_input, retry_env, run_until, spec
 from testing.in_process import Pipeline
-
-
-async def wait_until(condition, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never held"
-        await asyncio.sleep(0.02)
-
+from testing.waiting import eventually
 
 # ---------------------------------------------------------------- a cancel inside the launch call
 
@@ -47,7 +39,7 @@ async def test_a_cancel_while_the_sdk_uploads_still_cancels_the_launch_it_then_s
     held = "jobs.launch" if managed else "launch"  # the managed train's, or preprocess's
     uploads = fake.hold_uploads(held)
     handle = await pipeline.start(managed_train=managed)
-    await wait_until(lambda: fake.called(held))
+    await eventually(lambda: fake.called(held), f"the SDK's {held} call", 20, every=0.02)
     await handle.cancel()
     await asyncio.sleep(0.5)  # a run that did not wait for the call would clean up and end now
     uploads.set()
@@ -84,7 +76,7 @@ async def test_a_lost_attempt_stops_following_its_job_and_frees_its_thread(fake_
             env.cancel(ActivityCancellationDetails(timed_out=True))
             with pytest.raises(asyncio.CancelledError):
                 await following
-        await wait_until(lambda: fake_sky.log_followers == 0, timeout=2)
+        await eventually(lambda: fake_sky.log_followers == 0, "every job log follower to stop", 2, every=0.02)
         torn_down = await asyncio.wait_for(
             ActivityEnvironment().run(activities.down_cluster, DownInput("unrelated")), timeout=5
         )

@@ -27,6 +27,7 @@ from skypilot_temporal.testing import in_process as harness
 from skypilot_temporal.testing.fake_sky import FakeSky
 from testing.deploys import EXTRA_STEP, current_build, next_workflows_source, version_of, wait_for_current
 from testing.in_process import WORKER_ENVIRON, WORKER_POLICY, Pipeline
+from testing.waiting import eventually
 from workflows import PIPELINES, SweepWorkflow
 
 
@@ -42,7 +43,11 @@ def next_pipelines(tmp_path: Path, monkeypatch) -> list[type]:
 
 @asynccontextmanager
 async def versioned_worker(
-    pipeline: Pipeline, workflows: list[Any], tmp_path: Path, **options: Any
+    pipeline: Pipeline,
+    workflows: list[Any],
+    tmp_path: Path,
+    versioning: bool = True,
+    make_current: str = "auto",
 ) -> AsyncIterator[None]:
     async with harness.running_worker(
         pipeline.env.client,
@@ -52,7 +57,8 @@ async def versioned_worker(
         checkout_root=tmp_path / f"checkouts-{uuid.uuid4().hex[:6]}",
         environ=WORKER_ENVIRON,
         policy=WORKER_POLICY,
-        **{"versioning": True, **options},
+        versioning=versioning,
+        make_current=make_current,
     ):
         yield
 
@@ -150,11 +156,10 @@ async def test_with_make_current_never_a_new_version_waits_for_the_operator(
 
 
 async def wait_for_log(caplog, text: str) -> None:
-    for _ in range(300):
-        if text in caplog.text:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"no log line with {text!r}:\n{caplog.text}")
+    try:
+        await eventually(lambda: text in caplog.text, f"a log line with {text!r}", 30, every=0.1)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; the log:\n{caplog.text}") from None
 
 
 def test_the_build_id_follows_the_workflow_code(next_pipelines: list[type]):

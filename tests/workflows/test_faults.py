@@ -27,17 +27,8 @@ from skypilot_temporal.operations.reaper import (
 )
 from skypilot_temporal.payloads import ReaperInput
 from testing.in_process import Pipeline
+from testing.waiting import eventually
 from workflows import SkyPilotWorkflow
-
-
-async def wait_until(condition, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} never held"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_stuck_teardown_keeps_trying_says_so_and_keeps_the_real_failure(pipeline: Pipeline):
@@ -50,7 +41,7 @@ async def test_a_stuck_teardown_keeps_trying_says_so_and_keeps_the_real_failure(
         progress = await handle.query(SkyPilotWorkflow.progress)
         return next((s for s in progress.steps if s.status == "retrying"), None)
 
-    step = await wait_until(stuck_step, what="a teardown shown as retrying")
+    step = await eventually(stuck_step, "a teardown shown as retrying", 20, every=0.05)
     assert step.name == "cleanup" and "PermissionDeniedError" in step.error and "still trying" in step.error
     metadata = await handle.query("__temporal_workflow_metadata")  # what the Web UI shows
     assert "retrying" in str(metadata) and "PermissionDeniedError" in str(metadata)
@@ -70,10 +61,10 @@ async def test_a_cancel_during_cleanup_does_not_stop_the_teardown(pipeline: Pipe
     pipeline.fake.fail_next("down", None, exceptions.CommandError(255, "ssh", "API server blip", None))
     handle = await pipeline.start(retry_initial_interval_seconds=1.0)
 
-    async def cleanup_in_backoff():
-        return len(pipeline.fake.called("down")) >= 2  # preprocess-down, then the failed cleanup try
-
-    await wait_until(cleanup_in_backoff, what="the cleanup's first teardown attempt")
+    # preprocess-down, then the failed cleanup try
+    await eventually(
+        lambda: len(pipeline.fake.called("down")) >= 2, "the cleanup's first teardown attempt", 20, every=0.05
+    )
     await handle.cancel()
     with pytest.raises(WorkflowFailureError) as err:
         await handle.result()
@@ -198,10 +189,12 @@ async def test_the_reaper_schedule_is_set_up_idempotently_keeps_a_pause_and_fire
         assert (await handle.describe()).schedule.state.paused
         await handle.unpause()
 
-        async def reaped():
-            return "skypilot-leaked-train" not in pipeline.fake.clusters
-
-        await wait_until(reaped, timeout=30, what="the scheduled reaper removing the leaked cluster")
+        await eventually(
+            lambda: "skypilot-leaked-train" not in pipeline.fake.clusters,
+            "the scheduled reaper removing the leaked cluster",
+            30,
+            every=0.05,
+        )
     finally:
         await client.get_schedule_handle(schedule_id).delete()
 
@@ -273,10 +266,12 @@ async def test_a_cancel_while_preprocess_and_the_overlapped_provision_run_leaves
     pipeline.fake.provision_seconds = 8.0
     handle = await pipeline.start(overlap_provisioning=True)
 
-    async def both_launching():
-        return len(pipeline.fake.called("launch")) >= 2
-
-    await wait_until(both_launching, what="preprocess and the provision both launching")
+    await eventually(
+        lambda: len(pipeline.fake.called("launch")) >= 2,
+        "preprocess and the provision both launching",
+        20,
+        every=0.05,
+    )
     await asyncio.sleep(1.0)
     # The cleanup's teardowns hit a few transient errors: the preprocess step must not outlive them.
     pipeline.fake.fail_next("down", *[exceptions.CommandError(255, "ssh", "blip", None)] * 6)

@@ -9,7 +9,6 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -52,16 +51,10 @@ from skypilot_temporal.workflow.pipeline import TEARDOWN_ATTEMPTS_PER_ROUND
 from testing import ROOT, free_port
 from testing.in_process import Pipeline, git, running_worker, start_dev_server
 from testing.prometheus import scrape, serving_metrics, value
+from testing.waiting import eventually
 from workflows import SkyPilotWorkflow, SweepVariantWorkflow, SweepWorkflow
 
 SIX_STEPS = ["fetch-tasks", "preprocess", "preprocess-down", "train", "eval", "train-down"]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
-        await asyncio.sleep(0.2)
 
 
 async def workflow_ids(client: Client, query: str) -> list[str]:
@@ -99,7 +92,7 @@ async def test_a_schedule_fires_runs_and_skips_one_that_would_overlap(pipeline: 
         return len(info.recent_actions) >= 2 and info.num_actions_skipped_overlap >= 1
 
     try:
-        await eventually(two_runs_and_a_skip, "two scheduled runs, one skipped for overlap", timeout=60)
+        await eventually(two_runs_and_a_skip, "two scheduled runs, one skipped for overlap", 60, every=0.2)
     finally:
         await handle.delete()
     runs = [w async for w in client.list_workflows(f"TemporalScheduledById='{schedule_id}'")]
@@ -201,16 +194,20 @@ async def test_search_attributes_find_the_run_training_now_then_its_outcome(pipe
     async def found(query: str) -> bool:
         return await workflow_ids(client, query) == [workflow_id]
 
-    await eventually(lambda: found(training_now), training_now)
+    await eventually(lambda: found(training_now), training_now, 30, every=0.2)
     repo = str(pipeline.repo)
     await eventually(
         lambda: found(f"PipelineKind='pipeline' AND TaskRepo='{repo}' AND PipelineOutcome='running'"),
         "the run",
+        30,
+        every=0.2,
     )
     job.status, job.finished_at = "SUCCEEDED", time.monotonic()
     job.done.set()
     await client.get_workflow_handle(workflow_id).result()
-    await eventually(lambda: found(f"PipelineOutcome='succeeded' AND CommitSha='{sha}'"), "its outcome")
+    await eventually(
+        lambda: found(f"PipelineOutcome='succeeded' AND CommitSha='{sha}'"), "its outcome", 30, every=0.2
+    )
     attributes = (await client.get_workflow_handle(workflow_id).describe()).typed_search_attributes
     assert attributes.get(PIPELINE_STEP) is None  # no step runs any more
     assert await workflow_ids(client, training_now) == []
@@ -256,7 +253,7 @@ async def test_a_failed_run_keeping_its_clusters_shows_it_then_ends_failed(pipel
         attributes = (await handle.describe()).typed_search_attributes
         return attributes.get(PIPELINE_STEP) == "clusters-kept"
 
-    await eventually(kept, "PipelineStep 'clusters-kept'")
+    await eventually(kept, "PipelineStep 'clusters-kept'", 30, every=0.2)
     await handle.signal(SkyPilotWorkflow.release_clusters)
     with pytest.raises(WorkflowFailureError):
         await handle.result()
@@ -291,7 +288,7 @@ async def test_sweep_variants_are_searchable_by_kind_and_commit(pipeline: Pipeli
     async def variants_found() -> bool:
         return await workflow_ids(client, query) == expected
 
-    await eventually(variants_found, query)
+    await eventually(variants_found, query, 30, every=0.2)
     parent = (await client.get_workflow_handle(sweep_id).describe()).typed_search_attributes
     assert (parent.get(PIPELINE_KIND), parent.get(PIPELINE_OUTCOME)) == ("sweep", "succeeded")
     child = (await client.get_workflow_handle(expected[0]).describe()).typed_search_attributes
