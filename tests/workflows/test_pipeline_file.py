@@ -25,7 +25,6 @@ from temporalio.client import (
 )
 from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
-from test_faults import wait_until
 from test_scripts import assert_one_line_error, run_script, starter_env
 
 from skypilot_temporal import SkyPilotPlugin
@@ -38,6 +37,7 @@ from skypilot_temporal.testing.fake_sky import FakeSky
 from skypilot_temporal.workflow.pipeline_file_workflow import PipelineFileWorkflow
 from testing import HISTORIES, ROOT
 from testing.in_process import Pipeline, make_git_repo, make_task_repo, running_worker
+from testing.waiting import eventually
 from workflows import SkyPilotWorkflow
 
 DIAMOND = """
@@ -598,7 +598,7 @@ async def test_a_failed_steps_cluster_is_kept_for_debugging_when_the_run_asks(
         progress = await handle.query(PipelineFileWorkflow.progress)
         return progress.status.startswith("failed: clusters kept")
 
-    await wait_until(kept, timeout=30, what="the failed run keeping its clusters")
+    await eventually(kept, "the failed run keeping its clusters", 30, every=0.05)
     assert f"{prefix}-c" in fake.clusters and f"{prefix}-long" not in fake.clusters
     await handle.signal(PipelineFileWorkflow.release_clusters)
     with pytest.raises(WorkflowFailureError):
@@ -769,7 +769,7 @@ async def test_a_pipeline_file_can_be_scheduled_and_its_runs_are_searchable_by_k
             ]
             return [w for w in found if w.status is not None and w.status.name == "COMPLETED"]
 
-        [run] = await wait_until(ran, timeout=60, what="the scheduled pipeline-file run completing")
+        [run] = await eventually(ran, "the scheduled pipeline-file run completing", 60, every=0.05)
         assert run.typed_search_attributes.get(PIPELINE_KIND) == "pipeline-file"
     finally:
         await handle.delete()
@@ -858,7 +858,7 @@ steps:
   later: {task: eval.yaml, needs: [first, slow], cluster: c}
 """
     handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
-    await wait_until(lambda: step_succeeded(handle, "first"), what="first succeeding")
+    await eventually(lambda: step_succeeded(handle, "first"), "first succeeding", 20, every=0.05)
     take(f"{cluster_prefix_for(handle.id)}-c")
     await handle.result()
     return handle
@@ -880,7 +880,8 @@ steps:
     handle = await start_file(pipeline, repo_with(pipeline, tmp_path, {"pipeline.yaml": text}))
     prefix = cluster_prefix_for(handle.id)
     await asyncio.to_thread(fake.wait_for_job, "slow")
-    await wait_until(lambda: step_succeeded(handle, "first"), what="first succeeding")  # not its job only
+    # The step, not its job only:
+    await eventually(lambda: step_succeeded(handle, "first"), "first succeeding", 20, every=0.05)
     fake._do_down(f"{prefix}-c")  # SkyPilot's autodown of the idle cluster
     result = await handle.result()
     assert {s.step: s.job_status for s in result.steps}["later"] == "SUCCEEDED"
@@ -957,7 +958,7 @@ async def test_the_reaper_leaves_a_running_pipeline_files_clusters_and_variants_
     async def both_running() -> bool:
         return ours <= {c.name for c in fake.clusters.values() if any(j.status == "RUNNING" for j in c.jobs)}
 
-    await wait_until(both_running, what="both variants run")
+    await eventually(both_running, "both variants run", 20, every=0.05)
     for name in ours:
         fake.clusters[name].launched_at -= 3600
     fake.add_job("skypilot-gone1-tv1", "x")  # a closed run's variant cluster
