@@ -465,6 +465,8 @@ start_skypilot() {
 ensure_admin_password() {
   [ -s "$SKY_ADMIN_PASSWORD_FILE" ] && return
   mkdir -p "$(dirname "$SKY_ADMIN_PASSWORD_FILE")"
+  # Where an earlier version of this script kept it: ~/.sky's admin was created with that one.
+  if [ -s "$STATE/skypilot-admin.password" ]; then mv "$STATE/skypilot-admin.password" "$SKY_ADMIN_PASSWORD_FILE"; return; fi
   (umask 077 && "$VENV/bin/python" -c 'import secrets; print(secrets.token_urlsafe(24))' > "$SKY_ADMIN_PASSWORD_FILE")
 }
 

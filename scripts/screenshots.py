@@ -146,7 +146,7 @@ async def settled_picture(page: Page, path: Path) -> None:
 async def running_step_picture(page: Page, url: str, path: Path) -> None:
     """The pending train activity once its heartbeat carries its phase, job id and an epoch log
     line (the end-to-end suite relies on this check)."""
-    deadline = time.monotonic() + 600  # a train launch takes minutes on a busy 2-core machine
+    deadline = time.monotonic() + 300  # within the 900 s the e2e fixture gives the whole script
     while True:
         await page.goto(url)
         await page.wait_for_timeout(SETTLE_MS)

@@ -4,6 +4,7 @@ has no command for them; a production server's dashboard does the same under Use
     python -m scripts.skypilot_tokens issue NAME --out FILE     # create, or rotate if NAME exists
     python -m scripts.skypilot_tokens rotate NAME --out FILE    # a new value; the old one stops working
     python -m scripts.skypilot_tokens delete NAME               # once it owns no cluster
+    python -m scripts.skypilot_tokens list                      # every token's name
 
 The admin's basic-auth password is read from $SKYPILOT_ADMIN_PASSWORD_FILE (default
 ~/.sky/local-stack-admin.password, written by scripts/local_stack.sh). The token goes to FILE
@@ -26,6 +27,10 @@ ENDPOINT = "/users/service-account-tokens"
 DEFAULT_PASSWORD_FILE = Path.home() / ".sky" / "local-stack-admin.password"
 
 
+def password_file() -> Path:
+    return Path(os.environ.get("SKYPILOT_ADMIN_PASSWORD_FILE") or DEFAULT_PASSWORD_FILE)
+
+
 def admin_session(password: str) -> requests.Session:
     session = requests.Session()
     session.auth = (ADMIN_USER, password)
@@ -44,6 +49,7 @@ def _call(session: requests.Session, method: str, url: str, **kwargs: Any) -> An
             body = response.text or response.reason
         # FastAPI's errors are {"detail": ...}; the basic-auth middleware answers a bare string.
         detail = body.get("detail", body) if isinstance(body, dict) else body
+        detail = " ".join(str(detail).split())[:300]
         raise SystemExit(f"skypilot_tokens: {method} {url}: HTTP {response.status_code}: {detail}")
     return response.json()
 
@@ -75,10 +81,12 @@ def issue(session: requests.Session, api: str, name: str, role: str) -> str:
     return str(_call(session, "POST", api + ENDPOINT, json=body)["token"])
 
 
-def delete(session: requests.Session, api: str, name: str) -> None:
+def delete(session: requests.Session, api: str, name: str) -> bool:
+    """Delete service account `name`'s token; False if there is none."""
     existing = token_id(session, api, name)
     if existing is not None:
         _call(session, "POST", f"{api}{ENDPOINT}/delete", json={"token_id": existing})
+    return existing is not None
 
 
 def write_secret(path: Path, value: str) -> None:
@@ -93,25 +101,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.skypilot_tokens", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("action", choices=["issue", "rotate", "delete"])
-    parser.add_argument("name")
+    parser.add_argument("action", choices=["issue", "rotate", "delete", "list"])
+    parser.add_argument("name", nargs="?", default="")
     parser.add_argument("--out", type=Path, help="where the token goes (mode 0600)")
     parser.add_argument("--role", default="admin", choices=["admin", "user"])
     parser.add_argument(
         "--api", default=os.environ.get("SKYPILOT_API_SERVER_ENDPOINT", "http://127.0.0.1:46580")
     )
     args = parser.parse_args(argv)
-    password_file = Path(os.environ.get("SKYPILOT_ADMIN_PASSWORD_FILE") or DEFAULT_PASSWORD_FILE)
-    if not password_file.is_file():
+    passwords = password_file()
+    if not passwords.is_file():
         print(
-            f"skypilot_tokens: no admin password file {password_file} (set SKYPILOT_ADMIN_PASSWORD_FILE)",
+            f"skypilot_tokens: no admin password file {passwords} (set SKYPILOT_ADMIN_PASSWORD_FILE)",
             file=sys.stderr,
         )
         return 2
-    session = admin_session(password_file.read_text().strip())
+    session = admin_session(passwords.read_text().strip())
     api = args.api.rstrip("/")
+    if args.action == "list":
+        print("\n".join(token_names(session, api)))
+        return 0
+    if not args.name:
+        parser.error("NAME is required")
     if args.action == "delete":
-        delete(session, api, args.name)
+        if not delete(session, api, args.name):
+            print(f"skypilot_tokens: no service account named {args.name!r}", file=sys.stderr)
+            return 1
         print(f"service account {args.name}: deleted")
         return 0
     if args.out is None:

@@ -27,6 +27,9 @@ from skypilot_temporal.trust.redaction import hide_credentials
 
 log = logging.getLogger(PACKAGE)
 
+# The first API version that knows a task's `api_server_access` (sky/server/constants.py).
+MIN_API_VERSION = 42
+
 
 def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
     """Return the API server's URL and version, or raise ConfigError naming the problem."""
@@ -56,6 +59,13 @@ def check_skypilot_api_server(sky_sdk: SkyPilotSDK) -> str:
     status = getattr(info, "status", None)
     if str(getattr(status, "value", status)).lower() != "healthy":
         raise ConfigError(f"SkyPilot API server at {url} is not healthy: {status}")
+    api_version = str(getattr(info, "api_version", None) or "")
+    if api_version.isdigit() and int(api_version) < MIN_API_VERSION:
+        raise ConfigError(
+            f"SkyPilot API server at {url} speaks API version {api_version}; this worker needs "
+            f"{MIN_API_VERSION} or newer (its tasks set api_server_access: false, which older servers "
+            "refuse): upgrade the server"
+        )
     return f"{url} (SkyPilot {getattr(info, 'version', '?')})"
 
 

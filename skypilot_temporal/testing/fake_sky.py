@@ -393,7 +393,7 @@ class FakeSky:
             ]
 
     def api_info(self) -> Any:
-        return SimpleNamespace(status="healthy", version="fake")
+        return SimpleNamespace(status="healthy", version="fake", api_version="62")
 
     def get(self, request_id: str) -> Any:
         self._record("get", request_id)

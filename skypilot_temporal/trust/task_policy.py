@@ -117,7 +117,13 @@ def check_task_keys(config: Mapping[str, Any], what: str, policy: TaskPolicy) ->
     uploaded from the worker host), SkyPilot's internal keys (`file_mounts_mapping`, `_...` in
     resources and storage: `_cluster_config_overrides` would bypass the `config:` rule), and
     per-task SkyPilot config unless the operator allows it."""
-    unknown = sorted(str(k) for k in config if k not in TASK_KEYS)
+    if config.get("api_server_access", False) is not False:
+        raise refuse(
+            f"{what}: `api_server_access:` may only be false here (a managed job would call the "
+            "SkyPilot API server as this worker)",
+            "InvalidTask",
+        )
+    unknown = sorted(str(k) for k in config if k not in TASK_KEYS | {"api_server_access"})
     if unknown:
         raise refuse(
             f"{what}: key(s) {', '.join(map(repr, unknown))} are not allowed in a task", "InvalidTask"

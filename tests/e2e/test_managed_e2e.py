@@ -9,10 +9,11 @@ import time
 import uuid
 
 import pytest
+from sky.jobs.constants import MANAGED_JOB_TOKEN_NAME_PREFIX
 
 from e2e.test_pipeline_e2e import DATA_DIR, result_of, status_of
 from e2e.test_web_ui import open_run
-from scripts.skypilot_tokens import DEFAULT_PASSWORD_FILE, admin_session, token_names
+from scripts.skypilot_tokens import admin_session, password_file, token_names
 from skypilot_temporal.naming import cluster_prefix_for
 from testing.browser import browser_page, wait_for_user_metadata
 from testing.local_stack import SKY_API, Stack, managed_job_allocations, managed_jobs, slurm_allocations
@@ -38,8 +39,10 @@ async def test_a_preempted_managed_train_recovers_and_the_run_completes(stack: S
     )
     # The API server (service accounts on) gives a managed job a token of its launcher unless the
     # task opts out: the worker's tasks do, so no token acts as the worker inside the job.
-    admin = admin_session(DEFAULT_PASSWORD_FILE.read_text().strip())
-    job_tokens = [n for n in token_names(admin, SKY_API) if n.startswith(f"managed-job-{prefix}")]
+    admin = admin_session(password_file().read_text().strip())
+    job_tokens = [
+        n for n in token_names(admin, SKY_API) if n.startswith(MANAGED_JOB_TOKEN_NAME_PREFIX + prefix)
+    ]
     assert job_tokens == [], job_tokens
     await asyncio.sleep(8)  # a few epochs in
     subprocess.run(["scancel", *first_allocations], check=True)

@@ -566,6 +566,29 @@ async def test_second_review_storage_paths_without_a_scheme_and_internal_keys(
     assert err.value.non_retryable and shown in err.value.message, err.value.message
 
 
+async def test_a_task_may_say_api_server_access_false_but_not_true(activities, tmp_path):
+    repo = make_repo(tmp_path, {"task.yaml": "api_server_access: false\nrun: ls"})
+    await fetch_one(activities, repo)  # what the worker sets anyway: a copied SkyPilot YAML runs
+    (repo / "task.yaml").write_text("api_server_access: yes\nrun: ls")
+    git("commit", "-qam", "true", cwd=repo)
+    message = await refused(activities, repo, "InvalidTask")
+    assert "`api_server_access:` may only be false" in message, message
+
+
+@pytest.mark.parametrize(("api_version", "starts"), [("41", False), ("42", True), (None, True)])
+def test_the_worker_refuses_an_api_server_too_old_for_api_server_access(api_version, starts):
+    class Sdk:
+        def api_info(self):
+            return SimpleNamespace(status="healthy", version="0.9", api_version=api_version)
+
+    if starts:
+        worker_startup.check_skypilot_api_server(Sdk())  # type: ignore[arg-type]
+        return
+    with pytest.raises(ConfigError, match=r"speaks API version 41; this worker needs 42") as refused:
+        worker_startup.check_skypilot_api_server(Sdk())  # type: ignore[arg-type]
+    assert "\n" not in str(refused.value)
+
+
 TOKEN = "sky_eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzYS0xMjMifQ.c2lnbmF0dXJlLXZhbHVl"
 
 
