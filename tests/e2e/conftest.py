@@ -102,10 +102,25 @@ def pictures(temporal, sky_sdk, tmp_path_factory) -> Iterator[Pictures]:
     out = tmp_path_factory.mktemp("pictures")
     record, task_queue = out.parent / "runs.json", f"shots-{uuid.uuid4().hex[:6]}"
     command = [sys.executable, "-m", "scripts.screenshots", "--out", str(out), "--record", str(record)]
-    result = subprocess.run(
-        [*command, "--task-queue", task_queue], cwd=ROOT, capture_output=True, text=True, timeout=900
+    script = subprocess.Popen(
+        [*command, "--task-queue", task_queue],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    try:
+        output, _ = script.communicate(timeout=1200)
+    except subprocess.TimeoutExpired:
+        # Ctrl-C, as a user would: the script cancels its runs and waits for their cleanup.
+        script.send_signal(signal.SIGINT)
+        try:
+            output, _ = script.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            script.kill()
+            output, _ = script.communicate()
+        output += "\n(the screenshot script was stopped after 20 min)"
     runs = json.loads(record.read_text()) if record.exists() else {}
     worker = start_worker_process(task_queue, out.parent / "worker.log", out.parent / "checkouts")
-    yield Pictures(result.returncode, result.stdout + result.stderr, out, runs)
+    yield Pictures(script.returncode, output, out, runs)
     worker.kill(signal.SIGTERM)
