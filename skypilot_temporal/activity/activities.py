@@ -435,7 +435,7 @@ class SkyPilotActivities:
             task = self._sky.Task.from_yaml_config(
                 # SkyPilot hands a managed job a token of the launching user (the worker's service
                 # account) unless its task says no: a task author's job must not call the API
-                # server as the worker. (A task may not set the key itself: check_task_keys.)
+                # server as the worker. (A task may only say false: check_task_keys.)
                 {**config, "api_server_access": False},
                 env_overrides=list(spec.env_overrides.items()) or None,
                 secrets_overrides=list(self._secrets_for(spec).items()) or None,

@@ -108,7 +108,7 @@ def load_task_yaml(text: str, what: str, document: int = 0) -> dict[str, Any]:
 # SkyPilot skips its own volume checks: a forged mount of any host path), _metadata, ...
 TASK_KEYS = frozenset(
     {"name", "workdir", "num_nodes", "resources", "file_mounts", "setup", "run", "envs", "secrets"}
-    | {"managed_secrets", "volumes", "inputs", "outputs", "config", "service", "pool"}
+    | {"managed_secrets", "volumes", "inputs", "outputs", "config", "service", "pool", "api_server_access"}
 )
 
 
@@ -123,7 +123,7 @@ def check_task_keys(config: Mapping[str, Any], what: str, policy: TaskPolicy) ->
             "SkyPilot API server as this worker)",
             "InvalidTask",
         )
-    unknown = sorted(str(k) for k in config if k not in TASK_KEYS | {"api_server_access"})
+    unknown = sorted(str(k) for k in config if k not in TASK_KEYS)
     if unknown:
         raise refuse(
             f"{what}: key(s) {', '.join(map(repr, unknown))} are not allowed in a task", "InvalidTask"
